@@ -1,0 +1,50 @@
+import argon2 from 'argon2'
+import { randomBytes } from 'node:crypto'
+
+/** OWASP Password Storage Cheat Sheet, argon2id: 19 MiB, 2 iterations, 1 lane. */
+export const HASH_OPTIONS = {
+  type: argon2.argon2id,
+  memoryCost: 19_456,
+  timeCost: 2,
+  parallelism: 1
+} as const
+
+export const PASSWORD_MIN_LENGTH = 8
+/** Refused before hashing, so an attacker cannot make us hash megabytes (ASVS 2.1.2). */
+export const PASSWORD_MAX_LENGTH = 128
+
+export function hashPassword (password: string): Promise<string> {
+  return argon2.hash(password, HASH_OPTIONS)
+}
+
+export async function verifyPassword (hash: string, password: string): Promise<boolean> {
+  try {
+    return await argon2.verify(hash, password)
+  } catch {
+    // A malformed stored hash must fail closed, not answer 500.
+    return false
+  }
+}
+
+/** True when the hash was made with weaker parameters than HASH_OPTIONS: rehash at next login. */
+export function needsRehash (hash: string): boolean {
+  return argon2.needsRehash(hash, HASH_OPTIONS)
+}
+
+let dummyHash: Promise<string> | undefined
+
+/**
+ * Spends the same time as a real verify for an email we do not know, so login timing does not
+ * reveal which emails have accounts (ASVS 2.2.x, OWASP Authentication Cheat Sheet).
+ */
+export async function dummyVerify (password: string): Promise<false> {
+  dummyHash ??= hashPassword(randomBytes(16).toString('base64url'))
+  await verifyPassword(await dummyHash, password)
+  return false
+}
+
+/** Policy refusals beyond the length the schema enforces; undefined when the password is fine. */
+export function passwordPolicyProblem (password: string, email: string): string | undefined {
+  if (password.trim().toLowerCase() === email) return 'The password must not be the email address.'
+  return undefined
+}

@@ -1,0 +1,51 @@
+import { createHash, randomUUID } from 'node:crypto'
+import { ROLES, type Role } from './permissions.ts'
+
+/** RFC 9068 §2.1: access tokens say what they are, so no other JWT can stand in for one. */
+export const ACCESS_TOKEN_TYP = 'at+jwt'
+/** RFC 8725 §3.1: one algorithm, pinned for signing and verifying. */
+export const ACCESS_TOKEN_ALG = 'HS256'
+/** How far apart two clocks may be; `exp`, `nbf` and `iat` are judged with it. */
+export const CLOCK_TOLERANCE_SECONDS = 10
+export const REQUIRED_CLAIMS = ['sub', 'sid', 'roles', 'jti', 'iat', 'exp', 'iss', 'aud']
+
+/** Who the bearer of a verified access token is. */
+export interface AuthenticatedUser {
+  id: string
+  sid: string
+  roles: Role[]
+}
+
+export interface AccessTokenPayload {
+  sub: string
+  sid: string
+  roles: Role[]
+  jti: string
+}
+
+/**
+ * The `kid` naming a secret: a short digest, so tokens can say which secret signed them without
+ * carrying it. The secret is ≥ 256 random bits, so the digest gives nothing away.
+ */
+export function kidFor (secret: string): string {
+  return createHash('sha256').update(`gatehouse-kid:${secret}`).digest('base64url').slice(0, 16)
+}
+
+export function accessTokenPayload (user: { id: string, roles: Role[] }, sessionId: string): AccessTokenPayload {
+  return { sub: user.id, sid: sessionId, roles: user.roles, jti: randomUUID() }
+}
+
+const isRole = (value: unknown): value is Role => ROLES.includes(value as Role)
+
+/**
+ * The checks the JWT library does not make: claim types, whole-second times, and `iat` not in the
+ * future (RFC 8725 §3.10: validate every claim used). Returns undefined for a token to refuse.
+ */
+export function readAccessClaims (payload: Record<string, unknown>, nowSeconds: number): AuthenticatedUser | undefined {
+  const { sub, sid, roles, jti, iat, exp } = payload
+  if (typeof sub !== 'string' || typeof sid !== 'string' || typeof jti !== 'string') return undefined
+  if (!Array.isArray(roles) || !roles.every(isRole)) return undefined
+  if (!Number.isInteger(iat) || !Number.isInteger(exp)) return undefined
+  if ((iat as number) > nowSeconds + CLOCK_TOLERANCE_SECONDS) return undefined
+  return { id: sub, sid, roles }
+}

@@ -1,0 +1,184 @@
+import { randomBytes } from 'node:crypto'
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { dirname, join, resolve } from 'node:path'
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+
+export interface Config {
+  production: boolean
+  port: number
+  host: string
+  /** `:memory:` or an absolute SQLite file path; a `postgres://` URL once that dialect lands. */
+  databaseUrl: string
+  jwt: {
+    secret: string
+    previousSecrets: string[]
+    /** Set when the secret was generated or read from the data folder rather than JWT_SECRET. */
+    secretFile?: string
+    issuer: string
+    audience: string
+  }
+  /** Lifetimes in whole seconds. */
+  accessTokenTtl: number
+  refreshTokenTtl: number
+  refreshReuseGrace: number
+  admin?: { email: string, password: string }
+  corsOrigins: string[]
+  rateLimit: { ipMax: number, accountMax: number }
+  redisUrl?: string
+  logLevel: LogLevel
+}
+
+export class ConfigError extends Error {
+  constructor (readonly problems: string[]) {
+    super(`Invalid configuration:\n  - ${problems.join('\n  - ')}`)
+    this.name = 'ConfigError'
+  }
+}
+
+/** The shortest signing secret we accept (RFC 7518 §3.2: an HS256 key must be at least 256 bits). */
+export const MIN_SECRET_BYTES = 32
+export const DEFAULT_DATABASE_URL = 'file:./data/gatehouse.db'
+const LOG_LEVELS: LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
+const DURATION_UNITS: Record<string, number> = { '': 1, s: 1, m: 60, h: 3600, d: 86400 }
+
+/** `900`, `900s`, `15m`, `12h`, `30d` → seconds; undefined when the text is not a duration. */
+export function parseDuration (text: string): number | undefined {
+  const match = /^(\d+)\s*([smhd]?)$/.exec(text.trim())
+  if (!match) return undefined
+  return Number(match[1]) * DURATION_UNITS[match[2]!]!
+}
+
+/** `file:PATH`, a bare path, or `:memory:` → what the SQLite driver opens. */
+export function sqlitePath (databaseUrl: string): string {
+  if (databaseUrl === ':memory:' || databaseUrl === 'file::memory:') return ':memory:'
+  return resolve(databaseUrl.startsWith('file:') ? databaseUrl.slice('file:'.length) : databaseUrl)
+}
+
+type Env = Record<string, string | undefined>
+
+/**
+ * Reads the environment into a typed Config. Every bad variable is reported at once, by name,
+ * so an operator fixes them in one go rather than one restart at a time.
+ */
+export function loadConfig (env: Env = process.env): Config {
+  const problems: string[] = []
+  const text = (name: string, fallback: string): string => {
+    const value = env[name]?.trim()
+    return value === undefined || value === '' ? fallback : value
+  }
+  const integer = (name: string, fallback: number, min: number, max: number): number => {
+    const raw = text(name, String(fallback))
+    const value = /^\d+$/.test(raw) ? Number(raw) : NaN
+    if (!(value >= min && value <= max)) {
+      problems.push(`${name} must be a whole number from ${min} to ${max} (got "${raw}")`)
+      return fallback
+    }
+    return value
+  }
+  const duration = (name: string, fallback: string, min: number): number => {
+    const raw = text(name, fallback)
+    const value = parseDuration(raw)
+    if (value === undefined || value < min) {
+      problems.push(`${name} must be a duration of at least ${min}s such as 900, 15m or 30d (got "${raw}")`)
+      return parseDuration(fallback)!
+    }
+    return value
+  }
+  const list = (name: string): string[] =>
+    (env[name] ?? '').split(',').map((item) => item.trim()).filter(Boolean)
+
+  const production = env.NODE_ENV === 'production'
+  const databaseUrl = text('DATABASE_URL', DEFAULT_DATABASE_URL)
+  if (/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    problems.push('DATABASE_URL: PostgreSQL is not supported yet; use file:PATH for SQLite')
+  }
+
+  const logLevel = text('LOG_LEVEL', 'info') as LogLevel
+  if (!LOG_LEVELS.includes(logLevel)) problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')} (got "${logLevel}")`)
+
+  const previousSecrets = list('JWT_PREVIOUS_SECRETS')
+  for (const [index, secret] of previousSecrets.entries()) {
+    if (Buffer.byteLength(secret) < MIN_SECRET_BYTES) {
+      problems.push(`JWT_PREVIOUS_SECRETS: entry ${index + 1} is shorter than ${MIN_SECRET_BYTES} bytes`)
+    }
+  }
+
+  const adminEmail = env.ADMIN_EMAIL?.trim()
+  const adminPassword = env.ADMIN_PASSWORD
+  if (Boolean(adminEmail) !== Boolean(adminPassword)) {
+    problems.push('ADMIN_EMAIL and ADMIN_PASSWORD must be set together')
+  }
+
+  const config: Omit<Config, 'jwt'> & { jwt: Omit<Config['jwt'], 'secret'> } = {
+    production,
+    port: integer('PORT', 3000, 0, 65535),
+    host: text('HOST', '127.0.0.1'),
+    databaseUrl,
+    jwt: {
+      previousSecrets,
+      issuer: text('JWT_ISSUER', 'gatehouse'),
+      audience: text('JWT_AUDIENCE', 'gatehouse')
+    },
+    accessTokenTtl: duration('ACCESS_TOKEN_TTL', '15m', 1),
+    refreshTokenTtl: duration('REFRESH_TOKEN_TTL', '30d', 1),
+    refreshReuseGrace: duration('REFRESH_REUSE_GRACE', '10s', 0),
+    ...(adminEmail && adminPassword ? { admin: { email: adminEmail, password: adminPassword } } : {}),
+    corsOrigins: list('CORS_ORIGINS'),
+    rateLimit: {
+      ipMax: integer('RATE_LIMIT_IP_MAX', 30, 1, 1_000_000),
+      accountMax: integer('RATE_LIMIT_ACCOUNT_MAX', 10, 1, 1_000_000)
+    },
+    ...(env.REDIS_URL?.trim() ? { redisUrl: env.REDIS_URL.trim() } : {}),
+    logLevel
+  }
+
+  const secret = resolveSecret(env.JWT_SECRET, production, databaseUrl, problems)
+  if (problems.length > 0) throw new ConfigError(problems)
+  return { ...config, jwt: { ...config.jwt, ...secret! } }
+}
+
+/**
+ * JWT_SECRET when set. Outside production a missing secret is generated once and kept beside the
+ * database (mode 0600), so tokens survive restarts; production refuses to start without one.
+ */
+function resolveSecret (
+  configured: string | undefined,
+  production: boolean,
+  databaseUrl: string,
+  problems: string[]
+): { secret: string, secretFile?: string } | undefined {
+  if (configured) {
+    if (Buffer.byteLength(configured) < MIN_SECRET_BYTES) {
+      problems.push(`JWT_SECRET must be at least ${MIN_SECRET_BYTES} bytes`)
+      return undefined
+    }
+    return { secret: configured }
+  }
+  if (production) {
+    problems.push(`JWT_SECRET is required in production (at least ${MIN_SECRET_BYTES} bytes)`)
+    return undefined
+  }
+  const path = sqlitePath(databaseUrl)
+  if (path === ':memory:') return { secret: randomBytes(48).toString('base64url') }
+  const secretFile = join(dirname(path), 'jwt-secret')
+  try {
+    const kept = readFileSync(secretFile, 'utf8').trim()
+    if (Buffer.byteLength(kept) >= MIN_SECRET_BYTES) return { secret: kept, secretFile }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
+      problems.push(`JWT_SECRET is not set and ${secretFile} cannot be read: ${(error as Error).message}`)
+      return undefined
+    }
+  }
+  const secret = randomBytes(48).toString('base64url')
+  try {
+    mkdirSync(dirname(secretFile), { recursive: true })
+    writeFileSync(secretFile, secret + '\n', { mode: 0o600 })
+    chmodSync(secretFile, 0o600)
+  } catch (error) {
+    problems.push(`JWT_SECRET is not set and ${secretFile} cannot be written: ${(error as Error).message}`)
+    return undefined
+  }
+  return { secret, secretFile }
+}

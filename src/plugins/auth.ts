@@ -1,0 +1,141 @@
+import fastifyJwt, { type TokenOrHeader } from '@fastify/jwt'
+import { HttpError } from '@fastify/sensible'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import type { Role } from '../auth/permissions.ts'
+import {
+  ACCESS_TOKEN_ALG,
+  ACCESS_TOKEN_TYP,
+  CLOCK_TOLERANCE_SECONDS,
+  REQUIRED_CLAIMS,
+  accessTokenPayload,
+  kidFor,
+  readAccessClaims,
+  type AccessTokenPayload,
+  type AuthenticatedUser
+} from '../auth/tokens.ts'
+import { apiError } from '../errors.ts'
+
+declare module '@fastify/jwt' {
+  interface FastifyJWT {
+    payload: AccessTokenPayload
+    user: AuthenticatedUser
+  }
+}
+
+export interface IssuedAccessToken {
+  access_token: string
+  token_type: 'Bearer'
+  expires_in: number
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** preHandler: verifies the bearer access token and sets `request.user`, or answers 401/400. */
+    authenticate (request: FastifyRequest): Promise<void>
+    issueAccessToken (user: { id: string, roles: Role[] }, sessionId: string): IssuedAccessToken
+    /** The RFC 6750 §3 challenge for a response, e.g. `bearerChallenge('insufficient_scope')`. */
+    bearerChallenge (error?: string, description?: string): string
+  }
+}
+
+const REALM = 'gatehouse'
+
+export function bearerChallenge (error?: string, description?: string): string {
+  let challenge = `Bearer realm="${REALM}"`
+  if (error) challenge += `, error="${error}"`
+  if (description) challenge += `, error_description="${description}"`
+  return challenge
+}
+
+const invalidToken = (description: string) =>
+  apiError(401, 'invalid_token', description, { 'www-authenticate': bearerChallenge('invalid_token', description) })
+
+/**
+ * RFC 6750 §2.1: `Bearer <token>`, scheme case-insensitive. No bearer credentials at all is a bare
+ * challenge (§3.1); a Bearer header that is malformed is invalid_request (400). Tokens in the query
+ * string or body are never read (§2.3 is optional and leaks tokens into logs).
+ */
+export function bearerToken (authorization: string | undefined): string {
+  const header = authorization?.trim() ?? ''
+  const [scheme] = header.split(/\s/, 1)
+  if (!scheme || scheme.toLowerCase() !== 'bearer') {
+    throw apiError(401, 'missing_token', 'This request needs a bearer access token.', {
+      'www-authenticate': bearerChallenge()
+    })
+  }
+  const credentials = header.slice(scheme.length).trim()
+  if (credentials === '' || /\s/.test(credentials)) {
+    const description = 'The Authorization header must be "Bearer" followed by one token.'
+    throw apiError(400, 'invalid_request', description, {
+      'www-authenticate': bearerChallenge('invalid_request', description)
+    })
+  }
+  return credentials
+}
+
+async function authPlugin (app: FastifyInstance) {
+  const { jwt: settings, accessTokenTtl } = app.config
+  const signingKid = kidFor(settings.secret)
+  // kid → secret: a token names its secret; we never try each one in turn.
+  const secretsByKid = new Map([settings.secret, ...settings.previousSecrets].map((secret) => [kidFor(secret), secret]))
+
+  await app.register(fastifyJwt, {
+    secret: {
+      private: settings.secret,
+      public: async (_request: FastifyRequest, token: TokenOrHeader) => {
+        const kid: unknown = 'header' in token ? token.header.kid : token.kid
+        const secret = typeof kid === 'string' ? secretsByKid.get(kid) : undefined
+        if (!secret) throw invalidToken('The access token is not signed by a key we know.')
+        return secret
+      }
+    },
+    decode: { complete: true },
+    sign: {
+      algorithm: ACCESS_TOKEN_ALG,
+      kid: signingKid,
+      header: { alg: ACCESS_TOKEN_ALG, typ: ACCESS_TOKEN_TYP },
+      iss: settings.issuer,
+      aud: settings.audience,
+      expiresIn: accessTokenTtl
+    },
+    verify: {
+      // @fastify/jwt would otherwise accept HS384/HS512 and tokens without exp (RFC 8725 §3.1, §3.9).
+      algorithms: [ACCESS_TOKEN_ALG],
+      allowedIss: settings.issuer,
+      allowedAud: settings.audience,
+      requiredClaims: REQUIRED_CLAIMS,
+      checkTyp: ACCESS_TOKEN_TYP,
+      clockTolerance: CLOCK_TOLERANCE_SECONDS * 1000,
+      extractToken: (request: FastifyRequest) => bearerToken(request.headers.authorization)
+    }
+  })
+
+  app.decorate('bearerChallenge', bearerChallenge)
+
+  app.decorate('issueAccessToken', (user: { id: string, roles: Role[] }, sessionId: string): IssuedAccessToken => ({
+    access_token: app.jwt.sign(accessTokenPayload(user, sessionId)),
+    token_type: 'Bearer',
+    expires_in: accessTokenTtl
+  }))
+
+  app.decorate('authenticate', async (request: FastifyRequest) => {
+    let payload: Record<string, unknown>
+    try {
+      payload = await request.jwtVerify() as unknown as Record<string, unknown>
+    } catch (error) {
+      if (error instanceof HttpError) throw error
+      if ((error as { code?: string }).code === 'FST_JWT_AUTHORIZATION_TOKEN_EXPIRED') {
+        throw apiError(401, 'token_expired', 'The access token has expired.', {
+          'www-authenticate': bearerChallenge('invalid_token', 'The access token has expired.')
+        })
+      }
+      throw invalidToken('The access token is invalid.')
+    }
+    const user = readAccessClaims(payload, Math.floor(Date.now() / 1000))
+    if (!user) throw invalidToken('The access token is invalid.')
+    request.user = user
+  })
+}
+
+export default fp(authPlugin, { name: 'auth', dependencies: ['config'] })

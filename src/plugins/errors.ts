@@ -1,0 +1,81 @@
+import { HttpError } from '@fastify/sensible'
+import type { FastifyError, FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { STATUS_CODES } from 'node:http'
+
+/** The contract's code for errors Fastify raises itself; anything else falls back by status. */
+const FASTIFY_CODES: Record<string, string> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: 'payload_too_large',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'invalid_body',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'invalid_body',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'invalid_body'
+}
+const STATUS_FALLBACK_CODES: Record<number, string> = {
+  400: 'bad_request',
+  401: 'unauthorized',
+  403: 'forbidden',
+  404: 'not_found',
+  405: 'method_not_allowed',
+  406: 'not_acceptable',
+  413: 'payload_too_large',
+  415: 'unsupported_media_type',
+  429: 'rate_limited'
+}
+/** Contract codes are snake_case; library codes (FST_..., SQLITE_...) are not. */
+const CONTRACT_CODE = /^[a-z][a-z_]*$/
+
+export interface ErrorBody {
+  statusCode: number
+  error: string
+  message: string
+  code: string
+}
+
+export function errorBody (statusCode: number, code: string, message: string): ErrorBody {
+  return { statusCode, error: STATUS_CODES[statusCode] ?? 'Error', message, code }
+}
+
+/** "body/email must match format "email"", with the offending property named for extra keys too. */
+function validationMessage (error: FastifyError): string {
+  const first = error.validation?.[0]
+  if (!first) return error.message
+  const where = `${error.validationContext ?? 'request'}${first.instancePath}`
+  if (first.keyword === 'additionalProperties') {
+    return `${where}/${String(first.params.additionalProperty)} is not allowed`
+  }
+  if (first.keyword === 'required') {
+    return `${where}/${String(first.params.missingProperty)} is required`
+  }
+  return `${where} ${first.message ?? 'is invalid'}`
+}
+
+/** Maps any thrown error to the contract's shape; 5xx answers never carry internals. */
+export function toErrorBody (error: FastifyError): ErrorBody {
+  if (error.validation) return errorBody(400, 'validation_error', validationMessage(error))
+  // Ours (errors.ts apiError): status, code and message were written for the client.
+  if (error instanceof HttpError && CONTRACT_CODE.test(error.code ?? '')) {
+    return errorBody(error.statusCode, error.code, error.message)
+  }
+  const statusCode = error.statusCode && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
+  if (statusCode >= 500) return errorBody(500, 'internal_error', 'Something went wrong on our side.')
+  const code = FASTIFY_CODES[error.code] ?? STATUS_FALLBACK_CODES[statusCode] ?? 'bad_request'
+  return errorBody(statusCode, code, error.message)
+}
+
+async function errorsPlugin (app: FastifyInstance) {
+  app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {
+    const body = toErrorBody(error)
+    if (body.statusCode >= 500) {
+      request.log.error({ err: error }, 'request failed')
+    }
+    if (error.headers) reply.headers(error.headers)
+    return reply.code(body.statusCode).send(body)
+  })
+
+  app.setNotFoundHandler((request, reply) => {
+    return reply.code(404).send(errorBody(404, 'not_found', `Route ${request.method} ${request.url.split('?')[0]} not found`))
+  })
+}
+
+export default fp(errorsPlugin, { name: 'errors' })

@@ -1,0 +1,25 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
+import { apiError } from '../errors.ts'
+import { ErrorResponse } from '../schemas/common.ts'
+
+const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  app.get('/health', {
+    config: { access: 'public' },
+    schema: {
+      tags: ['health'],
+      summary: 'Liveness and database check',
+      response: { 200: Type.Object({ status: Type.Literal('ok') }), 503: ErrorResponse }
+    }
+  }, async (request) => {
+    try {
+      app.database.ping()
+    } catch (error) {
+      request.log.error({ err: error }, 'database health check failed')
+      throw apiError(503, 'database_unavailable', 'The database is unreachable.')
+    }
+    return { status: 'ok' as const }
+  })
+}
+
+export default healthRoutes

@@ -1,0 +1,43 @@
+import { Type, type Static } from 'typebox'
+import { PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH } from '../auth/passwords.ts'
+import { ROLES } from '../auth/permissions.ts'
+import type { User } from '../repositories/users.ts'
+
+/** Normalised (trimmed, lower-cased) by the route before validation. RFC 5321 caps a path at 254. */
+export const Email = Type.String({ format: 'email', maxLength: 254, examples: ['ada@example.com'] })
+export const Password = Type.String({
+  minLength: PASSWORD_MIN_LENGTH,
+  maxLength: PASSWORD_MAX_LENGTH,
+  description: `${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters; not the email, not a common password`
+})
+export const Uuid = Type.String({ format: 'uuid' })
+export const Name = Type.String({ minLength: 1, maxLength: 100 })
+export const RoleName = Type.Enum(ROLES)
+export const Timestamp = Type.String({ format: 'date-time' })
+
+export const ErrorResponse = Type.Object({
+  statusCode: Type.Integer(),
+  error: Type.String(),
+  message: Type.String(),
+  code: Type.String({ description: 'Stable machine-readable error code' })
+})
+
+export const UserResponse = Type.Object({
+  id: Uuid,
+  email: Type.String(),
+  name: Type.Union([Type.String(), Type.Null()]),
+  roles: Type.Array(RoleName),
+  created_at: Timestamp,
+  updated_at: Timestamp
+})
+
+export function presentUser (user: User): Static<typeof UserResponse> {
+  return {
+    id: user.id,
+    email: user.email,
+    name: user.name,
+    roles: user.roles,
+    created_at: user.createdAt.toISOString(),
+    updated_at: user.updatedAt.toISOString()
+  }
+}

@@ -1,0 +1,121 @@
+import t from 'tap'
+import { kidFor } from '../src/auth/tokens.ts'
+import { TEST_SECRET, bearer, build, forgeToken, signup, validClaims } from './helper.ts'
+
+const OTHER_SECRET = 'another-secret-of-at-least-thirty-two-bytes!!'
+const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+
+t.test('issued access tokens carry the contract header and claims', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const [header, payload] = session.access_token.split('.').slice(0, 2).map((part) => JSON.parse(Buffer.from(part, 'base64url').toString()))
+  t.same(header, { alg: 'HS256', typ: 'at+jwt', kid: kidFor(TEST_SECRET) })
+  t.same(Object.keys(payload).sort(), ['aud', 'exp', 'iat', 'iss', 'jti', 'roles', 'sid', 'sub'])
+  t.equal(payload.sub, session.user.id)
+  t.same(payload.roles, ['user'])
+  t.equal(payload.exp - payload.iat, 900)
+  t.ok(Number.isInteger(payload.iat) && Number.isInteger(payload.exp))
+})
+
+t.test('a forged token built like ours is accepted, so the refusals below are about the one defect', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const response = await app.inject({ url: '/auth/me', headers: bearer(forgeToken(validClaims(session.user.id))) })
+  t.equal(response.statusCode, 200)
+})
+
+t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const claims = validClaims(session.user.id)
+  const now = Math.floor(Date.now() / 1000)
+  const [realHeader, realPayload, realSignature] = session.access_token.split('.')
+  const tampered = JSON.parse(Buffer.from(realPayload!, 'base64url').toString())
+  tampered.roles = ['user', 'admin']
+
+  const cases: Array<[string, string]> = [
+    ['signed with another secret', forgeToken(claims, { secret: OTHER_SECRET, header: { kid: kidFor(TEST_SECRET) } })],
+    ['alg none, no signature', `${b64({ alg: 'none', typ: 'at+jwt', kid: kidFor(TEST_SECRET) })}.${b64(claims)}.`],
+    ['alg NONE', `${b64({ alg: 'NONE', typ: 'at+jwt', kid: kidFor(TEST_SECRET) })}.${b64(claims)}.`],
+    ['HS512 with our secret', forgeToken(claims, { header: { alg: 'HS512' }, hmac: 'sha512' })],
+    ['HS384 with our secret', forgeToken(claims, { header: { alg: 'HS384' }, hmac: 'sha384' })],
+    ['RS256 header, HMAC with the secret', forgeToken(claims, { header: { alg: 'RS256' } })],
+    ['payload tampered (roles escalated)', `${realHeader}.${b64(tampered)}.${realSignature}`],
+    ['empty signature', `${realHeader}.${realPayload}.`],
+    ['unknown kid', forgeToken(claims, { header: { kid: 'not-a-known-kid' } })],
+    ['no kid', forgeToken(claims, { header: { kid: undefined } })],
+    ['typ JWT instead of at+jwt', forgeToken(claims, { header: { typ: 'JWT' } })],
+    ['wrong issuer', forgeToken({ ...claims, iss: 'someone-else' })],
+    ['wrong audience', forgeToken({ ...claims, aud: 'another-api' })],
+    ['no exp', forgeToken({ ...claims, exp: undefined })],
+    ['no sub', forgeToken({ ...claims, sub: undefined })],
+    ['no sid', forgeToken({ ...claims, sid: undefined })],
+    ['roles not an array', forgeToken({ ...claims, roles: 'admin' })],
+    ['an unknown role', forgeToken({ ...claims, roles: ['root'] })],
+    ['iat an hour in the future', forgeToken({ ...claims, iat: now + 3600, exp: now + 4500 })],
+    ['nbf an hour in the future', forgeToken({ ...claims, nbf: now + 3600 })],
+    ['fractional exp', forgeToken({ ...claims, exp: now + 900.5 })],
+    ['not base64', 'not.a.jwt!'],
+    ['two segments', `${realHeader}.${realPayload}`],
+    ['garbage', 'garbage'],
+    ['crit header with an unknown extension', forgeToken(claims, { header: { crit: ['exp-ext'], 'exp-ext': 1 } })]
+  ]
+  for (const [label, token] of cases) {
+    const response = await app.inject({ url: '/auth/me', headers: bearer(token) })
+    t.equal(response.statusCode, 401, label)
+    t.equal(response.json().code, 'invalid_token', label)
+    t.equal(response.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_token", error_description="' +
+      response.json().message + '"', label)
+  }
+})
+
+t.test('an expired token gets 401 token_expired', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const now = Math.floor(Date.now() / 1000)
+  const token = forgeToken(validClaims(session.user.id, { iat: now - 1000, exp: now - 100 }))
+  const response = await app.inject({ url: '/auth/me', headers: bearer(token) })
+  t.equal(response.statusCode, 401)
+  t.equal(response.json().code, 'token_expired')
+  t.match(response.headers['www-authenticate'], /^Bearer realm="gatehouse", error="invalid_token"/)
+})
+
+t.test('the Authorization header is parsed as RFC 6750 says', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const token = session.access_token
+
+  for (const scheme of ['bearer', 'BEARER', 'Bearer']) {
+    const response = await app.inject({ url: '/auth/me', headers: { authorization: `${scheme} ${token}` } })
+    t.equal(response.statusCode, 200, `scheme "${scheme}" is case-insensitive`)
+  }
+
+  const missing: Array<[string, Record<string, string>]> = [
+    ['no header', {}],
+    ['token without a scheme', { authorization: token }],
+    ['Basic scheme', { authorization: 'Basic dXNlcjpwYXNz' }],
+    ['scheme glued to the token', { authorization: `Bearer${token}` }]
+  ]
+  for (const [label, headers] of missing) {
+    const response = await app.inject({ url: '/auth/me', headers })
+    t.equal(response.statusCode, 401, label)
+    t.equal(response.json().code, 'missing_token', label)
+    t.equal(response.headers['www-authenticate'], 'Bearer realm="gatehouse"', label)
+  }
+
+  const malformed: Array<[string, string]> = [
+    ['Bearer with no token', 'Bearer'],
+    ['Bearer with blank token', 'Bearer    '],
+    ['two tokens', `Bearer ${token} ${token}`]
+  ]
+  for (const [label, authorization] of malformed) {
+    const response = await app.inject({ url: '/auth/me', headers: { authorization } })
+    t.equal(response.statusCode, 400, label)
+    t.equal(response.json().code, 'invalid_request', label)
+    t.match(response.headers['www-authenticate'], /^Bearer realm="gatehouse", error="invalid_request"/, label)
+  }
+
+  const query = await app.inject({ url: `/auth/me?access_token=${token}` })
+  t.equal(query.statusCode, 401, 'tokens in the query string are not read')
+  t.equal(query.json().code, 'missing_token')
+})

@@ -1,0 +1,172 @@
+import t from 'tap'
+import { TEST_PASSWORD, bearer, build, signup, uniqueEmail } from './helper.ts'
+
+t.test('signup, login and /auth/me work end to end', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail('ada')
+
+  const created = await app.inject({
+    method: 'POST',
+    url: '/auth/signup',
+    payload: { email, password: TEST_PASSWORD, name: 'Ada' }
+  })
+  t.equal(created.statusCode, 201)
+  t.equal(created.headers['cache-control'], 'no-store')
+  const session = created.json()
+  t.equal(session.token_type, 'Bearer')
+  t.equal(session.expires_in, 900)
+  t.match(session.access_token, /^[\w-]+\.[\w-]+\.[\w-]+$/)
+  t.same(session.user.roles, ['user'])
+  t.equal(session.user.email, email)
+  t.equal(session.user.name, 'Ada')
+
+  const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
+  t.equal(login.statusCode, 200)
+  t.equal(login.headers['cache-control'], 'no-store')
+  const me = await app.inject({ method: 'GET', url: '/auth/me', headers: bearer(login.json().access_token) })
+  t.equal(me.statusCode, 200)
+  t.same(Object.keys(me.json()).sort(), ['created_at', 'email', 'id', 'name', 'roles', 'updated_at'])
+  t.equal(me.json().id, session.user.id)
+})
+
+t.test('emails are normalised: case and surrounding spaces name the same account', async (t) => {
+  const app = await build(t)
+  await signup(app, 'grace@example.com')
+  for (const email of ['Grace@Example.COM', '  grace@example.com  ', 'GRACE@EXAMPLE.COM ']) {
+    const duplicate = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email, password: TEST_PASSWORD } })
+    t.equal(duplicate.statusCode, 409, email)
+    t.equal(duplicate.json().code, 'email_taken')
+  }
+  const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: ' GRACE@example.com', password: TEST_PASSWORD } })
+  t.equal(login.statusCode, 200)
+  t.equal(login.json().user.email, 'grace@example.com')
+  const count = app.db.$client.prepare('select count(*) as n from users').get() as { n: number }
+  t.equal(count.n, 1)
+})
+
+t.test('signup validation answers 400 naming the field', async (t) => {
+  const app = await build(t)
+  const cases: Array<[string, Record<string, unknown>, string, RegExp]> = [
+    ['bad email', { email: 'not-an-email', password: TEST_PASSWORD }, 'validation_error', /email/],
+    ['missing email', { password: TEST_PASSWORD }, 'validation_error', /email/],
+    ['short password', { email: uniqueEmail(), password: 'short' }, 'validation_error', /password/],
+    ['129-character password', { email: uniqueEmail(), password: 'x'.repeat(129) }, 'validation_error', /password/],
+    ['non-string password', { email: uniqueEmail(), password: ['a', 'b'] }, 'validation_error', /password/],
+    ['unknown property', { email: uniqueEmail(), password: TEST_PASSWORD, admin: true }, 'validation_error', /admin/],
+    ['password equal to email', { email: 'same@example.com', password: 'Same@Example.com' }, 'weak_password', /email/]
+  ]
+  for (const [label, payload, code, message] of cases) {
+    const response = await app.inject({ method: 'POST', url: '/auth/signup', payload })
+    t.equal(response.statusCode, 400, label)
+    t.equal(response.json().code, code, label)
+    t.match(response.json().message, message, label)
+    t.equal(response.json().error, 'Bad Request', label)
+  }
+  const count = app.db.$client.prepare('select count(*) as n from users').get() as { n: number }
+  t.equal(count.n, 0, 'no invalid signup created a user')
+})
+
+t.test('a 128-character password is accepted', async (t) => {
+  const app = await build(t)
+  const password = 'p'.repeat(128)
+  const email = uniqueEmail()
+  await signup(app, email, password)
+  const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password } })
+  t.equal(login.statusCode, 200)
+})
+
+t.test('wrong password and unknown email get the same 401', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  const wrong = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: 'wrong password!' } })
+  const unknown = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: uniqueEmail('nobody'), password: TEST_PASSWORD } })
+  t.equal(wrong.statusCode, 401)
+  t.equal(unknown.statusCode, 401)
+  t.same(wrong.json(), unknown.json())
+  t.equal(wrong.json().code, 'invalid_credentials')
+})
+
+t.test('a disabled user gets 403 only after a correct password', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const session = await signup(app, email)
+  app.db.$client.prepare('update users set disabled = 1 where id = ?').run(session.user.id)
+
+  const wrong = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: 'wrong password!' } })
+  t.equal(wrong.statusCode, 401)
+  const right = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
+  t.equal(right.statusCode, 403)
+  t.equal(right.json().code, 'user_disabled')
+  const me = await app.inject({ method: 'GET', url: '/auth/me', headers: bearer(session.access_token) })
+  t.equal(me.statusCode, 401, '/auth/me re-reads the user')
+  t.equal(me.json().code, 'invalid_token')
+})
+
+t.test('a deleted user is refused at /auth/me', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  app.db.$client.prepare('delete from users where id = ?').run(session.user.id)
+  const me = await app.inject({ method: 'GET', url: '/auth/me', headers: bearer(session.access_token) })
+  t.equal(me.statusCode, 401)
+  t.match(me.headers['www-authenticate'], /error="invalid_token"/)
+})
+
+t.test('no response body contains a password or its hash', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const responses = [
+    await app.inject({ method: 'POST', url: '/auth/signup', payload: { email, password: TEST_PASSWORD } }),
+    await app.inject({ method: 'POST', url: '/auth/signup', payload: { email, password: TEST_PASSWORD } }),
+    await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } }),
+    await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: 'wrong password!' } })
+  ]
+  const token = responses[0]!.json().access_token
+  responses.push(await app.inject({ method: 'GET', url: '/auth/me', headers: bearer(token) }))
+  const { password_hash: hash } = app.db.$client.prepare('select password_hash from users').get() as { password_hash: string }
+  t.match(hash, /^\$argon2id\$v=19\$/, 'stored as argon2id')
+  const params = Object.fromEntries(hash.split('$')[3]!.split(',').map((pair) => pair.split('=')))
+  t.same(params, { m: '19456', t: '2', p: '1' }, 'with OWASP parameters')
+  for (const response of responses) {
+    t.notMatch(response.body, hash)
+    t.notMatch(response.body, '$argon2')
+    t.notMatch(response.body, TEST_PASSWORD)
+    t.notMatch(response.body, /"password(_hash)?"/)
+  }
+})
+
+t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
+  const app = await build(t)
+  const cases: Array<[string, string | undefined, string, number, string]> = [
+    ['broken JSON', 'application/json', '{"email":', 400, 'invalid_body'],
+    ['empty JSON body', 'application/json', '', 400, 'invalid_body'],
+    ['JSON array', 'application/json', '[]', 400, 'validation_error'],
+    ['text body', 'text/plain', 'hello', 415, 'unsupported_media_type']
+  ]
+  for (const [label, contentType, body, status, code] of cases) {
+    const response = await app.inject({
+      method: 'POST',
+      url: '/auth/login',
+      headers: contentType ? { 'content-type': contentType } : {},
+      body
+    })
+    t.equal(response.statusCode, status, label)
+    t.equal(response.json().code, code, label)
+    t.notMatch(response.body, /at .*\.ts:\d+/, `${label}: no stack trace`)
+  }
+  const unknownRoute = await app.inject({ method: 'GET', url: '/nope' })
+  t.equal(unknownRoute.statusCode, 404)
+  t.equal(unknownRoute.json().code, 'not_found')
+})
+
+t.test('GET /health checks the database', async (t) => {
+  const app = await build(t)
+  const ok = await app.inject({ method: 'GET', url: '/health' })
+  t.equal(ok.statusCode, 200)
+  t.same(ok.json(), { status: 'ok' })
+
+  app.db.$client.close()
+  const down = await app.inject({ method: 'GET', url: '/health' })
+  t.equal(down.statusCode, 503)
+  t.equal(down.json().code, 'database_unavailable')
+})

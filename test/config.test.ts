@@ -1,0 +1,89 @@
+import { spawnSync } from 'node:child_process'
+import { existsSync, readFileSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import t from 'tap'
+import { buildApp } from '../src/app.ts'
+import { ConfigError, loadConfig, parseDuration } from '../src/config.ts'
+import { TEST_SECRET } from './helper.ts'
+
+t.test('defaults match the contract', async (t) => {
+  const dir = t.testdir()
+  const config = loadConfig({ DATABASE_URL: `file:${join(dir, 'g.db')}` })
+  t.equal(config.port, 3000)
+  t.equal(config.host, '127.0.0.1')
+  t.equal(config.accessTokenTtl, 900)
+  t.equal(config.refreshTokenTtl, 30 * 86400)
+  t.equal(config.refreshReuseGrace, 10)
+  t.equal(config.jwt.issuer, 'gatehouse')
+  t.equal(config.jwt.audience, 'gatehouse')
+  t.equal(config.logLevel, 'info')
+  t.same(config.corsOrigins, [])
+})
+
+t.test('durations accept plain seconds and unit suffixes', async (t) => {
+  t.equal(parseDuration('900'), 900)
+  t.equal(parseDuration('15m'), 900)
+  t.equal(parseDuration('12h'), 43200)
+  t.equal(parseDuration('30d'), 2592000)
+  t.equal(parseDuration('0'), 0)
+  t.equal(parseDuration('15 minutes'), undefined)
+  t.equal(parseDuration('-5'), undefined)
+  t.equal(parseDuration('1.5h'), undefined)
+})
+
+t.test('every invalid variable is named in one error', async (t) => {
+  const error = t.throws(() => loadConfig({
+    DATABASE_URL: ':memory:',
+    PORT: 'eighty',
+    ACCESS_TOKEN_TTL: 'soon',
+    JWT_SECRET: 'short',
+    LOG_LEVEL: 'loud'
+  })) as ConfigError
+  t.type(error, ConfigError)
+  t.equal(error.problems.length, 4)
+  for (const name of ['PORT', 'ACCESS_TOKEN_TTL', 'JWT_SECRET', 'LOG_LEVEL']) t.match(error.message, name)
+})
+
+t.test('production refuses to start without a strong secret', async (t) => {
+  t.throws(() => loadConfig({ NODE_ENV: 'production', DATABASE_URL: ':memory:' }), /JWT_SECRET is required in production/)
+  t.throws(() => loadConfig({ NODE_ENV: 'production', DATABASE_URL: ':memory:', JWT_SECRET: 'x'.repeat(31) }), /at least 32 bytes/)
+  t.equal(loadConfig({ NODE_ENV: 'production', DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET }).jwt.secret, TEST_SECRET)
+})
+
+t.test('outside production a missing secret is generated once, kept 0600, and reused', async (t) => {
+  const dir = t.testdir()
+  const env = { DATABASE_URL: `file:${join(dir, 'data', 'g.db')}` }
+  const first = loadConfig(env)
+  const file = join(dir, 'data', 'jwt-secret')
+  t.equal(first.jwt.secretFile, file)
+  t.ok(Buffer.byteLength(first.jwt.secret) >= 32)
+  t.equal(statSync(file).mode & 0o777, 0o600)
+  t.equal(readFileSync(file, 'utf8').trim(), first.jwt.secret)
+  t.equal(loadConfig(env).jwt.secret, first.jwt.secret, 'tokens survive a restart')
+})
+
+t.test('the app starts on an empty data folder and migrates', async (t) => {
+  const dir = t.testdir()
+  const dbFile = join(dir, 'fresh', 'gatehouse.db')
+  const app = await buildApp(loadConfig({ DATABASE_URL: `file:${dbFile}`, LOG_LEVEL: 'silent' }))
+  t.teardown(() => app.close())
+  await app.ready()
+  t.ok(existsSync(dbFile))
+  const tables = app.db.$client.prepare("select name from sqlite_master where type = 'table'").all() as Array<{ name: string }>
+  t.ok(tables.some((table) => table.name === 'users'))
+  t.equal(app.db.$client.pragma('journal_mode', { simple: true }), 'wal')
+  t.equal(app.db.$client.pragma('foreign_keys', { simple: true }), 1)
+  const signup = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email: 'a@example.com', password: 'a long enough password' } })
+  t.equal(signup.statusCode, 201)
+})
+
+t.test('npm start stops with a message naming the bad variable', async (t) => {
+  const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    env: { ...process.env, DATABASE_URL: ':memory:', PORT: '99999', JWT_SECRET: TEST_SECRET },
+    encoding: 'utf8',
+    timeout: 30_000
+  })
+  t.equal(result.status, 1)
+  t.match(result.stderr, /PORT must be a whole number/)
+  t.notMatch(result.stderr, /\n\s+at /, 'no stack trace')
+})
