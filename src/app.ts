@@ -6,7 +6,10 @@ import auth from './plugins/auth.ts'
 import authorization from './plugins/authorization.ts'
 import configPlugin from './plugins/config.ts'
 import database from './plugins/database.ts'
+import sessions from './plugins/sessions.ts'
+import validation from './plugins/validation.ts'
 import errors from './plugins/errors.ts'
+import sessionsRepository from './repositories/sessions.ts'
 import usersRepository from './repositories/users.ts'
 import authRoutes from './routes/auth.ts'
 import healthRoutes from './routes/health.ts'
@@ -25,23 +28,20 @@ function loggerOptions (config: Config): FastifyServerOptions['logger'] {
 
 /** The one way to build Gatehouse: the server entry and every test call it. */
 export async function buildApp (config: Config) {
-  const app = Fastify({
-    logger: loggerOptions(config),
-    ajv: {
-      // Unknown body properties are refused (400), not silently dropped (contract).
-      customOptions: { removeAdditional: false }
-    }
-  }).withTypeProvider<TypeBoxTypeProvider>()
+  const app = Fastify({ logger: loggerOptions(config) }).withTypeProvider<TypeBoxTypeProvider>()
 
   // No route reads plain text: such bodies get 415 instead of reaching a JSON schema.
   app.removeContentTypeParser('text/plain')
 
   await app.register(configPlugin, config)
   await app.register(sensible)
+  await app.register(validation)
   await app.register(errors)
   await app.register(database)
   await app.register(usersRepository)
+  await app.register(sessionsRepository)
   await app.register(auth)
+  await app.register(sessions)
   await app.register(authorization)
 
   await app.register(healthRoutes)

@@ -1,5 +1,6 @@
 import t from 'tap'
 import { kidFor } from '../src/auth/tokens.ts'
+import { loadConfig } from '../src/config.ts'
 import { TEST_SECRET, bearer, build, forgeToken, signup, validClaims } from './helper.ts'
 
 const OTHER_SECRET = 'another-secret-of-at-least-thirty-two-bytes!!'
@@ -20,14 +21,14 @@ t.test('issued access tokens carry the contract header and claims', async (t) =>
 t.test('a forged token built like ours is accepted, so the refusals below are about the one defect', async (t) => {
   const app = await build(t)
   const session = await signup(app)
-  const response = await app.inject({ url: '/auth/me', headers: bearer(forgeToken(validClaims(session.user.id))) })
+  const response = await app.inject({ url: '/auth/me', headers: bearer(forgeToken(validClaims(session))) })
   t.equal(response.statusCode, 200)
 })
 
 t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => {
   const app = await build(t)
   const session = await signup(app)
-  const claims = validClaims(session.user.id)
+  const claims = validClaims(session)
   const now = Math.floor(Date.now() / 1000)
   const [realHeader, realPayload, realSignature] = session.access_token.split('.')
   const tampered = JSON.parse(Buffer.from(realPayload!, 'base64url').toString())
@@ -73,7 +74,7 @@ t.test('an expired token gets 401 token_expired', async (t) => {
   const app = await build(t)
   const session = await signup(app)
   const now = Math.floor(Date.now() / 1000)
-  const token = forgeToken(validClaims(session.user.id, { iat: now - 1000, exp: now - 100 }))
+  const token = forgeToken(validClaims(session, { iat: now - 1000, exp: now - 100 }))
   const response = await app.inject({ url: '/auth/me', headers: bearer(token) })
   t.equal(response.statusCode, 401)
   t.equal(response.json().code, 'token_expired')
@@ -118,4 +119,31 @@ t.test('the Authorization header is parsed as RFC 6750 says', async (t) => {
   const query = await app.inject({ url: `/auth/me?access_token=${token}` })
   t.equal(query.statusCode, 401, 'tokens in the query string are not read')
   t.equal(query.json().code, 'missing_token')
+})
+
+t.test('key rotation: a previous secret verifies while configured and fails once removed', async (t) => {
+  const dir = t.testdir()
+  const database = { DATABASE_URL: `file:${dir}/rotation.db` }
+  const oldApp = await build(t, { ...database, JWT_SECRET: OTHER_SECRET })
+  const session = await signup(oldApp)
+  t.equal(JSON.parse(Buffer.from(session.access_token.split('.')[0]!, 'base64url').toString()).kid, kidFor(OTHER_SECRET))
+  await oldApp.close()
+
+  const rotated = await build(t, { ...database, JWT_SECRET: TEST_SECRET, JWT_PREVIOUS_SECRETS: ` ${OTHER_SECRET} ` })
+  t.equal((await rotated.inject({ url: '/auth/me', headers: bearer(session.access_token) })).statusCode, 200, 'old token still verifies')
+  const fresh = await rotated.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
+  t.equal(fresh.statusCode, 200, 'refresh tokens do not depend on the signing secret')
+  const newHeader = JSON.parse(Buffer.from(fresh.json().access_token.split('.')[0], 'base64url').toString())
+  t.equal(newHeader.kid, kidFor(TEST_SECRET), 'new tokens are signed with the new secret')
+  await rotated.close()
+
+  const retired = await build(t, { ...database, JWT_SECRET: TEST_SECRET })
+  const refused = await retired.inject({ url: '/auth/me', headers: bearer(session.access_token) })
+  t.equal(refused.statusCode, 401, 'removed secret: its tokens fail')
+  t.equal(refused.json().code, 'invalid_token')
+  t.equal((await retired.inject({ url: '/auth/me', headers: bearer(fresh.json().access_token) })).statusCode, 200)
+})
+
+t.test('a short previous secret stops the start', async (t) => {
+  t.throws(() => loadConfig({ DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET, JWT_PREVIOUS_SECRETS: 'short' }), /JWT_PREVIOUS_SECRETS/)
 })

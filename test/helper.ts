@@ -56,12 +56,17 @@ export function forgeToken (
   return `${input}.${createHmac(hmac, secret).update(input).digest('base64url')}`
 }
 
-/** Claims as Gatehouse would issue them for this user, valid for 15 minutes. */
-export function validClaims (sub: string, overrides: Record<string, unknown> = {}): Record<string, unknown> {
+/** The payload of a JWT, unverified: for tests that look inside tokens. */
+export function tokenPayload (token: string): Record<string, unknown> {
+  return JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString())
+}
+
+/** Claims as Gatehouse would issue them for this session's user, valid for 15 minutes. */
+export function validClaims (session: SessionBody, overrides: Record<string, unknown> = {}): Record<string, unknown> {
   const now = Math.floor(Date.now() / 1000)
   return {
-    sub,
-    sid: '00000000-0000-4000-8000-000000000000',
+    sub: session.user.id,
+    sid: tokenPayload(session.access_token).sid,
     roles: ['user'],
     jti: 'test-jti',
     iss: 'gatehouse',

@@ -1,4 +1,4 @@
-import { createHash, randomUUID } from 'node:crypto'
+import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { ROLES, type Role } from './permissions.ts'
 
 /** RFC 9068 §2.1: access tokens say what they are, so no other JWT can stand in for one. */
@@ -48,4 +48,14 @@ export function readAccessClaims (payload: Record<string, unknown>, nowSeconds: 
   if (!Number.isInteger(iat) || !Number.isInteger(exp)) return undefined
   if ((iat as number) > nowSeconds + CLOCK_TOLERANCE_SECONDS) return undefined
   return { id: sub, sid, roles }
+}
+
+/** An opaque refresh token: 256 random bits, base64url (RFC 9700 §4.14; ASVS 3.2.2). */
+export function newRefreshToken (): string {
+  return randomBytes(32).toString('base64url')
+}
+
+/** What the database keeps of a refresh token: a leaked table yields no usable token. */
+export function hashRefreshToken (token: string): string {
+  return createHash('sha256').update(token).digest('base64url')
 }

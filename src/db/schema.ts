@@ -1,5 +1,5 @@
 import { sql } from 'drizzle-orm'
-import { integer, sqliteTable, text } from 'drizzle-orm/sqlite-core'
+import { index, integer, sqliteTable, text } from 'drizzle-orm/sqlite-core'
 import type { Role } from '../auth/permissions.ts'
 
 const now = sql`(cast(unixepoch('subsec') * 1000 as integer))`
@@ -17,3 +17,35 @@ export const users = sqliteTable('users', {
 })
 
 export type UserRow = typeof users.$inferSelect
+
+/** One row per sign-in: what the user sees in GET /auth/sessions and can revoke. */
+export const sessions = sqliteTable('sessions', {
+  id: text('id').primaryKey(),
+  userId: text('user_id').notNull().references(() => users.id, { onDelete: 'cascade' }),
+  createdAt: integer('created_at', { mode: 'timestamp_ms' }).notNull(),
+  lastUsedAt: integer('last_used_at', { mode: 'timestamp_ms' }).notNull(),
+  /** Moves forward with each refresh: a session ends REFRESH_TOKEN_TTL after its last use. */
+  expiresAt: integer('expires_at', { mode: 'timestamp_ms' }).notNull(),
+  userAgent: text('user_agent'),
+  ip: text('ip'),
+  revokedAt: integer('revoked_at', { mode: 'timestamp_ms' })
+}, (table) => [index('sessions_user_id_idx').on(table.userId)])
+
+/**
+ * Refresh tokens are stored only as SHA-256 hashes (they carry 256 random bits, so a slow hash adds
+ * nothing). A used token stays as evidence: presenting it again is reuse (RFC 9700 §4.14.2).
+ */
+export const refreshTokens = sqliteTable('refresh_tokens', {
+  id: text('id').primaryKey(),
+  tokenHash: text('token_hash').notNull().unique(),
+  sessionId: text('session_id').notNull().references(() => sessions.id, { onDelete: 'cascade' }),
+  parentId: text('parent_id'),
+  issuedAt: integer('issued_at', { mode: 'timestamp_ms' }).notNull(),
+  expiresAt: integer('expires_at', { mode: 'timestamp_ms' }).notNull(),
+  usedAt: integer('used_at', { mode: 'timestamp_ms' }),
+  /** Set when a grace-window retry replaced this token before the client ever used it. */
+  revokedAt: integer('revoked_at', { mode: 'timestamp_ms' })
+}, (table) => [index('refresh_tokens_session_id_idx').on(table.sessionId)])
+
+export type SessionRow = typeof sessions.$inferSelect
+export type RefreshTokenRow = typeof refreshTokens.$inferSelect

@@ -15,6 +15,8 @@ import {
   type AuthenticatedUser
 } from '../auth/tokens.ts'
 import { apiError } from '../errors.ts'
+import type { Session } from '../repositories/sessions.ts'
+import type { User } from '../repositories/users.ts'
 
 declare module '@fastify/jwt' {
   interface FastifyJWT {
@@ -30,9 +32,18 @@ export interface IssuedAccessToken {
 }
 
 declare module 'fastify' {
+  interface FastifyRequest {
+    /** Set by loadAccount: the caller's user and session, read fresh from the database. */
+    account: { user: User, session: Session }
+  }
   interface FastifyInstance {
     /** preHandler: verifies the bearer access token and sets `request.user`, or answers 401/400. */
     authenticate (request: FastifyRequest): Promise<void>
+    /**
+     * preHandler after authenticate, for endpoints that act on the account itself: re-reads the
+     * user and the session, so a deleted or disabled user or a revoked session is refused at once.
+     */
+    loadAccount (request: FastifyRequest): Promise<void>
     issueAccessToken (user: { id: string, roles: Role[] }, sessionId: string): IssuedAccessToken
     /** The RFC 6750 §3 challenge for a response, e.g. `bearerChallenge('insufficient_scope')`. */
     bearerChallenge (error?: string, description?: string): string
@@ -136,6 +147,18 @@ async function authPlugin (app: FastifyInstance) {
     if (!user) throw invalidToken('The access token is invalid.')
     request.user = user
   })
+
+  app.decorateRequest('account', null as unknown as FastifyRequest['account'])
+  app.decorate('loadAccount', async (request: FastifyRequest) => {
+    const [user, session] = await Promise.all([
+      app.usersRepository.findById(request.user.id),
+      app.sessionsRepository.findActive(request.user.sid, new Date())
+    ])
+    if (!user || user.disabled || !session || session.userId !== user.id) {
+      throw invalidToken('The session behind this access token has ended.')
+    }
+    request.account = { user, session }
+  })
 }
 
-export default fp(authPlugin, { name: 'auth', dependencies: ['config'] })
+export default fp(authPlugin, { name: 'auth', dependencies: ['config', 'users-repository', 'sessions-repository'] })

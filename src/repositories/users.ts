@@ -70,6 +70,11 @@ export function createUserRepository (db: Db) {
       return row?.passwordHash
     },
 
+    async updateName (id: string, name: string | null): Promise<User | undefined> {
+      const [user] = await db.update(users).set({ name, updatedAt: new Date() }).where(eq(users.id, id)).returning(publicColumns)
+      return user
+    },
+
     async updatePasswordHash (id: string, passwordHash: string): Promise<void> {
       await db.update(users).set({ passwordHash, updatedAt: new Date() }).where(eq(users.id, id))
     }

@@ -1,30 +1,30 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import type { FastifyReply, FastifyRequest } from 'fastify'
-import { randomUUID } from 'node:crypto'
+import type { FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import { normaliseEmail } from '../auth/email.ts'
-import { dummyVerify, hashPassword, needsRehash, passwordPolicyProblem, verifyPassword } from '../auth/passwords.ts'
+import { hashPassword, passwordPolicyProblem, verifyPassword } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
-import type { User } from '../repositories/users.ts'
-import { Email, ErrorResponse, Name, Password, UserResponse, presentUser } from '../schemas/common.ts'
-
-const SessionResponse = Type.Object({
-  access_token: Type.String(),
-  token_type: Type.Literal('Bearer'),
-  expires_in: Type.Integer({ description: 'Access token lifetime in seconds' }),
-  user: UserResponse
-})
+import { Email, ErrorResponse, Name, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
+import sessionRoutes from './sessions.ts'
+import tokenRoutes from './token.ts'
 
 const Credentials = Type.Object({ email: Email, password: Password }, { additionalProperties: false })
 const Signup = Type.Object({ email: Email, password: Password, name: Type.Optional(Name) }, { additionalProperties: false })
+const RefreshToken = Type.String({ minLength: 1, maxLength: 512 })
+const Logout = Type.Object({
+  scope: Type.Optional(Type.Enum(['local', 'global'], { description: 'With a bearer token: this session or every session' })),
+  refresh_token: Type.Optional(RefreshToken)
+}, { additionalProperties: false })
+const PasswordChange = Type.Object({ current_password: Password, new_password: Password }, { additionalProperties: false })
+const ProfileChange = Type.Object({ name: Type.Union([Name, Type.Null()]) }, { additionalProperties: false })
+
+const bearerAuth = [{ bearerAuth: [] }]
 
 /** Emails are normalised before validation, storage and comparison (contract). */
-async function normaliseBodyEmail (request: FastifyRequest) {
+export async function normaliseBodyEmail (request: FastifyRequest) {
   const body = request.body as { email?: unknown } | undefined
   if (body && typeof body.email === 'string') body.email = normaliseEmail(body.email)
 }
-
-const invalidCredentials = () => apiError(401, 'invalid_credentials', 'The email or password is wrong.')
 
 const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
   // Nothing a client gets from /auth may be cached: tokens and personal data (RFC 6749 §5.1).
@@ -32,10 +32,8 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     reply.header('cache-control', 'no-store')
     reply.header('pragma', 'no-cache')
   })
-
-  function sendSession (reply: FastifyReply, user: User, sessionId: string, status: 200 | 201) {
-    return reply.code(status).send({ ...app.issueAccessToken(user, sessionId), user: presentUser(user) })
-  }
+  await app.register(sessionRoutes)
+  await app.register(tokenRoutes)
 
   app.post('/signup', {
     config: { access: 'public' },
@@ -58,7 +56,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     })
     if (!user) throw apiError(409, 'email_taken', 'An account with this email already exists.')
     request.log.info({ event: 'signup', userId: user.id }, 'user signed up')
-    return sendSession(reply, user, randomUUID(), 201)
+    return reply.code(201).send(await app.sessions.start(request, user))
   })
 
   app.post('/login', {
@@ -70,43 +68,102 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       body: Credentials,
       response: { 200: SessionResponse, 400: ErrorResponse, 401: ErrorResponse, 403: ErrorResponse }
     }
+  }, async (request) => app.sessions.signIn(request, request.body.email, request.body.password))
+
+  app.post('/refresh', {
+    config: { access: 'public' },
+    schema: {
+      tags: ['auth'],
+      summary: 'Exchange a refresh token for a new pair (rotation)',
+      description: 'The presented token is used up. Presenting it again after the retry grace window revokes the session.',
+      body: Type.Object({ refresh_token: RefreshToken }, { additionalProperties: false }),
+      response: { 200: SessionResponse, 400: ErrorResponse, 401: ErrorResponse }
+    }
+  }, async (request) => app.sessions.refresh(request, request.body.refresh_token))
+
+  app.post('/logout', {
+    // Public so a client whose access token expired can still end its session with the refresh
+    // token; without one, the handler authenticates the bearer token like any guarded route.
+    config: { access: 'public' },
+    // A bodiless POST (the usual logout call) is an empty object, not a validation error.
+    preValidation: async (request) => { request.body ??= {} },
+    schema: {
+      tags: ['auth'],
+      summary: 'End this session, every session (scope: global), or the session of a refresh token',
+      security: [...bearerAuth, {}],
+      body: Logout,
+      response: { 204: Type.Null(), 400: ErrorResponse, 401: ErrorResponse }
+    }
   }, async (request, reply) => {
-    const { email, password } = request.body
-    const found = await app.usersRepository.findCredentialsByEmail(email)
-    if (!found) {
-      await dummyVerify(password)
-      request.log.info({ event: 'login_failed', reason: 'unknown_email' }, 'login failed')
-      throw invalidCredentials()
+    const now = new Date()
+    const body = request.body
+    if (body.refresh_token) {
+      // An unknown token also answers 204: logging out never tells whether a token existed.
+      const session = await app.sessionsRepository.revokeByRefreshToken(body.refresh_token, now)
+      if (session) request.log.info({ event: 'session_revoked', userId: session.userId, sessionId: session.id, reason: 'logout' }, 'session revoked')
+      return reply.code(204).send(null)
     }
-    if (!await verifyPassword(found.passwordHash, password)) {
-      request.log.info({ event: 'login_failed', userId: found.user.id, reason: 'wrong_password' }, 'login failed')
-      throw invalidCredentials()
+    await app.authenticate(request)
+    await app.loadAccount(request)
+    const { user, session } = request.account
+    if (body.scope === 'global') {
+      const count = await app.sessionsRepository.revokeAllForUser(user.id, now)
+      request.log.info({ event: 'session_revoked', userId: user.id, count, reason: 'logout_global' }, 'sessions revoked')
+    } else {
+      await app.sessionsRepository.revoke(session.id, user.id, now)
+      request.log.info({ event: 'session_revoked', userId: user.id, sessionId: session.id, reason: 'logout' }, 'session revoked')
     }
-    // Only after a correct password, so the answer reveals nothing to a guesser.
-    if (found.user.disabled) throw apiError(403, 'user_disabled', 'This account is disabled.')
-    if (needsRehash(found.passwordHash)) {
-      await app.usersRepository.updatePasswordHash(found.user.id, await hashPassword(password))
-    }
-    request.log.info({ event: 'login', userId: found.user.id }, 'user logged in')
-    return sendSession(reply, found.user, randomUUID(), 200)
+    return reply.code(204).send(null)
   })
 
   app.get('/me', {
-    preHandler: [app.authenticate],
+    preHandler: [app.authenticate, app.loadAccount],
     schema: {
       tags: ['auth'],
       summary: 'The signed-in user',
-      security: [{ bearerAuth: [] }],
+      security: bearerAuth,
       response: { 200: UserResponse, 401: ErrorResponse }
     }
-  }, async (request) => {
-    const user = await app.usersRepository.findById(request.user.id)
-    if (!user || user.disabled) {
-      throw apiError(401, 'invalid_token', 'The account behind this token no longer exists or is disabled.', {
-        'www-authenticate': app.bearerChallenge('invalid_token')
-      })
+  }, async (request) => presentUser(request.account.user))
+
+  app.patch('/me', {
+    preHandler: [app.authenticate, app.loadAccount],
+    schema: {
+      tags: ['auth'],
+      summary: 'Change the signed-in user\'s profile',
+      security: bearerAuth,
+      body: ProfileChange,
+      response: { 200: UserResponse, 400: ErrorResponse, 401: ErrorResponse }
     }
-    return presentUser(user)
+  }, async (request) => {
+    const user = await app.usersRepository.updateName(request.account.user.id, request.body.name)
+    return presentUser(user!)
+  })
+
+  app.post('/password', {
+    preHandler: [app.authenticate, app.loadAccount],
+    schema: {
+      tags: ['auth'],
+      summary: 'Change the password; every other session is revoked',
+      security: bearerAuth,
+      body: PasswordChange,
+      response: { 204: Type.Null(), 400: ErrorResponse, 401: ErrorResponse }
+    }
+  }, async (request, reply) => {
+    const { user, session } = request.account
+    const { current_password: currentPassword, new_password: newPassword } = request.body
+    const hash = await app.usersRepository.findPasswordHash(user.id)
+    if (!hash || !await verifyPassword(hash, currentPassword)) {
+      request.log.info({ event: 'password_change_failed', userId: user.id }, 'wrong current password')
+      throw apiError(401, 'invalid_credentials', 'The current password is wrong.')
+    }
+    const problem = passwordPolicyProblem(newPassword, user.email)
+    if (problem) throw apiError(400, 'weak_password', problem)
+    await app.usersRepository.updatePasswordHash(user.id, await hashPassword(newPassword))
+    // ASVS 3.3.3: a password change ends every other session.
+    const count = await app.sessionsRepository.revokeAllForUser(user.id, new Date(), session.id)
+    request.log.info({ event: 'password_changed', userId: user.id, revokedSessions: count }, 'password changed')
+    return reply.code(204).send(null)
   })
 }
 

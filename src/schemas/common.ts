@@ -31,6 +31,14 @@ export const UserResponse = Type.Object({
   updated_at: Timestamp
 })
 
+export const SessionResponse = Type.Object({
+  access_token: Type.String(),
+  token_type: Type.Literal('Bearer'),
+  expires_in: Type.Integer({ description: 'Access token lifetime in seconds' }),
+  refresh_token: Type.String({ description: 'Opaque, single use: each refresh returns a new one' }),
+  user: UserResponse
+})
+
 export function presentUser (user: User): Static<typeof UserResponse> {
   return {
     id: user.id,

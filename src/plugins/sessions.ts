@@ -1,0 +1,98 @@
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import type { Static } from 'typebox'
+import { dummyVerify, hashPassword, needsRehash, verifyPassword } from '../auth/passwords.ts'
+import { apiError } from '../errors.ts'
+import type { User } from '../repositories/users.ts'
+import { presentUser, type SessionResponse } from '../schemas/common.ts'
+
+export interface SessionFlows {
+  /** Opens a session for a user who has just proved who they are. */
+  start (request: FastifyRequest, user: User): Promise<Static<typeof SessionResponse>>
+  /** Email and password → a session; 401 invalid_credentials or 403 user_disabled. */
+  signIn (request: FastifyRequest, email: string, password: string): Promise<Static<typeof SessionResponse>>
+  /** Rotates a refresh token → a session response; 401 invalid_refresh_token. */
+  refresh (request: FastifyRequest, refreshToken: string): Promise<Static<typeof SessionResponse>>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    sessions: SessionFlows
+  }
+}
+
+const invalidCredentials = () => apiError(401, 'invalid_credentials', 'The email or password is wrong.')
+const invalidRefreshToken = () =>
+  apiError(401, 'invalid_refresh_token', 'The refresh token is invalid, expired or revoked.')
+
+/**
+ * The sign-in and refresh flows that /auth/login, /auth/refresh and the OAuth2 token endpoint
+ * share, so each answers the same way whatever shape of request carried the credentials.
+ */
+async function sessionsPlugin (app: FastifyInstance) {
+  const { refreshTokenTtl: ttl, refreshReuseGrace: grace } = app.config
+
+  const respond = (user: User, sessionId: string, refreshToken: string) => ({
+    ...app.issueAccessToken(user, sessionId),
+    refresh_token: refreshToken,
+    user: presentUser(user)
+  })
+
+  const flows: SessionFlows = {
+    async start (request, user) {
+      const { session, refreshToken } = await app.sessionsRepository.open(
+        { userId: user.id, userAgent: request.headers['user-agent'], ip: request.ip },
+        { now: new Date(), ttl }
+      )
+      return respond(user, session.id, refreshToken)
+    },
+
+    async signIn (request, email, password) {
+      const found = await app.usersRepository.findCredentialsByEmail(email)
+      if (!found) {
+        await dummyVerify(password)
+        request.log.info({ event: 'login_failed', reason: 'unknown_email' }, 'sign-in failed')
+        throw invalidCredentials()
+      }
+      const { user, passwordHash } = found
+      if (!await verifyPassword(passwordHash, password)) {
+        request.log.info({ event: 'login_failed', userId: user.id, reason: 'wrong_password' }, 'sign-in failed')
+        throw invalidCredentials()
+      }
+      // Only after a correct password, so the answer tells a guesser nothing.
+      if (user.disabled) throw apiError(403, 'user_disabled', 'This account is disabled.')
+      if (needsRehash(passwordHash)) {
+        await app.usersRepository.updatePasswordHash(user.id, await hashPassword(password))
+      }
+      const session = await flows.start(request, user)
+      request.log.info({ event: 'login', userId: user.id }, 'signed in')
+      return session
+    },
+
+    async refresh (request, refreshToken) {
+      const rotation = await app.sessionsRepository.rotate(refreshToken, { now: new Date(), ttl, grace })
+      if (rotation.outcome === 'invalid') throw invalidRefreshToken()
+      if (rotation.outcome === 'reused') {
+        request.log.warn({
+          event: 'refresh_token_reuse',
+          userId: rotation.session.userId,
+          sessionId: rotation.session.id
+        }, 'refresh token reuse detected: session revoked')
+        throw invalidRefreshToken()
+      }
+      // Roles and the disabled flag are read again, so changes take effect at the next refresh.
+      const user = await app.usersRepository.findById(rotation.session.userId)
+      if (!user || user.disabled) {
+        await app.sessionsRepository.revoke(rotation.session.id, rotation.session.userId, new Date())
+        throw invalidRefreshToken()
+      }
+      return respond(user, rotation.session.id, rotation.refreshToken)
+    }
+  }
+  app.decorate('sessions', flows)
+}
+
+export default fp(sessionsPlugin, {
+  name: 'sessions',
+  dependencies: ['config', 'auth', 'users-repository', 'sessions-repository']
+})

@@ -1,0 +1,181 @@
+import { and, desc, eq, gt, isNotNull, isNull, lt, ne, or } from 'drizzle-orm'
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { randomUUID } from 'node:crypto'
+import { hashRefreshToken, newRefreshToken } from '../auth/tokens.ts'
+import type { Db } from '../db/index.ts'
+import { refreshTokens, sessions, type SessionRow } from '../db/schema.ts'
+
+export type Session = SessionRow
+
+export interface SessionTimes {
+  now: Date
+  /** Seconds a refresh token lives (REFRESH_TOKEN_TTL). */
+  ttl: number
+}
+
+export interface RotationRules extends SessionTimes {
+  /** Seconds after rotation in which the newest rotated token may be replayed (REFRESH_REUSE_GRACE). */
+  grace: number
+}
+
+export type Rotation =
+  | { outcome: 'rotated', session: Session, refreshToken: string }
+  | { outcome: 'invalid' }
+  | { outcome: 'reused', session: Session }
+
+const plus = (at: Date, seconds: number) => new Date(at.getTime() + seconds * 1000)
+/** Revoked sessions are kept this long before cleanup, so their tokens still read as revoked. */
+const REVOKED_RETENTION_SECONDS = 86_400
+
+export function createSessionRepository (db: Db) {
+  function insertRefreshToken (sessionId: string, parentId: string | null, { now, ttl }: SessionTimes): string {
+    const token = newRefreshToken()
+    db.insert(refreshTokens).values({
+      id: randomUUID(),
+      tokenHash: hashRefreshToken(token),
+      sessionId,
+      parentId,
+      issuedAt: now,
+      expiresAt: plus(now, ttl)
+    }).run()
+    return token
+  }
+
+  /** Slides the session's end forward and records the use. */
+  function touch (sessionId: string, { now, ttl }: SessionTimes): Session {
+    return db.update(sessions).set({ lastUsedAt: now, expiresAt: plus(now, ttl) })
+      .where(eq(sessions.id, sessionId)).returning().get()!
+  }
+
+  const revokeWhere = (condition: ReturnType<typeof and>, now: Date) =>
+    db.update(sessions).set({ revokedAt: now }).where(and(condition, isNull(sessions.revokedAt))).returning({ id: sessions.id }).all()
+
+  return {
+    /** Opens a session for a sign-in and returns it with its first refresh token. */
+    async open (input: { userId: string, userAgent?: string | undefined, ip?: string | undefined }, times: SessionTimes) {
+      return db.transaction((tx) => {
+        const session = tx.insert(sessions).values({
+          id: randomUUID(),
+          userId: input.userId,
+          createdAt: times.now,
+          lastUsedAt: times.now,
+          expiresAt: plus(times.now, times.ttl),
+          userAgent: input.userAgent?.slice(0, 512) ?? null,
+          ip: input.ip ?? null
+        }).returning().get()
+        return { session, refreshToken: insertRefreshToken(session.id, null, times) }
+      })
+    },
+
+    /**
+     * The one place that decides whether a refresh token is good (RFC 9700 §4.14.2), in a single
+     * immediate transaction so two concurrent refreshes of one token are serialised:
+     * - unknown, expired, or of a revoked or expired session: invalid;
+     * - never used: mark it used and issue its child in the same session;
+     * - used, but it is the parent of the session's live token and was rotated within the grace
+     *   window: the client lost our answer; replace that live token with a new one;
+     * - any other reuse is theft: revoke the whole session.
+     */
+    async rotate (presented: string, rules: RotationRules): Promise<Rotation> {
+      const { now, grace } = rules
+      return db.transaction((tx) => {
+        const found = tx.select({ token: refreshTokens, session: sessions })
+          .from(refreshTokens)
+          .innerJoin(sessions, eq(sessions.id, refreshTokens.sessionId))
+          .where(eq(refreshTokens.tokenHash, hashRefreshToken(presented)))
+          .get()
+        if (!found) return { outcome: 'invalid' } as const
+        const { token, session } = found
+        if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now) return { outcome: 'invalid' } as const
+
+        if (!token.usedAt && !token.revokedAt) {
+          tx.update(refreshTokens).set({ usedAt: now }).where(eq(refreshTokens.id, token.id)).run()
+          const refreshToken = insertRefreshToken(session.id, token.id, rules)
+          return { outcome: 'rotated', session: touch(session.id, rules), refreshToken } as const
+        }
+
+        const live = tx.select().from(refreshTokens)
+          .where(and(eq(refreshTokens.sessionId, session.id), isNull(refreshTokens.usedAt), isNull(refreshTokens.revokedAt)))
+          .get()
+        const withinGrace = token.usedAt !== null && now.getTime() - token.usedAt.getTime() <= grace * 1000
+        if (withinGrace && live?.parentId === token.id) {
+          tx.update(refreshTokens).set({ revokedAt: now }).where(eq(refreshTokens.id, live.id)).run()
+          const refreshToken = insertRefreshToken(session.id, token.id, rules)
+          return { outcome: 'rotated', session: touch(session.id, rules), refreshToken } as const
+        }
+
+        tx.update(sessions).set({ revokedAt: now }).where(eq(sessions.id, session.id)).run()
+        return { outcome: 'reused', session } as const
+      }, { behavior: 'immediate' })
+    },
+
+    /** The session if it is neither revoked nor expired. */
+    async findActive (sessionId: string, now: Date): Promise<Session | undefined> {
+      return db.select().from(sessions)
+        .where(and(eq(sessions.id, sessionId), isNull(sessions.revokedAt), gt(sessions.expiresAt, now)))
+        .get()
+    },
+
+    async listActive (userId: string, now: Date): Promise<Session[]> {
+      return db.select().from(sessions)
+        .where(and(eq(sessions.userId, userId), isNull(sessions.revokedAt), gt(sessions.expiresAt, now)))
+        .orderBy(desc(sessions.lastUsedAt))
+        .all()
+    },
+
+    /** Revokes one session of this user; false when it is not theirs or already gone. */
+    async revoke (sessionId: string, userId: string, now: Date): Promise<boolean> {
+      return revokeWhere(and(eq(sessions.id, sessionId), eq(sessions.userId, userId)), now).length > 0
+    },
+
+    /** Revokes every session of the user but `keepSessionId`; returns how many. */
+    async revokeAllForUser (userId: string, now: Date, keepSessionId?: string): Promise<number> {
+      const condition = keepSessionId
+        ? and(eq(sessions.userId, userId), ne(sessions.id, keepSessionId))
+        : eq(sessions.userId, userId)
+      return revokeWhere(condition, now).length
+    },
+
+    /** Revokes the session a refresh token belongs to (logout without an access token). */
+    async revokeByRefreshToken (presented: string, now: Date): Promise<Session | undefined> {
+      const found = db.select({ sessionId: refreshTokens.sessionId }).from(refreshTokens)
+        .where(eq(refreshTokens.tokenHash, hashRefreshToken(presented))).get()
+      if (!found) return undefined
+      const [revoked] = revokeWhere(eq(sessions.id, found.sessionId), now)
+      return revoked ? db.select().from(sessions).where(eq(sessions.id, revoked.id)).get() : undefined
+    },
+
+    /** Removes expired sessions, long-revoked ones, and expired refresh tokens. */
+    async deleteExpired (now: Date): Promise<void> {
+      db.transaction((tx) => {
+        tx.delete(refreshTokens).where(lt(refreshTokens.expiresAt, now)).run()
+        tx.delete(sessions).where(or(
+          lt(sessions.expiresAt, now),
+          and(isNotNull(sessions.revokedAt), lt(sessions.revokedAt, plus(now, -REVOKED_RETENTION_SECONDS)))
+        )).run()
+      })
+    }
+  }
+}
+
+export type SessionRepository = ReturnType<typeof createSessionRepository>
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    sessionsRepository: SessionRepository
+  }
+}
+
+const CLEANUP_INTERVAL_MS = 60 * 60 * 1000
+
+export default fp(async function sessionsRepositoryPlugin (app: FastifyInstance) {
+  const repository = createSessionRepository(app.db)
+  app.decorate('sessionsRepository', repository)
+
+  const cleanUp = () => repository.deleteExpired(new Date())
+    .catch((error: unknown) => app.log.error({ err: error }, 'session cleanup failed'))
+  app.addHook('onReady', async () => { await cleanUp() })
+  const timer = setInterval(cleanUp, CLEANUP_INTERVAL_MS).unref()
+  app.addHook('onClose', async () => clearInterval(timer))
+}, { name: 'sessions-repository', dependencies: ['database'] })

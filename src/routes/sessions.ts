@@ -1,0 +1,57 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
+import { apiError } from '../errors.ts'
+import { ErrorResponse, Timestamp, Uuid } from '../schemas/common.ts'
+
+const SessionView = Type.Object({
+  id: Uuid,
+  created_at: Timestamp,
+  last_used_at: Timestamp,
+  user_agent: Type.Union([Type.String(), Type.Null()]),
+  ip: Type.Union([Type.String(), Type.Null()]),
+  current: Type.Boolean({ description: 'The session of the access token making this request' })
+})
+
+const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  app.get('/sessions', {
+    preHandler: [app.authenticate, app.loadAccount],
+    schema: {
+      tags: ['sessions'],
+      summary: 'The signed-in user\'s active sessions, most recently used first',
+      security: [{ bearerAuth: [] }],
+      response: { 200: Type.Array(SessionView), 401: ErrorResponse }
+    }
+  }, async (request) => {
+    const { user, session: current } = request.account
+    const sessions = await app.sessionsRepository.listActive(user.id, new Date())
+    return sessions.map((session) => ({
+      id: session.id,
+      created_at: session.createdAt.toISOString(),
+      last_used_at: session.lastUsedAt.toISOString(),
+      user_agent: session.userAgent,
+      ip: session.ip,
+      current: session.id === current.id
+    }))
+  })
+
+  app.delete('/sessions/:id', {
+    preHandler: [app.authenticate, app.loadAccount],
+    schema: {
+      tags: ['sessions'],
+      summary: 'Revoke one of the signed-in user\'s sessions',
+      security: [{ bearerAuth: [] }],
+      params: Type.Object({ id: Uuid }),
+      response: { 204: Type.Null(), 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse }
+    }
+  }, async (request, reply) => {
+    const { user } = request.account
+    // Another user's session answers 404 like an unknown one: ids are not confirmed to strangers.
+    if (!await app.sessionsRepository.revoke(request.params.id, user.id, new Date())) {
+      throw apiError(404, 'not_found', 'No such session.')
+    }
+    request.log.info({ event: 'session_revoked', userId: user.id, sessionId: request.params.id, reason: 'user' }, 'session revoked')
+    return reply.code(204).send(null)
+  })
+}
+
+export default sessionRoutes

@@ -1,0 +1,100 @@
+import formbody from '@fastify/formbody'
+import { HttpError } from '@fastify/sensible'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyError } from 'fastify'
+import { Type } from 'typebox'
+import { normaliseEmail } from '../auth/email.ts'
+import { PASSWORD_MAX_LENGTH } from '../auth/passwords.ts'
+import { apiError } from '../errors.ts'
+import { SessionResponse } from '../schemas/common.ts'
+
+const Parameter = Type.Optional(Type.String({ maxLength: 4096 }))
+
+/**
+ * RFC 6749 §4.3.2 and §6. client_id, client_secret and scope are what standard clients send;
+ * Gatehouse's clients are public first-party clients, so those are accepted and ignored, and
+ * unknown parameters are ignored too (§3.2: "MUST ignore unrecognized request parameters").
+ */
+const TokenRequest = Type.Object({
+  grant_type: Type.Optional(Type.String({ maxLength: 64, examples: ['password', 'refresh_token'] })),
+  username: Type.Optional(Type.String({ maxLength: 4096, description: 'The email, for grant_type=password' })),
+  password: Parameter,
+  refresh_token: Parameter,
+  client_id: Parameter,
+  client_secret: Parameter,
+  scope: Parameter
+})
+
+const OAuthError = Type.Object({
+  error: Type.String({ description: 'RFC 6749 §5.2 error code' }),
+  error_description: Type.String()
+})
+
+/** Contract codes from the shared sign-in flows, as RFC 6749 §5.2 names them. */
+const OAUTH_ERRORS: Record<string, [number, string]> = {
+  invalid_credentials: [400, 'invalid_grant'],
+  user_disabled: [400, 'invalid_grant'],
+  invalid_refresh_token: [400, 'invalid_grant'],
+  rate_limited: [429, 'rate_limited']
+}
+const OAUTH_CODES = new Set(['invalid_request', 'invalid_grant', 'unsupported_grant_type'])
+
+function toOAuthError (error: FastifyError): { status: number, body: { error: string, error_description: string } } {
+  if (error.validation) {
+    return { status: 400, body: { error: 'invalid_request', error_description: error.message } }
+  }
+  if (error instanceof HttpError) {
+    const mapped = OAUTH_ERRORS[error.code]
+    if (mapped) return { status: mapped[0], body: { error: mapped[1], error_description: error.message } }
+    if (OAUTH_CODES.has(error.code)) return { status: error.statusCode, body: { error: error.code, error_description: error.message } }
+  }
+  const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500
+  return status === 500
+    ? { status, body: { error: 'server_error', error_description: 'Something went wrong on our side.' } }
+    : { status, body: { error: 'invalid_request', error_description: error.message } }
+}
+
+const invalidRequest = (description: string) => apiError(400, 'invalid_request', description)
+
+const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  // Only the token endpoint takes form bodies (what Postman and Swagger UI send).
+  await app.register(formbody)
+
+  app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {
+    const { status, body } = toOAuthError(error)
+    if (status >= 500) request.log.error({ err: error }, 'token request failed')
+    if (error.headers) reply.headers(error.headers)
+    return reply.code(status).send(body)
+  })
+
+  app.post('/token', {
+    config: { access: 'public' },
+    schema: {
+      tags: ['auth'],
+      summary: 'OAuth2 token endpoint: password and refresh_token grants',
+      description: 'Accepts application/x-www-form-urlencoded or JSON. Errors follow RFC 6749 §5.2.',
+      consumes: ['application/x-www-form-urlencoded', 'application/json'],
+      body: TokenRequest,
+      response: { 200: SessionResponse, 400: OAuthError, 415: OAuthError, 429: OAuthError }
+    }
+  }, async (request) => {
+    const { grant_type: grantType, username, password, refresh_token: refreshToken } = request.body
+    switch (grantType) {
+      case 'password':
+        if (!username || !password) throw invalidRequest('The password grant needs username and password.')
+        // Refused before hashing, as on /auth/login.
+        if (password.length > PASSWORD_MAX_LENGTH) throw apiError(400, 'invalid_grant', 'The email or password is wrong.')
+        return app.sessions.signIn(request, normaliseEmail(username), password)
+      case 'refresh_token':
+        if (!refreshToken) throw invalidRequest('The refresh_token grant needs refresh_token.')
+        return app.sessions.refresh(request, refreshToken)
+      case undefined:
+      case '':
+        throw invalidRequest('grant_type is required.')
+      default:
+        throw apiError(400, 'unsupported_grant_type', 'grant_type must be password or refresh_token.')
+    }
+  })
+}
+
+export default tokenRoutes

@@ -1,0 +1,170 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import type { App } from '../src/app.ts'
+import { hashRefreshToken } from '../src/auth/tokens.ts'
+import { type SessionBody, bearer, build, signup, tokenPayload } from './helper.ts'
+
+const refresh = (app: App, token: string) =>
+  app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })
+const me = (app: App, accessToken: string) => app.inject({ url: '/auth/me', headers: bearer(accessToken) })
+const sessionRow = (app: App, id: unknown) =>
+  app.db.$client.prepare('select * from sessions where id = ?').get(id) as { revoked_at: number | null, user_id: string }
+
+t.test('signup → refresh → refresh → logout → refresh refused', async (t) => {
+  const app = await build(t)
+  const first = await signup(app)
+  t.match(first.refresh_token, /^[\w-]{43}$/, '256-bit base64url refresh token')
+  const sid = tokenPayload(first.access_token).sid
+
+  const second = await refresh(app, first.refresh_token)
+  t.equal(second.statusCode, 200)
+  t.equal(second.headers['cache-control'], 'no-store')
+  const secondBody: SessionBody = second.json()
+  t.not(secondBody.refresh_token, first.refresh_token, 'rotated')
+  t.equal(tokenPayload(secondBody.access_token).sid, sid, 'same session')
+  t.same(secondBody.user, first.user)
+
+  const third: SessionBody = (await refresh(app, secondBody.refresh_token)).json()
+  t.equal((await me(app, third.access_token)).statusCode, 200)
+
+  const logout = await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(third.access_token) })
+  t.equal(logout.statusCode, 204)
+  t.equal(logout.body, '')
+
+  const after = await refresh(app, third.refresh_token)
+  t.equal(after.statusCode, 401)
+  t.equal(after.json().code, 'invalid_refresh_token')
+  t.equal((await me(app, third.access_token)).statusCode, 401, 'the session-checked route refuses the old access token')
+  t.ok(sessionRow(app, sid).revoked_at)
+})
+
+t.test('refresh tokens are stored only as hashes', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const rows = app.db.$client.prepare('select token_hash from refresh_tokens').all() as Array<{ token_hash: string }>
+  t.same(rows.map((row) => row.token_hash), [hashRefreshToken(session.refresh_token)])
+  t.notMatch(JSON.stringify(app.db.$client.prepare('select * from refresh_tokens').all()), session.refresh_token)
+})
+
+t.test('reuse after the grace window revokes the whole session', async (t) => {
+  const app = await build(t, { REFRESH_REUSE_GRACE: '1' })
+  const first = await signup(app)
+  const second: SessionBody = (await refresh(app, first.refresh_token)).json()
+  await sleep(1200)
+
+  const replay = await refresh(app, first.refresh_token)
+  t.equal(replay.statusCode, 401)
+  t.equal(replay.json().code, 'invalid_refresh_token')
+  t.ok(sessionRow(app, tokenPayload(first.access_token).sid).revoked_at, 'session revoked')
+
+  const legitimate = await refresh(app, second.refresh_token)
+  t.equal(legitimate.statusCode, 401, 'the thief and the victim both lose the session')
+  t.equal((await me(app, second.access_token)).statusCode, 401)
+})
+
+t.test('grace 0 turns any reuse into theft', async (t) => {
+  const app = await build(t, { REFRESH_REUSE_GRACE: '0' })
+  const first = await signup(app)
+  t.equal((await refresh(app, first.refresh_token)).statusCode, 200)
+  t.equal((await refresh(app, first.refresh_token)).statusCode, 401)
+  t.ok(sessionRow(app, tokenPayload(first.access_token).sid).revoked_at)
+})
+
+t.test('a replay inside the grace window succeeds for the same session', async (t) => {
+  const app = await build(t, { REFRESH_REUSE_GRACE: '10s' })
+  const first = await signup(app)
+  const sid = tokenPayload(first.access_token).sid
+  const lost: SessionBody = (await refresh(app, first.refresh_token)).json()
+
+  const retry = await refresh(app, first.refresh_token)
+  t.equal(retry.statusCode, 200, 'the client lost our answer and retries')
+  const retried: SessionBody = retry.json()
+  t.equal(tokenPayload(retried.access_token).sid, sid)
+  t.not(retried.refresh_token, lost.refresh_token)
+
+  const next = await refresh(app, retried.refresh_token)
+  t.equal(next.statusCode, 200, 'the retried chain goes on')
+  t.notOk(sessionRow(app, sid).revoked_at)
+
+  const live = app.db.$client.prepare('select count(*) as n from refresh_tokens where session_id = ? and used_at is null and revoked_at is null').get(sid) as { n: number }
+  t.equal(live.n, 1, 'one live refresh token per session, never a fork')
+})
+
+t.test('inside the window, only the newest rotated token may be replayed', async (t) => {
+  const app = await build(t, { REFRESH_REUSE_GRACE: '10s' })
+  const first = await signup(app)
+  const second: SessionBody = (await refresh(app, first.refresh_token)).json()
+  t.equal((await refresh(app, second.refresh_token)).statusCode, 200)
+
+  const older = await refresh(app, first.refresh_token)
+  t.equal(older.statusCode, 401, 'an older token is theft even inside the window')
+  t.ok(sessionRow(app, tokenPayload(first.access_token).sid).revoked_at)
+})
+
+t.test('20 parallel refreshes of one token with grace 0 yield exactly one success', async (t) => {
+  const app = await build(t, { REFRESH_REUSE_GRACE: '0' })
+  const first = await signup(app)
+  const responses = await Promise.all(Array.from({ length: 20 }, () => refresh(app, first.refresh_token)))
+  const statuses = responses.map((response) => response.statusCode)
+  t.equal(statuses.filter((status) => status === 200).length, 1)
+  t.equal(statuses.filter((status) => status === 401).length, 19)
+  const minted = app.db.$client.prepare('select count(*) as n from refresh_tokens').get() as { n: number }
+  t.equal(minted.n, 2, 'one chain: the original and one child')
+})
+
+t.test('an expired refresh token is refused', async (t) => {
+  const app = await build(t, { REFRESH_TOKEN_TTL: '1' })
+  const first = await signup(app)
+  await sleep(1100)
+  const response = await refresh(app, first.refresh_token)
+  t.equal(response.statusCode, 401)
+  t.equal(response.json().code, 'invalid_refresh_token')
+})
+
+t.test('refresh re-reads the user: roles and disabled take effect at the next refresh', async (t) => {
+  const app = await build(t)
+  const first = await signup(app)
+  app.db.$client.prepare('update users set roles = \'["user","member"]\' where id = ?').run(first.user.id)
+  const promoted: SessionBody = (await refresh(app, first.refresh_token)).json()
+  t.same(tokenPayload(promoted.access_token).roles, ['user', 'member'])
+  t.same(promoted.user.roles, ['user', 'member'])
+
+  app.db.$client.prepare('update users set disabled = 1 where id = ?').run(first.user.id)
+  const refused = await refresh(app, promoted.refresh_token)
+  t.equal(refused.statusCode, 401)
+  t.equal(refused.json().code, 'invalid_refresh_token')
+})
+
+t.test('refresh and access tokens cannot stand in for each other', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const asAccess = await me(app, session.refresh_token)
+  t.equal(asAccess.statusCode, 401)
+  t.equal(asAccess.json().code, 'invalid_token')
+  const asRefresh = await refresh(app, session.access_token)
+  t.equal(asRefresh.statusCode, 401)
+  t.equal(asRefresh.json().code, 'invalid_refresh_token')
+})
+
+t.test('refresh validates its body', async (t) => {
+  const app = await build(t)
+  for (const payload of [{}, { refresh_token: '' }, { refresh_token: 42 }, { refresh_token: 'x', extra: 1 }]) {
+    const response = await app.inject({ method: 'POST', url: '/auth/refresh', payload })
+    t.equal(response.statusCode, 400, JSON.stringify(payload))
+    t.equal(response.json().code, 'validation_error')
+  }
+  t.equal((await refresh(app, 'no-such-token')).json().code, 'invalid_refresh_token')
+})
+
+t.test('cleanup removes expired sessions and tokens, keeps live ones', async (t) => {
+  const app = await build(t)
+  const live = await signup(app)
+  const old = await signup(app)
+  const oldSid = tokenPayload(old.access_token).sid
+  app.db.$client.prepare('update sessions set expires_at = 0 where id = ?').run(oldSid)
+  app.db.$client.prepare('update refresh_tokens set expires_at = 0 where session_id = ?').run(oldSid)
+  await app.sessionsRepository.deleteExpired(new Date())
+  t.notOk(sessionRow(app, oldSid), 'expired session deleted')
+  t.ok(sessionRow(app, tokenPayload(live.access_token).sid), 'live session kept')
+  t.equal((await refresh(app, live.refresh_token)).statusCode, 200)
+})

@@ -1,0 +1,170 @@
+import t from 'tap'
+import type { App } from '../src/app.ts'
+import { TEST_PASSWORD, type SessionBody, bearer, build, signup, tokenPayload, uniqueEmail } from './helper.ts'
+
+const login = async (app: App, email: string, password = TEST_PASSWORD, userAgent = 'test-agent'): Promise<SessionBody> => {
+  const response = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password }, headers: { 'user-agent': userAgent } })
+  if (response.statusCode !== 200) throw new Error(`login failed: ${response.body}`)
+  return response.json()
+}
+const refreshStatus = async (app: App, token: string) =>
+  (await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })).statusCode
+const meStatus = async (app: App, token: string) => (await app.inject({ url: '/auth/me', headers: bearer(token) })).statusCode
+
+t.test('GET /auth/sessions lists the active sessions and marks the current one', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  const phone = await login(app, email, TEST_PASSWORD, 'Phone/1.0')
+  const laptop = await login(app, email, TEST_PASSWORD, 'Laptop/2.0')
+
+  const response = await app.inject({ url: '/auth/sessions', headers: bearer(phone.access_token) })
+  t.equal(response.statusCode, 200)
+  t.equal(response.headers['cache-control'], 'no-store')
+  const sessions = response.json() as Array<Record<string, unknown>>
+  t.equal(sessions.length, 3)
+  t.same(Object.keys(sessions[0]!).sort(), ['created_at', 'current', 'id', 'ip', 'last_used_at', 'user_agent'])
+  const current = sessions.filter((session) => session.current)
+  t.equal(current.length, 1)
+  t.equal(current[0]!.id, tokenPayload(phone.access_token).sid)
+  t.equal(current[0]!.user_agent, 'Phone/1.0')
+  t.equal(current[0]!.ip, '127.0.0.1')
+  t.ok(sessions.some((session) => session.id === tokenPayload(laptop.access_token).sid))
+
+  await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(laptop.access_token) })
+  const after = (await app.inject({ url: '/auth/sessions', headers: bearer(phone.access_token) })).json()
+  t.equal(after.length, 2, 'revoked sessions are not listed')
+})
+
+t.test('DELETE /auth/sessions/:id revokes own sessions only; others answer 404', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const first = await signup(app, email)
+  const second = await login(app, email)
+  const stranger = await signup(app)
+
+  const foreign = await app.inject({ method: 'DELETE', url: `/auth/sessions/${tokenPayload(stranger.access_token).sid}`, headers: bearer(first.access_token) })
+  t.equal(foreign.statusCode, 404, 'another user\'s session is not found, never forbidden')
+  t.equal(foreign.json().code, 'not_found')
+  t.equal(await refreshStatus(app, stranger.refresh_token), 200, 'and it was not revoked')
+
+  const unknown = await app.inject({ method: 'DELETE', url: '/auth/sessions/00000000-0000-4000-8000-000000000000', headers: bearer(first.access_token) })
+  t.equal(unknown.statusCode, 404)
+  const malformed = await app.inject({ method: 'DELETE', url: '/auth/sessions/not-a-uuid', headers: bearer(first.access_token) })
+  t.equal(malformed.statusCode, 400)
+  t.equal(malformed.json().code, 'validation_error')
+
+  const own = await app.inject({ method: 'DELETE', url: `/auth/sessions/${tokenPayload(second.access_token).sid}`, headers: bearer(first.access_token) })
+  t.equal(own.statusCode, 204)
+  t.equal(await refreshStatus(app, second.refresh_token), 401)
+  t.equal(await meStatus(app, second.access_token), 401)
+  t.equal(await meStatus(app, first.access_token), 200)
+
+  const again = await app.inject({ method: 'DELETE', url: `/auth/sessions/${tokenPayload(second.access_token).sid}`, headers: bearer(first.access_token) })
+  t.equal(again.statusCode, 404, 'an already revoked session is gone')
+
+  const anonymous = await app.inject({ method: 'DELETE', url: `/auth/sessions/${tokenPayload(first.access_token).sid}` })
+  t.equal(anonymous.statusCode, 401)
+})
+
+t.test('global logout kills every session of the user and no one else\'s', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const sessions = [await signup(app, email), await login(app, email), await login(app, email)]
+  const other = await signup(app)
+
+  const response = await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(sessions[0]!.access_token), payload: { scope: 'global' } })
+  t.equal(response.statusCode, 204)
+  for (const session of sessions) {
+    t.equal(await refreshStatus(app, session.refresh_token), 401)
+    t.equal(await meStatus(app, session.access_token), 401)
+  }
+  t.equal(await meStatus(app, other.access_token), 200)
+})
+
+t.test('local logout ends only this session', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const first = await signup(app, email)
+  const second = await login(app, email)
+  const response = await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(first.access_token), payload: { scope: 'local' } })
+  t.equal(response.statusCode, 204)
+  t.equal(await refreshStatus(app, first.refresh_token), 401)
+  t.equal(await refreshStatus(app, second.refresh_token), 200)
+})
+
+t.test('logout with a refresh token needs no access token', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const response = await app.inject({ method: 'POST', url: '/auth/logout', payload: { refresh_token: session.refresh_token } })
+  t.equal(response.statusCode, 204)
+  t.equal(response.headers['cache-control'], 'no-store')
+  t.equal(await refreshStatus(app, session.refresh_token), 401)
+  t.equal(await meStatus(app, session.access_token), 401)
+
+  const unknown = await app.inject({ method: 'POST', url: '/auth/logout', payload: { refresh_token: 'never-issued' } })
+  t.equal(unknown.statusCode, 204, 'an unknown token also answers 204')
+})
+
+t.test('logout failure paths', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const anonymous = await app.inject({ method: 'POST', url: '/auth/logout' })
+  t.equal(anonymous.statusCode, 401)
+  t.equal(anonymous.json().code, 'missing_token')
+  t.equal(anonymous.headers['www-authenticate'], 'Bearer realm="gatehouse"')
+  const badScope = await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(session.access_token), payload: { scope: 'everything' } })
+  t.equal(badScope.statusCode, 400)
+  t.equal(badScope.json().code, 'validation_error')
+  t.equal(await meStatus(app, session.access_token), 200, 'a refused logout changes nothing')
+})
+
+t.test('password change needs the current password and keeps only the current session', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const current = await signup(app, email)
+  const other = await login(app, email)
+  const newPassword = 'a brand new passphrase'
+
+  const wrong = await app.inject({ method: 'POST', url: '/auth/password', headers: bearer(current.access_token), payload: { current_password: 'not my password', new_password: newPassword } })
+  t.equal(wrong.statusCode, 401)
+  t.equal(wrong.json().code, 'invalid_credentials')
+  t.equal(await refreshStatus(app, other.refresh_token), 200, 'a failed change revokes nothing')
+  const other2 = await login(app, email)
+
+  const weak = await app.inject({ method: 'POST', url: '/auth/password', headers: bearer(current.access_token), payload: { current_password: TEST_PASSWORD, new_password: email.toUpperCase() } })
+  t.equal(weak.statusCode, 400)
+  t.equal(weak.json().code, 'weak_password')
+  const short = await app.inject({ method: 'POST', url: '/auth/password', headers: bearer(current.access_token), payload: { current_password: TEST_PASSWORD, new_password: 'short' } })
+  t.equal(short.json().code, 'validation_error')
+
+  const changed = await app.inject({ method: 'POST', url: '/auth/password', headers: bearer(current.access_token), payload: { current_password: TEST_PASSWORD, new_password: newPassword } })
+  t.equal(changed.statusCode, 204)
+  t.equal(await refreshStatus(app, other2.refresh_token), 401, 'other sessions are revoked')
+  t.equal(await meStatus(app, current.access_token), 200, 'the current session stays')
+  t.equal(await refreshStatus(app, current.refresh_token), 200)
+
+  const oldPassword = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
+  t.equal(oldPassword.statusCode, 401)
+  t.equal((await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: newPassword } })).statusCode, 200)
+})
+
+t.test('PATCH /auth/me changes the name', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const renamed = await app.inject({ method: 'PATCH', url: '/auth/me', headers: bearer(session.access_token), payload: { name: 'Grace Hopper' } })
+  t.equal(renamed.statusCode, 200)
+  t.equal(renamed.json().name, 'Grace Hopper')
+  t.ok(renamed.json().updated_at >= session.user.updated_at)
+  t.equal((await app.inject({ url: '/auth/me', headers: bearer(session.access_token) })).json().name, 'Grace Hopper')
+
+  const cleared = await app.inject({ method: 'PATCH', url: '/auth/me', headers: bearer(session.access_token), payload: { name: null } })
+  t.equal(cleared.json().name, null)
+
+  for (const payload of [{ name: '' }, { name: 'x'.repeat(101) }, { email: 'new@example.com' }, { roles: ['admin'] }]) {
+    const refused = await app.inject({ method: 'PATCH', url: '/auth/me', headers: bearer(session.access_token), payload })
+    t.equal(refused.statusCode, 400, JSON.stringify(payload))
+    t.equal(refused.json().code, 'validation_error')
+  }
+  t.same((await app.inject({ url: '/auth/me', headers: bearer(session.access_token) })).json().roles, ['user'])
+})

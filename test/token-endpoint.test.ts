@@ -1,0 +1,101 @@
+import t from 'tap'
+import type { App } from '../src/app.ts'
+import { TEST_PASSWORD, bearer, build, signup, tokenPayload, uniqueEmail } from './helper.ts'
+
+const form = (fields: Record<string, string>) => new URLSearchParams(fields).toString()
+const FORM = { 'content-type': 'application/x-www-form-urlencoded' }
+const postForm = (app: App, fields: Record<string, string>, headers: Record<string, string> = {}) =>
+  app.inject({ method: 'POST', url: '/auth/token', headers: { ...FORM, ...headers }, payload: form(fields) })
+
+t.test('password grant as Postman\'s "Password Credentials" sends it', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  // Postman: form body with grant_type, username, password, scope, client credentials in Basic.
+  const response = await postForm(app, {
+    grant_type: 'password',
+    username: `  ${email.toUpperCase()}`,
+    password: TEST_PASSWORD,
+    scope: ''
+  }, { authorization: `Basic ${Buffer.from('postman:secret').toString('base64')}` })
+  t.equal(response.statusCode, 200)
+  t.equal(response.headers['cache-control'], 'no-store')
+  t.equal(response.headers.pragma, 'no-cache')
+  const body = response.json()
+  t.equal(body.token_type, 'Bearer')
+  t.equal(body.expires_in, 900)
+  t.ok(body.refresh_token)
+  t.equal(body.user.email, email)
+  t.equal((await app.inject({ url: '/auth/me', headers: bearer(body.access_token) })).statusCode, 200)
+})
+
+t.test('client_id, client_secret and scope in the body are accepted and ignored', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  const response = await postForm(app, {
+    grant_type: 'password', username: email, password: TEST_PASSWORD, client_id: 'swagger-ui', client_secret: 'x', scope: 'read write'
+  })
+  t.equal(response.statusCode, 200)
+})
+
+t.test('refresh_token grant rotates like /auth/refresh, in form or JSON', async (t) => {
+  const app = await build(t, { REFRESH_REUSE_GRACE: '0' })
+  const session = await signup(app)
+  const viaForm = await postForm(app, { grant_type: 'refresh_token', refresh_token: session.refresh_token })
+  t.equal(viaForm.statusCode, 200)
+  t.equal(tokenPayload(viaForm.json().access_token).sid, tokenPayload(session.access_token).sid)
+
+  const viaJson = await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: viaForm.json().refresh_token } })
+  t.equal(viaJson.statusCode, 200)
+
+  const replay = await postForm(app, { grant_type: 'refresh_token', refresh_token: session.refresh_token })
+  t.equal(replay.statusCode, 400)
+  t.same(replay.json(), { error: 'invalid_grant', error_description: 'The refresh token is invalid, expired or revoked.' })
+})
+
+t.test('errors have the RFC 6749 §5.2 shape and no-store', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const session = await signup(app, email)
+  app.db.$client.prepare('update users set disabled = 1 where id = ?').run(session.user.id)
+  const disabledResponse = await postForm(app, { grant_type: 'password', username: email, password: TEST_PASSWORD })
+  t.equal(disabledResponse.statusCode, 400)
+  t.equal(disabledResponse.json().error, 'invalid_grant', 'a disabled user is invalid_grant')
+
+  const cases: Array<[string, Record<string, string>, number, string]> = [
+    ['wrong password', { grant_type: 'password', username: email, password: 'not the password' }, 400, 'invalid_grant'],
+    ['unknown user', { grant_type: 'password', username: uniqueEmail(), password: TEST_PASSWORD }, 400, 'invalid_grant'],
+    ['over-long password', { grant_type: 'password', username: email, password: 'x'.repeat(129) }, 400, 'invalid_grant'],
+    ['no grant_type', { username: email, password: TEST_PASSWORD }, 400, 'invalid_request'],
+    ['no password', { grant_type: 'password', username: email }, 400, 'invalid_request'],
+    ['no refresh_token', { grant_type: 'refresh_token' }, 400, 'invalid_request'],
+    ['unknown grant', { grant_type: 'client_credentials' }, 400, 'unsupported_grant_type'],
+    ['authorization_code', { grant_type: 'authorization_code', code: 'x' }, 400, 'unsupported_grant_type'],
+    ['bad refresh token', { grant_type: 'refresh_token', refresh_token: 'nope' }, 400, 'invalid_grant']
+  ]
+  for (const [label, fields, status, error] of cases) {
+    const response = await postForm(app, fields)
+    t.equal(response.statusCode, status, label)
+    t.same(Object.keys(response.json()).sort(), ['error', 'error_description'], label)
+    t.equal(response.json().error, error, label)
+    t.equal(response.headers['cache-control'], 'no-store', label)
+  }
+
+  const duplicated = await app.inject({ method: 'POST', url: '/auth/token', headers: FORM, payload: 'grant_type=password&grant_type=refresh_token' })
+  t.equal(duplicated.statusCode, 400)
+  t.equal(duplicated.json().error, 'invalid_request', 'a repeated parameter is invalid_request (RFC 6749 §3.2)')
+
+  const text = await app.inject({ method: 'POST', url: '/auth/token', headers: { 'content-type': 'text/plain' }, payload: 'grant_type=password' })
+  t.equal(text.statusCode, 415)
+  t.equal(text.json().error, 'invalid_request')
+})
+
+t.test('only the token endpoint reads form bodies', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  const response = await app.inject({ method: 'POST', url: '/auth/login', headers: FORM, payload: form({ email, password: TEST_PASSWORD }) })
+  t.equal(response.statusCode, 415)
+  t.equal(response.json().code, 'unsupported_media_type')
+})
