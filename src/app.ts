@@ -4,15 +4,21 @@ import Fastify, { type FastifyServerOptions } from 'fastify'
 import type { Config } from './config.ts'
 import auth from './plugins/auth.ts'
 import authorization from './plugins/authorization.ts'
+import bootstrapAdmin from './plugins/bootstrap-admin.ts'
 import configPlugin from './plugins/config.ts'
 import database from './plugins/database.ts'
 import sessions from './plugins/sessions.ts'
 import validation from './plugins/validation.ts'
 import errors from './plugins/errors.ts'
+import clothesRepository from './repositories/clothes.ts'
 import sessionsRepository from './repositories/sessions.ts'
 import usersRepository from './repositories/users.ts'
+import videosRepository from './repositories/videos.ts'
+import adminUserRoutes from './routes/admin/users.ts'
 import authRoutes from './routes/auth.ts'
+import clothesRoutes from './routes/clothes.ts'
 import healthRoutes from './routes/health.ts'
+import videoRoutes from './routes/videos.ts'
 
 /** Secrets never reach the logs (ASVS 7.1.1): credentials in headers are censored. */
 export const REDACTED_PATHS = ['req.headers.authorization', 'req.headers.cookie', 'res.headers["set-cookie"]']
@@ -40,12 +46,18 @@ export async function buildApp (config: Config) {
   await app.register(database)
   await app.register(usersRepository)
   await app.register(sessionsRepository)
+  await app.register(videosRepository)
+  await app.register(clothesRepository)
+  await app.register(bootstrapAdmin)
   await app.register(auth)
   await app.register(sessions)
   await app.register(authorization)
 
   await app.register(healthRoutes)
   await app.register(authRoutes, { prefix: '/auth' })
+  await app.register(videoRoutes, { prefix: '/videos' })
+  await app.register(clothesRoutes, { prefix: '/clothes' })
+  await app.register(adminUserRoutes, { prefix: '/admin' })
 
   if (config.jwt.secretFile) {
     app.log.warn(`JWT_SECRET is not set: signing with the generated secret kept in ${config.jwt.secretFile}. Set JWT_SECRET in production.`)

@@ -43,8 +43,14 @@ export async function dummyVerify (password: string): Promise<false> {
   return false
 }
 
-/** Policy refusals beyond the length the schema enforces; undefined when the password is fine. */
-export function passwordPolicyProblem (password: string, email: string): string | undefined {
+/**
+ * Why a password is refused, or undefined when it is fine. HTTP routes check the length in their
+ * schema first (validation_error); the CLI and ADMIN_PASSWORD rely on this alone.
+ */
+export function passwordProblem (password: string, email: string): string | undefined {
+  if (password.length < PASSWORD_MIN_LENGTH || password.length > PASSWORD_MAX_LENGTH) {
+    return `The password must be ${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters long.`
+  }
   if (password.trim().toLowerCase() === email) return 'The password must not be the email address.'
   return undefined
 }

@@ -14,7 +14,7 @@ export const users = sqliteTable('users', {
   disabled: integer('disabled', { mode: 'boolean' }).notNull().default(false),
   createdAt: integer('created_at', { mode: 'timestamp_ms' }).notNull().default(now),
   updatedAt: integer('updated_at', { mode: 'timestamp_ms' }).notNull().default(now)
-})
+}, (table) => [index('users_created_id_idx').on(table.createdAt, table.id)])
 
 export type UserRow = typeof users.$inferSelect
 
@@ -49,3 +49,29 @@ export const refreshTokens = sqliteTable('refresh_tokens', {
 
 export type SessionRow = typeof sessions.$inferSelect
 export type RefreshTokenRow = typeof refreshTokens.$inferSelect
+
+export const videos = sqliteTable('videos', {
+  id: text('id').primaryKey(),
+  /** The publisher. A deleted publisher leaves the video to the admins (null), not lost. */
+  userId: text('user_id').references(() => users.id, { onDelete: 'set null' }),
+  title: text('title').notNull(),
+  author: text('author').notNull(),
+  url: text('url').notNull(),
+  isMemberOnly: integer('is_member_only', { mode: 'boolean' }).notNull().default(false),
+  createdAt: integer('created_at', { mode: 'timestamp_ms' }).notNull(),
+  updatedAt: integer('updated_at', { mode: 'timestamp_ms' }).notNull()
+}, (table) => [index('videos_member_created_idx').on(table.isMemberOnly, table.createdAt)])
+
+export const clothes = sqliteTable('clothes', {
+  id: text('id').primaryKey(),
+  name: text('name').notNull(),
+  color: text('color'),
+  size: text('size'),
+  /** Integer cents: money is never a float. */
+  price: integer('price').notNull(),
+  createdAt: integer('created_at', { mode: 'timestamp_ms' }).notNull(),
+  updatedAt: integer('updated_at', { mode: 'timestamp_ms' }).notNull()
+})
+
+export type VideoRow = typeof videos.$inferSelect
+export type ClothingRow = typeof clothes.$inferSelect

@@ -1,12 +1,31 @@
-import type { FastifyInstance, RouteOptions } from 'fastify'
+import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
+import { hasPermission, type Permission } from '../auth/permissions.ts'
+import { apiError } from '../errors.ts'
+import { bearerChallenge } from './auth.ts'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
     /** Declares a route open to anyone. Every other route must start its preHandler with authenticate. */
     access?: 'public'
   }
+  interface FastifyInstance {
+    /** preHandler after authenticate: 403 unless the caller's roles grant the permission. */
+    requirePermission (permission: Permission): (request: FastifyRequest) => Promise<void>
+    /**
+     * preHandler after authenticate for one resource: 404 when `ownerOf` finds none, 403 unless
+     * the caller owns it or holds `permission`.
+     */
+    requireOwnerOr (
+      permission: Permission,
+      ownerOf: (request: FastifyRequest) => Promise<{ ownerId: string | null } | undefined>
+    ): (request: FastifyRequest) => Promise<void>
+  }
 }
+
+const forbidden = () => apiError(403, 'forbidden', 'You are not allowed to do this.', {
+  'www-authenticate': bearerChallenge('insufficient_scope')
+})
 
 /**
  * Deny by default (OWASP ASVS 4.1.3): a route that declares no access policy, or both, stops the
@@ -27,6 +46,22 @@ function auditAccessPolicy (app: FastifyInstance, route: RouteOptions): void {
 
 async function authorizationPlugin (app: FastifyInstance) {
   app.addHook('onRoute', (route) => auditAccessPolicy(app, route))
+
+  // The freshly read roles when loadAccount ran, else the token's (stateless routes).
+  const rolesOf = (request: FastifyRequest) => request.account?.user.roles ?? request.user.roles
+
+  app.decorate('requirePermission', (permission: Permission) => async (request: FastifyRequest) => {
+    if (!hasPermission(rolesOf(request), permission)) throw forbidden()
+  })
+
+  app.decorate('requireOwnerOr', (
+    permission: Permission,
+    ownerOf: (request: FastifyRequest) => Promise<{ ownerId: string | null } | undefined>
+  ) => async (request: FastifyRequest) => {
+    const resource = await ownerOf(request)
+    if (!resource) throw apiError(404, 'not_found', 'No such resource.')
+    if (resource.ownerId !== request.user.id && !hasPermission(rolesOf(request), permission)) throw forbidden()
+  })
 }
 
 export default fp(authorizationPlugin, { name: 'authorization', dependencies: ['auth'] })

@@ -1,8 +1,8 @@
-import { eq } from 'drizzle-orm'
+import { and, asc, eq, gt, ne, or, sql, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
-import type { Role } from '../auth/permissions.ts'
+import { isAdmin, normaliseRoles, type Role } from '../auth/permissions.ts'
 import type { Db } from '../db/index.ts'
 import { users, type UserRow } from '../db/schema.ts'
 
@@ -26,8 +26,36 @@ const publicColumns = {
   updatedAt: users.updatedAt
 }
 
+export interface UserPage {
+  limit: number
+  /** Position after which the page starts: the last user of the previous page. */
+  after?: { createdAt: Date, id: string } | undefined
+  /** Lower-case substring of the email. */
+  emailContains?: string | undefined
+}
+
+export interface AdminChanges {
+  roles?: Role[] | undefined
+  disabled?: boolean | undefined
+  name?: string | null | undefined
+}
+
+export type AdminUpdate =
+  | { outcome: 'updated', user: User, rolesChanged: boolean, disabledNow: boolean }
+  | { outcome: 'not_found' }
+  | { outcome: 'last_admin' }
+
+const isEnabledAdmin = sql`(${users.disabled} = 0 and exists (select 1 from json_each(${users.roles}) where value = 'admin'))`
+
 function isUniqueViolation (error: unknown): boolean {
   return (error as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE'
+}
+
+type Tx = Parameters<Parameters<Db['transaction']>[0]>[0]
+
+function otherEnabledAdminExists (tx: Tx, exceptId: string): boolean {
+  return tx.select({ id: users.id }).from(users)
+    .where(and(isEnabledAdmin, ne(users.id, exceptId))).limit(1).get() !== undefined
 }
 
 export function createUserRepository (db: Db) {
@@ -77,6 +105,63 @@ export function createUserRepository (db: Db) {
 
     async updatePasswordHash (id: string, passwordHash: string): Promise<void> {
       await db.update(users).set({ passwordHash, updatedAt: new Date() }).where(eq(users.id, id))
+    },
+
+    /** One page in creation order (then id, so ties are stable); limit + 1 rows tell whether more follow. */
+    async page ({ limit, after, emailContains }: UserPage): Promise<User[]> {
+      const conditions: SQL[] = []
+      if (after) {
+        conditions.push(or(gt(users.createdAt, after.createdAt), and(eq(users.createdAt, after.createdAt), gt(users.id, after.id)))!)
+      }
+      // instr, not LIKE: a % or _ in the filter is matched literally.
+      if (emailContains) conditions.push(sql`instr(${users.email}, ${emailContains}) > 0`)
+      return db.select(publicColumns).from(users).where(and(...conditions))
+        .orderBy(asc(users.createdAt), asc(users.id)).limit(limit).all()
+    },
+
+    async hasEnabledAdmin (): Promise<boolean> {
+      return db.select({ id: users.id }).from(users).where(isEnabledAdmin).limit(1).get() !== undefined
+    },
+
+    /**
+     * An admin's change to a user, refused with last_admin when it would leave no enabled admin.
+     * The check and the write share one immediate transaction, so two admins demoting each other
+     * at once cannot both succeed.
+     */
+    async adminUpdate (id: string, changes: AdminChanges): Promise<AdminUpdate> {
+      return db.transaction((tx) => {
+        const current = tx.select(publicColumns).from(users).where(eq(users.id, id)).get()
+        if (!current) return { outcome: 'not_found' } as const
+        const roles = changes.roles ? normaliseRoles(changes.roles) : current.roles
+        const disabled = changes.disabled ?? current.disabled
+        const wasEnabledAdmin = isAdmin(current.roles) && !current.disabled
+        if (wasEnabledAdmin && !(isAdmin(roles) && !disabled) && !otherEnabledAdminExists(tx, id)) {
+          return { outcome: 'last_admin' } as const
+        }
+        const user = tx.update(users).set({
+          roles,
+          disabled,
+          ...(changes.name !== undefined ? { name: changes.name } : {}),
+          updatedAt: new Date()
+        }).where(eq(users.id, id)).returning(publicColumns).get()!
+        return {
+          outcome: 'updated',
+          user,
+          rolesChanged: roles.join() !== current.roles.join(),
+          disabledNow: disabled && !current.disabled
+        } as const
+      }, { behavior: 'immediate' })
+    },
+
+    /** Deletes a user (sessions go with it), unless they are the last enabled admin. */
+    async adminDelete (id: string): Promise<'deleted' | 'not_found' | 'last_admin'> {
+      return db.transaction((tx) => {
+        const current = tx.select(publicColumns).from(users).where(eq(users.id, id)).get()
+        if (!current) return 'not_found'
+        if (isAdmin(current.roles) && !current.disabled && !otherEnabledAdminExists(tx, id)) return 'last_admin'
+        tx.delete(users).where(eq(users.id, id)).run()
+        return 'deleted'
+      }, { behavior: 'immediate' })
     }
   }
 }

@@ -2,7 +2,8 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import { normaliseEmail } from '../auth/email.ts'
-import { hashPassword, passwordPolicyProblem, verifyPassword } from '../auth/passwords.ts'
+import { hashPassword, passwordProblem, verifyPassword } from '../auth/passwords.ts'
+import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
 import { Email, ErrorResponse, Name, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
 import sessionRoutes from './sessions.ts'
@@ -45,16 +46,10 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 201: SessionResponse, 400: ErrorResponse, 409: ErrorResponse }
     }
   }, async (request, reply) => {
-    const { email, password, name } = request.body
-    const problem = passwordPolicyProblem(password, email)
-    if (problem) throw apiError(400, 'weak_password', problem)
-    const user = await app.usersRepository.create({
-      email,
-      name: name ?? null,
-      passwordHash: await hashPassword(password),
-      roles: ['user']
-    })
-    if (!user) throw apiError(409, 'email_taken', 'An account with this email already exists.')
+    const registration = await registerUser(app.usersRepository, request.body)
+    if (registration.outcome === 'weak_password') throw apiError(400, 'weak_password', registration.message)
+    if (registration.outcome === 'email_taken') throw apiError(409, 'email_taken', 'An account with this email already exists.')
+    const { user } = registration
     request.log.info({ event: 'signup', userId: user.id }, 'user signed up')
     return reply.code(201).send(await app.sessions.start(request, user))
   })
@@ -157,7 +152,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       request.log.info({ event: 'password_change_failed', userId: user.id }, 'wrong current password')
       throw apiError(401, 'invalid_credentials', 'The current password is wrong.')
     }
-    const problem = passwordPolicyProblem(newPassword, user.email)
+    const problem = passwordProblem(newPassword, user.email)
     if (problem) throw apiError(400, 'weak_password', problem)
     await app.usersRepository.updatePasswordHash(user.id, await hashPassword(newPassword))
     // ASVS 3.3.3: a password change ends every other session.

@@ -1,0 +1,86 @@
+// npm run user:create -- --email ada@example.com --role admin [--name Ada] [--password ...]
+// Without --password it asks for one, without echoing it (or reads one line from piped stdin).
+import { createInterface } from 'node:readline/promises'
+import { Writable } from 'node:stream'
+import { parseArgs } from 'node:util'
+import { ROLES, type Role } from '../auth/permissions.ts'
+import { registerUser } from '../auth/registration.ts'
+import { DEFAULT_DATABASE_URL } from '../config.ts'
+import { openDatabase } from '../db/index.ts'
+import { createUserRepository } from '../repositories/users.ts'
+
+const USAGE = `usage: npm run user:create -- --email EMAIL [--role ${ROLES.join('|')}]... [--name NAME] [--password PASSWORD]`
+
+/** Reads a password without showing it: a muted output stream swallows readline's echo. */
+async function askPassword (prompt: string): Promise<string> {
+  if (!process.stdin.isTTY) {
+    const lines = createInterface({ input: process.stdin })
+    const first = await lines[Symbol.asyncIterator]().next()
+    lines.close()
+    return first.done ? '' : first.value
+  }
+  let muted = false
+  const output = new Writable({
+    write (chunk, _encoding, done) {
+      if (!muted) process.stdout.write(chunk)
+      done()
+    }
+  })
+  const rl = createInterface({ input: process.stdin, output, terminal: true })
+  const answer = rl.question(prompt)
+  muted = true
+  try {
+    return await answer
+  } finally {
+    rl.close()
+    process.stdout.write('\n')
+  }
+}
+
+async function main (): Promise<number> {
+  let values
+  try {
+    ({ values } = parseArgs({
+      options: {
+        email: { type: 'string' },
+        role: { type: 'string', multiple: true, default: [] },
+        name: { type: 'string' },
+        password: { type: 'string' }
+      }
+    }))
+  } catch (error) {
+    console.error(`${(error as Error).message}\n${USAGE}`)
+    return 1
+  }
+  const unknownRole = values.role.find((role) => !ROLES.includes(role as Role))
+  if (!values.email || unknownRole !== undefined) {
+    console.error(unknownRole !== undefined ? `unknown role "${unknownRole}"\n${USAGE}` : USAGE)
+    return 1
+  }
+  const password = values.password ?? await askPassword('Password: ')
+
+  const database = openDatabase(process.env.DATABASE_URL?.trim() || DEFAULT_DATABASE_URL)
+  try {
+    const registration = await registerUser(createUserRepository(database.db), {
+      email: values.email,
+      password,
+      name: values.name,
+      roles: values.role as Role[]
+    })
+    switch (registration.outcome) {
+      case 'created':
+        console.log(`created ${registration.user.email} (${registration.user.id}) with roles ${registration.user.roles.join(', ')}`)
+        return 0
+      case 'weak_password':
+        console.error(registration.message)
+        return 1
+      case 'email_taken':
+        console.error(`an account with the email ${values.email} already exists`)
+        return 1
+    }
+  } finally {
+    database.close()
+  }
+}
+
+process.exitCode = await main()

@@ -1,0 +1,25 @@
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { registerUser } from '../auth/registration.ts'
+
+/**
+ * ADMIN_EMAIL and ADMIN_PASSWORD create the first admin at start, and only while no enabled admin
+ * exists. An existing account with that email is never promoted: whoever signed up first with it
+ * would otherwise become admin.
+ */
+async function bootstrapAdminPlugin (app: FastifyInstance) {
+  const { admin } = app.config
+  if (!admin || await app.usersRepository.hasEnabledAdmin()) return
+  const registration = await registerUser(app.usersRepository, { ...admin, roles: ['admin'] })
+  switch (registration.outcome) {
+    case 'created':
+      app.log.info({ event: 'admin_bootstrapped', userId: registration.user.id }, 'created the first admin from ADMIN_EMAIL')
+      return
+    case 'weak_password':
+      throw new Error(`ADMIN_PASSWORD is refused: ${registration.message}`)
+    case 'email_taken':
+      app.log.warn('ADMIN_EMAIL belongs to an existing account, which is not promoted; use `npm run user:create` with another email')
+  }
+}
+
+export default fp(bootstrapAdminPlugin, { name: 'bootstrap-admin', dependencies: ['config', 'users-repository'] })

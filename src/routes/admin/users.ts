@@ -1,0 +1,127 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
+import { normaliseEmail } from '../../auth/email.ts'
+import { apiError } from '../../errors.ts'
+import type { User } from '../../repositories/users.ts'
+import { ErrorResponse, Name, RoleName, UserResponse, Uuid, presentUser } from '../../schemas/common.ts'
+
+const AdminUserResponse = Type.Object({ ...UserResponse.properties, disabled: Type.Boolean() })
+const UserList = Type.Object({
+  users: Type.Array(AdminUserResponse),
+  next_cursor: Type.Union([Type.String(), Type.Null()], { description: 'Pass as cursor for the next page; null on the last page' })
+})
+const ListQuery = Type.Object({
+  limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
+  cursor: Type.Optional(Type.String({ maxLength: 200 })),
+  email: Type.Optional(Type.String({ minLength: 1, maxLength: 254, description: 'Case-insensitive substring of the email' }))
+}, { additionalProperties: false })
+const UserChange = Type.Object({
+  roles: Type.Optional(Type.Array(RoleName, { maxItems: 4, uniqueItems: true, description: 'Replaces the extra roles; user is always kept' })),
+  disabled: Type.Optional(Type.Boolean()),
+  name: Type.Optional(Type.Union([Name, Type.Null()]))
+}, { additionalProperties: false, minProperties: 1 })
+const UserParams = Type.Object({ id: Uuid })
+
+const presentAdminUser = (user: User) => ({ ...presentUser(user), disabled: user.disabled })
+
+/** Cursors are opaque to clients: base64url of the last row's [created_at ms, id]. */
+const encodeCursor = (user: User) => Buffer.from(JSON.stringify([user.createdAt.getTime(), user.id])).toString('base64url')
+function decodeCursor (cursor: string): { createdAt: Date, id: string } {
+  try {
+    const [ms, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as unknown[]
+    if (Number.isSafeInteger(ms) && typeof id === 'string' && id.length <= 36) return { createdAt: new Date(ms as number), id }
+  } catch {}
+  throw apiError(400, 'invalid_cursor', 'The cursor is not one this API returned.')
+}
+
+const lastAdmin = () => apiError(409, 'last_admin', 'The last enabled admin cannot lose admin, be disabled or be deleted.')
+const notFound = () => apiError(404, 'not_found', 'No such user.')
+
+const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  // Admin endpoints act on accounts: the caller's user and session are re-read on every call.
+  const adminOnly = [app.authenticate, app.loadAccount, app.requirePermission('users:manage')]
+  const security = [{ bearerAuth: [] }]
+  const guardedErrors = { 401: ErrorResponse, 403: ErrorResponse }
+
+  app.get('/users', {
+    preHandler: adminOnly,
+    schema: {
+      tags: ['admin'],
+      summary: 'Users in creation order, paginated by cursor',
+      security,
+      querystring: ListQuery,
+      response: { 200: UserList, 400: ErrorResponse, ...guardedErrors }
+    }
+  }, async (request) => {
+    const { limit, cursor, email } = request.query
+    const rows = await app.usersRepository.page({
+      limit: limit + 1,
+      after: cursor ? decodeCursor(cursor) : undefined,
+      emailContains: email ? normaliseEmail(email) : undefined
+    })
+    const users = rows.slice(0, limit)
+    return {
+      users: users.map(presentAdminUser),
+      next_cursor: rows.length > limit ? encodeCursor(users[users.length - 1]!) : null
+    }
+  })
+
+  app.get('/users/:id', {
+    preHandler: adminOnly,
+    schema: {
+      tags: ['admin'],
+      summary: 'One user',
+      security,
+      params: UserParams,
+      response: { 200: AdminUserResponse, 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse }
+    }
+  }, async (request) => {
+    const user = await app.usersRepository.findById(request.params.id)
+    if (!user) throw notFound()
+    return presentAdminUser(user)
+  })
+
+  app.patch('/users/:id', {
+    preHandler: adminOnly,
+    schema: {
+      tags: ['admin'],
+      summary: 'Change roles, disabled or name; a role change or disable revokes the user\'s sessions',
+      security,
+      params: UserParams,
+      body: UserChange,
+      response: { 200: AdminUserResponse, 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse, 409: ErrorResponse }
+    }
+  }, async (request) => {
+    const result = await app.usersRepository.adminUpdate(request.params.id, request.body)
+    if (result.outcome === 'not_found') throw notFound()
+    if (result.outcome === 'last_admin') throw lastAdmin()
+    const { user, rolesChanged, disabledNow } = result
+    const audit = { userId: user.id, adminId: request.user.id }
+    if (rolesChanged) request.log.info({ event: 'role_change', ...audit, roles: user.roles }, 'roles changed')
+    if (disabledNow) request.log.info({ event: 'user_disabled', ...audit }, 'user disabled')
+    if (rolesChanged || disabledNow) {
+      const count = await app.sessionsRepository.revokeAllForUser(user.id, new Date())
+      request.log.info({ event: 'session_revoked', ...audit, count, reason: 'admin_change' }, 'sessions revoked')
+    }
+    return presentAdminUser(user)
+  })
+
+  app.delete('/users/:id', {
+    preHandler: adminOnly,
+    schema: {
+      tags: ['admin'],
+      summary: 'Delete a user and their sessions',
+      security,
+      params: UserParams,
+      response: { 204: Type.Null(), 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse, 409: ErrorResponse }
+    }
+  }, async (request, reply) => {
+    const outcome = await app.usersRepository.adminDelete(request.params.id)
+    if (outcome === 'not_found') throw notFound()
+    if (outcome === 'last_admin') throw lastAdmin()
+    request.log.info({ event: 'user_deleted', userId: request.params.id, adminId: request.user.id }, 'user deleted')
+    return reply.code(204).send(null)
+  })
+}
+
+export default adminUserRoutes

@@ -1,0 +1,61 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
+import type { Clothing } from '../repositories/clothes.ts'
+import { ErrorResponse, Timestamp, Uuid } from '../schemas/common.ts'
+
+const Price = Type.Integer({ minimum: 0, maximum: 100_000_000, description: 'Price in cents (integer): 1999 is 19.99', examples: [1999] })
+
+const ClothingResponse = Type.Object({
+  id: Uuid,
+  name: Type.String(),
+  color: Type.Union([Type.String(), Type.Null()]),
+  size: Type.Union([Type.String(), Type.Null()]),
+  price: Price,
+  created_at: Timestamp,
+  updated_at: Timestamp
+})
+const NewClothing = Type.Object({
+  name: Type.String({ minLength: 1, maxLength: 200 }),
+  color: Type.Optional(Type.String({ minLength: 1, maxLength: 50 })),
+  size: Type.Optional(Type.String({ minLength: 1, maxLength: 20, examples: ['M', '42', 'XL'] })),
+  price: Price
+}, { additionalProperties: false })
+
+const presentClothing = (item: Clothing) => ({
+  id: item.id,
+  name: item.name,
+  color: item.color,
+  size: item.size,
+  price: item.price,
+  created_at: item.createdAt.toISOString(),
+  updated_at: item.updatedAt.toISOString()
+})
+
+const clothesRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  app.get('', {
+    preHandler: [app.authenticate, app.requirePermission('clothes:read')],
+    schema: {
+      tags: ['clothes'],
+      summary: 'The catalogue, by name (any signed-in user)',
+      security: [{ bearerAuth: [] }],
+      response: { 200: Type.Array(ClothingResponse), 401: ErrorResponse, 403: ErrorResponse }
+    }
+  }, async () => (await app.clothesRepository.list()).map(presentClothing))
+
+  app.post('', {
+    preHandler: [app.authenticate, app.requirePermission('clothes:write')],
+    schema: {
+      tags: ['clothes'],
+      summary: 'Add an item to the catalogue (admins)',
+      security: [{ bearerAuth: [] }],
+      body: NewClothing,
+      response: { 201: ClothingResponse, 400: ErrorResponse, 401: ErrorResponse, 403: ErrorResponse }
+    }
+  }, async (request, reply) => {
+    const { name, color, size, price } = request.body
+    const item = await app.clothesRepository.create({ name, color: color ?? null, size: size ?? null, price })
+    return reply.code(201).send(presentClothing(item))
+  })
+}
+
+export default clothesRoutes
