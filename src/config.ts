@@ -40,6 +40,8 @@ export class ConfigError extends Error {
 export const MIN_SECRET_BYTES = 32
 export const DEFAULT_DATABASE_URL = 'file:./data/gatehouse.db'
 const LOG_LEVELS: LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
+/** Ten years: longer lifetimes are mistakes, and would overflow the dates they produce. */
+const MAX_DURATION_SECONDS = 10 * 365 * 86400
 const DURATION_UNITS: Record<string, number> = { '': 1, s: 1, m: 60, h: 3600, d: 86400 }
 
 /** `900`, `900s`, `15m`, `12h`, `30d` → seconds; undefined when the text is not a duration. */
@@ -79,8 +81,8 @@ export function loadConfig (env: Env = process.env): Config {
   const duration = (name: string, fallback: string, min: number): number => {
     const raw = text(name, fallback)
     const value = parseDuration(raw)
-    if (value === undefined || value < min) {
-      problems.push(`${name} must be a duration of at least ${min}s such as 900, 15m or 30d (got "${raw}")`)
+    if (value === undefined || value < min || value > MAX_DURATION_SECONDS) {
+      problems.push(`${name} must be a duration from ${min}s to 10 years such as 900, 15m or 30d (got "${raw}")`)
       return parseDuration(fallback)!
     }
     return value

@@ -41,6 +41,7 @@ t.test('every invalid variable is named in one error', async (t) => {
   })) as ConfigError
   t.type(error, ConfigError)
   t.equal(error.problems.length, 4)
+  t.throws(() => loadConfig({ DATABASE_URL: ':memory:', REFRESH_TOKEN_TTL: '999999999d' }), /REFRESH_TOKEN_TTL/)
   for (const name of ['PORT', 'ACCESS_TOKEN_TTL', 'JWT_SECRET', 'LOG_LEVEL']) t.match(error.message, name)
 })
 

@@ -116,6 +116,8 @@ t.test('logout failure paths', async (t) => {
   const badScope = await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(session.access_token), payload: { scope: 'everything' } })
   t.equal(badScope.statusCode, 400)
   t.equal(badScope.json().code, 'validation_error')
+  const both = await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(session.access_token), payload: { scope: 'global', refresh_token: session.refresh_token } })
+  t.equal(both.statusCode, 400, 'scope and refresh_token together are ambiguous')
   t.equal(await meStatus(app, session.access_token), 200, 'a refused logout changes nothing')
 })
 

@@ -99,3 +99,12 @@ t.test('only the token endpoint reads form bodies', async (t) => {
   t.equal(response.statusCode, 415)
   t.equal(response.json().code, 'unsupported_media_type')
 })
+
+t.test('password length counts characters alike on /auth/login and /auth/token', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const password = '\u{1F600}'.repeat(100)
+  await signup(app, email, password)
+  const response = await postForm(app, { grant_type: 'password', username: email, password })
+  t.equal(response.statusCode, 200, '100 emoji are 100 characters, though 200 UTF-16 units')
+})

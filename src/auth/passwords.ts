@@ -26,29 +26,51 @@ export async function verifyPassword (hash: string, password: string): Promise<b
   }
 }
 
-/** True when the hash was made with weaker parameters than HASH_OPTIONS: rehash at next login. */
+const PHC_ARGON2 = /^\$(argon2(?:id|i|d))\$v=(\d+)\$([^$]+)\$/
+
+/**
+ * True when the hash is weaker than HASH_OPTIONS (another argon2 variant, an older version, less
+ * memory or fewer passes): upgrade it at the next login. A stronger hash is left alone, where
+ * argon2.needsRehash would "upgrade" it down to exactly HASH_OPTIONS.
+ */
 export function needsRehash (hash: string): boolean {
-  return argon2.needsRehash(hash, HASH_OPTIONS)
+  const match = PHC_ARGON2.exec(hash)
+  if (!match) return true
+  const params = Object.fromEntries(match[3]!.split(',').map((pair) => pair.split('=')))
+  return match[1] !== 'argon2id' ||
+    Number(match[2]) < 0x13 ||
+    !(Number(params.m) >= HASH_OPTIONS.memoryCost) ||
+    !(Number(params.t) >= HASH_OPTIONS.timeCost)
 }
 
 let dummyHash: Promise<string> | undefined
+
+/** Builds the dummy hash ahead of the first login, so the first unknown email is not slower. */
+export async function prepareDummyVerify (): Promise<void> {
+  dummyHash ??= hashPassword(randomBytes(16).toString('base64url'))
+  await dummyHash
+}
 
 /**
  * Spends the same time as a real verify for an email we do not know, so login timing does not
  * reveal which emails have accounts (ASVS 2.2.x, OWASP Authentication Cheat Sheet).
  */
 export async function dummyVerify (password: string): Promise<false> {
-  dummyHash ??= hashPassword(randomBytes(16).toString('base64url'))
-  await verifyPassword(await dummyHash, password)
+  await prepareDummyVerify()
+  await verifyPassword(await dummyHash!, password)
   return false
 }
+
+/** Length in characters (code points), as JSON Schema's maxLength counts, not UTF-16 units. */
+export const characterCount = (text: string) => [...text].length
 
 /**
  * Why a password is refused, or undefined when it is fine. HTTP routes check the length in their
  * schema first (validation_error); the CLI and ADMIN_PASSWORD rely on this alone.
  */
 export function passwordProblem (password: string, email: string): string | undefined {
-  if (password.length < PASSWORD_MIN_LENGTH || password.length > PASSWORD_MAX_LENGTH) {
+  const length = characterCount(password)
+  if (length < PASSWORD_MIN_LENGTH || length > PASSWORD_MAX_LENGTH) {
     return `The password must be ${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters long.`
   }
   if (password.trim().toLowerCase() === email) return 'The password must not be the email address.'

@@ -55,7 +55,8 @@ const REALM = 'gatehouse'
 export function bearerChallenge (error?: string, description?: string): string {
   let challenge = `Bearer realm="${REALM}"`
   if (error) challenge += `, error="${error}"`
-  if (description) challenge += `, error_description="${description}"`
+  // RFC 6750 §3: the description is a quoted string that may not contain " or \.
+  if (description) challenge += `, error_description="${description.replace(/["\\]/g, "'")}"`
   return challenge
 }
 
@@ -77,7 +78,7 @@ export function bearerToken (authorization: string | undefined): string {
   }
   const credentials = header.slice(scheme.length).trim()
   if (credentials === '' || /\s/.test(credentials)) {
-    const description = 'The Authorization header must be "Bearer" followed by one token.'
+    const description = 'The Authorization header must be the Bearer scheme followed by one token.'
     throw apiError(400, 'invalid_request', description, {
       'www-authenticate': bearerChallenge('invalid_request', description)
     })

@@ -2,6 +2,7 @@ import { HttpError } from '@fastify/sensible'
 import type { FastifyError, FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { STATUS_CODES } from 'node:http'
+import { bearerChallenge } from './auth.ts'
 
 /** The contract's code for errors Fastify raises itself; anything else falls back by status. */
 const FASTIFY_CODES: Record<string, string> = {
@@ -70,6 +71,8 @@ async function errorsPlugin (app: FastifyInstance) {
       request.log.error({ err: error }, 'request failed')
     }
     if (error.headers) reply.headers(error.headers)
+    // RFC 9110 §15.5.2: every 401 carries a challenge; token errors set their own, richer one.
+    if (body.statusCode === 401 && !reply.hasHeader('www-authenticate')) reply.header('www-authenticate', bearerChallenge())
     return reply.code(body.statusCode).send(body)
   })
 

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Static } from 'typebox'
-import { dummyVerify, hashPassword, needsRehash, verifyPassword } from '../auth/passwords.ts'
+import { dummyVerify, hashPassword, needsRehash, prepareDummyVerify, verifyPassword } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import type { User } from '../repositories/users.ts'
 import { presentUser, type SessionResponse } from '../schemas/common.ts'
@@ -31,6 +31,7 @@ const invalidRefreshToken = () =>
  */
 async function sessionsPlugin (app: FastifyInstance) {
   const { refreshTokenTtl: ttl, refreshReuseGrace: grace } = app.config
+  await prepareDummyVerify()
 
   const respond = (user: User, sessionId: string, refreshToken: string) => ({
     ...app.issueAccessToken(user, sessionId),

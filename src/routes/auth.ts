@@ -92,6 +92,9 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const now = new Date()
     const body = request.body
+    if (body.refresh_token && body.scope) {
+      throw apiError(400, 'validation_error', 'body: send scope with a bearer token, or refresh_token alone, not both')
+    }
     if (body.refresh_token) {
       // An unknown token also answers 204: logging out never tells whether a token existed.
       const session = await app.sessionsRepository.revokeByRefreshToken(body.refresh_token, now)

@@ -4,7 +4,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyError } from 'fastify'
 import { Type } from 'typebox'
 import { normaliseEmail } from '../auth/email.ts'
-import { PASSWORD_MAX_LENGTH } from '../auth/passwords.ts'
+import { PASSWORD_MAX_LENGTH, characterCount } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import { SessionResponse } from '../schemas/common.ts'
 
@@ -83,7 +83,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
       case 'password':
         if (!username || !password) throw invalidRequest('The password grant needs username and password.')
         // Refused before hashing, as on /auth/login.
-        if (password.length > PASSWORD_MAX_LENGTH) throw apiError(400, 'invalid_grant', 'The email or password is wrong.')
+        if (characterCount(password) > PASSWORD_MAX_LENGTH) throw apiError(400, 'invalid_grant', 'The email or password is wrong.')
         return app.sessions.signIn(request, normaliseEmail(username), password)
       case 'refresh_token':
         if (!refreshToken) throw invalidRequest('The refresh_token grant needs refresh_token.')

@@ -1,0 +1,37 @@
+import argon2 from 'argon2'
+import t from 'tap'
+import { HASH_OPTIONS, hashPassword, needsRehash, passwordProblem, verifyPassword } from '../src/auth/passwords.ts'
+import { TEST_PASSWORD, build, uniqueEmail } from './helper.ts'
+
+t.test('needsRehash upgrades weaker hashes and leaves stronger ones alone', async (t) => {
+  t.equal(needsRehash(await hashPassword('a password')), false, 'current parameters')
+  t.equal(needsRehash(await argon2.hash('a password', { ...HASH_OPTIONS, memoryCost: 65536, timeCost: 3 })), false, 'stronger')
+  t.equal(needsRehash(await argon2.hash('a password', { ...HASH_OPTIONS, memoryCost: 8192 })), true, 'less memory')
+  t.equal(needsRehash(await argon2.hash('a password', { ...HASH_OPTIONS, timeCost: 1 })), true, 'fewer passes')
+  t.equal(needsRehash(await argon2.hash('a password', { ...HASH_OPTIONS, type: argon2.argon2i })), true, 'argon2i')
+  t.equal(needsRehash('$2b$10$abcdefghijklmnopqrstuv'), true, 'not argon2 at all')
+})
+
+t.test('verifyPassword fails closed on a malformed hash', async (t) => {
+  t.equal(await verifyPassword('not a hash', 'x'), false)
+})
+
+t.test('password policy', async (t) => {
+  t.equal(passwordProblem('long enough password', 'a@b.io'), undefined)
+  t.match(passwordProblem('short', 'a@b.io'), /8 to 128/)
+  t.match(passwordProblem('x'.repeat(129), 'a@b.io'), /8 to 128/)
+  t.match(passwordProblem(' A@B.io ', 'a@b.io'), /email/)
+})
+
+t.test('a login upgrades an outdated hash and keeps the password working', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const weak = await argon2.hash(TEST_PASSWORD, { ...HASH_OPTIONS, memoryCost: 4096, timeCost: 1 })
+  await app.usersRepository.create({ email, passwordHash: weak, roles: ['user'] })
+  const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
+  t.equal(login.statusCode, 200)
+  const { password_hash: upgraded } = app.db.$client.prepare('select password_hash from users where email = ?').get(email) as { password_hash: string }
+  t.not(upgraded, weak)
+  t.equal(needsRehash(upgraded), false)
+  t.equal((await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })).statusCode, 200)
+})
