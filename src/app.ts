@@ -7,6 +7,7 @@ import authorization from './plugins/authorization.ts'
 import bootstrapAdmin from './plugins/bootstrap-admin.ts'
 import configPlugin from './plugins/config.ts'
 import database from './plugins/database.ts'
+import rateLimits from './plugins/rate-limits.ts'
 import sessions from './plugins/sessions.ts'
 import validation from './plugins/validation.ts'
 import errors from './plugins/errors.ts'
@@ -34,7 +35,12 @@ function loggerOptions (config: Config): FastifyServerOptions['logger'] {
 
 /** The one way to build Gatehouse: the server entry and every test call it. */
 export async function buildApp (config: Config) {
-  const app = Fastify({ logger: loggerOptions(config) }).withTypeProvider<TypeBoxTypeProvider>()
+  const app = Fastify({
+    logger: loggerOptions(config),
+    trustProxy: config.trustProxy,
+    // Every request body here is a few fields: 8 KiB is plenty, and more is refused with 413.
+    bodyLimit: 8 * 1024
+  }).withTypeProvider<TypeBoxTypeProvider>()
 
   // No route reads plain text: such bodies get 415 instead of reaching a JSON schema.
   app.removeContentTypeParser('text/plain')
@@ -49,6 +55,7 @@ export async function buildApp (config: Config) {
   await app.register(videosRepository)
   await app.register(clothesRepository)
   await app.register(bootstrapAdmin)
+  await app.register(rateLimits)
   await app.register(auth)
   await app.register(sessions)
   await app.register(authorization)

@@ -26,6 +26,8 @@ export interface Config {
   corsOrigins: string[]
   rateLimit: { ipMax: number, accountMax: number }
   redisUrl?: string
+  /** Fastify's trustProxy: whose X-Forwarded-For to believe for the client IP (rate limits, sessions). */
+  trustProxy: boolean | string | ((address: string, hop: number) => boolean)
   logLevel: LogLevel
 }
 
@@ -58,6 +60,17 @@ export function sqlitePath (databaseUrl: string): string {
 }
 
 type Env = Record<string, string | undefined>
+
+/** `false` (default), `true`, a hop count (trust that many proxies in front), or their addresses/CIDRs. */
+function parseTrustProxy (value: string): Config['trustProxy'] {
+  if (value === 'false') return false
+  if (value === 'true') return true
+  if (/^\d+$/.test(value)) {
+    const hops = Number(value)
+    return (_address, hop) => hop < hops
+  }
+  return value
+}
 
 /**
  * Reads the environment into a typed Config. Every bad variable is reported at once, by name,
@@ -132,6 +145,7 @@ export function loadConfig (env: Env = process.env): Config {
       accountMax: integer('RATE_LIMIT_ACCOUNT_MAX', 10, 1, 1_000_000)
     },
     ...(env.REDIS_URL?.trim() ? { redisUrl: env.REDIS_URL.trim() } : {}),
+    trustProxy: parseTrustProxy(text('TRUST_PROXY', 'false')),
     logLevel
   }
 

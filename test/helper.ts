@@ -11,7 +11,10 @@ export const TEST_PASSWORD = 'correct horse battery staple'
 export const TEST_ENV = {
   DATABASE_URL: ':memory:',
   JWT_SECRET: TEST_SECRET,
-  LOG_LEVEL: 'silent'
+  LOG_LEVEL: 'silent',
+  // Tests sign in far more often than a person; test/rate-limits.test.ts sets its own limits.
+  RATE_LIMIT_IP_MAX: '100000',
+  RATE_LIMIT_ACCOUNT_MAX: '100000'
 }
 
 /** A ready app on a fresh database, closed when the test ends. */

@@ -1,3 +1,4 @@
+import { dictionary } from '@zxcvbn-ts/language-common'
 import argon2 from 'argon2'
 import { randomBytes } from 'node:crypto'
 
@@ -61,6 +62,16 @@ export async function dummyVerify (password: string): Promise<false> {
   return false
 }
 
+/**
+ * The 49,233 most common passwords of @zxcvbn-ts/language-common (maintained with zxcvbn-ts,
+ * drawn from breach corpora), kept where long enough to pass the length rule (ASVS 2.1.7).
+ */
+const COMMON_PASSWORDS = new Set(dictionary['passwords-common']
+  .map((password) => password.toLowerCase())
+  .filter((password) => password.length >= PASSWORD_MIN_LENGTH))
+
+export const isCommonPassword = (password: string) => COMMON_PASSWORDS.has(password.toLowerCase())
+
 /** Length in characters (code points), as JSON Schema's maxLength counts, not UTF-16 units. */
 export const characterCount = (text: string) => [...text].length
 
@@ -74,5 +85,6 @@ export function passwordProblem (password: string, email: string): string | unde
     return `The password must be ${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters long.`
   }
   if (password.trim().toLowerCase() === email) return 'The password must not be the email address.'
+  if (isCommonPassword(password)) return 'This password is one of the most commonly used; choose another.'
   return undefined
 }

@@ -3,6 +3,7 @@ import fp from 'fastify-plugin'
 import type { Static } from 'typebox'
 import { dummyVerify, hashPassword, needsRehash, prepareDummyVerify, verifyPassword } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
+import { rateLimited } from './rate-limits.ts'
 import type { User } from '../repositories/users.ts'
 import { presentUser, type SessionResponse } from '../schemas/common.ts'
 
@@ -49,17 +50,26 @@ async function sessionsPlugin (app: FastifyInstance) {
     },
 
     async signIn (request, email, password) {
+      // Checked before the password, so past the limit a right and a wrong password look alike.
+      const retryAfter = await app.signInFailures.blockedFor(email)
+      if (retryAfter > 0) {
+        request.log.warn({ event: 'login_blocked', retryAfter }, 'sign-in refused: too many failures for this account')
+        throw rateLimited(retryAfter)
+      }
       const found = await app.usersRepository.findCredentialsByEmail(email)
       if (!found) {
         await dummyVerify(password)
+        await app.signInFailures.recordFailure(email)
         request.log.info({ event: 'login_failed', reason: 'unknown_email' }, 'sign-in failed')
         throw invalidCredentials()
       }
       const { user, passwordHash } = found
       if (!await verifyPassword(passwordHash, password)) {
+        await app.signInFailures.recordFailure(email)
         request.log.info({ event: 'login_failed', userId: user.id, reason: 'wrong_password' }, 'sign-in failed')
         throw invalidCredentials()
       }
+      await app.signInFailures.reset(email)
       // Only after a correct password, so the answer tells a guesser nothing.
       if (user.disabled) throw apiError(403, 'user_disabled', 'This account is disabled.')
       if (needsRehash(passwordHash)) {
@@ -95,5 +105,5 @@ async function sessionsPlugin (app: FastifyInstance) {
 
 export default fp(sessionsPlugin, {
   name: 'sessions',
-  dependencies: ['config', 'auth', 'users-repository', 'sessions-repository']
+  dependencies: ['config', 'auth', 'rate-limits', 'users-repository', 'sessions-repository']
 })

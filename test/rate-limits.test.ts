@@ -1,0 +1,136 @@
+import { randomBytes } from 'node:crypto'
+import { createConnection } from 'node:net'
+import t from 'tap'
+import type { App } from '../src/app.ts'
+import { TEST_PASSWORD, bearer, build, signup, uniqueEmail } from './helper.ts'
+
+const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+
+const login = (app: App, email: string, password: string, remoteAddress = '127.0.0.1') =>
+  app.inject({ method: 'POST', url: '/auth/login', payload: { email, password }, remoteAddress })
+const randomIp = () => `10.${[...randomBytes(3)].join('.')}`
+
+function redisReachable (): Promise<boolean> {
+  const { hostname, port } = new URL(REDIS_URL)
+  return new Promise((resolve) => {
+    const socket = createConnection({ host: hostname, port: Number(port || 6379), timeout: 1000 })
+    socket.once('connect', () => { socket.destroy(); resolve(true) })
+    socket.once('error', () => resolve(false))
+    socket.once('timeout', () => { socket.destroy(); resolve(false) })
+  })
+}
+
+t.test('per account: past the limit every sign-in answers 429, right password or not', async (t) => {
+  const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '3' })
+  const email = uniqueEmail()
+  const bystander = uniqueEmail()
+  await signup(app, email)
+  await signup(app, bystander)
+
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    t.equal((await login(app, email, 'wrong password!', randomIp())).statusCode, 401, `failure ${attempt}, from anywhere`)
+  }
+  const blocked = await login(app, email, TEST_PASSWORD)
+  t.equal(blocked.statusCode, 429, 'the correct password is refused too: no oracle')
+  t.equal(blocked.json().code, 'rate_limited')
+  const retryAfter = Number(blocked.headers['retry-after'])
+  t.ok(retryAfter > 800 && retryAfter <= 900, `Retry-After ${retryAfter}s is the rest of the 15-minute window`)
+  t.same((await login(app, email, 'wrong password!')).json(), blocked.json(), 'a wrong password answers the same')
+
+  const token = await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: email, password: TEST_PASSWORD } })
+  t.equal(token.statusCode, 429, 'the password grant shares the limit')
+  t.equal(token.json().error, 'rate_limited')
+  t.ok(token.headers['retry-after'])
+
+  t.equal((await login(app, bystander, TEST_PASSWORD)).statusCode, 200, 'other accounts are unaffected')
+})
+
+t.test('per account: unknown emails count too, and a success resets the count', async (t) => {
+  const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '3' })
+  const ghost = uniqueEmail('ghost')
+  for (let attempt = 0; attempt < 3; attempt++) await login(app, ghost, 'any password 1')
+  t.equal((await login(app, ghost, 'any password 1')).statusCode, 429)
+
+  const email = uniqueEmail()
+  await signup(app, email)
+  await login(app, email, 'wrong password!')
+  await login(app, email, 'wrong password!')
+  t.equal((await login(app, email, TEST_PASSWORD)).statusCode, 200)
+  await login(app, email, 'wrong password!')
+  await login(app, email, 'wrong password!')
+  t.equal((await login(app, email, TEST_PASSWORD)).statusCode, 200, 'the count started again after the success')
+})
+
+t.test('per account: password change guesses are limited', async (t) => {
+  const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '2' })
+  const session = await signup(app)
+  const change = (current: string) => app.inject({
+    method: 'POST', url: '/auth/password', headers: bearer(session.access_token), payload: { current_password: current, new_password: 'a new password 2' }
+  })
+  t.equal((await change('wrong password!')).statusCode, 401)
+  t.equal((await change('wrong password!')).statusCode, 401)
+  const blocked = await change(TEST_PASSWORD)
+  t.equal(blocked.statusCode, 429)
+  t.equal(blocked.json().code, 'rate_limited')
+})
+
+t.test('per IP: each auth endpoint allows RATE_LIMIT_IP_MAX requests a minute', async (t) => {
+  const app = await build(t, { RATE_LIMIT_IP_MAX: '5' })
+  const ip = randomIp()
+  for (let request = 1; request <= 5; request++) {
+    const response = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
+    t.equal(response.statusCode, 401, `request ${request} is served`)
+  }
+  const limited = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
+  t.equal(limited.statusCode, 429)
+  t.equal(limited.json().code, 'rate_limited')
+  t.ok(Number(limited.headers['retry-after']) > 0)
+  t.equal(limited.headers['cache-control'], 'no-store')
+
+  const otherEndpoint = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: 'a@b.io', password: 'whatever 1' }, remoteAddress: ip })
+  t.equal(otherEndpoint.statusCode, 401, 'each endpoint has its own budget')
+  const otherIp = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: randomIp() })
+  t.equal(otherIp.statusCode, 401, 'other clients are unaffected')
+  const health = await app.inject({ url: '/health', remoteAddress: ip })
+  t.equal(health.statusCode, 200, 'routes outside /auth are not limited')
+})
+
+const redisSkip = await redisReachable() ? false : `Redis is not reachable at ${REDIS_URL} (.ci/run starts it)`
+
+t.test('with REDIS_URL the limits are shared between instances', { skip: redisSkip }, async (t) => {
+  const dir = t.testdir()
+  const env = { REDIS_URL, DATABASE_URL: `file:${dir}/shared.db`, RATE_LIMIT_ACCOUNT_MAX: '2', RATE_LIMIT_IP_MAX: '3' }
+  const first = await build(t, env)
+  const second = await build(t, env)
+  // Redis outlives this run: fresh emails and addresses keep reruns from meeting old counts.
+  const email = uniqueEmail(`redis-${randomBytes(4).toString('hex')}`)
+  await signup(first, email)
+
+  t.equal((await login(first, email, 'wrong password!', randomIp())).statusCode, 401)
+  t.equal((await login(second, email, 'wrong password!', randomIp())).statusCode, 401)
+  t.equal((await login(first, email, TEST_PASSWORD, randomIp())).statusCode, 429, 'failures on two instances add up')
+
+  const ip = randomIp()
+  for (const app of [first, second, first]) {
+    await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
+  }
+  const limited = await second.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
+  t.equal(limited.statusCode, 429, 'the per-IP budget is shared too')
+})
+
+t.test('when Redis is unreachable, limits fall back to each instance and requests are served', async (t) => {
+  // Nothing listens on port 1: every Redis call fails at once.
+  const app = await build(t, { REDIS_URL: 'redis://127.0.0.1:1', RATE_LIMIT_ACCOUNT_MAX: '2', RATE_LIMIT_IP_MAX: '4' })
+  const email = uniqueEmail()
+  await signup(app, email)
+  t.equal((await login(app, email, TEST_PASSWORD)).statusCode, 200, 'served without Redis')
+  await login(app, email, 'wrong password!')
+  await login(app, email, 'wrong password!')
+  t.equal((await login(app, email, TEST_PASSWORD)).statusCode, 429, 'the account limit still holds, per instance')
+  const ip = randomIp()
+  for (let request = 0; request < 4; request++) {
+    await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
+  }
+  const limited = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
+  t.equal(limited.statusCode, 429, 'and so does the IP limit')
+})
