@@ -21,22 +21,43 @@ import clothesRoutes from './routes/clothes.ts'
 import healthRoutes from './routes/health.ts'
 import videoRoutes from './routes/videos.ts'
 
-/** Secrets never reach the logs (ASVS 7.1.1): credentials in headers are censored. */
-export const REDACTED_PATHS = ['req.headers.authorization', 'req.headers.cookie', 'res.headers["set-cookie"]']
+/**
+ * Secrets never reach the logs (ASVS 7.1.1): credential headers and any secret-looking field are
+ * censored wherever they appear, and query-string values that look like secrets are masked.
+ */
+const REDACTED_PATHS = [
+  'req.headers.authorization', 'req.headers.cookie', 'res.headers["set-cookie"]',
+  '*.password', '*.current_password', '*.new_password', '*.passwordHash', '*.password_hash',
+  '*.access_token', '*.refresh_token', '*.token', '*.client_secret'
+]
+const SECRET_QUERY_VALUE = /([?&][^=&]*(?:token|password|secret|code)[^=&]*=)[^&]*/gi
 
-function loggerOptions (config: Config): FastifyServerOptions['logger'] {
+export interface BuildOptions {
+  /** Where JSON log lines go instead of stdout (tests read them). */
+  logStream?: NodeJS.WritableStream
+}
+
+function loggerOptions (config: Config, { logStream }: BuildOptions): FastifyServerOptions['logger'] {
   if (config.logLevel === 'silent') return false
   return {
     level: config.logLevel,
     redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
-    ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty' } } : {})
+    serializers: {
+      req: (request: { method: string, url: string, host?: string, ip?: string }) => ({
+        method: request.method,
+        url: request.url.replace(SECRET_QUERY_VALUE, '$1[redacted]'),
+        host: request.host,
+        remoteAddress: request.ip
+      })
+    },
+    ...(logStream ? { stream: logStream } : process.stdout.isTTY ? { transport: { target: 'pino-pretty' } } : {})
   }
 }
 
 /** The one way to build Gatehouse: the server entry and every test call it. */
-export async function buildApp (config: Config) {
+export async function buildApp (config: Config, options: BuildOptions = {}) {
   const app = Fastify({
-    logger: loggerOptions(config),
+    logger: loggerOptions(config, options),
     trustProxy: config.trustProxy,
     // Every request body here is a few fields: 8 KiB is plenty, and more is refused with 413.
     bodyLimit: 8 * 1024

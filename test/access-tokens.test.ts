@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto'
 import t from 'tap'
 import { kidFor } from '../src/auth/tokens.ts'
 import { loadConfig } from '../src/config.ts'
@@ -5,6 +6,11 @@ import { TEST_SECRET, bearer, build, forgeToken, signup, validClaims } from './h
 
 const OTHER_SECRET = 'another-secret-of-at-least-thirty-two-bytes!!'
 const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+/** A token over exact JSON text, validly signed with our secret. */
+function signRaw (header: string, payload: string): string {
+  const input = `${Buffer.from(header).toString('base64url')}.${Buffer.from(payload).toString('base64url')}`
+  return `${input}.${createHmac('sha256', TEST_SECRET).update(input).digest('base64url')}`
+}
 
 t.test('issued access tokens carry the contract header and claims', async (t) => {
   const app = await build(t)
@@ -60,7 +66,13 @@ t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => 
     ['not base64', 'not.a.jwt!'],
     ['two segments', `${realHeader}.${realPayload}`],
     ['garbage', 'garbage'],
-    ['crit header with an unknown extension', forgeToken(claims, { header: { crit: ['exp-ext'], 'exp-ext': 1 } })]
+    ['crit header with an unknown extension', forgeToken(claims, { header: { crit: ['exp-ext'], 'exp-ext': 1 } })],
+    ['duplicate claims (roles escalated in the second)', signRaw(
+      JSON.stringify({ alg: 'HS256', typ: 'at+jwt', kid: kidFor(TEST_SECRET) }),
+      JSON.stringify(claims).replace(/}$/, ',"roles":["user","admin"]}'))],
+    ['whitespace in the JSON', signRaw(
+      JSON.stringify({ alg: 'HS256', typ: 'at+jwt', kid: kidFor(TEST_SECRET) }, null, 1), JSON.stringify(claims))],
+    ['10 KB token', forgeToken({ ...claims, padding: 'x'.repeat(10_000) })]
   ]
   for (const [label, token] of cases) {
     const response = await app.inject({ url: '/auth/me', headers: bearer(token) })

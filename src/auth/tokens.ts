@@ -35,6 +35,25 @@ export function accessTokenPayload (user: { id: string, roles: Role[] }, session
   return { sub: user.id, sid: sessionId, roles: user.roles, jti: randomUUID() }
 }
 
+/** Far above any token we issue (~500 bytes); longer ones are refused before any crypto. */
+export const MAX_ACCESS_TOKEN_LENGTH = 4096
+
+/**
+ * True when header and payload are exactly what JSON.stringify writes, as our signer does. This
+ * refuses duplicate claim names (RFC 7519 §4 asks to reject them or take the last; a verifier
+ * and a logger taking different ones is an attack) along with any other hand-made encoding.
+ */
+export function hasCanonicalJson (token: string): boolean {
+  return token.split('.', 2).every((segment) => {
+    const text = Buffer.from(segment, 'base64url').toString()
+    try {
+      return JSON.stringify(JSON.parse(text)) === text
+    } catch {
+      return false
+    }
+  })
+}
+
 const isRole = (value: unknown): value is Role => ROLES.includes(value as Role)
 
 /**

@@ -7,8 +7,10 @@ import {
   ACCESS_TOKEN_ALG,
   ACCESS_TOKEN_TYP,
   CLOCK_TOLERANCE_SECONDS,
+  MAX_ACCESS_TOKEN_LENGTH,
   REQUIRED_CLAIMS,
   accessTokenPayload,
+  hasCanonicalJson,
   kidFor,
   readAccessClaims,
   type AccessTokenPayload,
@@ -119,7 +121,11 @@ async function authPlugin (app: FastifyInstance) {
       requiredClaims: REQUIRED_CLAIMS,
       checkTyp: ACCESS_TOKEN_TYP,
       clockTolerance: CLOCK_TOLERANCE_SECONDS * 1000,
-      extractToken: (request: FastifyRequest) => bearerToken(request.headers.authorization)
+      extractToken: (request: FastifyRequest) => {
+        const token = bearerToken(request.headers.authorization)
+        if (token.length > MAX_ACCESS_TOKEN_LENGTH) throw invalidToken('The access token is invalid.')
+        return token
+      }
     }
   })
 
@@ -145,7 +151,7 @@ async function authPlugin (app: FastifyInstance) {
       throw invalidToken('The access token is invalid.')
     }
     const user = readAccessClaims(payload, Math.floor(Date.now() / 1000))
-    if (!user) throw invalidToken('The access token is invalid.')
+    if (!user || !hasCanonicalJson(bearerToken(request.headers.authorization))) throw invalidToken('The access token is invalid.')
     request.user = user
   })
 

@@ -1,0 +1,39 @@
+import { PassThrough } from 'node:stream'
+import t from 'tap'
+import { buildApp } from '../src/app.ts'
+import { loadConfig } from '../src/config.ts'
+import { TEST_ENV, TEST_PASSWORD, bearer, signup, uniqueEmail } from './helper.ts'
+
+t.test('logs carry security events with user and request ids, and never a secret', async (t) => {
+  const stream = new PassThrough()
+  let text = ''
+  stream.on('data', (chunk) => { text += chunk })
+  const app = await buildApp(loadConfig({ ...TEST_ENV, LOG_LEVEL: 'info', REFRESH_REUSE_GRACE: '0' }), { logStream: stream })
+  t.teardown(() => app.close())
+  await app.ready()
+
+  const email = uniqueEmail()
+  const session = await signup(app, email)
+  await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: 'wrong password!' } })
+  const login = (await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })).json()
+  await app.inject({ url: `/auth/me?access_token=${login.access_token}&other=1`, headers: bearer(login.access_token) })
+  await app.inject({ method: 'POST', url: '/auth/token', payload: `grant_type=password&username=${email}&password=${TEST_PASSWORD}`, headers: { 'content-type': 'application/x-www-form-urlencoded' } })
+  await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
+  await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
+  await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(login.access_token) })
+
+  const { password_hash: hash } = app.db.$client.prepare('select password_hash from users').get() as { password_hash: string }
+  for (const secret of [TEST_PASSWORD, session.access_token, session.refresh_token, login.access_token, login.refresh_token, hash, TEST_ENV.JWT_SECRET]) {
+    t.notOk(text.includes(secret), `log does not contain ${secret.slice(0, 12)}…`)
+  }
+  t.match(text, /access_token=\[redacted\]&other=1/, 'secret query values are masked, others kept')
+
+  const lines = text.trim().split('\n').map((line) => JSON.parse(line))
+  const event = (name: string) => lines.find((line) => line.event === name)
+  for (const name of ['signup', 'login_failed', 'login', 'refresh_token_reuse', 'session_revoked']) {
+    const line = event(name)
+    t.ok(line, `a ${name} line`)
+    t.equal(line?.userId, session.user.id, `${name} names the user`)
+    t.match(line?.reqId, /^req-/, `${name} names the request`)
+  }
+})
