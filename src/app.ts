@@ -7,7 +7,9 @@ import authorization from './plugins/authorization.ts'
 import bootstrapAdmin from './plugins/bootstrap-admin.ts'
 import configPlugin from './plugins/config.ts'
 import database from './plugins/database.ts'
+import docs from './plugins/docs.ts'
 import rateLimits from './plugins/rate-limits.ts'
+import security from './plugins/security.ts'
 import sessions from './plugins/sessions.ts'
 import validation from './plugins/validation.ts'
 import errors from './plugins/errors.ts'
@@ -70,6 +72,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(sensible)
   await app.register(validation)
   await app.register(errors)
+  await app.register(security)
   await app.register(database)
   await app.register(usersRepository)
   await app.register(sessionsRepository)
@@ -79,6 +82,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(rateLimits)
   await app.register(auth)
   await app.register(sessions)
+  // Before the routes (it documents each as it is added) and before the audit (its UI is public).
+  await app.register(docs)
   await app.register(authorization)
 
   await app.register(healthRoutes)

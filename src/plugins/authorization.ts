@@ -10,6 +10,8 @@ declare module 'fastify' {
     access?: 'public'
   }
   interface FastifyInstance {
+    /** Every route the audit saw, with its declared policy: the app's access table. */
+    accessPolicies: ReadonlyArray<{ method: string, url: string, access: 'public' | 'guarded' }>
     /** preHandler after authenticate: 403 unless the caller's roles grant the permission. */
     requirePermission (permission: Permission): (request: FastifyRequest) => Promise<void>
     /**
@@ -31,7 +33,7 @@ const forbidden = () => apiError(403, 'forbidden', 'You are not allowed to do th
  * Deny by default (OWASP ASVS 4.1.3): a route that declares no access policy, or both, stops the
  * app from starting, so a forgotten guard is a start-up error rather than an open endpoint.
  */
-function auditAccessPolicy (app: FastifyInstance, route: RouteOptions): void {
+function auditAccessPolicy (app: FastifyInstance, route: RouteOptions): 'public' | 'guarded' {
   const preHandlers = [route.preHandler ?? []].flat()
   const guarded = preHandlers[0] === app.authenticate
   const declaredPublic = route.config?.access === 'public'
@@ -42,10 +44,16 @@ function auditAccessPolicy (app: FastifyInstance, route: RouteOptions): void {
       'or a preHandler list that starts with app.authenticate'
     )
   }
+  return guarded ? 'guarded' : 'public'
 }
 
 async function authorizationPlugin (app: FastifyInstance) {
-  app.addHook('onRoute', (route) => auditAccessPolicy(app, route))
+  const policies: Array<{ method: string, url: string, access: 'public' | 'guarded' }> = []
+  app.decorate('accessPolicies', policies)
+  app.addHook('onRoute', (route) => {
+    const access = auditAccessPolicy(app, route)
+    for (const method of [route.method].flat()) policies.push({ method, url: route.url, access })
+  })
 
   // The freshly read roles when loadAccount ran, else the token's (stateless routes).
   const rolesOf = (request: FastifyRequest) => request.account?.user.roles ?? request.user.roles

@@ -20,8 +20,6 @@ const Logout = Type.Object({
 const PasswordChange = Type.Object({ current_password: Password, new_password: Password }, { additionalProperties: false })
 const ProfileChange = Type.Object({ name: Type.Union([Name, Type.Null()]) }, { additionalProperties: false })
 
-const bearerAuth = [{ bearerAuth: [] }]
-
 /** Emails are normalised before validation, storage and comparison (contract). */
 export async function normaliseBodyEmail (request: FastifyRequest) {
   const body = request.body as { email?: unknown } | undefined
@@ -87,7 +85,8 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['auth'],
       summary: 'End this session, every session (scope: global), or the session of a refresh token',
-      security: [...bearerAuth, {}],
+      // Either a bearer token or, with refresh_token in the body, nothing.
+      security: [{ bearerAuth: [] }, { oauth2: [] }, {}],
       body: Logout,
       response: { 204: Type.Null(), 400: ErrorResponse, 401: ErrorResponse }
     }
@@ -121,7 +120,6 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['auth'],
       summary: 'The signed-in user',
-      security: bearerAuth,
       response: { 200: UserResponse, 401: ErrorResponse }
     }
   }, async (request) => presentUser(request.account.user))
@@ -131,7 +129,6 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['auth'],
       summary: 'Change the signed-in user\'s profile',
-      security: bearerAuth,
       body: ProfileChange,
       response: { 200: UserResponse, 400: ErrorResponse, 401: ErrorResponse }
     }
@@ -145,7 +142,6 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['auth'],
       summary: 'Change the password; every other session is revoked',
-      security: bearerAuth,
       body: PasswordChange,
       response: { 204: Type.Null(), 400: ErrorResponse, 401: ErrorResponse }
     }

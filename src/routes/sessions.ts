@@ -18,7 +18,6 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['sessions'],
       summary: 'The signed-in user\'s active sessions, most recently used first',
-      security: [{ bearerAuth: [] }],
       response: { 200: Type.Array(SessionView), 401: ErrorResponse }
     }
   }, async (request) => {
@@ -39,7 +38,6 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['sessions'],
       summary: 'Revoke one of the signed-in user\'s sessions',
-      security: [{ bearerAuth: [] }],
       params: Type.Object({ id: Uuid }),
       response: { 204: Type.Null(), 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse }
     }

@@ -29,7 +29,10 @@ const encodeCursor = (user: User) => Buffer.from(JSON.stringify([user.createdAt.
 function decodeCursor (cursor: string): { createdAt: Date, id: string } {
   try {
     const [ms, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as unknown[]
-    if (Number.isSafeInteger(ms) && typeof id === 'string' && id.length <= 36) return { createdAt: new Date(ms as number), id }
+    const createdAt = new Date(ms as number)
+    if (Number.isSafeInteger(ms) && !Number.isNaN(createdAt.getTime()) && typeof id === 'string' && id.length <= 36) {
+      return { createdAt, id }
+    }
   } catch {}
   throw apiError(400, 'invalid_cursor', 'The cursor is not one this API returned.')
 }
@@ -40,7 +43,6 @@ const notFound = () => apiError(404, 'not_found', 'No such user.')
 const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
   // Admin endpoints act on accounts: the caller's user and session are re-read on every call.
   const adminOnly = [app.authenticate, app.loadAccount, app.requirePermission('users:manage')]
-  const security = [{ bearerAuth: [] }]
   const guardedErrors = { 401: ErrorResponse, 403: ErrorResponse }
 
   app.get('/users', {
@@ -48,7 +50,6 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['admin'],
       summary: 'Users in creation order, paginated by cursor',
-      security,
       querystring: ListQuery,
       response: { 200: UserList, 400: ErrorResponse, ...guardedErrors }
     }
@@ -71,7 +72,6 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['admin'],
       summary: 'One user',
-      security,
       params: UserParams,
       response: { 200: AdminUserResponse, 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse }
     }
@@ -86,7 +86,6 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['admin'],
       summary: 'Change roles, disabled or name; a role change or disable revokes the user\'s sessions',
-      security,
       params: UserParams,
       body: UserChange,
       response: { 200: AdminUserResponse, 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse, 409: ErrorResponse }
@@ -111,7 +110,6 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['admin'],
       summary: 'Delete a user and their sessions',
-      security,
       params: UserParams,
       response: { 204: Type.Null(), 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse, 409: ErrorResponse }
     }

@@ -1,0 +1,94 @@
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import type { FastifyInstance, FastifySchema, RouteOptions } from 'fastify'
+import fp from 'fastify-plugin'
+import { createRequire } from 'node:module'
+import { ErrorResponse } from '../schemas/common.ts'
+
+const { version } = createRequire(import.meta.url)('../../package.json') as { version: string }
+
+const DESCRIPTION = `Stateless JWT authentication and authorization.
+
+Sign in with **Authorize → oauth2 (password)**: your email as username, your password; Swagger UI
+then sends the access token as \`Authorization: Bearer …\` on every "Try it out".
+
+Errors have the shape \`{"statusCode", "error", "message", "code"}\`; \`code\` is stable. The
+token endpoint alone answers RFC 6749 errors: \`{"error", "error_description"}\`.`
+
+type Schema = Record<string, unknown> & {
+  response?: Record<string, unknown>
+  body?: unknown
+  params?: unknown
+  querystring?: unknown
+  security?: unknown
+}
+
+/** Guarded routes take a bearer token, which Swagger UI gets from the oauth2 password flow. */
+const BEARER_SECURITY = [{ bearerAuth: [] }, { oauth2: [] }]
+
+/**
+ * What every route shares, documented once from its access policy rather than repeated in each
+ * route: its security requirement, and the answers it can give besides its own (validation 400,
+ * 413/415 for bodies, 401 when guarded, 429 under /auth).
+ */
+function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean): Schema {
+  const response = { ...schema.response }
+  const add = (status: number, description: string) => {
+    response[status] ??= { ...ErrorResponse, description }
+  }
+  if (schema.body || schema.params || schema.querystring) add(400, 'Invalid request: validation_error names the field')
+  if (schema.body) {
+    add(413, 'Body over 8 KiB: payload_too_large')
+    add(415, 'Not JSON: unsupported_media_type')
+  }
+  if (isGuarded) add(401, 'No, invalid or expired bearer token: missing_token, invalid_token, token_expired')
+  if (route.url.startsWith('/auth')) add(429, 'Too many requests: rate_limited, with Retry-After')
+  return { ...schema, response, security: schema.security ?? (isGuarded ? BEARER_SECURITY : []) }
+}
+
+async function docsPlugin (app: FastifyInstance) {
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'Gatehouse', version, description: DESCRIPTION },
+      tags: [
+        { name: 'auth', description: 'Sign-up, sign-in, tokens and the signed-in account' },
+        { name: 'sessions', description: 'The signed-in user\'s sessions' },
+        { name: 'videos', description: 'Free and member-only videos' },
+        { name: 'clothes', description: 'The clothes catalogue' },
+        { name: 'admin', description: 'User management (admins)' },
+        { name: 'health', description: 'Liveness' }
+      ],
+      components: {
+        securitySchemes: {
+          bearerAuth: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'An access token from any session response' },
+          oauth2: {
+            type: 'oauth2',
+            description: 'Password grant at /auth/token: username is the email',
+            flows: { password: { tokenUrl: '/auth/token', refreshUrl: '/auth/token', scopes: {} } }
+          }
+        }
+      }
+    },
+    transform: ({ schema, url, route }) => ({
+      schema: documentShared((schema ?? {}) as Schema, route, [route.preHandler ?? []].flat()[0] === app.authenticate) as FastifySchema,
+      url
+    })
+  })
+
+  await app.register(swaggerUi, {
+    routePrefix: '/docs',
+    uiConfig: { persistAuthorization: false, tryItOutEnabled: true },
+    // Swagger UI's own CSP (hashes of its inline scripts), without upgrade-insecure-requests so
+    // the docs also work over plain http on a developer's machine.
+    staticCSP: true,
+    transformStaticCSP: (header) => header.replace(/\s*upgrade-insecure-requests;?/, '')
+  })
+
+  app.get('/openapi.json', {
+    config: { access: 'public' },
+    schema: { hide: true }
+  }, async () => app.swagger())
+}
+
+export default fp(docsPlugin, { name: 'docs', dependencies: ['auth'] })

@@ -1,0 +1,503 @@
+import type { LightMyRequestResponse } from 'fastify'
+import { join } from 'node:path'
+import t, { type Test } from 'tap'
+import { buildApp, type App } from '../src/app.ts'
+import { hashPassword } from '../src/auth/passwords.ts'
+import { loadConfig } from '../src/config.ts'
+import { TEST_ENV, TEST_PASSWORD, type SessionBody, bearer, build, signup, tokenPayload, uniqueEmail } from './helper.ts'
+
+const FORBIDDEN_CHALLENGE = 'Bearer realm="gatehouse", error="insufficient_scope"'
+const ADMIN_USER_KEYS = ['created_at', 'disabled', 'email', 'id', 'name', 'roles', 'updated_at']
+const UNKNOWN_ID = '00000000-0000-4000-8000-000000000000'
+
+/** Signs up, sets the roles in the database, refreshes: the new access token carries the roles. */
+async function withRoles (app: App, roles: string[], email = uniqueEmail()): Promise<SessionBody> {
+  const session = await signup(app, email)
+  app.db.$client.prepare('update users set roles = ? where id = ?').run(JSON.stringify(roles), session.user.id)
+  const refreshed = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
+  if (refreshed.statusCode !== 200) throw new Error(`refresh failed: ${refreshed.statusCode} ${refreshed.body}`)
+  return refreshed.json()
+}
+const asAdmin = (app: App, email = uniqueEmail('admin')) => withRoles(app, ['user', 'admin'], email)
+
+const login = (app: App, email: string, password = TEST_PASSWORD) =>
+  app.inject({ method: 'POST', url: '/auth/login', payload: { email, password } })
+const refresh = (app: App, token: string) =>
+  app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })
+const me = (app: App, token: string) => app.inject({ url: '/auth/me', headers: bearer(token) })
+
+interface UserRow { id: string, email: string, name: string | null, roles: string, password_hash: string, disabled: number, created_at: number, updated_at: number }
+const userRow = (app: App, id: string) => app.db.$client.prepare('select * from users where id = ?').get(id) as UserRow | undefined
+const rolesInDb = (app: App, id: string) => JSON.parse(userRow(app, id)!.roles) as string[]
+const enabledAdmins = (app: App) => (app.db.$client.prepare(
+  "select id from users where disabled = 0 and exists (select 1 from json_each(users.roles) where value = 'admin')"
+).all() as Array<{ id: string }>).map((row) => row.id)
+const activeSessions = (app: App, userId: string) => (app.db.$client.prepare(
+  'select count(*) as n from sessions where user_id = ? and revoked_at is null'
+).get(userId) as { n: number }).n
+
+function assertNoSecrets (t: Test, response: LightMyRequestResponse) {
+  t.notMatch(response.body, /password_hash|passwordHash|\$argon2/, 'no password hash in the response')
+}
+
+function assertRevoked (t: Test, app: App, session: SessionBody) {
+  return Promise.all([refresh(app, session.refresh_token), me(app, session.access_token)]).then(([refreshed, current]) => {
+    t.equal(refreshed.statusCode, 401, 'their refresh token no longer works')
+    t.equal(refreshed.json().code, 'invalid_refresh_token')
+    t.equal(current.statusCode, 401, 'their access token no longer reaches /auth/me')
+  })
+}
+
+t.test('GET /admin/users pages through every user once, in creation then id order', async (t) => {
+  const app = await build(t)
+  const admin = await asAdmin(app)
+  const hash = await hashPassword('pagination passphrase')
+  // Later inserts get earlier times and groups of three share a millisecond: the order is
+  // created_at then id, not insertion order.
+  const base = Date.now() - 3_600_000
+  for (let i = 0; i < 25; i++) {
+    const user = await app.usersRepository.create({ email: `page-${String(i).padStart(2, '0')}@example.com`, passwordHash: hash, roles: ['user'] })
+    app.db.$client.prepare('update users set created_at = ? where id = ?').run(base + Math.floor((24 - i) / 3) * 1000, user!.id)
+  }
+  const all = app.db.$client.prepare('select id, created_at from users').all() as Array<{ id: string, created_at: number }>
+  t.equal(all.length, 26)
+  const expected = all
+    .sort((a, b) => a.created_at - b.created_at || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    .map((row) => row.id)
+  t.equal(expected.at(-1), admin.user.id, 'the admin signed up last')
+
+  const pageThrough = async (limit: number, query = '') => {
+    const seen: string[] = []
+    const sizes: number[] = []
+    let cursor: string | null = null
+    for (let i = 0; i < 30; i++) {
+      const url: string = `/admin/users?limit=${limit}${query}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`
+      const response = await app.inject({ url, headers: bearer(admin.access_token) })
+      t.equal(response.statusCode, 200, url)
+      assertNoSecrets(t, response)
+      const body = response.json() as { users: Array<Record<string, unknown>>, next_cursor: string | null }
+      t.same(Object.keys(body).sort(), ['next_cursor', 'users'])
+      for (const user of body.users) t.same(Object.keys(user).sort(), ADMIN_USER_KEYS)
+      seen.push(...body.users.map((user) => user.id as string))
+      sizes.push(body.users.length)
+      cursor = body.next_cursor
+      if (cursor === null) break
+      t.type(cursor, 'string')
+    }
+    return { seen, sizes }
+  }
+
+  const bySeven = await pageThrough(7)
+  t.same(bySeven.sizes, [7, 7, 7, 5], 'full pages, then the rest; next_cursor null on the last')
+  t.same(bySeven.seen, expected, 'every user exactly once, in created_at then id order')
+  t.equal(new Set(bySeven.seen).size, 26)
+
+  const byThirteen = await pageThrough(13)
+  t.same(byThirteen.sizes, [13, 13], 'an exactly full last page still ends with next_cursor null, no empty page')
+  t.same(byThirteen.seen, expected)
+
+  const firstPage = await app.inject({ url: '/admin/users', headers: bearer(admin.access_token) })
+  t.equal(firstPage.json().users.length, 20, 'default limit 20')
+  t.type(firstPage.json().next_cursor, 'string')
+  t.same(firstPage.json().users.map((user: { id: string }) => user.id), expected.slice(0, 20))
+  const whole = await app.inject({ url: '/admin/users?limit=100', headers: bearer(admin.access_token) })
+  t.equal(whole.json().users.length, 26)
+  t.equal(whole.json().next_cursor, null)
+  t.match(whole.json().users.find((user: { id: string }) => user.id === admin.user.id), { roles: ['user', 'admin'], disabled: false })
+})
+
+t.test('GET /admin/users refuses bad limits and cursors', async (t) => {
+  const app = await build(t)
+  const admin = await asAdmin(app)
+  for (const limit of ['0', '101', 'abc', '-1', '7.5']) {
+    const response = await app.inject({ url: `/admin/users?limit=${limit}`, headers: bearer(admin.access_token) })
+    t.equal(response.statusCode, 400, `limit=${limit}`)
+    t.equal(response.json().code, 'validation_error', `limit=${limit}`)
+    t.match(response.json().message, /limit/)
+  }
+  const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const cursors = {
+    'not base64 JSON': 'garbage',
+    punctuation: '!!!!',
+    'an object': b64({ created_at: 1, id: 'x' }),
+    'one element': b64([1]),
+    'a string time': b64(['yesterday', UNKNOWN_ID]),
+    null: b64(null),
+    'a time beyond the Date range': b64([Number.MAX_SAFE_INTEGER, UNKNOWN_ID])
+  }
+  for (const [label, cursor] of Object.entries(cursors)) {
+    const response = await app.inject({ url: `/admin/users?cursor=${encodeURIComponent(cursor)}`, headers: bearer(admin.access_token) })
+    t.equal(response.statusCode, 400, `cursor: ${label}`)
+    t.equal(response.json().code, 'invalid_cursor', `cursor: ${label}`)
+  }
+  const huge = await app.inject({ url: `/admin/users?cursor=${'a'.repeat(500)}`, headers: bearer(admin.access_token) })
+  t.equal(huge.statusCode, 400, 'an oversized cursor')
+})
+
+t.test('GET /admin/users?email= is a case-insensitive, literal substring filter', async (t) => {
+  const app = await build(t)
+  const admin = await asAdmin(app, 'boss@example.com')
+  const hash = await hashPassword('filter passphrase')
+  const make = async (email: string) => (await app.usersRepository.create({ email, passwordHash: hash, roles: ['user'] }))!.id
+  const ids = {
+    underscore: await make('a_b@filter.test'),
+    x: await make('axb@filter.test'),
+    percent: await make('a%b@filter.test'),
+    zz: await make('azzb@filter.test'),
+    other: await make('someone@example.org')
+  }
+  const filter = async (email: string, extra = '') => {
+    const response = await app.inject({ url: `/admin/users?email=${encodeURIComponent(email)}${extra}`, headers: bearer(admin.access_token) })
+    t.equal(response.statusCode, 200, email)
+    return response.json() as { users: Array<{ id: string, email: string }>, next_cursor: string | null }
+  }
+
+  t.same((await filter('EXAMPLE')).users.map((user) => user.id).sort(), [admin.user.id, ids.other].sort(), 'upper case matches lower-case emails')
+  t.same((await filter('Filter.Test')).users.map((user) => user.id).sort(), [ids.underscore, ids.x, ids.percent, ids.zz].sort())
+  t.same((await filter('a_b')).users.map((user) => user.id), [ids.underscore], '_ is literal, not a one-character wildcard')
+  t.same((await filter('a%b')).users.map((user) => user.id), [ids.percent], '% is literal, not a wildcard')
+  t.same((await filter('%')).users.map((user) => user.id), [ids.percent])
+  const none = await filter('nobody-has-this')
+  t.same(none, { users: [], next_cursor: null })
+
+  const first = await filter('filter.test', '&limit=3')
+  t.equal(first.users.length, 3)
+  t.type(first.next_cursor, 'string')
+  const second = await filter('filter.test', `&limit=3&cursor=${encodeURIComponent(first.next_cursor!)}`)
+  t.equal(second.users.length, 1, 'the filter applies across pages')
+  t.equal(second.next_cursor, null)
+  t.same([...first.users, ...second.users].map((user) => user.id).sort(), [ids.underscore, ids.x, ids.percent, ids.zz].sort())
+})
+
+t.test('GET /admin/users/:id shows one user with disabled; unknown 404, malformed 400', async (t) => {
+  const app = await build(t)
+  const admin = await asAdmin(app)
+  const member = await withRoles(app, ['user', 'member'])
+
+  const found = await app.inject({ url: `/admin/users/${member.user.id}`, headers: bearer(admin.access_token) })
+  t.equal(found.statusCode, 200)
+  assertNoSecrets(t, found)
+  t.same(Object.keys(found.json()).sort(), ADMIN_USER_KEYS)
+  t.match(found.json(), { id: member.user.id, email: member.user.email, roles: ['user', 'member'], disabled: false, name: null })
+
+  const unknown = await app.inject({ url: `/admin/users/${UNKNOWN_ID}`, headers: bearer(admin.access_token) })
+  t.equal(unknown.statusCode, 404)
+  t.equal(unknown.json().code, 'not_found')
+  const malformed = await app.inject({ url: '/admin/users/42', headers: bearer(admin.access_token) })
+  t.equal(malformed.statusCode, 400)
+  t.equal(malformed.json().code, 'validation_error')
+
+  const forbidden = await app.inject({ url: `/admin/users/${admin.user.id}`, headers: bearer(member.access_token) })
+  t.equal(forbidden.statusCode, 403)
+  t.equal(forbidden.json().code, 'forbidden')
+  t.equal(forbidden.headers['www-authenticate'], FORBIDDEN_CHALLENGE)
+})
+
+t.test('PATCH /admin/users/:id roles: replaces the extra roles, keeps user, revokes the sessions', async (t) => {
+  const app = await build(t)
+  const admin = await asAdmin(app)
+  const email = uniqueEmail('target')
+  const target = await withRoles(app, ['user', 'developer'], email)
+
+  const patched = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { roles: ['member'] } })
+  t.equal(patched.statusCode, 200)
+  assertNoSecrets(t, patched)
+  t.same(Object.keys(patched.json()).sort(), ADMIN_USER_KEYS)
+  t.same(patched.json().roles, ['user', 'member'], 'developer replaced by member; user kept')
+  t.same(rolesInDb(app, target.user.id), ['user', 'member'])
+  await assertRevoked(t, app, target)
+  t.equal(activeSessions(app, target.user.id), 0)
+
+  const again = await login(app, email)
+  t.equal(again.statusCode, 200)
+  t.same(tokenPayload(again.json().access_token).roles, ['user', 'member'], 'a new sign-in carries the new roles')
+
+  const canonical = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { roles: ['admin', 'developer', 'user'] } })
+  t.same(canonical.json().roles, ['user', 'developer', 'admin'], 'stored in canonical order')
+  const cleared = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { roles: [] } })
+  t.equal(cleared.statusCode, 200)
+  t.same(cleared.json().roles, ['user'], 'an empty list leaves just user')
+  t.same(rolesInDb(app, target.user.id), ['user'])
+
+  const before = userRow(app, target.user.id)
+  const invalid: Array<[string, Record<string, unknown>]> = [
+    ['unknown role', { roles: ['superuser'] }],
+    ['duplicate roles', { roles: ['member', 'member'] }],
+    ['roles not a list', { roles: 'admin' }],
+    ['empty change', {}],
+    ['email is not editable', { email: 'new@example.com' }],
+    ['password_hash is not editable', { password_hash: 'x' }],
+    ['disabled not a boolean', { disabled: 'yes' }]
+  ]
+  for (const [label, payload] of invalid) {
+    const response = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload })
+    t.equal(response.statusCode, 400, label)
+    t.equal(response.json().code, 'validation_error', label)
+  }
+  t.same(userRow(app, target.user.id), before, 'refused changes change nothing')
+
+  const unknown = await app.inject({ method: 'PATCH', url: `/admin/users/${UNKNOWN_ID}`, headers: bearer(admin.access_token), payload: { name: 'x' } })
+  t.equal(unknown.statusCode, 404)
+  t.equal(unknown.json().code, 'not_found')
+})
+
+t.test('PATCH disabled revokes the sessions and blocks sign-in; a name change alone revokes nothing', async (t) => {
+  const app = await build(t)
+  const admin = await asAdmin(app)
+  const email = uniqueEmail('target')
+  const target = await signup(app, email)
+
+  const renamed = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { name: 'Renamed' } })
+  t.equal(renamed.statusCode, 200)
+  t.equal(renamed.json().name, 'Renamed')
+  t.equal(userRow(app, target.user.id)!.name, 'Renamed')
+  t.equal(activeSessions(app, target.user.id), 1, 'a name change keeps the sessions')
+  t.equal((await me(app, target.access_token)).statusCode, 200)
+  const refreshed = await refresh(app, target.refresh_token)
+  t.equal(refreshed.statusCode, 200)
+  const live = refreshed.json() as SessionBody
+
+  const sameRoles = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { roles: ['user'] } })
+  t.equal(sameRoles.statusCode, 200)
+  t.equal(activeSessions(app, target.user.id), 1, 'setting the same roles is no role change')
+
+  const disabled = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { disabled: true } })
+  t.equal(disabled.statusCode, 200)
+  t.equal(disabled.json().disabled, true)
+  t.equal(userRow(app, target.user.id)!.disabled, 1)
+  await assertRevoked(t, app, live)
+  t.equal(activeSessions(app, target.user.id), 0)
+
+  const blocked = await login(app, email)
+  t.equal(blocked.statusCode, 403)
+  t.equal(blocked.json().code, 'user_disabled')
+  const wrong = await login(app, email, 'not the password at all')
+  t.equal(wrong.statusCode, 401, 'a wrong password still says nothing about the account')
+  t.equal(wrong.json().code, 'invalid_credentials')
+  const shown = await app.inject({ url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token) })
+  t.equal(shown.json().disabled, true)
+
+  const enabled = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { disabled: false } })
+  t.equal(enabled.statusCode, 200)
+  t.equal((await login(app, email)).statusCode, 200, 're-enabled accounts sign in again')
+})
+
+t.test('a demoted admin loses admin at once and in every new token', async (t) => {
+  const app = await build(t)
+  const keeper = await asAdmin(app)
+  const email = uniqueEmail('demoted')
+  const demoted = await asAdmin(app, email)
+  t.equal((await app.inject({ url: '/admin/users', headers: bearer(demoted.access_token) })).statusCode, 200)
+
+  const response = await app.inject({ method: 'PATCH', url: `/admin/users/${demoted.user.id}`, headers: bearer(keeper.access_token), payload: { roles: ['member'] } })
+  t.equal(response.statusCode, 200)
+  t.same(response.json().roles, ['user', 'member'])
+  await assertRevoked(t, app, demoted)
+  const stale = await app.inject({ url: '/admin/users', headers: bearer(demoted.access_token) })
+  t.equal(stale.statusCode, 401, 'the old admin token is refused on admin routes at once')
+
+  const again = await login(app, email)
+  t.equal(again.statusCode, 200)
+  const roles = tokenPayload(again.json().access_token).roles as string[]
+  t.notOk(roles.includes('admin'), 'the new token lacks admin')
+  t.same(roles, ['user', 'member'])
+  const list = await app.inject({ url: '/admin/users', headers: bearer(again.json().access_token) })
+  t.equal(list.statusCode, 403)
+  t.equal(list.json().code, 'forbidden')
+  t.equal(list.headers['www-authenticate'], FORBIDDEN_CHALLENGE)
+  t.same(enabledAdmins(app), [keeper.user.id])
+})
+
+t.test('the last enabled admin cannot demote, disable or delete themself', async (t) => {
+  const app = await build(t)
+  const admin = await asAdmin(app)
+  // A disabled admin is no admin for this rule.
+  const dormant = await asAdmin(app)
+  app.db.$client.prepare('update users set disabled = 1 where id = ?').run(dormant.user.id)
+  const before = userRow(app, admin.user.id)
+
+  const attempts: Array<[string, 'PATCH' | 'DELETE', Record<string, unknown> | undefined]> = [
+    ['demote to member', 'PATCH', { roles: ['member'] }],
+    ['drop every role', 'PATCH', { roles: [] }],
+    ['disable', 'PATCH', { disabled: true }],
+    ['demote and rename', 'PATCH', { roles: ['user'], name: 'Nobody' }],
+    ['delete', 'DELETE', undefined]
+  ]
+  for (const [label, method, payload] of attempts) {
+    const response = await app.inject({ method, url: `/admin/users/${admin.user.id}`, headers: bearer(admin.access_token), ...(payload ? { payload } : {}) })
+    t.equal(response.statusCode, 409, label)
+    t.equal(response.json().code, 'last_admin', label)
+    t.same(userRow(app, admin.user.id), before, `${label}: nothing changed`)
+    t.equal(activeSessions(app, admin.user.id), 1, `${label}: the session is untouched`)
+  }
+  t.equal((await me(app, admin.access_token)).statusCode, 200)
+  const rename = await app.inject({ method: 'PATCH', url: `/admin/users/${admin.user.id}`, headers: bearer(admin.access_token), payload: { name: 'Still admin' } })
+  t.equal(rename.statusCode, 200, 'changes that keep them admin are fine')
+  t.same(rename.json().roles, ['user', 'admin'])
+  t.equal(activeSessions(app, admin.user.id), 1)
+})
+
+t.test('with two admins one can demote the other; then the remaining one is protected', async (t) => {
+  const app = await build(t)
+  const first = await asAdmin(app)
+  const second = await asAdmin(app)
+  const third = await asAdmin(app)
+
+  const deleted = await app.inject({ method: 'DELETE', url: `/admin/users/${third.user.id}`, headers: bearer(first.access_token) })
+  t.equal(deleted.statusCode, 204, 'an admin may delete another admin while one remains')
+  const demoted = await app.inject({ method: 'PATCH', url: `/admin/users/${second.user.id}`, headers: bearer(first.access_token), payload: { roles: [] } })
+  t.equal(demoted.statusCode, 200)
+  t.same(demoted.json().roles, ['user'])
+  t.same(enabledAdmins(app), [first.user.id])
+
+  const before = userRow(app, first.user.id)
+  for (const payload of [{ roles: ['developer'] }, { disabled: true }]) {
+    const response = await app.inject({ method: 'PATCH', url: `/admin/users/${first.user.id}`, headers: bearer(first.access_token), payload })
+    t.equal(response.statusCode, 409, JSON.stringify(payload))
+    t.equal(response.json().code, 'last_admin')
+  }
+  const selfDelete = await app.inject({ method: 'DELETE', url: `/admin/users/${first.user.id}`, headers: bearer(first.access_token) })
+  t.equal(selfDelete.statusCode, 409)
+  t.equal(selfDelete.json().code, 'last_admin')
+  t.same(userRow(app, first.user.id), before)
+  t.same(enabledAdmins(app), [first.user.id])
+})
+
+t.test('two admins demoting each other at once: exactly one wins', async (t) => {
+  const scenarios: Array<[string, 'PATCH' | 'DELETE', Record<string, unknown> | undefined, number]> = [
+    ['demote', 'PATCH', { roles: ['member'] }, 200],
+    ['disable', 'PATCH', { disabled: true }, 200],
+    ['delete', 'DELETE', undefined, 204]
+  ]
+  for (const [label, method, payload, success] of scenarios) {
+    for (let round = 0; round < 3; round++) {
+      const app = await build(t)
+      const a = await asAdmin(app)
+      const b = await asAdmin(app)
+      const send = (caller: SessionBody, target: SessionBody) => app.inject({
+        method,
+        url: `/admin/users/${target.user.id}`,
+        headers: bearer(caller.access_token),
+        ...(payload ? { payload } : {})
+      })
+      const responses = await Promise.all([send(a, b), send(b, a)])
+      const statuses = responses.map((response) => response.statusCode)
+      t.equal(statuses.filter((status) => status === success).length, 1, `${label} round ${round}: one success (${statuses.join()})`)
+      const loser = responses.find((response) => response.statusCode !== success)
+      t.ok(loser && [401, 409].includes(loser.statusCode), `${label} round ${round}: the other gets 409 or 401`)
+      if (loser?.statusCode === 409) t.equal(loser.json().code, 'last_admin')
+      const admins = enabledAdmins(app)
+      t.equal(admins.length, 1, `${label} round ${round}: exactly one enabled admin remains`)
+      const winner = responses[0]!.statusCode === success ? a : b
+      t.same(admins, [winner.user.id], 'the winner is that admin')
+    }
+  }
+})
+
+t.test('DELETE /admin/users/:id removes the user and their sessions; their videos stay, ownerless', async (t) => {
+  const app = await build(t)
+  const admin = await asAdmin(app)
+  const email = uniqueEmail('leaving')
+  const developer = await withRoles(app, ['user', 'developer'], email)
+  const second = (await login(app, email)).json() as SessionBody
+  const published = await app.inject({
+    method: 'POST',
+    url: '/videos',
+    headers: bearer(developer.access_token),
+    payload: { title: 'Legacy', author: 'Leaver', url: 'https://videos.example.com/legacy.mp4' }
+  })
+  t.equal(published.statusCode, 201)
+  const videoId = published.json().id
+  const sessionIds = (app.db.$client.prepare('select id from sessions where user_id = ?').all(developer.user.id) as Array<{ id: string }>).map((row) => row.id)
+  t.equal(sessionIds.length, 2)
+
+  const response = await app.inject({ method: 'DELETE', url: `/admin/users/${developer.user.id}`, headers: bearer(admin.access_token) })
+  t.equal(response.statusCode, 204)
+  t.equal(response.body, '')
+  t.equal(userRow(app, developer.user.id), undefined, 'the row is gone')
+  t.equal((app.db.$client.prepare('select count(*) as n from sessions where user_id = ?').get(developer.user.id) as { n: number }).n, 0, 'sessions gone')
+  const tokens = app.db.$client.prepare(`select count(*) as n from refresh_tokens where session_id in (${sessionIds.map(() => '?').join()})`).get(...sessionIds) as { n: number }
+  t.equal(tokens.n, 0, 'refresh tokens gone')
+  t.same(app.db.$client.prepare('select user_id, title from videos where id = ?').get(videoId), { user_id: null, title: 'Legacy' }, 'the video survives with user_id null')
+  const listed = (await app.inject({ url: '/videos' })).json().find((video: { id: string }) => video.id === videoId)
+  t.match(listed, { id: videoId, user_id: null })
+
+  for (const session of [developer, second]) await assertRevoked(t, app, session)
+  const signIn = await login(app, email)
+  t.equal(signIn.statusCode, 401)
+  t.equal(signIn.json().code, 'invalid_credentials')
+
+  const again = await app.inject({ method: 'DELETE', url: `/admin/users/${developer.user.id}`, headers: bearer(admin.access_token) })
+  t.equal(again.statusCode, 404)
+  t.equal(again.json().code, 'not_found')
+  const malformed = await app.inject({ method: 'DELETE', url: '/admin/users/not-a-uuid', headers: bearer(admin.access_token) })
+  t.equal(malformed.statusCode, 400)
+})
+
+t.test('ADMIN_EMAIL and ADMIN_PASSWORD bootstrap the first admin', async (t) => {
+  const adminPassword = 'a long admin passphrase'
+
+  t.test('creates the admin at start when none exists', async (t) => {
+    const app = await build(t, { ADMIN_EMAIL: '  Boss@Example.COM ', ADMIN_PASSWORD: adminPassword })
+    const rows = app.db.$client.prepare('select * from users').all() as UserRow[]
+    t.equal(rows.length, 1)
+    t.equal(rows[0]!.email, 'boss@example.com', 'the email is normalised')
+    t.same(JSON.parse(rows[0]!.roles), ['user', 'admin'])
+    t.match(rows[0]!.password_hash, /^\$argon2id\$/)
+    const session = await login(app, 'boss@example.com', adminPassword)
+    t.equal(session.statusCode, 200)
+    t.ok(session.json().user.roles.includes('admin'))
+    t.ok((tokenPayload(session.json().access_token).roles as string[]).includes('admin'))
+    t.equal((await app.inject({ url: '/admin/users', headers: bearer(session.json().access_token) })).statusCode, 200)
+  })
+
+  t.test('does not create a second admin when one exists; a disabled one does not count', async (t) => {
+    const databaseUrl = `file:${join(t.testdir(), 'gatehouse.db')}`
+    const first = await buildApp(loadConfig({ ...TEST_ENV, DATABASE_URL: databaseUrl, ADMIN_EMAIL: 'first@example.com', ADMIN_PASSWORD: adminPassword }))
+    await first.ready()
+    t.same(enabledAdmins(first).length, 1)
+    await first.close()
+
+    const second = await build(t, { DATABASE_URL: databaseUrl, ADMIN_EMAIL: 'second@example.com', ADMIN_PASSWORD: adminPassword })
+    const emails = (second.db.$client.prepare('select email from users').all() as Array<{ email: string }>).map((row) => row.email)
+    t.same(emails, ['first@example.com'], 'no second admin')
+    t.equal((await login(second, 'second@example.com', adminPassword)).statusCode, 401)
+    second.db.$client.prepare('update users set disabled = 1').run()
+    await second.close()
+
+    const third = await build(t, { DATABASE_URL: databaseUrl, ADMIN_EMAIL: 'third@example.com', ADMIN_PASSWORD: adminPassword })
+    const third_ = third.db.$client.prepare("select roles from users where email = 'third@example.com'").get() as { roles: string } | undefined
+    t.ok(third_, 'with only a disabled admin, a new one is created')
+    t.same(JSON.parse(third_!.roles), ['user', 'admin'])
+  })
+
+  t.test('never promotes an existing account with that email', async (t) => {
+    const databaseUrl = `file:${join(t.testdir(), 'gatehouse.db')}`
+    const before = await buildApp(loadConfig({ ...TEST_ENV, DATABASE_URL: databaseUrl }))
+    await before.ready()
+    const squatter = await signup(before, 'taken@example.com')
+    await before.close()
+
+    const app = await build(t, { DATABASE_URL: databaseUrl, ADMIN_EMAIL: 'TAKEN@example.com', ADMIN_PASSWORD: adminPassword })
+    t.same(rolesInDb(app, squatter.user.id), ['user'], 'not promoted')
+    t.same(enabledAdmins(app), [], 'and no admin was made')
+    t.equal((app.db.$client.prepare('select count(*) as n from users').get() as { n: number }).n, 1)
+    t.equal((await login(app, 'taken@example.com', adminPassword)).statusCode, 401, 'ADMIN_PASSWORD does not open the account')
+    const own = await login(app, 'taken@example.com')
+    t.same(tokenPayload(own.json().access_token).roles, ['user'])
+  })
+
+  t.test('a weak ADMIN_PASSWORD stops the start', async (t) => {
+    for (const [label, password] of [['too short', 'short'], ['equal to the email', 'Boss@Example.com']]) {
+      let error: Error | undefined
+      try {
+        await build(t, { ADMIN_EMAIL: 'boss@example.com', ADMIN_PASSWORD: password! })
+      } catch (caught) {
+        error = caught as Error
+      }
+      t.ok(error, `${label}: the start fails`)
+      t.match(error?.message, /ADMIN_PASSWORD/, `${label}: the message names the variable`)
+      t.notMatch(error?.message ?? '', password!, `${label}: without echoing the password`)
+    }
+  })
+})

@@ -1,0 +1,512 @@
+import type { LightMyRequestResponse } from 'fastify'
+import t, { type Test } from 'tap'
+import { buildApp, type App } from '../src/app.ts'
+import { hashPassword } from '../src/auth/passwords.ts'
+import { loadConfig } from '../src/config.ts'
+import { TEST_ENV, type SessionBody, bearer, build, signup, uniqueEmail } from './helper.ts'
+
+type Caller = 'anonymous' | 'user' | 'member' | 'developer' | 'admin'
+type SignedInCaller = Exclude<Caller, 'anonymous'>
+const CALLERS: Caller[] = ['anonymous', 'user', 'member', 'developer', 'admin']
+const ROLES_OF: Record<SignedInCaller, string[]> = {
+  user: ['user'],
+  member: ['user', 'member'],
+  developer: ['user', 'developer'],
+  admin: ['user', 'admin']
+}
+
+const MISSING_TOKEN_CHALLENGE = 'Bearer realm="gatehouse"'
+const FORBIDDEN_CHALLENGE = 'Bearer realm="gatehouse", error="insufficient_scope"'
+
+/** Signs up, sets the roles in the database, refreshes: the new access token carries the roles. */
+async function withRoles (app: App, roles: string[], email = uniqueEmail()): Promise<SessionBody> {
+  const session = await signup(app, email)
+  app.db.$client.prepare('update users set roles = ? where id = ?').run(JSON.stringify(roles), session.user.id)
+  const refreshed = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
+  if (refreshed.statusCode !== 200) throw new Error(`refresh failed: ${refreshed.statusCode} ${refreshed.body}`)
+  const body = refreshed.json() as SessionBody
+  if (body.user.roles.join() !== roles.join()) throw new Error(`roles not applied: ${body.user.roles.join()}`)
+  return body
+}
+
+interface VideoRow { id: string, user_id: string | null, title: string, author: string, url: string, is_member_only: number }
+const videoRow = (app: App, id: string) =>
+  app.db.$client.prepare('select * from videos where id = ?').get(id) as VideoRow | undefined
+const videoCount = (app: App) => (app.db.$client.prepare('select count(*) as n from videos').get() as { n: number }).n
+const clothesCount = (app: App) => (app.db.$client.prepare('select count(*) as n from clothes').get() as { n: number }).n
+
+const newVideo = (app: App, ownerId: string | null, isMemberOnly = false, title = `Video ${uniqueEmail('v')}`) =>
+  app.videosRepository.create(ownerId, { title, author: 'Someone', url: 'https://videos.example.com/x.mp4', isMemberOnly })
+
+function assertUnauthenticated (t: Test, response: LightMyRequestResponse) {
+  t.equal(response.statusCode, 401)
+  t.equal(response.headers['www-authenticate'], MISSING_TOKEN_CHALLENGE)
+  t.same(response.json(), { statusCode: 401, error: 'Unauthorized', message: response.json().message, code: 'missing_token' })
+}
+
+function assertForbidden (t: Test, response: LightMyRequestResponse) {
+  t.equal(response.statusCode, 403)
+  t.equal(response.headers['www-authenticate'], FORBIDDEN_CHALLENGE)
+  t.equal(response.json().code, 'forbidden')
+  t.equal(response.json().error, 'Forbidden')
+}
+
+interface Prepared {
+  url: string
+  payload?: Record<string, unknown>
+  /** Checks the body on success and the database either way. */
+  verify (t: Test, response: LightMyRequestResponse, allowed: boolean): void
+}
+interface GuardedRoute {
+  method: 'GET' | 'POST' | 'PATCH' | 'DELETE'
+  path: string
+  success: number
+  allowed: SignedInCaller[]
+  prepare (caller: Caller): Promise<Prepared>
+}
+
+t.test('authorization matrix: every guarded route × every kind of caller', async (t) => {
+  const app = await build(t)
+  const sessions = {} as Record<SignedInCaller, SessionBody>
+  for (const caller of Object.keys(ROLES_OF) as SignedInCaller[]) {
+    sessions[caller] = await withRoles(app, ROLES_OF[caller], uniqueEmail(caller))
+  }
+  // The owner of the videos PATCH/DELETE act on: a developer who is none of the callers.
+  const owner = await withRoles(app, ['user', 'developer'], uniqueEmail('owner'))
+  const freeVideo = await newVideo(app, owner.user.id, false)
+  const memberVideo = await newVideo(app, owner.user.id, true)
+  const jacket = await app.clothesRepository.create({ name: 'Jacket', color: 'red', size: 'M', price: 9900 })
+  const targetHash = await hashPassword('target password 123')
+  const newTarget = async () => (await app.usersRepository.create({ email: uniqueEmail('target'), passwordHash: targetHash, roles: ['user'] }))!
+  const target = await newTarget()
+
+  const routes: GuardedRoute[] = [
+    {
+      method: 'GET',
+      path: '/videos/member',
+      success: 200,
+      allowed: ['member', 'developer', 'admin'],
+      prepare: async () => ({
+        url: '/videos/member',
+        verify (t, response, allowed) {
+          if (!allowed) return
+          const list = response.json() as Array<{ id: string, is_member_only: boolean }>
+          t.ok(list.every((video) => video.is_member_only), 'only member-only videos')
+          t.ok(list.some((video) => video.id === memberVideo.id))
+          t.notOk(list.some((video) => video.id === freeVideo.id))
+        }
+      })
+    },
+    {
+      method: 'POST',
+      path: '/videos',
+      success: 201,
+      allowed: ['developer', 'admin'],
+      prepare: async (caller) => {
+        const title = `Published by ${caller} ${uniqueEmail('p')}`
+        return {
+          url: '/videos',
+          payload: { title, author: 'Ada', url: 'https://videos.example.com/new.mp4' },
+          verify (t, response, allowed) {
+            const row = app.db.$client.prepare('select * from videos where title = ?').get(title) as VideoRow | undefined
+            if (!allowed) return t.equal(row, undefined, 'nothing was created')
+            t.equal(response.json().user_id, sessions[caller as SignedInCaller].user.id)
+            t.equal(row?.user_id, sessions[caller as SignedInCaller].user.id)
+          }
+        }
+      }
+    },
+    {
+      method: 'PATCH',
+      path: '/videos/:id',
+      success: 200,
+      allowed: ['admin'],
+      prepare: async () => {
+        const video = await newVideo(app, owner.user.id)
+        return {
+          url: `/videos/${video.id}`,
+          payload: { title: 'Changed' },
+          verify (t, response, allowed) {
+            const row = videoRow(app, video.id)!
+            t.equal(row.title, allowed ? 'Changed' : video.title)
+            t.equal(row.user_id, owner.user.id, 'ownership never changes')
+            if (allowed) t.equal(response.json().title, 'Changed')
+          }
+        }
+      }
+    },
+    {
+      method: 'DELETE',
+      path: '/videos/:id',
+      success: 204,
+      allowed: ['admin'],
+      prepare: async () => {
+        const video = await newVideo(app, owner.user.id)
+        return {
+          url: `/videos/${video.id}`,
+          verify (t, response, allowed) {
+            t.equal(videoRow(app, video.id) === undefined, allowed, allowed ? 'deleted' : 'still there')
+            if (allowed) t.equal(response.body, '')
+          }
+        }
+      }
+    },
+    {
+      method: 'GET',
+      path: '/clothes',
+      success: 200,
+      allowed: ['user', 'member', 'developer', 'admin'],
+      prepare: async () => ({
+        url: '/clothes',
+        verify (t, response, allowed) {
+          if (allowed) t.ok((response.json() as Array<{ id: string }>).some((item) => item.id === jacket.id))
+        }
+      })
+    },
+    {
+      method: 'POST',
+      path: '/clothes',
+      success: 201,
+      allowed: ['admin'],
+      prepare: async (caller) => {
+        const name = `Shirt for ${caller} ${uniqueEmail('c')}`
+        return {
+          url: '/clothes',
+          payload: { name, price: 2500 },
+          verify (t, response, allowed) {
+            const row = app.db.$client.prepare('select * from clothes where name = ?').get(name)
+            t.equal(row !== undefined, allowed, allowed ? 'created' : 'nothing was created')
+            if (allowed) t.equal(response.json().name, name)
+          }
+        }
+      }
+    },
+    {
+      method: 'GET',
+      path: '/admin/users',
+      success: 200,
+      allowed: ['admin'],
+      prepare: async () => ({
+        url: '/admin/users',
+        verify (t, response, allowed) {
+          if (!allowed) return
+          t.ok(Array.isArray(response.json().users))
+          t.ok(response.json().users.some((user: { id: string }) => user.id === target.id))
+        }
+      })
+    },
+    {
+      method: 'GET',
+      path: '/admin/users/:id',
+      success: 200,
+      allowed: ['admin'],
+      prepare: async () => ({
+        url: `/admin/users/${target.id}`,
+        verify (t, response, allowed) {
+          if (allowed) t.match(response.json(), { id: target.id, disabled: false })
+        }
+      })
+    },
+    {
+      method: 'PATCH',
+      path: '/admin/users/:id',
+      success: 200,
+      allowed: ['admin'],
+      prepare: async (caller) => {
+        const before = (app.db.$client.prepare('select name from users where id = ?').get(target.id) as { name: string | null }).name
+        const name = `Renamed by ${caller}`
+        return {
+          url: `/admin/users/${target.id}`,
+          payload: { name },
+          verify (t, response, allowed) {
+            const after = (app.db.$client.prepare('select name from users where id = ?').get(target.id) as { name: string | null }).name
+            t.equal(after, allowed ? name : before)
+            if (allowed) t.equal(response.json().name, name)
+          }
+        }
+      }
+    },
+    {
+      method: 'DELETE',
+      path: '/admin/users/:id',
+      success: 204,
+      allowed: ['admin'],
+      prepare: async () => {
+        const victim = await newTarget()
+        return {
+          url: `/admin/users/${victim.id}`,
+          verify (t, _response, allowed) {
+            const row = app.db.$client.prepare('select id from users where id = ?').get(victim.id)
+            t.equal(row === undefined, allowed, allowed ? 'deleted' : 'still there')
+          }
+        }
+      }
+    }
+  ]
+
+  for (const route of routes) {
+    for (const caller of CALLERS) {
+      const allowed = caller !== 'anonymous' && route.allowed.includes(caller)
+      const expected = caller === 'anonymous' ? 401 : allowed ? route.success : 403
+      await t.test(`${route.method} ${route.path} as ${caller} → ${expected}`, async (t) => {
+        const prepared = await route.prepare(caller)
+        const response = await app.inject({
+          method: route.method,
+          url: prepared.url,
+          ...(prepared.payload ? { payload: prepared.payload } : {}),
+          ...(caller === 'anonymous' ? {} : { headers: bearer(sessions[caller].access_token) })
+        })
+        t.equal(response.statusCode, expected, response.body)
+        if (expected === 401) assertUnauthenticated(t, response)
+        if (expected === 403) assertForbidden(t, response)
+        t.notOk(response.headers['www-authenticate'] && allowed, 'no challenge on success')
+        t.notMatch(response.body, /password_hash|passwordHash|\$argon2/)
+        prepared.verify(t, response, allowed)
+      })
+    }
+  }
+
+  await t.test('GET /videos is public and lists only free videos, to everyone', async (t) => {
+    for (const caller of CALLERS) {
+      const response = await app.inject({
+        url: '/videos',
+        ...(caller === 'anonymous' ? {} : { headers: bearer(sessions[caller].access_token) })
+      })
+      t.equal(response.statusCode, 200, caller)
+      const list = response.json() as Array<Record<string, unknown>>
+      t.ok(list.length > 0)
+      t.ok(list.every((video) => video.is_member_only === false), `${caller}: only free videos`)
+      t.ok(list.some((video) => video.id === freeVideo.id))
+      t.notOk(list.some((video) => video.id === memberVideo.id), `${caller}: no member-only video`)
+      t.same(Object.keys(list[0]!).sort(), ['author', 'created_at', 'id', 'is_member_only', 'title', 'updated_at', 'url', 'user_id'])
+    }
+  })
+
+  await t.test('PATCH/DELETE /videos/:id: unknown id 404, malformed id 400', async (t) => {
+    const unknown = '00000000-0000-4000-8000-000000000000'
+    for (const caller of ['developer', 'admin'] as const) {
+      for (const method of ['PATCH', 'DELETE'] as const) {
+        const payload = method === 'PATCH' ? { payload: { title: 'x' } } : {}
+        const missing = await app.inject({ method, url: `/videos/${unknown}`, headers: bearer(sessions[caller].access_token), ...payload })
+        t.equal(missing.statusCode, 404, `${method} unknown as ${caller}`)
+        t.equal(missing.json().code, 'not_found')
+        const malformed = await app.inject({ method, url: '/videos/not-a-uuid', headers: bearer(sessions[caller].access_token), ...payload })
+        t.equal(malformed.statusCode, 400, `${method} malformed as ${caller}`)
+        t.equal(malformed.json().code, 'validation_error')
+      }
+    }
+    const anonymous = await app.inject({ method: 'DELETE', url: `/videos/${unknown}` })
+    assertUnauthenticated(t, anonymous)
+  })
+})
+
+t.test('developers edit and delete only their own videos; admins anyone\'s', async (t) => {
+  const app = await build(t)
+  const alice = await withRoles(app, ['user', 'developer'])
+  const bob = await withRoles(app, ['user', 'developer'])
+  const admin = await withRoles(app, ['user', 'admin'])
+
+  const published = await app.inject({
+    method: 'POST',
+    url: '/videos',
+    headers: bearer(alice.access_token),
+    payload: { title: 'Alice intro', author: 'Alice', url: 'https://videos.example.com/alice.mp4' }
+  })
+  t.equal(published.statusCode, 201)
+  const video = published.json()
+  t.equal(video.user_id, alice.user.id)
+
+  for (const [method, payload] of [['PATCH', { title: 'Bob was here' }], ['DELETE', undefined]] as const) {
+    const refused = await app.inject({ method, url: `/videos/${video.id}`, headers: bearer(bob.access_token), ...(payload ? { payload } : {}) })
+    assertForbidden(t, refused)
+  }
+  t.match(videoRow(app, video.id), { title: 'Alice intro', user_id: alice.user.id }, 'another developer changed nothing')
+
+  const edited = await app.inject({
+    method: 'PATCH',
+    url: `/videos/${video.id}`,
+    headers: bearer(alice.access_token),
+    payload: { title: 'Alice intro, v2', is_member_only: true }
+  })
+  t.equal(edited.statusCode, 200)
+  t.match(edited.json(), { id: video.id, title: 'Alice intro, v2', is_member_only: true, user_id: alice.user.id, author: 'Alice' })
+  t.ok(edited.json().updated_at >= video.updated_at)
+  t.match(videoRow(app, video.id), { title: 'Alice intro, v2', is_member_only: 1 })
+  const memberList = (await app.inject({ url: '/videos/member', headers: bearer(alice.access_token) })).json()
+  t.ok(memberList.some((item: { id: string }) => item.id === video.id), 'moved to the member-only list')
+  t.notOk((await app.inject({ url: '/videos' })).json().some((item: { id: string }) => item.id === video.id))
+
+  const empty = await app.inject({ method: 'PATCH', url: `/videos/${video.id}`, headers: bearer(alice.access_token), payload: {} })
+  t.equal(empty.statusCode, 400, 'a change must change something')
+  t.equal(empty.json().code, 'validation_error')
+  const takeover = await app.inject({ method: 'PATCH', url: `/videos/${video.id}`, headers: bearer(alice.access_token), payload: { user_id: bob.user.id } })
+  t.equal(takeover.statusCode, 400, 'the owner is not a writable field')
+  t.equal(videoRow(app, video.id)!.user_id, alice.user.id)
+
+  const deleted = await app.inject({ method: 'DELETE', url: `/videos/${video.id}`, headers: bearer(alice.access_token) })
+  t.equal(deleted.statusCode, 204)
+  t.equal(deleted.body, '')
+  t.equal(videoRow(app, video.id), undefined)
+  const again = await app.inject({ method: 'DELETE', url: `/videos/${video.id}`, headers: bearer(alice.access_token) })
+  t.equal(again.statusCode, 404)
+  t.equal(again.json().code, 'not_found')
+
+  const bobs = await newVideo(app, bob.user.id, false, 'Bob free')
+  const bobsMember = await newVideo(app, bob.user.id, true, 'Bob members')
+  const ownerless = await newVideo(app, null, false, 'Seeded')
+  const devOnOwnerless = await app.inject({ method: 'PATCH', url: `/videos/${ownerless.id}`, headers: bearer(bob.access_token), payload: { title: 'mine now' } })
+  assertForbidden(t, devOnOwnerless)
+
+  for (const item of [bobs, ownerless]) {
+    const byAdmin = await app.inject({ method: 'PATCH', url: `/videos/${item.id}`, headers: bearer(admin.access_token), payload: { title: 'Moderated' } })
+    t.equal(byAdmin.statusCode, 200)
+    t.equal(byAdmin.json().title, 'Moderated')
+    t.equal(byAdmin.json().user_id, item.userId, 'an admin edit keeps the owner')
+  }
+  for (const item of [bobs, bobsMember, ownerless]) {
+    const byAdmin = await app.inject({ method: 'DELETE', url: `/videos/${item.id}`, headers: bearer(admin.access_token) })
+    t.equal(byAdmin.statusCode, 204)
+    t.equal(videoRow(app, item.id), undefined)
+  }
+  const free = (await app.inject({ url: '/videos' })).json()
+  const member = (await app.inject({ url: '/videos/member', headers: bearer(admin.access_token) })).json()
+  t.same(free, [], 'deleted videos are gone from the free list')
+  t.same(member, [], 'and from the member-only list')
+  t.equal(videoCount(app), 0)
+})
+
+t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodies are validated', async (t) => {
+  const app = await build(t)
+  const developer = await withRoles(app, ['user', 'developer'])
+  const other = await withRoles(app, ['user', 'developer'])
+  const valid = { title: 'Intro', author: 'Ada', url: 'https://videos.example.com/intro.mp4' }
+
+  const created = await app.inject({ method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: valid })
+  t.equal(created.statusCode, 201)
+  const video = created.json()
+  t.match(video, { ...valid, is_member_only: false, user_id: developer.user.id })
+  t.match(video.id, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)
+  t.same(videoRow(app, video.id), {
+    id: video.id,
+    user_id: developer.user.id,
+    title: 'Intro',
+    author: 'Ada',
+    url: valid.url,
+    is_member_only: 0,
+    created_at: Date.parse(video.created_at),
+    updated_at: Date.parse(video.updated_at)
+  })
+
+  const memberOnly = await app.inject({ method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: { ...valid, is_member_only: true } })
+  t.equal(memberOnly.statusCode, 201)
+  t.equal(memberOnly.json().is_member_only, true)
+  t.equal(videoRow(app, memberOnly.json().id)!.is_member_only, 1)
+
+  const before = videoCount(app)
+  const { title: _title, ...withoutTitle } = valid
+  const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['missing title', withoutTitle, /title/],
+    ['empty title', { ...valid, title: '' }, /title/],
+    ['ftp url', { ...valid, url: 'ftp://videos.example.com/intro.mp4' }, /url/],
+    ['not a url', { ...valid, url: 'not a url' }, /url/],
+    ['javascript url', { ...valid, url: 'javascript:alert(1)' }, /url/],
+    ['non-boolean is_member_only', { ...valid, is_member_only: 'yes' }, /is_member_only/],
+    ['unknown property', { ...valid, rating: 5 }, /rating/],
+    ['owner in the body', { ...valid, user_id: other.user.id }, /user_id/]
+  ]
+  for (const [label, payload, field] of cases) {
+    const response = await app.inject({ method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload })
+    t.equal(response.statusCode, 400, label)
+    t.equal(response.json().code, 'validation_error', label)
+    t.match(response.json().message, field, `${label}: the message names the field`)
+  }
+  t.equal(videoCount(app), before, 'no invalid body created a video')
+})
+
+t.test('clothes: price in integer cents, optional color and size', async (t) => {
+  const app = await build(t)
+  const admin = await withRoles(app, ['user', 'admin'])
+  const shopper = await signup(app)
+
+  const plain = await app.inject({ method: 'POST', url: '/clothes', headers: bearer(admin.access_token), payload: { name: 'Tee', price: 1999 } })
+  t.equal(plain.statusCode, 201)
+  t.match(plain.json(), { name: 'Tee', price: 1999, color: null, size: null })
+  t.same(Object.keys(plain.json()).sort(), ['color', 'created_at', 'id', 'name', 'price', 'size', 'updated_at'])
+  const row = app.db.$client.prepare('select name, color, size, price from clothes where id = ?').get(plain.json().id)
+  t.same(row, { name: 'Tee', color: null, size: null, price: 1999 })
+
+  const full = await app.inject({ method: 'POST', url: '/clothes', headers: bearer(admin.access_token), payload: { name: 'Hoodie', color: 'navy', size: 'XL', price: 0 } })
+  t.equal(full.statusCode, 201)
+  t.match(full.json(), { name: 'Hoodie', color: 'navy', size: 'XL', price: 0 })
+
+  const before = clothesCount(app)
+  const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['fractional price', { name: 'Tee', price: 19.99 }, /price/],
+    ['negative price', { name: 'Tee', price: -1 }, /price/],
+    ['price as a string', { name: 'Tee', price: '1999' }, /price/],
+    ['missing price', { name: 'Tee' }, /price/],
+    ['empty name', { name: '', price: 1999 }, /name/],
+    ['unknown property', { name: 'Tee', price: 1999, currency: 'EUR' }, /currency/]
+  ]
+  for (const [label, payload, field] of cases) {
+    const response = await app.inject({ method: 'POST', url: '/clothes', headers: bearer(admin.access_token), payload })
+    t.equal(response.statusCode, 400, label)
+    t.equal(response.json().code, 'validation_error', label)
+    t.match(response.json().message, field, label)
+  }
+  t.equal(clothesCount(app), before, 'nothing invalid was stored')
+
+  const list = await app.inject({ url: '/clothes', headers: bearer(shopper.access_token) })
+  t.equal(list.statusCode, 200)
+  t.same(list.json().map((item: { name: string, price: number }) => [item.name, item.price]), [['Hoodie', 0], ['Tee', 1999]], 'by name, prices as integers')
+})
+
+t.test('deny by default: a route without an access policy stops the start', async (t) => {
+  /** Builds an app, lets `register` add routes, and returns the start-up error (sync throw or ready rejection). */
+  async function startWith (register: (app: App) => void): Promise<{ app: App, error: Error | undefined }> {
+    const app = await buildApp(loadConfig(TEST_ENV))
+    t.teardown(() => app.close())
+    try {
+      register(app)
+      await app.ready()
+    } catch (error) {
+      return { app, error: error as Error }
+    }
+    return { app, error: undefined }
+  }
+  const policy = /must declare one access policy/
+
+  const unguarded = await startWith((app) => { app.get('/unguarded', async () => 'x') })
+  t.ok(unguarded.error, 'a route with neither public access nor authenticate refuses to start')
+  t.match(unguarded.error?.message, /GET \/unguarded/, 'the message names the route')
+  t.match(unguarded.error?.message, policy)
+
+  const inPlugin = await startWith((app) => {
+    app.register(async (scope) => { scope.post('/forgotten', async () => 'x') }, { prefix: '/extra' })
+  })
+  t.match(inPlugin.error?.message, /POST \/extra\/forgotten/, 'a route in a plugin fails app.ready() naming it')
+
+  const authenticateNotFirst = await startWith((app) => {
+    app.get('/late-auth', { preHandler: [app.requirePermission('clothes:read'), app.authenticate] }, async () => 'x')
+  })
+  t.match(authenticateNotFirst.error?.message, /GET \/late-auth/, 'authenticate must come first')
+
+  const both = await startWith((app) => {
+    app.get('/both', { config: { access: 'public' }, preHandler: [app.authenticate] }, async () => 'x')
+  })
+  t.match(both.error?.message, /GET \/both/, 'public and authenticate together is refused')
+  t.match(both.error?.message, policy)
+
+  const guarded = await startWith((app) => {
+    app.get('/guarded', { preHandler: [app.authenticate, app.requirePermission('clothes:read')] }, async () => 'x')
+    app.get('/open', { config: { access: 'public' } }, async () => 'open')
+  })
+  t.equal(guarded.error, undefined, 'a guarded and a declared-public route start fine')
+  const anonymous = await guarded.app.inject({ url: '/guarded' })
+  assertUnauthenticated(t, anonymous)
+  const session = await signup(guarded.app)
+  const signedIn = await guarded.app.inject({ url: '/guarded', headers: bearer(session.access_token) })
+  t.equal(signedIn.statusCode, 200)
+  t.equal(signedIn.body, 'x')
+  t.equal((await guarded.app.inject({ url: '/open' })).body, 'open')
+})

@@ -1,0 +1,163 @@
+import argon2 from 'argon2'
+import Database from 'better-sqlite3'
+import { spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import t, { type Test } from 'tap'
+import { TEST_PASSWORD, build } from './helper.ts'
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+
+interface Run { status: number | null, stdout: string, stderr: string }
+
+/**
+ * Runs a CLI script as `npm run` would, against the given SQLite file, with `input` on stdin.
+ * Asynchronous (not spawnSync) so independent runs can overlap: each pays tsx's start-up.
+ */
+function runCli (script: string, databaseFile: string, args: string[] = [], input = ''): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', `src/cli/${script}.ts`, ...args], {
+      cwd: ROOT,
+      env: { ...process.env, DATABASE_URL: `file:${databaseFile}` },
+      timeout: 60_000
+    })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+    child.on('error', reject)
+    child.on('close', (status) => resolve({ status, stdout, stderr }))
+    child.stdin.end(input)
+  })
+}
+
+interface UserRow { id: string, email: string, name: string | null, roles: string, password_hash: string, disabled: number }
+
+/** Reads the database the CLI wrote, with a connection of our own. */
+function query<T> (t: Test, databaseFile: string, sql: string, ...params: unknown[]): T[] {
+  const db = new Database(databaseFile, { readonly: true, fileMustExist: true })
+  try {
+    return db.prepare(sql).all(...params) as T[]
+  } finally {
+    db.close()
+  }
+}
+const users = (t: Test, file: string) => query<UserRow>(t, file, 'select * from users order by email')
+
+t.test('user:create makes an account with the given roles from a password on stdin', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+
+  const created = await runCli('user-create', file, ['--email', '  Ada@Example.COM ', '--role', 'admin', '--name', 'Ada'], `${TEST_PASSWORD}\n`)
+  t.equal(created.status, 0, created.stderr)
+  t.match(created.stdout, /created ada@example\.com \([0-9a-f-]{36}\) with roles user, admin/)
+  t.notMatch(created.stdout + created.stderr, TEST_PASSWORD, 'the password is never printed')
+
+  const [row, ...rest] = users(t, file)
+  t.equal(rest.length, 0, 'one account')
+  t.equal(row!.email, 'ada@example.com', 'the email is normalised')
+  t.equal(row!.name, 'Ada')
+  t.same(JSON.parse(row!.roles), ['user', 'admin'])
+  t.equal(row!.disabled, 0)
+  const phc = /^\$argon2id\$v=19\$([^$]+)\$/.exec(row!.password_hash)
+  t.ok(phc, 'an argon2id v1.3 hash')
+  const params = Object.fromEntries(phc![1]!.split(',').map((pair) => pair.split('=')))
+  t.ok(Number(params.m) >= 19_456 && Number(params.t) >= 2 && Number(params.p) >= 1, `OWASP parameters or stronger: ${phc![1]}`)
+  t.ok(await argon2.verify(row!.password_hash, TEST_PASSWORD), 'the hash is of the password given on stdin')
+
+  const app = await build(t, { DATABASE_URL: `file:${file}` })
+  const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: 'ada@example.com', password: TEST_PASSWORD } })
+  t.equal(login.statusCode, 200, 'the account signs in over HTTP')
+  t.same(login.json().user.roles, ['user', 'admin'])
+  await app.close()
+
+  const duplicate = await runCli('user-create', file, ['--email', 'ADA@example.com'], `${TEST_PASSWORD}\n`)
+  t.equal(duplicate.status, 1, 'a taken email (in any case) fails')
+  t.match(duplicate.stderr, /already exists/)
+  t.equal(users(t, file).length, 1)
+})
+
+t.test('user:create combines repeated --role flags, canonically ordered', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  const combined = await runCli('user-create', file, ['--email', 'dev@example.com', '--role', 'developer', '--role', 'member'], `${TEST_PASSWORD}\n`)
+  t.equal(combined.status, 0, combined.stderr)
+  const plain = await runCli('user-create', file, ['--email', 'plain@example.com'], `${TEST_PASSWORD}\n`)
+  t.equal(plain.status, 0, plain.stderr)
+  const rows = users(t, file)
+  t.same(rows.map((row) => [row.email, JSON.parse(row.roles)]), [
+    ['dev@example.com', ['user', 'member', 'developer']],
+    ['plain@example.com', ['user']]
+  ])
+})
+
+t.test('user:create refuses bad arguments and weak passwords with exit 1', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  const input = `${TEST_PASSWORD}\n`
+
+  const [unknownRole, noEmail, unknownFlag] = await Promise.all([
+    runCli('user-create', file, ['--email', 'x@example.com', '--role', 'superuser'], input),
+    runCli('user-create', file, ['--role', 'admin'], input),
+    runCli('user-create', file, ['--email', 'x@example.com', '--admin'], input)
+  ])
+  t.equal(unknownRole.status, 1)
+  t.match(unknownRole.stderr, /unknown role "superuser"/)
+  t.match(unknownRole.stderr, /usage: npm run user:create/)
+  t.equal(unknownRole.stdout, '')
+  t.equal(noEmail.status, 1)
+  t.match(noEmail.stderr, /usage:/)
+  t.equal(unknownFlag.status, 1)
+  t.match(unknownFlag.stderr, /usage:/)
+  t.notOk(existsSync(file), 'argument errors stop before the database is opened')
+
+  const weak: Array<[string, string]> = [
+    ['too short', 'Abc1234'],
+    ['empty stdin', ''],
+    ['equal to the email', 'X@Example.com'],
+    ['a common password', 'qwertyuiop']
+  ]
+  // The first run creates and migrates the database; the others may then overlap.
+  const [first, ...others] = weak
+  const runs = [
+    await runCli('user-create', file, ['--email', 'x@example.com', '--role', 'admin'], `${first![1]}\n`),
+    ...await Promise.all(others.map(([, password]) =>
+      runCli('user-create', file, ['--email', 'x@example.com', '--role', 'admin'], `${password}\n`)))
+  ]
+  for (const [index, [label, password]] of weak.entries()) {
+    const refused = runs[index]!
+    t.equal(refused.status, 1, label)
+    t.match(refused.stderr, /password/i, `${label}: says why`)
+    if (password) t.notMatch(refused.stdout + refused.stderr, password, `${label}: the password is not echoed`)
+  }
+  t.same(users(t, file), [], 'no account was created')
+})
+
+t.test('db:seed adds free and member-only videos and clothes once', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  const counts = () => ({
+    free: query<{ n: number }>(t, file, 'select count(*) as n from videos where is_member_only = 0')[0]!.n,
+    member: query<{ n: number }>(t, file, 'select count(*) as n from videos where is_member_only = 1')[0]!.n,
+    clothes: query<{ n: number }>(t, file, 'select count(*) as n from clothes')[0]!.n
+  })
+
+  const first = await runCli('db-seed', file)
+  t.equal(first.status, 0, first.stderr)
+  t.match(first.stdout, /videos: \d+ added; clothes: \d+ added/)
+  const seeded = counts()
+  t.ok(seeded.free > 0, 'free videos')
+  t.ok(seeded.member > 0, 'member-only videos')
+  t.ok(seeded.clothes > 0, 'clothes')
+  t.same(query(t, file, 'select count(*) as n from videos where user_id is not null'), [{ n: 0 }], 'seeded videos have no owner')
+  const prices = query<{ price: number }>(t, file, 'select price from clothes')
+  t.ok(prices.every(({ price }) => Number.isInteger(price) && price >= 0), 'prices are integer cents')
+
+  const second = await runCli('db-seed', file)
+  t.equal(second.status, 0, second.stderr)
+  t.match(second.stdout, /videos: already present; clothes: already present/)
+  t.same(counts(), seeded, 'a second run adds nothing')
+
+  const app = await build(t, { DATABASE_URL: `file:${file}` })
+  const free = await app.inject({ url: '/videos' })
+  t.equal(free.json().length, seeded.free, 'the API lists the seeded free videos')
+  t.ok(free.json().every((video: { is_member_only: boolean, user_id: string | null }) => !video.is_member_only && video.user_id === null))
+  await app.close()
+})

@@ -1,0 +1,53 @@
+import { Validator } from '@seriousme/openapi-schema-validator'
+import t from 'tap'
+import { build } from './helper.ts'
+
+const BEARER = [{ bearerAuth: [] }, { oauth2: [] }]
+const toOpenApiPath = (url: string) => url.replace(/:(\w+)/g, '{$1}')
+
+t.test('GET /openapi.json is a valid OpenAPI 3.1 document', async (t) => {
+  const app = await build(t)
+  const response = await app.inject({ url: '/openapi.json' })
+  t.equal(response.statusCode, 200)
+  t.match(response.headers['content-type'], /application\/json/)
+  const document = response.json()
+  t.equal(document.openapi, '3.1.0')
+  const result = await new Validator().validate(document)
+  t.same(result.errors ?? [], [], 'no schema errors')
+  t.ok(result.valid)
+  t.same(document.components.securitySchemes.oauth2.flows.password.tokenUrl, '/auth/token')
+  t.equal(document.components.securitySchemes.bearerAuth.scheme, 'bearer')
+})
+
+t.test('every registered route is documented with its security requirement', async (t) => {
+  const app = await build(t)
+  const document = (await app.inject({ url: '/openapi.json' })).json()
+  const apiRoutes = app.accessPolicies.filter((route) => route.method !== 'HEAD' && !route.url.startsWith('/docs') && route.url !== '/openapi.json')
+  t.ok(apiRoutes.length >= 20, `${apiRoutes.length} routes`)
+  for (const route of apiRoutes) {
+    const operation = document.paths[toOpenApiPath(route.url)]?.[route.method.toLowerCase()]
+    t.ok(operation, `${route.method} ${route.url} is documented`)
+    if (!operation) continue
+    if (route.access === 'guarded') {
+      t.same(operation.security, BEARER, `${route.method} ${route.url} needs a bearer token`)
+      t.ok(operation.responses['401'], `${route.method} ${route.url} documents 401`)
+    } else if (route.url !== '/auth/logout') {
+      t.same(operation.security, [], `${route.method} ${route.url} is public`)
+    }
+    t.ok(Object.keys(operation.responses).some((status) => status.startsWith('2')), `${route.method} ${route.url} documents its success`)
+    if (route.url.startsWith('/auth')) t.ok(operation.responses['429'], `${route.method} ${route.url} documents 429`)
+  }
+  const documented = Object.entries(document.paths as Record<string, Record<string, unknown>>)
+    .flatMap(([path, operations]) => Object.keys(operations).map((method) => `${method.toUpperCase()} ${path}`))
+  const registered = new Set(apiRoutes.map((route) => `${route.method} ${toOpenApiPath(route.url)}`))
+  t.same(documented.filter((operation) => !registered.has(operation)), [], 'nothing documented that does not exist')
+})
+
+t.test('Swagger UI is served at /docs', async (t) => {
+  const app = await build(t)
+  const page = await app.inject({ url: '/docs/' })
+  t.equal(page.statusCode, 200)
+  t.match(page.headers['content-type'], /text\/html/)
+  t.match(page.body, /swagger-ui/i)
+  t.notMatch(String(page.headers['content-security-policy']), /upgrade-insecure-requests/, 'docs work over plain http')
+})
