@@ -1,0 +1,48 @@
+import t from 'tap'
+import { build, signup } from './helper.ts'
+
+const SPA = 'https://app.example.com'
+
+t.test('CORS: allowed origins get a preflight answer that permits Authorization', async (t) => {
+  const app = await build(t, { CORS_ORIGINS: `${SPA}, https://admin.example.com` })
+  const preflight = await app.inject({
+    method: 'OPTIONS',
+    url: '/auth/me',
+    headers: { origin: SPA, 'access-control-request-method': 'GET', 'access-control-request-headers': 'authorization' }
+  })
+  t.equal(preflight.statusCode, 204)
+  t.equal(preflight.headers['access-control-allow-origin'], SPA)
+  t.match(String(preflight.headers['access-control-allow-headers']), /Authorization/)
+  t.match(String(preflight.headers['access-control-allow-methods']), /PATCH/)
+  t.equal(preflight.headers['access-control-allow-credentials'], undefined, 'no cookies, so no credentials')
+
+  const session = await signup(app)
+  const me = await app.inject({ url: '/auth/me', headers: { origin: SPA, authorization: `Bearer ${session.access_token}` } })
+  t.equal(me.statusCode, 200)
+  t.equal(me.headers['access-control-allow-origin'], SPA)
+  t.match(String(me.headers['access-control-expose-headers']), /WWW-Authenticate/)
+  t.match(String(me.headers.vary), /Origin/)
+})
+
+t.test('CORS: other origins, and every origin by default, get no CORS headers', async (t) => {
+  const configured = await build(t, { CORS_ORIGINS: SPA })
+  const stranger = await configured.inject({ method: 'OPTIONS', url: '/auth/me', headers: { origin: 'https://evil.example', 'access-control-request-method': 'GET' } })
+  t.equal(stranger.headers['access-control-allow-origin'], undefined)
+
+  const closed = await build(t)
+  const response = await closed.inject({ url: '/health', headers: { origin: SPA } })
+  t.equal(response.statusCode, 200)
+  t.equal(response.headers['access-control-allow-origin'], undefined)
+})
+
+t.test('helmet security headers are on every response, errors included', async (t) => {
+  const app = await build(t)
+  for (const url of ['/health', '/auth/me', '/nope']) {
+    const response = await app.inject({ url })
+    t.equal(response.headers['x-content-type-options'], 'nosniff', url)
+    t.equal(response.headers['x-frame-options'], 'SAMEORIGIN', url)
+    t.match(String(response.headers['content-security-policy']), /default-src 'self'/, url)
+    t.match(String(response.headers['strict-transport-security']), /max-age=/, url)
+    t.equal(response.headers['x-powered-by'], undefined, url)
+  }
+})
