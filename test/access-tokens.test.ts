@@ -168,3 +168,17 @@ t.test('key rotation: a previous secret verifies while configured and fails once
 t.test('a short previous secret stops the start', async (t) => {
   t.throws(() => loadConfig({ DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET, JWT_PREVIOUS_SECRETS: 'short' }), /JWT_PREVIOUS_SECRETS/)
 })
+
+t.test('a verified token stays valid only until it expires, cache or not', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const now = Math.floor(Date.now() / 1000)
+  // Expired 9 s ago: accepted within the 10 s tolerance, for about one more second.
+  const token = forgeToken(validClaims(session, { iat: now - 100, exp: now - 9 }))
+  t.equal((await app.inject({ url: '/auth/me', headers: bearer(token) })).statusCode, 200)
+  t.equal((await app.inject({ url: '/auth/me', headers: bearer(token) })).statusCode, 200, 'served again (from the cache)')
+  await new Promise((resolve) => setTimeout(resolve, 2100))
+  const expired = await app.inject({ url: '/auth/me', headers: bearer(token) })
+  t.equal(expired.statusCode, 401)
+  t.equal(expired.json().code, 'token_expired')
+})

@@ -53,6 +53,8 @@ declare module 'fastify' {
 }
 
 const REALM = 'gatehouse'
+/** About 5 MB at most: a few thousand active clients each reuse one token for its lifetime. */
+const VERIFIED_TOKENS_CACHED = 10_000
 
 export function bearerChallenge (error?: string, description?: string): string {
   let challenge = `Bearer realm="${REALM}"`
@@ -137,7 +139,22 @@ async function authPlugin (app: FastifyInstance) {
     expires_in: accessTokenTtl
   }))
 
+  /**
+   * Tokens already verified, until they expire. Verification depends only on the token and the
+   * configured secrets (which change only with a restart), so a repeat token costs one lookup
+   * instead of a decode, an HMAC and the claim checks. Oldest entries go first past the bound.
+   */
+  const verified = new Map<string, { user: AuthenticatedUser, expiresAt: number }>()
+
   app.decorate('authenticate', async (request: FastifyRequest) => {
+    const token = bearerToken(request.headers.authorization)
+    const cached = verified.get(token)
+    if (cached && cached.expiresAt > Date.now()) {
+      request.user = cached.user
+      return
+    }
+    verified.delete(token)
+
     let payload: Record<string, unknown>
     try {
       payload = await request.jwtVerify() as unknown as Record<string, unknown>
@@ -151,8 +168,10 @@ async function authPlugin (app: FastifyInstance) {
       throw invalidToken('The access token is invalid.')
     }
     const user = readAccessClaims(payload, Math.floor(Date.now() / 1000))
-    if (!user || !hasCanonicalJson(bearerToken(request.headers.authorization))) throw invalidToken('The access token is invalid.')
-    request.user = user
+    if (!user || !hasCanonicalJson(token)) throw invalidToken('The access token is invalid.')
+    request.user = Object.freeze(user)
+    verified.set(token, { user: request.user, expiresAt: ((payload.exp as number) + CLOCK_TOLERANCE_SECONDS) * 1000 })
+    if (verified.size > VERIFIED_TOKENS_CACHED) verified.delete(verified.keys().next().value!)
   })
 
   app.decorateRequest('account', null as unknown as FastifyRequest['account'])
