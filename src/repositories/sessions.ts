@@ -1,4 +1,4 @@
-import { and, desc, eq, gt, isNotNull, isNull, lt, ne, or } from 'drizzle-orm'
+import { and, desc, eq, gt, isNotNull, isNull, lt, ne, or, sql } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
@@ -29,6 +29,11 @@ const plus = (at: Date, seconds: number) => new Date(at.getTime() + seconds * 10
 const REVOKED_RETENTION_SECONDS = 86_400
 
 export function createSessionRepository (db: Db) {
+  // Read on every account request: prepared once, not rebuilt per call.
+  const activeById = db.select().from(sessions)
+    .where(and(eq(sessions.id, sql.placeholder('id')), isNull(sessions.revokedAt), gt(sessions.expiresAt, sql.placeholder('now'))))
+    .prepare()
+
   function insertRefreshToken (sessionId: string, parentId: string | null, { now, ttl }: SessionTimes): string {
     const token = newRefreshToken()
     db.insert(refreshTokens).values({
@@ -112,9 +117,7 @@ export function createSessionRepository (db: Db) {
 
     /** The session if it is neither revoked nor expired. */
     async findActive (sessionId: string, now: Date): Promise<Session | undefined> {
-      return db.select().from(sessions)
-        .where(and(eq(sessions.id, sessionId), isNull(sessions.revokedAt), gt(sessions.expiresAt, now)))
-        .get()
+      return activeById.get({ id: sessionId, now: now.getTime() })
     },
 
     async listActive (userId: string, now: Date): Promise<Session[]> {

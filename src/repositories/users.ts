@@ -59,6 +59,9 @@ function otherEnabledAdminExists (tx: Tx, exceptId: string): boolean {
 }
 
 export function createUserRepository (db: Db) {
+  // Read on every account request: prepared once, not rebuilt per call.
+  const byId = db.select(publicColumns).from(users).where(eq(users.id, sql.placeholder('id'))).prepare()
+
   return {
     /** The new user, or null when the (normalised) email is taken. */
     async create (input: NewUser): Promise<User | null> {
@@ -81,8 +84,7 @@ export function createUserRepository (db: Db) {
     },
 
     async findById (id: string): Promise<User | undefined> {
-      const [user] = await db.select(publicColumns).from(users).where(eq(users.id, id))
-      return user
+      return byId.get({ id })
     },
 
     /** The only read that returns the hash: for verifying a password. */
