@@ -8,7 +8,7 @@ export interface Config {
   production: boolean
   port: number
   host: string
-  /** `:memory:` or an absolute SQLite file path; a `postgres://` URL once that dialect lands. */
+  /** `file:PATH`, a bare path or `:memory:` for SQLite; `postgres://…` for PostgreSQL. */
   databaseUrl: string
   jwt: {
     secret: string
@@ -105,9 +105,6 @@ export function loadConfig (env: Env = process.env): Config {
 
   const production = env.NODE_ENV === 'production'
   const databaseUrl = text('DATABASE_URL', DEFAULT_DATABASE_URL)
-  if (/^postgres(ql)?:\/\//.test(databaseUrl)) {
-    problems.push('DATABASE_URL: PostgreSQL is not supported yet; use file:PATH for SQLite')
-  }
 
   const logLevel = text('LOG_LEVEL', 'info') as LogLevel
   if (!LOG_LEVELS.includes(logLevel)) problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')} (got "${logLevel}")`)
@@ -175,7 +172,8 @@ function resolveSecret (
     problems.push(`JWT_SECRET is required in production (at least ${MIN_SECRET_BYTES} bytes)`)
     return undefined
   }
-  const path = sqlitePath(databaseUrl)
+  // Beside the SQLite file, or in ./data for PostgreSQL.
+  const path = /^postgres(ql)?:\/\//.test(databaseUrl) ? resolve('data', 'gatehouse.db') : sqlitePath(databaseUrl)
   if (path === ':memory:') return { secret: randomBytes(48).toString('base64url') }
   const secretFile = join(dirname(path), 'jwt-secret')
   try {

@@ -2,90 +2,29 @@
 // acknowledged (signups, refresh-token rotations) and leave a sound SQLite file behind; restarted on
 // that file it must serve those accounts and tokens, and then stop cleanly on SIGTERM.
 import Database from 'better-sqlite3'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { statSync } from 'node:fs'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
 import t from 'tap'
+import { startServer as startServerProcess, withTimeout } from './server-process.ts'
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const PASSWORD = 'crash-safety horse battery 42'
 const WORKERS = 8
 const REFRESHES_PER_USER = 3
 const LOAD_MS = 2500
-const LISTEN_TIMEOUT_MS = 20_000
 const REQUEST_TIMEOUT_MS = 10_000
 
 const dir = t.testdir()
 const dbFile = join(dir, 'gatehouse.db')
 const env = {
-  ...process.env,
-  NODE_ENV: 'test',
-  PORT: '0',
-  HOST: '127.0.0.1',
   DATABASE_URL: 'file:' + dbFile,
   JWT_SECRET: randomBytes(48).toString('base64url'),
-  LOG_LEVEL: 'info',
   RATE_LIMIT_IP_MAX: '1000000',
   RATE_LIMIT_ACCOUNT_MAX: '1000000',
   // A refresh in flight at the kill may have committed without its answer reaching us; the client's
   // retry with its last acknowledged token is then a grace-window retry. Keep the window far longer
   // than a slow restart so that case is never mistaken for theft.
   REFRESH_REUSE_GRACE: '5m'
-}
-
-interface Server {
-  child: ChildProcess
-  origin: string
-  /** Last log lines (stdout and stderr), for failure messages. */
-  log: string[]
-  exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
-}
-
-const children = new Set<ChildProcess>()
-t.teardown(() => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-})
-
-function withTimeout<T> (promise: Promise<T>, ms: number, what: () => string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what()}`)), ms)
-  })
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
-}
-
-async function startServer (): Promise<Server> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-    cwd: ROOT,
-    env,
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  children.add(child)
-  const log: string[] = []
-  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => {
-    child.once('exit', (code, signal) => resolve({ code, signal }))
-  })
-  const listening = new Promise<string>((resolve) => {
-    for (const stream of [child.stdout!, child.stderr!]) {
-      // Read everything, so a chatty log never fills the pipe and stalls the server.
-      createInterface({ input: stream }).on('line', (line) => {
-        log.push(line)
-        if (log.length > 50) log.shift()
-        const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(line)
-        if (match) resolve(match[1]!)
-      })
-    }
-  })
-  const died = exited.then(({ code, signal }) => {
-    throw new Error(`server exited before listening (code ${code}, signal ${signal}):\n${log.join('\n')}`)
-  })
-  const origin = await withTimeout(Promise.race([listening, died]), LISTEN_TIMEOUT_MS,
-    () => `waiting for "Server listening at":\n${log.join('\n')}`)
-  died.catch(() => {})
-  return { child, origin, log, exited }
 }
 
 async function post (origin: string, path: string, body: unknown): Promise<{ status: number, json: Record<string, unknown> }> {
@@ -101,7 +40,7 @@ async function post (origin: string, path: string, body: unknown): Promise<{ sta
 
 t.test('acknowledged writes survive SIGKILL under load', async (t) => {
   const began = Date.now()
-  const first = await startServer()
+  const first = await startServerProcess(t, env)
   const loadStarted = Date.now()
 
   // Write load: each worker signs users up, then rotates each user's refresh token a few times.
@@ -160,7 +99,7 @@ t.test('acknowledged writes survive SIGKILL under load', async (t) => {
 
   // Restart on the same file: WAL recovery must bring back every acknowledged write.
   const restarting = Date.now()
-  const second = await startServer()
+  const second = await startServerProcess(t, env)
   const restarted = Date.now()
 
   const sqlite = new Database(dbFile, { readonly: true, fileMustExist: true })

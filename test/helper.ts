@@ -1,5 +1,6 @@
-import { createHmac } from 'node:crypto'
-import type { Test } from 'tap'
+import { createHmac, randomBytes } from 'node:crypto'
+import pg from 'pg'
+import tap, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { kidFor } from '../src/auth/tokens.ts'
@@ -17,12 +18,99 @@ export const TEST_ENV = {
   RATE_LIMIT_ACCOUNT_MAX: '100000'
 }
 
+/**
+ * TEST_DATABASE_URL=postgres://… runs the suite on PostgreSQL: this test file gets a database of
+ * its own, and every build() a freshly emptied schema in it. Unset, every build() gets an
+ * in-memory SQLite database.
+ */
+export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL
+let postgresDatabase: Promise<string> | undefined
+
+function filePostgresDatabase (serverUrl: string): Promise<string> {
+  postgresDatabase ??= (async () => {
+    const name = `gatehouse_test_${process.pid}_${randomBytes(4).toString('hex')}`
+    const admin = new pg.Client({ connectionString: serverUrl })
+    await admin.connect()
+    await admin.query(`create database ${name}`)
+    await admin.end()
+    tap.teardown(async () => {
+      const cleanup = new pg.Client({ connectionString: serverUrl })
+      await cleanup.connect()
+      await cleanup.query(`drop database if exists ${name} with (force)`)
+      await cleanup.end()
+    })
+    const url = new URL(serverUrl)
+    url.pathname = `/${name}`
+    return url.toString()
+  })()
+  return postgresDatabase
+}
+
+async function freshPostgresUrl (serverUrl: string): Promise<string> {
+  const url = await filePostgresDatabase(serverUrl)
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  await client.query('drop schema if exists public cascade; create schema public')
+  await client.end()
+  return url
+}
+
 /** A ready app on a fresh database, closed when the test ends. */
 export async function build (t: Test, env: Record<string, string> = {}): Promise<App> {
-  const app = await buildApp(loadConfig({ ...TEST_ENV, ...env }))
+  const database = env.DATABASE_URL ?? (TEST_DATABASE_URL ? await freshPostgresUrl(TEST_DATABASE_URL) : TEST_ENV.DATABASE_URL)
+  const app = await buildApp(loadConfig({ ...TEST_ENV, ...env, DATABASE_URL: database }))
   t.teardown(() => app.close())
   await app.ready()
   return app
+}
+
+type Row = Record<string, unknown>
+const onPostgres = (app: App) => app.database.dialect.name === 'postgres'
+
+/** Parameters bound alike on both databases: booleans, dates and JSON as each stores them. */
+function bind (app: App, params: unknown[]): unknown[] {
+  return params.map((value) => {
+    if (value instanceof Date) return onPostgres(app) ? value : value.getTime()
+    if (typeof value === 'boolean') return onPostgres(app) ? value : Number(value)
+    if (value !== null && typeof value === 'object') return JSON.stringify(value)
+    return value
+  })
+}
+
+/** Rows read back alike: times as epoch milliseconds, booleans as 1/0, JSON as text. */
+function readBack (app: App, row: Row): Row {
+  if (!onPostgres(app)) return row
+  return Object.fromEntries(Object.entries(row).map(([key, value]) => {
+    if (value instanceof Date) return [key, value.getTime()]
+    if (typeof value === 'boolean') return [key, Number(value)]
+    if (value !== null && typeof value === 'object') return [key, JSON.stringify(value)]
+    return [key, value]
+  }))
+}
+
+/**
+ * Raw SQL on the app's database for tests that check or arrange its state, written once for both
+ * databases: `?` placeholders, and values bound and read back alike (see bind and readBack).
+ */
+export async function dbAll (app: App, query: string, ...params: unknown[]): Promise<Row[]> {
+  let index = 0
+  const text = onPostgres(app) ? query.replace(/\?/g, () => `$${++index}`) : query
+  const rows = await app.database.query(text, bind(app, params))
+  return rows.map((row) => readBack(app, row))
+}
+
+export async function dbGet (app: App, query: string, ...params: unknown[]): Promise<Row | undefined> {
+  return (await dbAll(app, query, ...params))[0]
+}
+
+export async function dbRun (app: App, query: string, ...params: unknown[]): Promise<void> {
+  await dbAll(app, query, ...params)
+}
+
+/** The first column of the first row as a number: `select count(*) from …`. */
+export async function dbCount (app: App, query: string, ...params: unknown[]): Promise<number> {
+  const row = await dbGet(app, query, ...params)
+  return Number(Object.values(row ?? {})[0])
 }
 
 export interface SessionBody {

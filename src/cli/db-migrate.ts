@@ -4,5 +4,5 @@ import { DEFAULT_DATABASE_URL } from '../config.ts'
 import { openDatabase } from '../db/index.ts'
 
 const databaseUrl = process.env.DATABASE_URL?.trim() || DEFAULT_DATABASE_URL
-openDatabase(databaseUrl).close()
-console.log(`Migrations applied to ${databaseUrl}`)
+await (await openDatabase(databaseUrl)).close()
+console.log(`Migrations applied to ${databaseUrl.replace(/\/\/[^@/]*@/, '//')}`)

@@ -21,15 +21,15 @@ const CLOTHES = [
   { name: 'Key-rotation cap', color: null, size: null, price: 1500 }
 ]
 
-const database = openDatabase(process.env.DATABASE_URL?.trim() || DEFAULT_DATABASE_URL)
+const database = await openDatabase(process.env.DATABASE_URL?.trim() || DEFAULT_DATABASE_URL)
 try {
-  const videos = createVideoRepository(database.db)
-  const clothes = createClothingRepository(database.db)
+  const videos = createVideoRepository(database)
+  const clothes = createClothingRepository(database)
   const hasVideos = (await videos.list(false)).length + (await videos.list(true)).length > 0
   const hasClothes = (await clothes.list()).length > 0
   if (!hasVideos) for (const video of VIDEOS) await videos.create(null, video)
   if (!hasClothes) for (const item of CLOTHES) await clothes.create(item)
   console.log(`videos: ${hasVideos ? 'already present' : `${VIDEOS.length} added`}; clothes: ${hasClothes ? 'already present' : `${CLOTHES.length} added`}`)
 } finally {
-  database.close()
+  await database.close()
 }

@@ -59,9 +59,9 @@ async function main (): Promise<number> {
   }
   const password = values.password ?? await askPassword('Password: ')
 
-  const database = openDatabase(process.env.DATABASE_URL?.trim() || DEFAULT_DATABASE_URL)
+  const database = await openDatabase(process.env.DATABASE_URL?.trim() || DEFAULT_DATABASE_URL)
   try {
-    const registration = await registerUser(createUserRepository(database.db), {
+    const registration = await registerUser(createUserRepository(database), {
       email: values.email,
       password,
       name: values.name,
@@ -79,7 +79,7 @@ async function main (): Promise<number> {
         return 1
     }
   } finally {
-    database.close()
+    await database.close()
   }
 }
 

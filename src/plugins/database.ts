@@ -1,19 +1,18 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { openDatabase, type DatabaseHandle, type Db } from '../db/index.ts'
+import { openDatabase, type Database } from '../db/index.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    db: Db
-    database: Pick<DatabaseHandle, 'ping'>
+    /** SQLite or PostgreSQL, by DATABASE_URL; the repositories are its only users besides /health. */
+    database: Database
   }
 }
 
 async function databasePlugin (app: FastifyInstance) {
-  const handle = openDatabase(app.config.databaseUrl)
-  app.decorate('db', handle.db)
-  app.decorate('database', { ping: handle.ping })
-  app.addHook('onClose', async () => handle.close())
+  const database = await openDatabase(app.config.databaseUrl)
+  app.decorate('database', database)
+  app.addHook('onClose', async () => database.close())
 }
 
 export default fp(databasePlugin, { name: 'database', dependencies: ['config'] })

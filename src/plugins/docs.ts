@@ -15,6 +15,8 @@ then sends the access token as \`Authorization: Bearer …\` on every "Try it ou
 Errors have the shape \`{"statusCode", "error", "message", "code"}\`; \`code\` is stable. The
 token endpoint alone answers RFC 6749 errors: \`{"error", "error_description"}\`.`
 
+const SWAGGER_LOGO_STYLE_HASH = 'sha256-RL3ie0nH+Lzz2YNqQN83mnU0J1ot4QL7b99vMdIX99w='
+
 type Schema = Record<string, unknown> & {
   response?: Record<string, unknown>
   body?: unknown
@@ -79,10 +81,14 @@ async function docsPlugin (app: FastifyInstance) {
   await app.register(swaggerUi, {
     routePrefix: '/docs',
     uiConfig: { persistAuthorization: false, tryItOutEnabled: true },
-    // Swagger UI's own CSP (hashes of its inline scripts), without upgrade-insecure-requests so
-    // the docs also work over plain http on a developer's machine.
+    // Swagger UI's own CSP (hashes of its inline scripts), plus the hash of the inline <style> in
+    // swagger-ui-dist's default top-bar logo, drawn for a moment before ours replaces it; without
+    // upgrade-insecure-requests so the docs also work over plain http on a developer's machine.
+    // test/swagger-ui.test.ts fails on any CSP violation, so an upgrade that changes it shows.
     staticCSP: true,
-    transformStaticCSP: (header) => header.replace(/\s*upgrade-insecure-requests;?/, '')
+    transformStaticCSP: (header) => header
+      .replace(/\s*upgrade-insecure-requests;?/, '')
+      .replace("style-src 'self'", `style-src 'self' '${SWAGGER_LOGO_STYLE_HASH}'`)
   })
 
   app.get('/openapi.json', {

@@ -2,8 +2,7 @@ import { asc } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
-import type { Db } from '../db/index.ts'
-import { clothes, type ClothingRow } from '../db/schema.ts'
+import type { ClothingRow, Database } from '../db/index.ts'
 
 export type Clothing = ClothingRow
 export interface ClothingFields {
@@ -13,15 +12,16 @@ export interface ClothingFields {
   price: number
 }
 
-export function createClothingRepository (db: Db) {
+export function createClothingRepository ({ db, tables: { clothes } }: Database) {
   return {
     async list (): Promise<Clothing[]> {
-      return db.select().from(clothes).orderBy(asc(clothes.name), asc(clothes.id)).all()
+      return db.select().from(clothes).orderBy(asc(clothes.name), asc(clothes.id))
     },
 
     async create (fields: ClothingFields): Promise<Clothing> {
       const at = new Date()
-      return db.insert(clothes).values({ id: randomUUID(), ...fields, createdAt: at, updatedAt: at }).returning().get()
+      const [item] = await db.insert(clothes).values({ id: randomUUID(), ...fields, createdAt: at, updatedAt: at }).returning()
+      return item!
     }
   }
 }
@@ -35,5 +35,5 @@ declare module 'fastify' {
 }
 
 export default fp(async function clothesRepositoryPlugin (app: FastifyInstance) {
-  app.decorate('clothesRepository', createClothingRepository(app.db))
+  app.decorate('clothesRepository', app.database.serialise(createClothingRepository(app.database)))
 }, { name: 'clothes-repository', dependencies: ['database'] })

@@ -1,10 +1,9 @@
-import { and, desc, eq, gt, isNotNull, isNull, lt, ne, or, sql } from 'drizzle-orm'
+import { and, desc, eq, gt, isNotNull, isNull, lt, ne, or, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
 import { hashRefreshToken, newRefreshToken } from '../auth/tokens.ts'
-import type { Db } from '../db/index.ts'
-import { refreshTokens, sessions, type SessionRow } from '../db/schema.ts'
+import type { Database, Db, SessionRow } from '../db/index.ts'
 
 export type Session = SessionRow
 
@@ -28,39 +27,35 @@ const plus = (at: Date, seconds: number) => new Date(at.getTime() + seconds * 10
 /** Revoked sessions are kept this long before cleanup, so their tokens still read as revoked. */
 const REVOKED_RETENTION_SECONDS = 86_400
 
-export function createSessionRepository (db: Db) {
-  // Read on every account request: prepared once, not rebuilt per call.
-  const activeById = db.select().from(sessions)
-    .where(and(eq(sessions.id, sql.placeholder('id')), isNull(sessions.revokedAt), gt(sessions.expiresAt, sql.placeholder('now'))))
-    .prepare()
-
-  function insertRefreshToken (sessionId: string, parentId: string | null, { now, ttl }: SessionTimes): string {
+export function createSessionRepository ({ db, tables: { sessions, refreshTokens }, dialect }: Database) {
+  async function insertRefreshToken (tx: Db, sessionId: string, parentId: string | null, { now, ttl }: SessionTimes): Promise<string> {
     const token = newRefreshToken()
-    db.insert(refreshTokens).values({
+    await tx.insert(refreshTokens).values({
       id: randomUUID(),
       tokenHash: hashRefreshToken(token),
       sessionId,
       parentId,
       issuedAt: now,
       expiresAt: plus(now, ttl)
-    }).run()
+    })
     return token
   }
 
   /** Slides the session's end forward and records the use. */
-  function touch (sessionId: string, { now, ttl }: SessionTimes): Session {
-    return db.update(sessions).set({ lastUsedAt: now, expiresAt: plus(now, ttl) })
-      .where(eq(sessions.id, sessionId)).returning().get()!
+  async function touch (tx: Db, sessionId: string, { now, ttl }: SessionTimes): Promise<Session> {
+    const [session] = await tx.update(sessions).set({ lastUsedAt: now, expiresAt: plus(now, ttl) })
+      .where(eq(sessions.id, sessionId)).returning()
+    return session!
   }
 
-  const revokeWhere = (condition: ReturnType<typeof and>, now: Date) =>
-    db.update(sessions).set({ revokedAt: now }).where(and(condition, isNull(sessions.revokedAt))).returning({ id: sessions.id }).all()
+  const revokeWhere = (condition: SQL | undefined, now: Date) =>
+    db.update(sessions).set({ revokedAt: now }).where(and(condition, isNull(sessions.revokedAt))).returning()
 
   return {
     /** Opens a session for a sign-in and returns it with its first refresh token. */
     async open (input: { userId: string, userAgent?: string | undefined, ip?: string | undefined }, times: SessionTimes) {
-      return db.transaction((tx) => {
-        const session = tx.insert(sessions).values({
+      return dialect.atomic(async (tx) => {
+        const [session] = await tx.insert(sessions).values({
           id: randomUUID(),
           userId: input.userId,
           createdAt: times.now,
@@ -68,14 +63,15 @@ export function createSessionRepository (db: Db) {
           expiresAt: plus(times.now, times.ttl),
           userAgent: input.userAgent?.slice(0, 512) ?? null,
           ip: input.ip ?? null
-        }).returning().get()
-        return { session, refreshToken: insertRefreshToken(session.id, null, times) }
+        }).returning()
+        return { session: session!, refreshToken: await insertRefreshToken(tx, session!.id, null, times) }
       })
     },
 
     /**
-     * The one place that decides whether a refresh token is good (RFC 9700 §4.14.2), in a single
-     * immediate transaction so two concurrent refreshes of one token are serialised:
+     * The one place that decides whether a refresh token is good (RFC 9700 §4.14.2), in one
+     * transaction that holds the token's and its session's rows (SQLite: the write lock), so
+     * concurrent refreshes in a session, on any instance, are decided one after another:
      * - unknown, expired, or of a revoked or expired session: invalid;
      * - never used: mark it used and issue its child in the same session;
      * - used, but it is the parent of the session's live token and was rotated within the grace
@@ -84,52 +80,53 @@ export function createSessionRepository (db: Db) {
      */
     async rotate (presented: string, rules: RotationRules): Promise<Rotation> {
       const { now, grace } = rules
-      return db.transaction((tx) => {
-        const found = tx.select({ token: refreshTokens, session: sessions })
+      return dialect.atomic(async (tx): Promise<Rotation> => {
+        const [found] = await dialect.forUpdate(tx.select({ token: refreshTokens, session: sessions })
           .from(refreshTokens)
           .innerJoin(sessions, eq(sessions.id, refreshTokens.sessionId))
-          .where(eq(refreshTokens.tokenHash, hashRefreshToken(presented)))
-          .get()
-        if (!found) return { outcome: 'invalid' } as const
+          .where(eq(refreshTokens.tokenHash, hashRefreshToken(presented))))
+        if (!found) return { outcome: 'invalid' }
         const { token, session } = found
-        if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now) return { outcome: 'invalid' } as const
+        if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now) return { outcome: 'invalid' }
 
         if (!token.usedAt && !token.revokedAt) {
-          tx.update(refreshTokens).set({ usedAt: now }).where(eq(refreshTokens.id, token.id)).run()
-          const refreshToken = insertRefreshToken(session.id, token.id, rules)
-          return { outcome: 'rotated', session: touch(session.id, rules), refreshToken } as const
+          await tx.update(refreshTokens).set({ usedAt: now }).where(eq(refreshTokens.id, token.id))
+          const refreshToken = await insertRefreshToken(tx, session.id, token.id, rules)
+          return { outcome: 'rotated', session: await touch(tx, session.id, rules), refreshToken }
         }
 
-        const live = tx.select().from(refreshTokens)
+        const [live] = await tx.select().from(refreshTokens)
           .where(and(eq(refreshTokens.sessionId, session.id), isNull(refreshTokens.usedAt), isNull(refreshTokens.revokedAt)))
-          .get()
-        const withinGrace = token.usedAt !== null && now.getTime() - token.usedAt.getTime() <= grace * 1000
-        if (withinGrace && live?.parentId === token.id) {
-          tx.update(refreshTokens).set({ revokedAt: now }).where(eq(refreshTokens.id, live.id)).run()
-          const refreshToken = insertRefreshToken(session.id, token.id, rules)
-          return { outcome: 'rotated', session: touch(session.id, rules), refreshToken } as const
+        // grace 0 turns the window off. Otherwise `now` may even precede usedAt: a request that
+        // waited for the lock while a concurrent one rotated the token.
+        const withinGrace = grace > 0 && token.usedAt !== null && now.getTime() - token.usedAt.getTime() <= grace * 1000
+        if (withinGrace && live && live.parentId === token.id) {
+          await tx.update(refreshTokens).set({ revokedAt: now }).where(eq(refreshTokens.id, live.id))
+          const refreshToken = await insertRefreshToken(tx, session.id, token.id, rules)
+          return { outcome: 'rotated', session: await touch(tx, session.id, rules), refreshToken }
         }
 
-        tx.update(sessions).set({ revokedAt: now }).where(eq(sessions.id, session.id)).run()
-        return { outcome: 'reused', session } as const
-      }, { behavior: 'immediate' })
+        await tx.update(sessions).set({ revokedAt: now }).where(eq(sessions.id, session.id))
+        return { outcome: 'reused', session }
+      })
     },
 
     /** The session if it is neither revoked nor expired. */
     async findActive (sessionId: string, now: Date): Promise<Session | undefined> {
-      return activeById.get({ id: sessionId, now: now.getTime() })
+      const [session] = await db.select().from(sessions)
+        .where(and(eq(sessions.id, sessionId), isNull(sessions.revokedAt), gt(sessions.expiresAt, now)))
+      return session
     },
 
     async listActive (userId: string, now: Date): Promise<Session[]> {
       return db.select().from(sessions)
         .where(and(eq(sessions.userId, userId), isNull(sessions.revokedAt), gt(sessions.expiresAt, now)))
         .orderBy(desc(sessions.lastUsedAt))
-        .all()
     },
 
     /** Revokes one session of this user; false when it is not theirs or already gone. */
     async revoke (sessionId: string, userId: string, now: Date): Promise<boolean> {
-      return revokeWhere(and(eq(sessions.id, sessionId), eq(sessions.userId, userId)), now).length > 0
+      return (await revokeWhere(and(eq(sessions.id, sessionId), eq(sessions.userId, userId)), now)).length > 0
     },
 
     /** Revokes every session of the user but `keepSessionId`; returns how many. */
@@ -137,26 +134,26 @@ export function createSessionRepository (db: Db) {
       const condition = keepSessionId
         ? and(eq(sessions.userId, userId), ne(sessions.id, keepSessionId))
         : eq(sessions.userId, userId)
-      return revokeWhere(condition, now).length
+      return (await revokeWhere(condition, now)).length
     },
 
     /** Revokes the session a refresh token belongs to (logout without an access token). */
     async revokeByRefreshToken (presented: string, now: Date): Promise<Session | undefined> {
-      const found = db.select({ sessionId: refreshTokens.sessionId }).from(refreshTokens)
-        .where(eq(refreshTokens.tokenHash, hashRefreshToken(presented))).get()
+      const [found] = await db.select({ sessionId: refreshTokens.sessionId }).from(refreshTokens)
+        .where(eq(refreshTokens.tokenHash, hashRefreshToken(presented)))
       if (!found) return undefined
-      const [revoked] = revokeWhere(eq(sessions.id, found.sessionId), now)
-      return revoked ? db.select().from(sessions).where(eq(sessions.id, revoked.id)).get() : undefined
+      const [revoked] = await revokeWhere(eq(sessions.id, found.sessionId), now)
+      return revoked
     },
 
     /** Removes expired sessions, long-revoked ones, and expired refresh tokens. */
     async deleteExpired (now: Date): Promise<void> {
-      db.transaction((tx) => {
-        tx.delete(refreshTokens).where(lt(refreshTokens.expiresAt, now)).run()
-        tx.delete(sessions).where(or(
+      await dialect.atomic(async (tx) => {
+        await tx.delete(refreshTokens).where(lt(refreshTokens.expiresAt, now))
+        await tx.delete(sessions).where(or(
           lt(sessions.expiresAt, now),
           and(isNotNull(sessions.revokedAt), lt(sessions.revokedAt, plus(now, -REVOKED_RETENTION_SECONDS)))
-        )).run()
+        ))
       })
     }
   }
@@ -173,7 +170,7 @@ declare module 'fastify' {
 const CLEANUP_INTERVAL_MS = 60 * 60 * 1000
 
 export default fp(async function sessionsRepositoryPlugin (app: FastifyInstance) {
-  const repository = createSessionRepository(app.db)
+  const repository = app.database.serialise(createSessionRepository(app.database))
   app.decorate('sessionsRepository', repository)
 
   const cleanUp = () => repository.deleteExpired(new Date())

@@ -1,10 +1,9 @@
-import { and, asc, eq, gt, ne, or, sql, type SQL } from 'drizzle-orm'
+import { and, asc, eq, gt, ne, or, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
 import { isAdmin, normaliseRoles, type Role } from '../auth/permissions.ts'
-import type { Db } from '../db/index.ts'
-import { users, type UserRow } from '../db/schema.ts'
+import type { Database, Db, UserRow } from '../db/index.ts'
 
 /** A user as the rest of the app sees it: never with the password hash. */
 export type User = Omit<UserRow, 'passwordHash'>
@@ -14,16 +13,6 @@ export interface NewUser {
   name?: string | null
   passwordHash: string
   roles: Role[]
-}
-
-const publicColumns = {
-  id: users.id,
-  email: users.email,
-  name: users.name,
-  roles: users.roles,
-  disabled: users.disabled,
-  createdAt: users.createdAt,
-  updatedAt: users.updatedAt
 }
 
 export interface UserPage {
@@ -45,22 +34,20 @@ export type AdminUpdate =
   | { outcome: 'not_found' }
   | { outcome: 'last_admin' }
 
-const isEnabledAdmin = sql`(${users.disabled} = 0 and exists (select 1 from json_each(${users.roles}) where value = 'admin'))`
+export function createUserRepository ({ db, tables: { users }, dialect }: Database) {
+  const publicColumns = {
+    id: users.id,
+    email: users.email,
+    name: users.name,
+    roles: users.roles,
+    disabled: users.disabled,
+    createdAt: users.createdAt,
+    updatedAt: users.updatedAt
+  }
+  const isEnabledAdmin = and(eq(users.disabled, false), dialect.hasRole(users.roles, 'admin'))!
 
-function isUniqueViolation (error: unknown): boolean {
-  return (error as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE'
-}
-
-type Tx = Parameters<Parameters<Db['transaction']>[0]>[0]
-
-function otherEnabledAdminExists (tx: Tx, exceptId: string): boolean {
-  return tx.select({ id: users.id }).from(users)
-    .where(and(isEnabledAdmin, ne(users.id, exceptId))).limit(1).get() !== undefined
-}
-
-export function createUserRepository (db: Db) {
-  // Read on every account request: prepared once, not rebuilt per call.
-  const byId = db.select(publicColumns).from(users).where(eq(users.id, sql.placeholder('id'))).prepare()
+  const otherEnabledAdminExists = async (tx: Db, exceptId: string) =>
+    (await tx.select({ id: users.id }).from(users).where(and(isEnabledAdmin, ne(users.id, exceptId))).limit(1)).length > 0
 
   return {
     /** The new user, or null when the (normalised) email is taken. */
@@ -78,13 +65,14 @@ export function createUserRepository (db: Db) {
         }).returning(publicColumns)
         return created!
       } catch (error) {
-        if (isUniqueViolation(error)) return null
+        if (dialect.isUniqueViolation(error)) return null
         throw error
       }
     },
 
     async findById (id: string): Promise<User | undefined> {
-      return byId.get({ id })
+      const [user] = await db.select(publicColumns).from(users).where(eq(users.id, id))
+      return user
     },
 
     /** The only read that returns the hash: for verifying a password. */
@@ -115,55 +103,54 @@ export function createUserRepository (db: Db) {
       if (after) {
         conditions.push(or(gt(users.createdAt, after.createdAt), and(eq(users.createdAt, after.createdAt), gt(users.id, after.id)))!)
       }
-      // instr, not LIKE: a % or _ in the filter is matched literally.
-      if (emailContains) conditions.push(sql`instr(${users.email}, ${emailContains}) > 0`)
+      if (emailContains) conditions.push(dialect.contains(users.email, emailContains))
       return db.select(publicColumns).from(users).where(and(...conditions))
-        .orderBy(asc(users.createdAt), asc(users.id)).limit(limit).all()
+        .orderBy(asc(users.createdAt), asc(users.id)).limit(limit)
     },
 
     async hasEnabledAdmin (): Promise<boolean> {
-      return db.select({ id: users.id }).from(users).where(isEnabledAdmin).limit(1).get() !== undefined
+      return (await db.select({ id: users.id }).from(users).where(isEnabledAdmin).limit(1)).length > 0
     },
 
     /**
      * An admin's change to a user, refused with last_admin when it would leave no enabled admin.
-     * The check and the write share one immediate transaction, so two admins demoting each other
-     * at once cannot both succeed.
+     * The check and the write share one transaction under the admins lock, so two admins demoting
+     * each other at once cannot both succeed, on one instance or several.
      */
     async adminUpdate (id: string, changes: AdminChanges): Promise<AdminUpdate> {
-      return db.transaction((tx) => {
-        const current = tx.select(publicColumns).from(users).where(eq(users.id, id)).get()
+      return dialect.atomic(async (tx) => {
+        const [current] = await tx.select(publicColumns).from(users).where(eq(users.id, id))
         if (!current) return { outcome: 'not_found' } as const
         const roles = changes.roles ? normaliseRoles(changes.roles) : current.roles
         const disabled = changes.disabled ?? current.disabled
         const wasEnabledAdmin = isAdmin(current.roles) && !current.disabled
-        if (wasEnabledAdmin && !(isAdmin(roles) && !disabled) && !otherEnabledAdminExists(tx, id)) {
+        if (wasEnabledAdmin && !(isAdmin(roles) && !disabled) && !await otherEnabledAdminExists(tx, id)) {
           return { outcome: 'last_admin' } as const
         }
-        const user = tx.update(users).set({
+        const [user] = await tx.update(users).set({
           roles,
           disabled,
           ...(changes.name !== undefined ? { name: changes.name } : {}),
           updatedAt: new Date()
-        }).where(eq(users.id, id)).returning(publicColumns).get()!
+        }).where(eq(users.id, id)).returning(publicColumns)
         return {
           outcome: 'updated',
-          user,
+          user: user!,
           rolesChanged: roles.join() !== current.roles.join(),
           disabledNow: disabled && !current.disabled
         } as const
-      }, { behavior: 'immediate' })
+      }, 'admins')
     },
 
     /** Deletes a user (sessions go with it), unless they are the last enabled admin. */
     async adminDelete (id: string): Promise<'deleted' | 'not_found' | 'last_admin'> {
-      return db.transaction((tx) => {
-        const current = tx.select(publicColumns).from(users).where(eq(users.id, id)).get()
+      return dialect.atomic(async (tx) => {
+        const [current] = await tx.select(publicColumns).from(users).where(eq(users.id, id))
         if (!current) return 'not_found'
-        if (isAdmin(current.roles) && !current.disabled && !otherEnabledAdminExists(tx, id)) return 'last_admin'
-        tx.delete(users).where(eq(users.id, id)).run()
+        if (isAdmin(current.roles) && !current.disabled && !await otherEnabledAdminExists(tx, id)) return 'last_admin'
+        await tx.delete(users).where(eq(users.id, id))
         return 'deleted'
-      }, { behavior: 'immediate' })
+      }, 'admins')
     }
   }
 }
@@ -177,5 +164,5 @@ declare module 'fastify' {
 }
 
 export default fp(async function usersRepositoryPlugin (app: FastifyInstance) {
-  app.decorate('usersRepository', createUserRepository(app.db))
+  app.decorate('usersRepository', app.database.serialise(createUserRepository(app.database)))
 }, { name: 'users-repository', dependencies: ['database'] })

@@ -2,8 +2,7 @@ import { desc, eq } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
-import type { Db } from '../db/index.ts'
-import { videos, type VideoRow } from '../db/schema.ts'
+import type { Database, VideoRow } from '../db/index.ts'
 
 export type Video = VideoRow
 export interface VideoFields {
@@ -13,28 +12,37 @@ export interface VideoFields {
   isMemberOnly: boolean
 }
 
-export function createVideoRepository (db: Db) {
+export function createVideoRepository ({ db, tables: { videos }, dialect }: Database) {
   return {
     async list (memberOnly: boolean): Promise<Video[]> {
-      return db.select().from(videos).where(eq(videos.isMemberOnly, memberOnly)).orderBy(desc(videos.createdAt)).all()
+      return db.select().from(videos).where(eq(videos.isMemberOnly, memberOnly)).orderBy(desc(videos.createdAt))
     },
 
-    async create (ownerId: string | null, fields: VideoFields): Promise<Video> {
+    /** The new video, or null when the owner no longer exists (a token outliving its user). */
+    async create (ownerId: string | null, fields: VideoFields): Promise<Video | null> {
       const at = new Date()
-      return db.insert(videos).values({ id: randomUUID(), userId: ownerId, ...fields, createdAt: at, updatedAt: at }).returning().get()
+      try {
+        const [video] = await db.insert(videos).values({ id: randomUUID(), userId: ownerId, ...fields, createdAt: at, updatedAt: at }).returning()
+        return video!
+      } catch (error) {
+        if (dialect.isForeignKeyViolation(error)) return null
+        throw error
+      }
     },
 
     /** Who owns the video, for the ownership guard; undefined when there is no such video. */
     async findOwner (id: string): Promise<{ ownerId: string | null } | undefined> {
-      return db.select({ ownerId: videos.userId }).from(videos).where(eq(videos.id, id)).get()
+      const [owner] = await db.select({ ownerId: videos.userId }).from(videos).where(eq(videos.id, id))
+      return owner
     },
 
     async update (id: string, fields: Partial<VideoFields>): Promise<Video | undefined> {
-      return db.update(videos).set({ ...fields, updatedAt: new Date() }).where(eq(videos.id, id)).returning().get()
+      const [video] = await db.update(videos).set({ ...fields, updatedAt: new Date() }).where(eq(videos.id, id)).returning()
+      return video
     },
 
     async delete (id: string): Promise<boolean> {
-      return db.delete(videos).where(eq(videos.id, id)).run().changes > 0
+      return (await db.delete(videos).where(eq(videos.id, id)).returning({ id: videos.id })).length > 0
     }
   }
 }
@@ -48,5 +56,5 @@ declare module 'fastify' {
 }
 
 export default fp(async function videosRepositoryPlugin (app: FastifyInstance) {
-  app.decorate('videosRepository', createVideoRepository(app.db))
+  app.decorate('videosRepository', app.database.serialise(createVideoRepository(app.database)))
 }, { name: 'videos-repository', dependencies: ['database'] })

@@ -13,7 +13,7 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request) => {
     try {
-      app.database.ping()
+      await app.database.ping()
     } catch (error) {
       request.log.error({ err: error }, 'database health check failed')
       throw apiError(503, 'database_unavailable', 'The database is unreachable.')

@@ -79,6 +79,12 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const { title, author, url, is_member_only: isMemberOnly = false } = request.body
     const video = await app.videosRepository.create(request.user.id, { title, author, url, isMemberOnly })
+    // Access tokens are checked without a database read, so one can outlive its deleted user.
+    if (!video) {
+      throw apiError(401, 'invalid_token', 'The account behind this access token no longer exists.', {
+        'www-authenticate': app.bearerChallenge('invalid_token')
+      })
+    }
     return reply.code(201).send(presentVideo(video))
   })
 

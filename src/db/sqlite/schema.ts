@@ -1,6 +1,9 @@
 import { sql } from 'drizzle-orm'
 import { index, integer, sqliteTable, text } from 'drizzle-orm/sqlite-core'
-import type { Role } from '../auth/permissions.ts'
+import type { Role } from '../../auth/permissions.ts'
+
+// The SQLite dialect of the schema. postgres/schema.ts mirrors it table for table, column for
+// column; the repositories are written once against those names.
 
 const now = sql`(cast(unixepoch('subsec') * 1000 as integer))`
 
@@ -15,8 +18,6 @@ export const users = sqliteTable('users', {
   createdAt: integer('created_at', { mode: 'timestamp_ms' }).notNull().default(now),
   updatedAt: integer('updated_at', { mode: 'timestamp_ms' }).notNull().default(now)
 }, (table) => [index('users_created_id_idx').on(table.createdAt, table.id)])
-
-export type UserRow = typeof users.$inferSelect
 
 /** One row per sign-in: what the user sees in GET /auth/sessions and can revoke. */
 export const sessions = sqliteTable('sessions', {
@@ -47,9 +48,6 @@ export const refreshTokens = sqliteTable('refresh_tokens', {
   revokedAt: integer('revoked_at', { mode: 'timestamp_ms' })
 }, (table) => [index('refresh_tokens_session_id_idx').on(table.sessionId)])
 
-export type SessionRow = typeof sessions.$inferSelect
-export type RefreshTokenRow = typeof refreshTokens.$inferSelect
-
 export const videos = sqliteTable('videos', {
   id: text('id').primaryKey(),
   /** The publisher. A deleted publisher leaves the video to the admins (null), not lost. */
@@ -72,6 +70,3 @@ export const clothes = sqliteTable('clothes', {
   createdAt: integer('created_at', { mode: 'timestamp_ms' }).notNull(),
   updatedAt: integer('updated_at', { mode: 'timestamp_ms' }).notNull()
 })
-
-export type VideoRow = typeof videos.$inferSelect
-export type ClothingRow = typeof clothes.$inferSelect
