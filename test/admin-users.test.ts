@@ -4,7 +4,7 @@ import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
-import { TEST_ENV, TEST_PASSWORD, type SessionBody, bearer, build, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import { TEST_ENV, TEST_PASSWORD, type SessionBody, bearer, build, dbAll, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail } from './helper.ts'
 
 const FORBIDDEN_CHALLENGE = 'Bearer realm="gatehouse", error="insufficient_scope"'
 const ADMIN_USER_KEYS = ['created_at', 'disabled', 'email', 'id', 'name', 'roles', 'updated_at']
@@ -13,7 +13,7 @@ const UNKNOWN_ID = '00000000-0000-4000-8000-000000000000'
 /** Signs up, sets the roles in the database, refreshes: the new access token carries the roles. */
 async function withRoles (app: App, roles: string[], email = uniqueEmail()): Promise<SessionBody> {
   const session = await signup(app, email)
-  app.db.$client.prepare('update users set roles = ? where id = ?').run(JSON.stringify(roles), session.user.id)
+  await dbRun(app, 'update users set roles = ? where id = ?', roles, session.user.id)
   const refreshed = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
   if (refreshed.statusCode !== 200) throw new Error(`refresh failed: ${refreshed.statusCode} ${refreshed.body}`)
   return refreshed.json()
@@ -27,14 +27,14 @@ const refresh = (app: App, token: string) =>
 const me = (app: App, token: string) => app.inject({ url: '/auth/me', headers: bearer(token) })
 
 interface UserRow { id: string, email: string, name: string | null, roles: string, password_hash: string, disabled: number, created_at: number, updated_at: number }
-const userRow = (app: App, id: string) => app.db.$client.prepare('select * from users where id = ?').get(id) as UserRow | undefined
-const rolesInDb = (app: App, id: string) => JSON.parse(userRow(app, id)!.roles) as string[]
-const enabledAdmins = (app: App) => (app.db.$client.prepare(
-  "select id from users where disabled = 0 and exists (select 1 from json_each(users.roles) where value = 'admin')"
-).all() as Array<{ id: string }>).map((row) => row.id)
-const activeSessions = (app: App, userId: string) => (app.db.$client.prepare(
-  'select count(*) as n from sessions where user_id = ? and revoked_at is null'
-).get(userId) as { n: number }).n
+const userRow = async (app: App, id: string) => await dbGet(app, 'select * from users where id = ?', id) as UserRow | undefined
+const rolesInDb = async (app: App, id: string) => JSON.parse((await userRow(app, id))!.roles) as string[]
+/** Enabled users whose roles include admin; the roles are filtered here, alike on both databases. */
+const enabledAdmins = async (app: App) => (await dbAll(app, 'select id, roles from users where disabled = ?', false) as Array<{ id: string, roles: string }>)
+  .filter((row) => (JSON.parse(row.roles) as string[]).includes('admin'))
+  .map((row) => row.id)
+const activeSessions = (app: App, userId: string) =>
+  dbCount(app, 'select count(*) as n from sessions where user_id = ? and revoked_at is null', userId)
 
 function assertNoSecrets (t: Test, response: LightMyRequestResponse) {
   t.notMatch(response.body, /password_hash|passwordHash|\$argon2/, 'no password hash in the response')
@@ -57,9 +57,9 @@ t.test('GET /admin/users pages through every user once, in creation then id orde
   const base = Date.now() - 3_600_000
   for (let i = 0; i < 25; i++) {
     const user = await app.usersRepository.create({ email: `page-${String(i).padStart(2, '0')}@example.com`, passwordHash: hash, roles: ['user'] })
-    app.db.$client.prepare('update users set created_at = ? where id = ?').run(base + Math.floor((24 - i) / 3) * 1000, user!.id)
+    await dbRun(app, 'update users set created_at = ? where id = ?', new Date(base + Math.floor((24 - i) / 3) * 1000), user!.id)
   }
-  const all = app.db.$client.prepare('select id, created_at from users').all() as Array<{ id: string, created_at: number }>
+  const all = await dbAll(app, 'select id, created_at from users') as Array<{ id: string, created_at: number }>
   t.equal(all.length, 26)
   const expected = all
     .sort((a, b) => a.created_at - b.created_at || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
@@ -204,9 +204,9 @@ t.test('PATCH /admin/users/:id roles: replaces the extra roles, keeps user, revo
   assertNoSecrets(t, patched)
   t.same(Object.keys(patched.json()).sort(), ADMIN_USER_KEYS)
   t.same(patched.json().roles, ['user', 'member'], 'developer replaced by member; user kept')
-  t.same(rolesInDb(app, target.user.id), ['user', 'member'])
+  t.same(await rolesInDb(app, target.user.id), ['user', 'member'])
   await assertRevoked(t, app, target)
-  t.equal(activeSessions(app, target.user.id), 0)
+  t.equal(await activeSessions(app, target.user.id), 0)
 
   const again = await login(app, email)
   t.equal(again.statusCode, 200)
@@ -217,9 +217,9 @@ t.test('PATCH /admin/users/:id roles: replaces the extra roles, keeps user, revo
   const cleared = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { roles: [] } })
   t.equal(cleared.statusCode, 200)
   t.same(cleared.json().roles, ['user'], 'an empty list leaves just user')
-  t.same(rolesInDb(app, target.user.id), ['user'])
+  t.same(await rolesInDb(app, target.user.id), ['user'])
 
-  const before = userRow(app, target.user.id)
+  const before = await userRow(app, target.user.id)
   const invalid: Array<[string, Record<string, unknown>]> = [
     ['unknown role', { roles: ['superuser'] }],
     ['duplicate roles', { roles: ['member', 'member'] }],
@@ -234,7 +234,7 @@ t.test('PATCH /admin/users/:id roles: replaces the extra roles, keeps user, revo
     t.equal(response.statusCode, 400, label)
     t.equal(response.json().code, 'validation_error', label)
   }
-  t.same(userRow(app, target.user.id), before, 'refused changes change nothing')
+  t.same(await userRow(app, target.user.id), before, 'refused changes change nothing')
 
   const unknown = await app.inject({ method: 'PATCH', url: `/admin/users/${UNKNOWN_ID}`, headers: bearer(admin.access_token), payload: { name: 'x' } })
   t.equal(unknown.statusCode, 404)
@@ -250,8 +250,8 @@ t.test('PATCH disabled revokes the sessions and blocks sign-in; a name change al
   const renamed = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { name: 'Renamed' } })
   t.equal(renamed.statusCode, 200)
   t.equal(renamed.json().name, 'Renamed')
-  t.equal(userRow(app, target.user.id)!.name, 'Renamed')
-  t.equal(activeSessions(app, target.user.id), 1, 'a name change keeps the sessions')
+  t.equal((await userRow(app, target.user.id))!.name, 'Renamed')
+  t.equal(await activeSessions(app, target.user.id), 1, 'a name change keeps the sessions')
   t.equal((await me(app, target.access_token)).statusCode, 200)
   const refreshed = await refresh(app, target.refresh_token)
   t.equal(refreshed.statusCode, 200)
@@ -259,14 +259,14 @@ t.test('PATCH disabled revokes the sessions and blocks sign-in; a name change al
 
   const sameRoles = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { roles: ['user'] } })
   t.equal(sameRoles.statusCode, 200)
-  t.equal(activeSessions(app, target.user.id), 1, 'setting the same roles is no role change')
+  t.equal(await activeSessions(app, target.user.id), 1, 'setting the same roles is no role change')
 
   const disabled = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { disabled: true } })
   t.equal(disabled.statusCode, 200)
   t.equal(disabled.json().disabled, true)
-  t.equal(userRow(app, target.user.id)!.disabled, 1)
+  t.equal((await userRow(app, target.user.id))!.disabled, 1)
   await assertRevoked(t, app, live)
-  t.equal(activeSessions(app, target.user.id), 0)
+  t.equal(await activeSessions(app, target.user.id), 0)
 
   const blocked = await login(app, email)
   t.equal(blocked.statusCode, 403)
@@ -305,7 +305,7 @@ t.test('a demoted admin loses admin at once and in every new token', async (t) =
   t.equal(list.statusCode, 403)
   t.equal(list.json().code, 'forbidden')
   t.equal(list.headers['www-authenticate'], FORBIDDEN_CHALLENGE)
-  t.same(enabledAdmins(app), [keeper.user.id])
+  t.same(await enabledAdmins(app), [keeper.user.id])
 })
 
 t.test('the last enabled admin cannot demote, disable or delete themself', async (t) => {
@@ -313,8 +313,8 @@ t.test('the last enabled admin cannot demote, disable or delete themself', async
   const admin = await asAdmin(app)
   // A disabled admin is no admin for this rule.
   const dormant = await asAdmin(app)
-  app.db.$client.prepare('update users set disabled = 1 where id = ?').run(dormant.user.id)
-  const before = userRow(app, admin.user.id)
+  await dbRun(app, 'update users set disabled = ? where id = ?', true, dormant.user.id)
+  const before = await userRow(app, admin.user.id)
 
   const attempts: Array<[string, 'PATCH' | 'DELETE', Record<string, unknown> | undefined]> = [
     ['demote to member', 'PATCH', { roles: ['member'] }],
@@ -327,14 +327,14 @@ t.test('the last enabled admin cannot demote, disable or delete themself', async
     const response = await app.inject({ method, url: `/admin/users/${admin.user.id}`, headers: bearer(admin.access_token), ...(payload ? { payload } : {}) })
     t.equal(response.statusCode, 409, label)
     t.equal(response.json().code, 'last_admin', label)
-    t.same(userRow(app, admin.user.id), before, `${label}: nothing changed`)
-    t.equal(activeSessions(app, admin.user.id), 1, `${label}: the session is untouched`)
+    t.same(await userRow(app, admin.user.id), before, `${label}: nothing changed`)
+    t.equal(await activeSessions(app, admin.user.id), 1, `${label}: the session is untouched`)
   }
   t.equal((await me(app, admin.access_token)).statusCode, 200)
   const rename = await app.inject({ method: 'PATCH', url: `/admin/users/${admin.user.id}`, headers: bearer(admin.access_token), payload: { name: 'Still admin' } })
   t.equal(rename.statusCode, 200, 'changes that keep them admin are fine')
   t.same(rename.json().roles, ['user', 'admin'])
-  t.equal(activeSessions(app, admin.user.id), 1)
+  t.equal(await activeSessions(app, admin.user.id), 1)
 })
 
 t.test('with two admins one can demote the other; then the remaining one is protected', async (t) => {
@@ -348,9 +348,9 @@ t.test('with two admins one can demote the other; then the remaining one is prot
   const demoted = await app.inject({ method: 'PATCH', url: `/admin/users/${second.user.id}`, headers: bearer(first.access_token), payload: { roles: [] } })
   t.equal(demoted.statusCode, 200)
   t.same(demoted.json().roles, ['user'])
-  t.same(enabledAdmins(app), [first.user.id])
+  t.same(await enabledAdmins(app), [first.user.id])
 
-  const before = userRow(app, first.user.id)
+  const before = await userRow(app, first.user.id)
   for (const payload of [{ roles: ['developer'] }, { disabled: true }]) {
     const response = await app.inject({ method: 'PATCH', url: `/admin/users/${first.user.id}`, headers: bearer(first.access_token), payload })
     t.equal(response.statusCode, 409, JSON.stringify(payload))
@@ -359,8 +359,8 @@ t.test('with two admins one can demote the other; then the remaining one is prot
   const selfDelete = await app.inject({ method: 'DELETE', url: `/admin/users/${first.user.id}`, headers: bearer(first.access_token) })
   t.equal(selfDelete.statusCode, 409)
   t.equal(selfDelete.json().code, 'last_admin')
-  t.same(userRow(app, first.user.id), before)
-  t.same(enabledAdmins(app), [first.user.id])
+  t.same(await userRow(app, first.user.id), before)
+  t.same(await enabledAdmins(app), [first.user.id])
 })
 
 t.test('two admins demoting each other at once: exactly one wins', async (t) => {
@@ -386,7 +386,7 @@ t.test('two admins demoting each other at once: exactly one wins', async (t) => 
       const loser = responses.find((response) => response.statusCode !== success)
       t.ok(loser && [401, 409].includes(loser.statusCode), `${label} round ${round}: the other gets 409 or 401`)
       if (loser?.statusCode === 409) t.equal(loser.json().code, 'last_admin')
-      const admins = enabledAdmins(app)
+      const admins = await enabledAdmins(app)
       t.equal(admins.length, 1, `${label} round ${round}: exactly one enabled admin remains`)
       const winner = responses[0]!.statusCode === success ? a : b
       t.same(admins, [winner.user.id], 'the winner is that admin')
@@ -408,17 +408,17 @@ t.test('DELETE /admin/users/:id removes the user and their sessions; their video
   })
   t.equal(published.statusCode, 201)
   const videoId = published.json().id
-  const sessionIds = (app.db.$client.prepare('select id from sessions where user_id = ?').all(developer.user.id) as Array<{ id: string }>).map((row) => row.id)
+  const sessionIds = (await dbAll(app, 'select id from sessions where user_id = ?', developer.user.id) as Array<{ id: string }>).map((row) => row.id)
   t.equal(sessionIds.length, 2)
 
   const response = await app.inject({ method: 'DELETE', url: `/admin/users/${developer.user.id}`, headers: bearer(admin.access_token) })
   t.equal(response.statusCode, 204)
   t.equal(response.body, '')
-  t.equal(userRow(app, developer.user.id), undefined, 'the row is gone')
-  t.equal((app.db.$client.prepare('select count(*) as n from sessions where user_id = ?').get(developer.user.id) as { n: number }).n, 0, 'sessions gone')
-  const tokens = app.db.$client.prepare(`select count(*) as n from refresh_tokens where session_id in (${sessionIds.map(() => '?').join()})`).get(...sessionIds) as { n: number }
-  t.equal(tokens.n, 0, 'refresh tokens gone')
-  t.same(app.db.$client.prepare('select user_id, title from videos where id = ?').get(videoId), { user_id: null, title: 'Legacy' }, 'the video survives with user_id null')
+  t.equal(await userRow(app, developer.user.id), undefined, 'the row is gone')
+  t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ?', developer.user.id), 0, 'sessions gone')
+  const tokens = await dbCount(app, `select count(*) as n from refresh_tokens where session_id in (${sessionIds.map(() => '?').join()})`, ...sessionIds)
+  t.equal(tokens, 0, 'refresh tokens gone')
+  t.same(await dbGet(app, 'select user_id, title from videos where id = ?', videoId), { user_id: null, title: 'Legacy' }, 'the video survives with user_id null')
   const listed = (await app.inject({ url: '/videos' })).json().find((video: { id: string }) => video.id === videoId)
   t.match(listed, { id: videoId, user_id: null })
 
@@ -439,7 +439,7 @@ t.test('ADMIN_EMAIL and ADMIN_PASSWORD bootstrap the first admin', async (t) => 
 
   t.test('creates the admin at start when none exists', async (t) => {
     const app = await build(t, { ADMIN_EMAIL: '  Boss@Example.COM ', ADMIN_PASSWORD: adminPassword })
-    const rows = app.db.$client.prepare('select * from users').all() as UserRow[]
+    const rows = await dbAll(app, 'select * from users') as unknown as UserRow[]
     t.equal(rows.length, 1)
     t.equal(rows[0]!.email, 'boss@example.com', 'the email is normalised')
     t.same(JSON.parse(rows[0]!.roles), ['user', 'admin'])
@@ -455,18 +455,18 @@ t.test('ADMIN_EMAIL and ADMIN_PASSWORD bootstrap the first admin', async (t) => 
     const databaseUrl = `file:${join(t.testdir(), 'gatehouse.db')}`
     const first = await buildApp(loadConfig({ ...TEST_ENV, DATABASE_URL: databaseUrl, ADMIN_EMAIL: 'first@example.com', ADMIN_PASSWORD: adminPassword }))
     await first.ready()
-    t.same(enabledAdmins(first).length, 1)
+    t.same((await enabledAdmins(first)).length, 1)
     await first.close()
 
     const second = await build(t, { DATABASE_URL: databaseUrl, ADMIN_EMAIL: 'second@example.com', ADMIN_PASSWORD: adminPassword })
-    const emails = (second.db.$client.prepare('select email from users').all() as Array<{ email: string }>).map((row) => row.email)
+    const emails = (await dbAll(second, 'select email from users') as Array<{ email: string }>).map((row) => row.email)
     t.same(emails, ['first@example.com'], 'no second admin')
     t.equal((await login(second, 'second@example.com', adminPassword)).statusCode, 401)
-    second.db.$client.prepare('update users set disabled = 1').run()
+    await dbRun(second, 'update users set disabled = ?', true)
     await second.close()
 
     const third = await build(t, { DATABASE_URL: databaseUrl, ADMIN_EMAIL: 'third@example.com', ADMIN_PASSWORD: adminPassword })
-    const third_ = third.db.$client.prepare("select roles from users where email = 'third@example.com'").get() as { roles: string } | undefined
+    const third_ = await dbGet(third, 'select roles from users where email = ?', 'third@example.com') as { roles: string } | undefined
     t.ok(third_, 'with only a disabled admin, a new one is created')
     t.same(JSON.parse(third_!.roles), ['user', 'admin'])
   })
@@ -479,9 +479,9 @@ t.test('ADMIN_EMAIL and ADMIN_PASSWORD bootstrap the first admin', async (t) => 
     await before.close()
 
     const app = await build(t, { DATABASE_URL: databaseUrl, ADMIN_EMAIL: 'TAKEN@example.com', ADMIN_PASSWORD: adminPassword })
-    t.same(rolesInDb(app, squatter.user.id), ['user'], 'not promoted')
-    t.same(enabledAdmins(app), [], 'and no admin was made')
-    t.equal((app.db.$client.prepare('select count(*) as n from users').get() as { n: number }).n, 1)
+    t.same(await rolesInDb(app, squatter.user.id), ['user'], 'not promoted')
+    t.same(await enabledAdmins(app), [], 'and no admin was made')
+    t.equal(await dbCount(app, 'select count(*) as n from users'), 1)
     t.equal((await login(app, 'taken@example.com', adminPassword)).statusCode, 401, 'ADMIN_PASSWORD does not open the account')
     const own = await login(app, 'taken@example.com')
     t.same(tokenPayload(own.json().access_token).roles, ['user'])

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { TEST_PASSWORD, bearer, build, signup, uniqueEmail } from './helper.ts'
+import { TEST_PASSWORD, bearer, build, dbCount, dbGet, dbRun, signup, uniqueEmail } from './helper.ts'
 
 t.test('signup, login and /auth/me work end to end', async (t) => {
   const app = await build(t)
@@ -40,8 +40,7 @@ t.test('emails are normalised: case and surrounding spaces name the same account
   const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: ' GRACE@example.com', password: TEST_PASSWORD } })
   t.equal(login.statusCode, 200)
   t.equal(login.json().user.email, 'grace@example.com')
-  const count = app.db.$client.prepare('select count(*) as n from users').get() as { n: number }
-  t.equal(count.n, 1)
+  t.equal(await dbCount(app, 'select count(*) as n from users'), 1)
 })
 
 t.test('signup validation answers 400 naming the field', async (t) => {
@@ -62,8 +61,7 @@ t.test('signup validation answers 400 naming the field', async (t) => {
     t.match(response.json().message, message, label)
     t.equal(response.json().error, 'Bad Request', label)
   }
-  const count = app.db.$client.prepare('select count(*) as n from users').get() as { n: number }
-  t.equal(count.n, 0, 'no invalid signup created a user')
+  t.equal(await dbCount(app, 'select count(*) as n from users'), 0, 'no invalid signup created a user')
 })
 
 t.test('a 128-character password is accepted', async (t) => {
@@ -91,7 +89,7 @@ t.test('a disabled user gets 403 only after a correct password', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()
   const session = await signup(app, email)
-  app.db.$client.prepare('update users set disabled = 1 where id = ?').run(session.user.id)
+  await dbRun(app, 'update users set disabled = ? where id = ?', true, session.user.id)
 
   const wrong = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: 'wrong password!' } })
   t.equal(wrong.statusCode, 401)
@@ -106,7 +104,7 @@ t.test('a disabled user gets 403 only after a correct password', async (t) => {
 t.test('a deleted user is refused at /auth/me', async (t) => {
   const app = await build(t)
   const session = await signup(app)
-  app.db.$client.prepare('delete from users where id = ?').run(session.user.id)
+  await dbRun(app, 'delete from users where id = ?', session.user.id)
   const me = await app.inject({ method: 'GET', url: '/auth/me', headers: bearer(session.access_token) })
   t.equal(me.statusCode, 401)
   t.match(me.headers['www-authenticate'], /error="invalid_token"/)
@@ -123,7 +121,7 @@ t.test('no response body contains a password or its hash', async (t) => {
   ]
   const token = responses[0]!.json().access_token
   responses.push(await app.inject({ method: 'GET', url: '/auth/me', headers: bearer(token) }))
-  const { password_hash: hash } = app.db.$client.prepare('select password_hash from users').get() as { password_hash: string }
+  const { password_hash: hash } = await dbGet(app, 'select password_hash from users') as { password_hash: string }
   t.match(hash, /^\$argon2id\$v=19\$/, 'stored as argon2id')
   const params = Object.fromEntries(hash.split('$')[3]!.split(',').map((pair) => pair.split('=')))
   t.same(params, { m: '19456', t: '2', p: '1' }, 'with OWASP parameters')
@@ -165,7 +163,7 @@ t.test('GET /health checks the database', async (t) => {
   t.equal(ok.statusCode, 200)
   t.same(ok.json(), { status: 'ok' })
 
-  app.db.$client.close()
+  await app.database.close()
   const down = await app.inject({ method: 'GET', url: '/health' })
   t.equal(down.statusCode, 503)
   t.equal(down.json().code, 'database_unavailable')

@@ -3,7 +3,7 @@ import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
-import { TEST_ENV, type SessionBody, bearer, build, signup, uniqueEmail } from './helper.ts'
+import { TEST_ENV, type SessionBody, bearer, build, dbCount, dbGet, dbRun, signup, uniqueEmail } from './helper.ts'
 
 type Caller = 'anonymous' | 'user' | 'member' | 'developer' | 'admin'
 type SignedInCaller = Exclude<Caller, 'anonymous'>
@@ -21,7 +21,7 @@ const FORBIDDEN_CHALLENGE = 'Bearer realm="gatehouse", error="insufficient_scope
 /** Signs up, sets the roles in the database, refreshes: the new access token carries the roles. */
 async function withRoles (app: App, roles: string[], email = uniqueEmail()): Promise<SessionBody> {
   const session = await signup(app, email)
-  app.db.$client.prepare('update users set roles = ? where id = ?').run(JSON.stringify(roles), session.user.id)
+  await dbRun(app, 'update users set roles = ? where id = ?', roles, session.user.id)
   const refreshed = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
   if (refreshed.statusCode !== 200) throw new Error(`refresh failed: ${refreshed.statusCode} ${refreshed.body}`)
   const body = refreshed.json() as SessionBody
@@ -30,13 +30,16 @@ async function withRoles (app: App, roles: string[], email = uniqueEmail()): Pro
 }
 
 interface VideoRow { id: string, user_id: string | null, title: string, author: string, url: string, is_member_only: number }
-const videoRow = (app: App, id: string) =>
-  app.db.$client.prepare('select * from videos where id = ?').get(id) as VideoRow | undefined
-const videoCount = (app: App) => (app.db.$client.prepare('select count(*) as n from videos').get() as { n: number }).n
-const clothesCount = (app: App) => (app.db.$client.prepare('select count(*) as n from clothes').get() as { n: number }).n
+const videoRow = async (app: App, id: string) =>
+  await dbGet(app, 'select * from videos where id = ?', id) as VideoRow | undefined
+const videoCount = (app: App) => dbCount(app, 'select count(*) as n from videos')
+const clothesCount = (app: App) => dbCount(app, 'select count(*) as n from clothes')
 
-const newVideo = (app: App, ownerId: string | null, isMemberOnly = false, title = `Video ${uniqueEmail('v')}`) =>
-  app.videosRepository.create(ownerId, { title, author: 'Someone', url: 'https://videos.example.com/x.mp4', isMemberOnly })
+async function newVideo (app: App, ownerId: string | null, isMemberOnly = false, title = `Video ${uniqueEmail('v')}`) {
+  const video = await app.videosRepository.create(ownerId, { title, author: 'Someone', url: 'https://videos.example.com/x.mp4', isMemberOnly })
+  if (!video) throw new Error(`video not created: no user ${ownerId}`)
+  return video
+}
 
 function assertUnauthenticated (t: Test, response: LightMyRequestResponse) {
   t.equal(response.statusCode, 401)
@@ -55,7 +58,7 @@ interface Prepared {
   url: string
   payload?: Record<string, unknown>
   /** Checks the body on success and the database either way. */
-  verify (t: Test, response: LightMyRequestResponse, allowed: boolean): void
+  verify (t: Test, response: LightMyRequestResponse, allowed: boolean): void | Promise<unknown>
 }
 interface GuardedRoute {
   method: 'GET' | 'POST' | 'PATCH' | 'DELETE'
@@ -107,8 +110,8 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
         return {
           url: '/videos',
           payload: { title, author: 'Ada', url: 'https://videos.example.com/new.mp4' },
-          verify (t, response, allowed) {
-            const row = app.db.$client.prepare('select * from videos where title = ?').get(title) as VideoRow | undefined
+          async verify (t, response, allowed) {
+            const row = await dbGet(app, 'select * from videos where title = ?', title) as VideoRow | undefined
             if (!allowed) return t.equal(row, undefined, 'nothing was created')
             t.equal(response.json().user_id, sessions[caller as SignedInCaller].user.id)
             t.equal(row?.user_id, sessions[caller as SignedInCaller].user.id)
@@ -126,8 +129,8 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
         return {
           url: `/videos/${video.id}`,
           payload: { title: 'Changed' },
-          verify (t, response, allowed) {
-            const row = videoRow(app, video.id)!
+          async verify (t, response, allowed) {
+            const row = (await videoRow(app, video.id))!
             t.equal(row.title, allowed ? 'Changed' : video.title)
             t.equal(row.user_id, owner.user.id, 'ownership never changes')
             if (allowed) t.equal(response.json().title, 'Changed')
@@ -144,8 +147,8 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
         const video = await newVideo(app, owner.user.id)
         return {
           url: `/videos/${video.id}`,
-          verify (t, response, allowed) {
-            t.equal(videoRow(app, video.id) === undefined, allowed, allowed ? 'deleted' : 'still there')
+          async verify (t, response, allowed) {
+            t.equal((await videoRow(app, video.id)) === undefined, allowed, allowed ? 'deleted' : 'still there')
             if (allowed) t.equal(response.body, '')
           }
         }
@@ -173,8 +176,8 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
         return {
           url: '/clothes',
           payload: { name, price: 2500 },
-          verify (t, response, allowed) {
-            const row = app.db.$client.prepare('select * from clothes where name = ?').get(name)
+          async verify (t, response, allowed) {
+            const row = await dbGet(app, 'select * from clothes where name = ?', name)
             t.equal(row !== undefined, allowed, allowed ? 'created' : 'nothing was created')
             if (allowed) t.equal(response.json().name, name)
           }
@@ -213,13 +216,13 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
       success: 200,
       allowed: ['admin'],
       prepare: async (caller) => {
-        const before = (app.db.$client.prepare('select name from users where id = ?').get(target.id) as { name: string | null }).name
+        const before = (await dbGet(app, 'select name from users where id = ?', target.id) as { name: string | null }).name
         const name = `Renamed by ${caller}`
         return {
           url: `/admin/users/${target.id}`,
           payload: { name },
-          verify (t, response, allowed) {
-            const after = (app.db.$client.prepare('select name from users where id = ?').get(target.id) as { name: string | null }).name
+          async verify (t, response, allowed) {
+            const after = (await dbGet(app, 'select name from users where id = ?', target.id) as { name: string | null }).name
             t.equal(after, allowed ? name : before)
             if (allowed) t.equal(response.json().name, name)
           }
@@ -235,8 +238,8 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
         const victim = await newTarget()
         return {
           url: `/admin/users/${victim.id}`,
-          verify (t, _response, allowed) {
-            const row = app.db.$client.prepare('select id from users where id = ?').get(victim.id)
+          async verify (t, _response, allowed) {
+            const row = await dbGet(app, 'select id from users where id = ?', victim.id)
             t.equal(row === undefined, allowed, allowed ? 'deleted' : 'still there')
           }
         }
@@ -261,7 +264,7 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
         if (expected === 403) assertForbidden(t, response)
         t.notOk(response.headers['www-authenticate'] && allowed, 'no challenge on success')
         t.notMatch(response.body, /password_hash|passwordHash|\$argon2/)
-        prepared.verify(t, response, allowed)
+        await prepared.verify(t, response, allowed)
       })
     }
   }
@@ -320,7 +323,7 @@ t.test('developers edit and delete only their own videos; admins anyone\'s', asy
     const refused = await app.inject({ method, url: `/videos/${video.id}`, headers: bearer(bob.access_token), ...(payload ? { payload } : {}) })
     assertForbidden(t, refused)
   }
-  t.match(videoRow(app, video.id), { title: 'Alice intro', user_id: alice.user.id }, 'another developer changed nothing')
+  t.match(await videoRow(app, video.id), { title: 'Alice intro', user_id: alice.user.id }, 'another developer changed nothing')
 
   const edited = await app.inject({
     method: 'PATCH',
@@ -331,7 +334,7 @@ t.test('developers edit and delete only their own videos; admins anyone\'s', asy
   t.equal(edited.statusCode, 200)
   t.match(edited.json(), { id: video.id, title: 'Alice intro, v2', is_member_only: true, user_id: alice.user.id, author: 'Alice' })
   t.ok(edited.json().updated_at >= video.updated_at)
-  t.match(videoRow(app, video.id), { title: 'Alice intro, v2', is_member_only: 1 })
+  t.match(await videoRow(app, video.id), { title: 'Alice intro, v2', is_member_only: 1 })
   const memberList = (await app.inject({ url: '/videos/member', headers: bearer(alice.access_token) })).json()
   t.ok(memberList.some((item: { id: string }) => item.id === video.id), 'moved to the member-only list')
   t.notOk((await app.inject({ url: '/videos' })).json().some((item: { id: string }) => item.id === video.id))
@@ -341,12 +344,12 @@ t.test('developers edit and delete only their own videos; admins anyone\'s', asy
   t.equal(empty.json().code, 'validation_error')
   const takeover = await app.inject({ method: 'PATCH', url: `/videos/${video.id}`, headers: bearer(alice.access_token), payload: { user_id: bob.user.id } })
   t.equal(takeover.statusCode, 400, 'the owner is not a writable field')
-  t.equal(videoRow(app, video.id)!.user_id, alice.user.id)
+  t.equal((await videoRow(app, video.id))!.user_id, alice.user.id)
 
   const deleted = await app.inject({ method: 'DELETE', url: `/videos/${video.id}`, headers: bearer(alice.access_token) })
   t.equal(deleted.statusCode, 204)
   t.equal(deleted.body, '')
-  t.equal(videoRow(app, video.id), undefined)
+  t.equal(await videoRow(app, video.id), undefined)
   const again = await app.inject({ method: 'DELETE', url: `/videos/${video.id}`, headers: bearer(alice.access_token) })
   t.equal(again.statusCode, 404)
   t.equal(again.json().code, 'not_found')
@@ -366,13 +369,13 @@ t.test('developers edit and delete only their own videos; admins anyone\'s', asy
   for (const item of [bobs, bobsMember, ownerless]) {
     const byAdmin = await app.inject({ method: 'DELETE', url: `/videos/${item.id}`, headers: bearer(admin.access_token) })
     t.equal(byAdmin.statusCode, 204)
-    t.equal(videoRow(app, item.id), undefined)
+    t.equal(await videoRow(app, item.id), undefined)
   }
   const free = (await app.inject({ url: '/videos' })).json()
   const member = (await app.inject({ url: '/videos/member', headers: bearer(admin.access_token) })).json()
   t.same(free, [], 'deleted videos are gone from the free list')
   t.same(member, [], 'and from the member-only list')
-  t.equal(videoCount(app), 0)
+  t.equal(await videoCount(app), 0)
 })
 
 t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodies are validated', async (t) => {
@@ -386,7 +389,7 @@ t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodi
   const video = created.json()
   t.match(video, { ...valid, is_member_only: false, user_id: developer.user.id })
   t.match(video.id, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)
-  t.same(videoRow(app, video.id), {
+  t.same(await videoRow(app, video.id), {
     id: video.id,
     user_id: developer.user.id,
     title: 'Intro',
@@ -400,9 +403,9 @@ t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodi
   const memberOnly = await app.inject({ method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: { ...valid, is_member_only: true } })
   t.equal(memberOnly.statusCode, 201)
   t.equal(memberOnly.json().is_member_only, true)
-  t.equal(videoRow(app, memberOnly.json().id)!.is_member_only, 1)
+  t.equal((await videoRow(app, memberOnly.json().id))!.is_member_only, 1)
 
-  const before = videoCount(app)
+  const before = await videoCount(app)
   const { title: _title, ...withoutTitle } = valid
   const cases: Array<[string, Record<string, unknown>, RegExp]> = [
     ['missing title', withoutTitle, /title/],
@@ -420,7 +423,7 @@ t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodi
     t.equal(response.json().code, 'validation_error', label)
     t.match(response.json().message, field, `${label}: the message names the field`)
   }
-  t.equal(videoCount(app), before, 'no invalid body created a video')
+  t.equal(await videoCount(app), before, 'no invalid body created a video')
 })
 
 t.test('clothes: price in integer cents, optional color and size', async (t) => {
@@ -432,14 +435,14 @@ t.test('clothes: price in integer cents, optional color and size', async (t) => 
   t.equal(plain.statusCode, 201)
   t.match(plain.json(), { name: 'Tee', price: 1999, color: null, size: null })
   t.same(Object.keys(plain.json()).sort(), ['color', 'created_at', 'id', 'name', 'price', 'size', 'updated_at'])
-  const row = app.db.$client.prepare('select name, color, size, price from clothes where id = ?').get(plain.json().id)
+  const row = await dbGet(app, 'select name, color, size, price from clothes where id = ?', plain.json().id)
   t.same(row, { name: 'Tee', color: null, size: null, price: 1999 })
 
   const full = await app.inject({ method: 'POST', url: '/clothes', headers: bearer(admin.access_token), payload: { name: 'Hoodie', color: 'navy', size: 'XL', price: 0 } })
   t.equal(full.statusCode, 201)
   t.match(full.json(), { name: 'Hoodie', color: 'navy', size: 'XL', price: 0 })
 
-  const before = clothesCount(app)
+  const before = await clothesCount(app)
   const cases: Array<[string, Record<string, unknown>, RegExp]> = [
     ['fractional price', { name: 'Tee', price: 19.99 }, /price/],
     ['negative price', { name: 'Tee', price: -1 }, /price/],
@@ -454,7 +457,7 @@ t.test('clothes: price in integer cents, optional color and size', async (t) => 
     t.equal(response.json().code, 'validation_error', label)
     t.match(response.json().message, field, label)
   }
-  t.equal(clothesCount(app), before, 'nothing invalid was stored')
+  t.equal(await clothesCount(app), before, 'nothing invalid was stored')
 
   const list = await app.inject({ url: '/clothes', headers: bearer(shopper.access_token) })
   t.equal(list.statusCode, 200)

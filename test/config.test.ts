@@ -70,10 +70,11 @@ t.test('the app starts on an empty data folder and migrates', async (t) => {
   t.teardown(() => app.close())
   await app.ready()
   t.ok(existsSync(dbFile))
-  const tables = app.db.$client.prepare("select name from sqlite_master where type = 'table'").all() as Array<{ name: string }>
+  t.equal(app.database.dialect.name, 'sqlite')
+  const tables = await app.database.query("select name from sqlite_master where type = 'table'") as Array<{ name: string }>
   t.ok(tables.some((table) => table.name === 'users'))
-  t.equal(app.db.$client.pragma('journal_mode', { simple: true }), 'wal')
-  t.equal(app.db.$client.pragma('foreign_keys', { simple: true }), 1)
+  t.same(await app.database.query('pragma journal_mode'), [{ journal_mode: 'wal' }])
+  t.same(await app.database.query('pragma foreign_keys'), [{ foreign_keys: 1 }])
   const signup = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email: 'a@example.com', password: 'a long enough password' } })
   t.equal(signup.statusCode, 201)
 })

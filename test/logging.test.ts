@@ -2,7 +2,7 @@ import { PassThrough } from 'node:stream'
 import t from 'tap'
 import { buildApp } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
-import { TEST_ENV, TEST_PASSWORD, bearer, signup, uniqueEmail } from './helper.ts'
+import { TEST_ENV, TEST_PASSWORD, bearer, dbGet, signup, uniqueEmail } from './helper.ts'
 
 t.test('logs carry security events with user and request ids, and never a secret', async (t) => {
   const stream = new PassThrough()
@@ -22,7 +22,7 @@ t.test('logs carry security events with user and request ids, and never a secret
   await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
   await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(login.access_token) })
 
-  const { password_hash: hash } = app.db.$client.prepare('select password_hash from users').get() as { password_hash: string }
+  const { password_hash: hash } = await dbGet(app, 'select password_hash from users') as { password_hash: string }
   for (const secret of [TEST_PASSWORD, session.access_token, session.refresh_token, login.access_token, login.refresh_token, hash, TEST_ENV.JWT_SECRET]) {
     t.notOk(text.includes(secret), `log does not contain ${secret.slice(0, 12)}…`)
   }

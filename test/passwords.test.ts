@@ -1,7 +1,7 @@
 import argon2 from 'argon2'
 import t from 'tap'
 import { HASH_OPTIONS, hashPassword, needsRehash, passwordProblem, verifyPassword } from '../src/auth/passwords.ts'
-import { TEST_PASSWORD, build, uniqueEmail } from './helper.ts'
+import { TEST_PASSWORD, build, dbGet, uniqueEmail } from './helper.ts'
 
 t.test('needsRehash upgrades weaker hashes and leaves stronger ones alone', async (t) => {
   t.equal(needsRehash(await hashPassword('a password')), false, 'current parameters')
@@ -30,7 +30,7 @@ t.test('a login upgrades an outdated hash and keeps the password working', async
   await app.usersRepository.create({ email, passwordHash: weak, roles: ['user'] })
   const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
   t.equal(login.statusCode, 200)
-  const { password_hash: upgraded } = app.db.$client.prepare('select password_hash from users where email = ?').get(email) as { password_hash: string }
+  const { password_hash: upgraded } = await dbGet(app, 'select password_hash from users where email = ?', email) as { password_hash: string }
   t.not(upgraded, weak)
   t.equal(needsRehash(upgraded), false)
   t.equal((await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })).statusCode, 200)

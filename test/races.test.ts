@@ -1,5 +1,5 @@
 import t from 'tap'
-import { TEST_PASSWORD, build, signup, uniqueEmail } from './helper.ts'
+import { TEST_PASSWORD, build, dbCount, signup, uniqueEmail } from './helper.ts'
 
 t.test('50 concurrent signups with one email produce exactly one user', async (t) => {
   const app = await build(t)
@@ -14,10 +14,8 @@ t.test('50 concurrent signups with one email produce exactly one user', async (t
   t.equal(statuses.filter((status) => status === 201).length, 1)
   t.equal(statuses.filter((status) => status === 409).length, 49)
   t.ok(responses.filter((response) => response.statusCode === 409).every((response) => response.json().code === 'email_taken'))
-  const rows = app.db.$client.prepare('select count(*) as n from users where email = ?').get(email) as { n: number }
-  t.equal(rows.n, 1)
-  const sessions = app.db.$client.prepare('select count(*) as n from sessions').get() as { n: number }
-  t.equal(sessions.n, 1, 'only the winner got a session')
+  t.equal(await dbCount(app, 'select count(*) as n from users where email = ?', email), 1)
+  t.equal(await dbCount(app, 'select count(*) as n from sessions'), 1, 'only the winner got a session')
 })
 
 t.test('bodies over 8 KiB get 413 before any work is done', async (t) => {
@@ -25,8 +23,7 @@ t.test('bodies over 8 KiB get 413 before any work is done', async (t) => {
   const response = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: TEST_PASSWORD, name: 'x'.repeat(9000) } })
   t.equal(response.statusCode, 413)
   t.equal(response.json().code, 'payload_too_large')
-  const count = app.db.$client.prepare('select count(*) as n from users').get() as { n: number }
-  t.equal(count.n, 0)
+  t.equal(await dbCount(app, 'select count(*) as n from users'), 0)
   await signup(app)
 })
 

@@ -2,13 +2,13 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { App } from '../src/app.ts'
 import { hashRefreshToken } from '../src/auth/tokens.ts'
-import { type SessionBody, bearer, build, signup, tokenPayload } from './helper.ts'
+import { type SessionBody, bearer, build, dbAll, dbCount, dbRun, dbGet, signup, tokenPayload } from './helper.ts'
 
 const refresh = (app: App, token: string) =>
   app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })
 const me = (app: App, accessToken: string) => app.inject({ url: '/auth/me', headers: bearer(accessToken) })
-const sessionRow = (app: App, id: unknown) =>
-  app.db.$client.prepare('select * from sessions where id = ?').get(id) as { revoked_at: number | null, user_id: string }
+const sessionRow = async (app: App, id: unknown) =>
+  await dbGet(app, 'select * from sessions where id = ?', id) as { revoked_at: number | null, user_id: string }
 
 t.test('signup → refresh → refresh → logout → refresh refused', async (t) => {
   const app = await build(t)
@@ -35,15 +35,15 @@ t.test('signup → refresh → refresh → logout → refresh refused', async (t
   t.equal(after.statusCode, 401)
   t.equal(after.json().code, 'invalid_refresh_token')
   t.equal((await me(app, third.access_token)).statusCode, 401, 'the session-checked route refuses the old access token')
-  t.ok(sessionRow(app, sid).revoked_at)
+  t.ok((await sessionRow(app, sid)).revoked_at)
 })
 
 t.test('refresh tokens are stored only as hashes', async (t) => {
   const app = await build(t)
   const session = await signup(app)
-  const rows = app.db.$client.prepare('select token_hash from refresh_tokens').all() as Array<{ token_hash: string }>
+  const rows = await dbAll(app, 'select token_hash from refresh_tokens') as Array<{ token_hash: string }>
   t.same(rows.map((row) => row.token_hash), [hashRefreshToken(session.refresh_token)])
-  t.notMatch(JSON.stringify(app.db.$client.prepare('select * from refresh_tokens').all()), session.refresh_token)
+  t.notMatch(JSON.stringify(await dbAll(app, 'select * from refresh_tokens')), session.refresh_token)
 })
 
 t.test('reuse after the grace window revokes the whole session', async (t) => {
@@ -55,7 +55,7 @@ t.test('reuse after the grace window revokes the whole session', async (t) => {
   const replay = await refresh(app, first.refresh_token)
   t.equal(replay.statusCode, 401)
   t.equal(replay.json().code, 'invalid_refresh_token')
-  t.ok(sessionRow(app, tokenPayload(first.access_token).sid).revoked_at, 'session revoked')
+  t.ok((await sessionRow(app, tokenPayload(first.access_token).sid)).revoked_at, 'session revoked')
 
   const legitimate = await refresh(app, second.refresh_token)
   t.equal(legitimate.statusCode, 401, 'the thief and the victim both lose the session')
@@ -67,7 +67,7 @@ t.test('grace 0 turns any reuse into theft', async (t) => {
   const first = await signup(app)
   t.equal((await refresh(app, first.refresh_token)).statusCode, 200)
   t.equal((await refresh(app, first.refresh_token)).statusCode, 401)
-  t.ok(sessionRow(app, tokenPayload(first.access_token).sid).revoked_at)
+  t.ok((await sessionRow(app, tokenPayload(first.access_token).sid)).revoked_at)
 })
 
 t.test('a replay inside the grace window succeeds for the same session', async (t) => {
@@ -84,10 +84,10 @@ t.test('a replay inside the grace window succeeds for the same session', async (
 
   const next = await refresh(app, retried.refresh_token)
   t.equal(next.statusCode, 200, 'the retried chain goes on')
-  t.notOk(sessionRow(app, sid).revoked_at)
+  t.notOk((await sessionRow(app, sid)).revoked_at)
 
-  const live = app.db.$client.prepare('select count(*) as n from refresh_tokens where session_id = ? and used_at is null and revoked_at is null').get(sid) as { n: number }
-  t.equal(live.n, 1, 'one live refresh token per session, never a fork')
+  const live = await dbCount(app, 'select count(*) as n from refresh_tokens where session_id = ? and used_at is null and revoked_at is null', sid)
+  t.equal(live, 1, 'one live refresh token per session, never a fork')
 })
 
 t.test('inside the window, only the newest rotated token may be replayed', async (t) => {
@@ -98,7 +98,7 @@ t.test('inside the window, only the newest rotated token may be replayed', async
 
   const older = await refresh(app, first.refresh_token)
   t.equal(older.statusCode, 401, 'an older token is theft even inside the window')
-  t.ok(sessionRow(app, tokenPayload(first.access_token).sid).revoked_at)
+  t.ok((await sessionRow(app, tokenPayload(first.access_token).sid)).revoked_at)
 })
 
 t.test('20 parallel refreshes of one token with grace 0 yield exactly one success', async (t) => {
@@ -108,8 +108,7 @@ t.test('20 parallel refreshes of one token with grace 0 yield exactly one succes
   const statuses = responses.map((response) => response.statusCode)
   t.equal(statuses.filter((status) => status === 200).length, 1)
   t.equal(statuses.filter((status) => status === 401).length, 19)
-  const minted = app.db.$client.prepare('select count(*) as n from refresh_tokens').get() as { n: number }
-  t.equal(minted.n, 2, 'one chain: the original and one child')
+  t.equal(await dbCount(app, 'select count(*) as n from refresh_tokens'), 2, 'one chain: the original and one child')
 })
 
 t.test('an expired refresh token is refused', async (t) => {
@@ -124,12 +123,12 @@ t.test('an expired refresh token is refused', async (t) => {
 t.test('refresh re-reads the user: roles and disabled take effect at the next refresh', async (t) => {
   const app = await build(t)
   const first = await signup(app)
-  app.db.$client.prepare('update users set roles = \'["user","member"]\' where id = ?').run(first.user.id)
+  await dbRun(app, 'update users set roles = ? where id = ?', ['user', 'member'], first.user.id)
   const promoted: SessionBody = (await refresh(app, first.refresh_token)).json()
   t.same(tokenPayload(promoted.access_token).roles, ['user', 'member'])
   t.same(promoted.user.roles, ['user', 'member'])
 
-  app.db.$client.prepare('update users set disabled = 1 where id = ?').run(first.user.id)
+  await dbRun(app, 'update users set disabled = ? where id = ?', true, first.user.id)
   const refused = await refresh(app, promoted.refresh_token)
   t.equal(refused.statusCode, 401)
   t.equal(refused.json().code, 'invalid_refresh_token')
@@ -161,10 +160,10 @@ t.test('cleanup removes expired sessions and tokens, keeps live ones', async (t)
   const live = await signup(app)
   const old = await signup(app)
   const oldSid = tokenPayload(old.access_token).sid
-  app.db.$client.prepare('update sessions set expires_at = 0 where id = ?').run(oldSid)
-  app.db.$client.prepare('update refresh_tokens set expires_at = 0 where session_id = ?').run(oldSid)
+  await dbRun(app, 'update sessions set expires_at = ? where id = ?', new Date(0), oldSid)
+  await dbRun(app, 'update refresh_tokens set expires_at = ? where session_id = ?', new Date(0), oldSid)
   await app.sessionsRepository.deleteExpired(new Date())
-  t.notOk(sessionRow(app, oldSid), 'expired session deleted')
-  t.ok(sessionRow(app, tokenPayload(live.access_token).sid), 'live session kept')
+  t.notOk(await sessionRow(app, oldSid), 'expired session deleted')
+  t.ok(await sessionRow(app, tokenPayload(live.access_token).sid), 'live session kept')
   t.equal((await refresh(app, live.refresh_token)).statusCode, 200)
 })

@@ -1,6 +1,6 @@
 import t from 'tap'
 import type { App } from '../src/app.ts'
-import { TEST_PASSWORD, bearer, build, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import { TEST_PASSWORD, bearer, build, dbRun, signup, tokenPayload, uniqueEmail } from './helper.ts'
 
 const form = (fields: Record<string, string>) => new URLSearchParams(fields).toString()
 const FORM = { 'content-type': 'application/x-www-form-urlencoded' }
@@ -58,7 +58,7 @@ t.test('errors have the RFC 6749 §5.2 shape and no-store', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()
   const session = await signup(app, email)
-  app.db.$client.prepare('update users set disabled = 1 where id = ?').run(session.user.id)
+  await dbRun(app, 'update users set disabled = ? where id = ?', true, session.user.id)
   const disabledResponse = await postForm(app, { grant_type: 'password', username: email, password: TEST_PASSWORD })
   t.equal(disabledResponse.statusCode, 400)
   t.equal(disabledResponse.json().error, 'invalid_grant', 'a disabled user is invalid_grant')

@@ -183,6 +183,9 @@ async function openPostgres (databaseUrl: string): Promise<Database> {
     },
     async ping () { await pool.query('select 1') },
     async query (text, params = []) { return (await pool.query(text, params)).rows },
-    async close () { await pool.end() }
+    async close () {
+      // Like better-sqlite3's close, safe to call twice (pool.end() is not).
+      if (!pool.ended) await pool.end()
+    }
   }
 }

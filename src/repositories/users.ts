@@ -1,4 +1,4 @@
-import { and, asc, eq, gt, ne, or, type SQL } from 'drizzle-orm'
+import { and, asc, eq, gt, isNull, ne, or, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
@@ -30,11 +30,11 @@ export interface AdminChanges {
 }
 
 export type AdminUpdate =
-  | { outcome: 'updated', user: User, rolesChanged: boolean, disabledNow: boolean }
+  | { outcome: 'updated', user: User, rolesChanged: boolean, disabledNow: boolean, revokedSessions: number }
   | { outcome: 'not_found' }
   | { outcome: 'last_admin' }
 
-export function createUserRepository ({ db, tables: { users }, dialect }: Database) {
+export function createUserRepository ({ db, tables: { users, sessions }, dialect }: Database) {
   const publicColumns = {
     id: users.id,
     email: users.email,
@@ -114,6 +114,7 @@ export function createUserRepository ({ db, tables: { users }, dialect }: Databa
 
     /**
      * An admin's change to a user, refused with last_admin when it would leave no enabled admin.
+     * A role change or a disable also revokes the user's sessions.
      * The check and the write share one transaction under the admins lock, so two admins demoting
      * each other at once cannot both succeed, on one instance or several.
      */
@@ -127,18 +128,21 @@ export function createUserRepository ({ db, tables: { users }, dialect }: Databa
         if (wasEnabledAdmin && !(isAdmin(roles) && !disabled) && !await otherEnabledAdminExists(tx, id)) {
           return { outcome: 'last_admin' } as const
         }
+        const now = new Date()
         const [user] = await tx.update(users).set({
           roles,
           disabled,
           ...(changes.name !== undefined ? { name: changes.name } : {}),
-          updatedAt: new Date()
+          updatedAt: now
         }).where(eq(users.id, id)).returning(publicColumns)
-        return {
-          outcome: 'updated',
-          user: user!,
-          rolesChanged: roles.join() !== current.roles.join(),
-          disabledNow: disabled && !current.disabled
-        } as const
+        const rolesChanged = roles.join() !== current.roles.join()
+        const disabledNow = disabled && !current.disabled
+        // In the same transaction: no moment in which the new roles meet a session still open.
+        const revoked = rolesChanged || disabledNow
+          ? await tx.update(sessions).set({ revokedAt: now })
+            .where(and(eq(sessions.userId, id), isNull(sessions.revokedAt))).returning({ id: sessions.id })
+          : []
+        return { outcome: 'updated', user: user!, rolesChanged, disabledNow, revokedSessions: revoked.length } as const
       }, 'admins')
     },
 

@@ -94,13 +94,12 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const result = await app.usersRepository.adminUpdate(request.params.id, request.body)
     if (result.outcome === 'not_found') throw notFound()
     if (result.outcome === 'last_admin') throw lastAdmin()
-    const { user, rolesChanged, disabledNow } = result
+    const { user, rolesChanged, disabledNow, revokedSessions } = result
     const audit = { userId: user.id, adminId: request.user.id }
     if (rolesChanged) request.log.info({ event: 'role_change', ...audit, roles: user.roles }, 'roles changed')
     if (disabledNow) request.log.info({ event: 'user_disabled', ...audit }, 'user disabled')
-    if (rolesChanged || disabledNow) {
-      const count = await app.sessionsRepository.revokeAllForUser(user.id, new Date())
-      request.log.info({ event: 'session_revoked', ...audit, count, reason: 'admin_change' }, 'sessions revoked')
+    if (revokedSessions > 0) {
+      request.log.info({ event: 'session_revoked', ...audit, count: revokedSessions, reason: 'admin_change' }, 'sessions revoked')
     }
     return presentAdminUser(user)
   })
