@@ -1,27 +1,13 @@
 // npm test: the whole suite on SQLite; then the database-backed files again on PostgreSQL when
 // one is reachable (TEST_DATABASE_URL, or the local default), saying clearly which ran.
 import { spawnSync } from 'node:child_process'
-import pg from 'pg'
+import { POSTGRES_URL as postgresUrl, postgresReachable } from '../test/services.ts'
 
 /** The route and repository tests: everything that reads or writes through the database. */
 const DATABASE_TESTS = [
   'access-tokens', 'admin-users', 'auth', 'authorization', 'logging', 'passwords', 'races',
   'rate-limits', 'refresh', 'sessions', 'token-endpoint'
 ].map((name) => `test/${name}.test.ts`)
-
-const postgresUrl = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test'
-
-async function postgresReachable (): Promise<boolean> {
-  const client = new pg.Client({ connectionString: postgresUrl, connectionTimeoutMillis: 2000 })
-  try {
-    await client.connect()
-    return true
-  } catch {
-    return false
-  } finally {
-    await client.end().catch(() => {})
-  }
-}
 
 function tap (files: string[], env: Record<string, string | undefined>): boolean {
   const { TEST_DATABASE_URL: _ignored, ...inherited } = process.env

@@ -4,21 +4,13 @@ import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
-import { TEST_ENV, TEST_PASSWORD, type SessionBody, bearer, build, dbAll, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import { TEST_ENV, TEST_PASSWORD, type SessionBody, bearer, build, dbAll, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
 
 const FORBIDDEN_CHALLENGE = 'Bearer realm="gatehouse", error="insufficient_scope"'
 const ADMIN_USER_KEYS = ['created_at', 'disabled', 'email', 'id', 'name', 'roles', 'updated_at']
 const UNKNOWN_ID = '00000000-0000-4000-8000-000000000000'
 
-/** Signs up, sets the roles in the database, refreshes: the new access token carries the roles. */
-async function withRoles (app: App, roles: string[], email = uniqueEmail()): Promise<SessionBody> {
-  const session = await signup(app, email)
-  await dbRun(app, 'update users set roles = ? where id = ?', roles, session.user.id)
-  const refreshed = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
-  if (refreshed.statusCode !== 200) throw new Error(`refresh failed: ${refreshed.statusCode} ${refreshed.body}`)
-  return refreshed.json()
-}
-const asAdmin = (app: App, email = uniqueEmail('admin')) => withRoles(app, ['user', 'admin'], email)
+const asAdmin = (app: App, email = uniqueEmail('admin')) => signupWithRoles(app, ['user', 'admin'], email)
 
 const login = (app: App, email: string, password = TEST_PASSWORD) =>
   app.inject({ method: 'POST', url: '/auth/login', payload: { email, password } })
@@ -172,7 +164,7 @@ t.test('GET /admin/users?email= is a case-insensitive, literal substring filter'
 t.test('GET /admin/users/:id shows one user with disabled; unknown 404, malformed 400', async (t) => {
   const app = await build(t)
   const admin = await asAdmin(app)
-  const member = await withRoles(app, ['user', 'member'])
+  const member = await signupWithRoles(app, ['user', 'member'])
 
   const found = await app.inject({ url: `/admin/users/${member.user.id}`, headers: bearer(admin.access_token) })
   t.equal(found.statusCode, 200)
@@ -197,7 +189,7 @@ t.test('PATCH /admin/users/:id roles: replaces the extra roles, keeps user, revo
   const app = await build(t)
   const admin = await asAdmin(app)
   const email = uniqueEmail('target')
-  const target = await withRoles(app, ['user', 'developer'], email)
+  const target = await signupWithRoles(app, ['user', 'developer'], email)
 
   const patched = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { roles: ['member'] } })
   t.equal(patched.statusCode, 200)
@@ -398,7 +390,7 @@ t.test('DELETE /admin/users/:id removes the user and their sessions; their video
   const app = await build(t)
   const admin = await asAdmin(app)
   const email = uniqueEmail('leaving')
-  const developer = await withRoles(app, ['user', 'developer'], email)
+  const developer = await signupWithRoles(app, ['user', 'developer'], email)
   const second = (await login(app, email)).json() as SessionBody
   const published = await app.inject({
     method: 'POST',

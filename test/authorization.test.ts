@@ -3,7 +3,7 @@ import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
-import { TEST_ENV, type SessionBody, bearer, build, dbCount, dbGet, dbRun, signup, uniqueEmail } from './helper.ts'
+import { TEST_ENV, type SessionBody, bearer, build, dbCount, dbGet, signup, uniqueEmail, signupWithRoles } from './helper.ts'
 
 type Caller = 'anonymous' | 'user' | 'member' | 'developer' | 'admin'
 type SignedInCaller = Exclude<Caller, 'anonymous'>
@@ -17,17 +17,6 @@ const ROLES_OF: Record<SignedInCaller, string[]> = {
 
 const MISSING_TOKEN_CHALLENGE = 'Bearer realm="gatehouse"'
 const FORBIDDEN_CHALLENGE = 'Bearer realm="gatehouse", error="insufficient_scope"'
-
-/** Signs up, sets the roles in the database, refreshes: the new access token carries the roles. */
-async function withRoles (app: App, roles: string[], email = uniqueEmail()): Promise<SessionBody> {
-  const session = await signup(app, email)
-  await dbRun(app, 'update users set roles = ? where id = ?', roles, session.user.id)
-  const refreshed = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
-  if (refreshed.statusCode !== 200) throw new Error(`refresh failed: ${refreshed.statusCode} ${refreshed.body}`)
-  const body = refreshed.json() as SessionBody
-  if (body.user.roles.join() !== roles.join()) throw new Error(`roles not applied: ${body.user.roles.join()}`)
-  return body
-}
 
 interface VideoRow { id: string, user_id: string | null, title: string, author: string, url: string, is_member_only: number }
 const videoRow = async (app: App, id: string) =>
@@ -72,10 +61,10 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
   const app = await build(t)
   const sessions = {} as Record<SignedInCaller, SessionBody>
   for (const caller of Object.keys(ROLES_OF) as SignedInCaller[]) {
-    sessions[caller] = await withRoles(app, ROLES_OF[caller], uniqueEmail(caller))
+    sessions[caller] = await signupWithRoles(app, ROLES_OF[caller], uniqueEmail(caller))
   }
   // The owner of the videos PATCH/DELETE act on: a developer who is none of the callers.
-  const owner = await withRoles(app, ['user', 'developer'], uniqueEmail('owner'))
+  const owner = await signupWithRoles(app, ['user', 'developer'], uniqueEmail('owner'))
   const freeVideo = await newVideo(app, owner.user.id, false)
   const memberVideo = await newVideo(app, owner.user.id, true)
   const jacket = await app.clothesRepository.create({ name: 'Jacket', color: 'red', size: 'M', price: 9900 })
@@ -305,9 +294,9 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
 
 t.test('developers edit and delete only their own videos; admins anyone\'s', async (t) => {
   const app = await build(t)
-  const alice = await withRoles(app, ['user', 'developer'])
-  const bob = await withRoles(app, ['user', 'developer'])
-  const admin = await withRoles(app, ['user', 'admin'])
+  const alice = await signupWithRoles(app, ['user', 'developer'])
+  const bob = await signupWithRoles(app, ['user', 'developer'])
+  const admin = await signupWithRoles(app, ['user', 'admin'])
 
   const published = await app.inject({
     method: 'POST',
@@ -380,8 +369,8 @@ t.test('developers edit and delete only their own videos; admins anyone\'s', asy
 
 t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodies are validated', async (t) => {
   const app = await build(t)
-  const developer = await withRoles(app, ['user', 'developer'])
-  const other = await withRoles(app, ['user', 'developer'])
+  const developer = await signupWithRoles(app, ['user', 'developer'])
+  const other = await signupWithRoles(app, ['user', 'developer'])
   const valid = { title: 'Intro', author: 'Ada', url: 'https://videos.example.com/intro.mp4' }
 
   const created = await app.inject({ method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: valid })
@@ -428,7 +417,7 @@ t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodi
 
 t.test('clothes: price in integer cents, optional color and size', async (t) => {
   const app = await build(t)
-  const admin = await withRoles(app, ['user', 'admin'])
+  const admin = await signupWithRoles(app, ['user', 'admin'])
   const shopper = await signup(app)
 
   const plain = await app.inject({ method: 'POST', url: '/clothes', headers: bearer(admin.access_token), payload: { name: 'Tee', price: 1999 } })

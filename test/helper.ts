@@ -130,6 +130,17 @@ export async function signup (app: App, email = uniqueEmail(), password = TEST_P
   return response.json()
 }
 
+/** Signs up, sets the roles in the database, refreshes: the new access token carries the roles. */
+export async function signupWithRoles (app: App, roles: string[], email = uniqueEmail()): Promise<SessionBody> {
+  const session = await signup(app, email)
+  await dbRun(app, 'update users set roles = ? where id = ?', roles, session.user.id)
+  const refreshed = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
+  if (refreshed.statusCode !== 200) throw new Error(`refresh failed: ${refreshed.statusCode} ${refreshed.body}`)
+  const body = refreshed.json() as SessionBody
+  if (body.user.roles.join() !== roles.join()) throw new Error(`roles not applied: ${body.user.roles.join()}`)
+  return body
+}
+
 export const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 
 const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')

@@ -2,36 +2,12 @@
 // good on the others, rotation and revocation are one truth, and brute-force limits are shared.
 // Runs when PostgreSQL (TEST_DATABASE_URL or the local default) and Redis are reachable.
 import { randomBytes } from 'node:crypto'
-import { createConnection } from 'node:net'
 import pg from 'pg'
 import t from 'tap'
 import { startServer, type ServerProcess } from './server-process.ts'
+import { POSTGRES_URL, REDIS_URL, postgresReachable, redisReachable } from './services.ts'
 
-const POSTGRES_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test'
-const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 const PASSWORD = 'several instances, one truth'
-
-async function postgresReachable (): Promise<boolean> {
-  const client = new pg.Client({ connectionString: POSTGRES_URL, connectionTimeoutMillis: 2000 })
-  try {
-    await client.connect()
-    return true
-  } catch {
-    return false
-  } finally {
-    await client.end().catch(() => {})
-  }
-}
-
-function redisReachable (): Promise<boolean> {
-  const { hostname, port } = new URL(REDIS_URL)
-  return new Promise((resolve) => {
-    const socket = createConnection({ host: hostname, port: Number(port || 6379), timeout: 1000 })
-    socket.once('connect', () => { socket.destroy(); resolve(true) })
-    socket.once('error', () => resolve(false))
-    socket.once('timeout', () => { socket.destroy(); resolve(false) })
-  })
-}
 
 const skip = !await postgresReachable()
   ? `PostgreSQL is not reachable at ${POSTGRES_URL} (.ci/run starts it)`

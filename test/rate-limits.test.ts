@@ -1,24 +1,12 @@
 import { randomBytes } from 'node:crypto'
-import { createConnection } from 'node:net'
 import t from 'tap'
 import type { App } from '../src/app.ts'
 import { TEST_PASSWORD, bearer, build, signup, uniqueEmail } from './helper.ts'
-
-const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+import { REDIS_URL, redisReachable } from './services.ts'
 
 const login = (app: App, email: string, password: string, remoteAddress = '127.0.0.1') =>
   app.inject({ method: 'POST', url: '/auth/login', payload: { email, password }, remoteAddress })
 const randomIp = () => `10.${[...randomBytes(3)].join('.')}`
-
-function redisReachable (): Promise<boolean> {
-  const { hostname, port } = new URL(REDIS_URL)
-  return new Promise((resolve) => {
-    const socket = createConnection({ host: hostname, port: Number(port || 6379), timeout: 1000 })
-    socket.once('connect', () => { socket.destroy(); resolve(true) })
-    socket.once('error', () => resolve(false))
-    socket.once('timeout', () => { socket.destroy(); resolve(false) })
-  })
-}
 
 t.test('per account: past the limit every sign-in answers 429, right password or not', async (t) => {
   const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '3' })
