@@ -1,3 +1,4 @@
+import { hash } from '@node-rs/argon2'
 import argon2 from 'argon2'
 import t from 'tap'
 import { HASH_OPTIONS, hashPassword, needsRehash, passwordProblem, verifyPassword } from '../src/auth/passwords.ts'
@@ -5,11 +6,19 @@ import { TEST_PASSWORD, build, dbGet, uniqueEmail } from './helper.ts'
 
 t.test('needsRehash upgrades weaker hashes and leaves stronger ones alone', async (t) => {
   t.equal(needsRehash(await hashPassword('a password')), false, 'current parameters')
-  t.equal(needsRehash(await argon2.hash('a password', { ...HASH_OPTIONS, memoryCost: 65536, timeCost: 3 })), false, 'stronger')
-  t.equal(needsRehash(await argon2.hash('a password', { ...HASH_OPTIONS, memoryCost: 8192 })), true, 'less memory')
-  t.equal(needsRehash(await argon2.hash('a password', { ...HASH_OPTIONS, timeCost: 1 })), true, 'fewer passes')
-  t.equal(needsRehash(await argon2.hash('a password', { ...HASH_OPTIONS, type: argon2.argon2i })), true, 'argon2i')
+  t.equal(needsRehash(await hash('a password', { ...HASH_OPTIONS, memoryCost: 65536, timeCost: 3 })), false, 'stronger')
+  t.equal(needsRehash(await hash('a password', { ...HASH_OPTIONS, memoryCost: 8192 })), true, 'less memory')
+  t.equal(needsRehash(await hash('a password', { ...HASH_OPTIONS, timeCost: 1 })), true, 'fewer passes')
+  t.equal(needsRehash(await hash('a password', { ...HASH_OPTIONS, algorithm: 1 })), true, 'argon2i')
   t.equal(needsRehash('$2b$10$abcdefghijklmnopqrstuv'), true, 'not argon2 at all')
+})
+
+t.test('hashes made by the argon2 package (the earlier hasher) keep verifying, and vice versa', async (t) => {
+  const earlier = await argon2.hash('a password', { type: argon2.argon2id, memoryCost: 19_456, timeCost: 2, parallelism: 1 })
+  t.equal(await verifyPassword(earlier, 'a password'), true)
+  t.equal(await verifyPassword(earlier, 'another password'), false)
+  t.equal(needsRehash(earlier), false, 'same parameters: no rehash needed')
+  t.equal(await argon2.verify(await hashPassword('a password'), 'a password'), true)
 })
 
 t.test('verifyPassword fails closed on a malformed hash', async (t) => {
@@ -26,7 +35,7 @@ t.test('password policy', async (t) => {
 t.test('a login upgrades an outdated hash and keeps the password working', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()
-  const weak = await argon2.hash(TEST_PASSWORD, { ...HASH_OPTIONS, memoryCost: 4096, timeCost: 1 })
+  const weak = await hash(TEST_PASSWORD, { ...HASH_OPTIONS, memoryCost: 4096, timeCost: 1 })
   await app.usersRepository.create({ email, passwordHash: weak, roles: ['user'] })
   const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
   t.equal(login.statusCode, 200)

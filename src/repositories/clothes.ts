@@ -13,9 +13,12 @@ export interface ClothingFields {
 }
 
 export function createClothingRepository ({ db, tables: { clothes } }: Database) {
+  // Built and prepared once, not per request.
+  const catalogue = db.select().from(clothes).orderBy(asc(clothes.name), asc(clothes.id)).prepare('clothes_all')
+
   return {
     async list (): Promise<Clothing[]> {
-      return db.select().from(clothes).orderBy(asc(clothes.name), asc(clothes.id))
+      return catalogue.execute()
     },
 
     async create (fields: ClothingFields): Promise<Clothing> {

@@ -1,4 +1,4 @@
-import { and, desc, eq, gt, isNotNull, isNull, lt, ne, or, type SQL } from 'drizzle-orm'
+import { and, desc, eq, gt, isNotNull, isNull, lt, ne, or, sql, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
@@ -28,6 +28,9 @@ const plus = (at: Date, seconds: number) => new Date(at.getTime() + seconds * 10
 const REVOKED_RETENTION_SECONDS = 86_400
 
 export function createSessionRepository ({ db, tables: { sessions, refreshTokens }, dialect }: Database) {
+  // Read on every account request: built and prepared once, not per call.
+  const byId = db.select().from(sessions).where(eq(sessions.id, sql.placeholder('id'))).prepare('sessions_by_id')
+
   async function insertRefreshToken (tx: Db, sessionId: string, parentId: string | null, { now, ttl }: SessionTimes): Promise<string> {
     const token = newRefreshToken()
     await tx.insert(refreshTokens).values({
@@ -113,9 +116,8 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
 
     /** The session if it is neither revoked nor expired. */
     async findActive (sessionId: string, now: Date): Promise<Session | undefined> {
-      const [session] = await db.select().from(sessions)
-        .where(and(eq(sessions.id, sessionId), isNull(sessions.revokedAt), gt(sessions.expiresAt, now)))
-      return session
+      const [session] = await byId.execute({ id: sessionId })
+      return session && !session.revokedAt && session.expiresAt > now ? session : undefined
     },
 
     async listActive (userId: string, now: Date): Promise<Session[]> {

@@ -1,4 +1,4 @@
-import { and, asc, eq, gt, isNull, ne, or, type SQL } from 'drizzle-orm'
+import { and, asc, eq, gt, isNull, ne, or, sql, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
@@ -46,6 +46,9 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
   }
   const isEnabledAdmin = and(eq(users.disabled, false), dialect.hasRole(users.roles, 'admin'))!
 
+  // Read on every account request: built and prepared once, not per call.
+  const byId = db.select(publicColumns).from(users).where(eq(users.id, sql.placeholder('id'))).prepare('users_by_id')
+
   const otherEnabledAdminExists = async (tx: Db, exceptId: string) =>
     (await tx.select({ id: users.id }).from(users).where(and(isEnabledAdmin, ne(users.id, exceptId))).limit(1)).length > 0
 
@@ -71,7 +74,7 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
     },
 
     async findById (id: string): Promise<User | undefined> {
-      const [user] = await db.select(publicColumns).from(users).where(eq(users.id, id))
+      const [user] = await byId.execute({ id })
       return user
     },
 

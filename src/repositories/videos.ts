@@ -13,9 +13,15 @@ export interface VideoFields {
 }
 
 export function createVideoRepository ({ db, tables: { videos }, dialect }: Database) {
+  // The two lists, built and prepared once, not per request.
+  const listed = (memberOnly: boolean) => db.select().from(videos)
+    .where(eq(videos.isMemberOnly, memberOnly)).orderBy(desc(videos.createdAt))
+    .prepare(memberOnly ? 'videos_member_only' : 'videos_free')
+  const lists = { free: listed(false), memberOnly: listed(true) }
+
   return {
     async list (memberOnly: boolean): Promise<Video[]> {
-      return db.select().from(videos).where(eq(videos.isMemberOnly, memberOnly)).orderBy(desc(videos.createdAt))
+      return (memberOnly ? lists.memberOnly : lists.free).execute()
     },
 
     /** The new video, or null when the owner no longer exists (a token outliving its user). */

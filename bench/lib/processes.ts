@@ -1,0 +1,151 @@
+// Child processes of the bench: the servers under test, how much CPU they spend and how much
+// memory they hold, read from /proc so nothing inside the measured process has to cooperate.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+export const ROOT = new URL('../../', import.meta.url).pathname.replace(/\/$/, '')
+
+/** Clock ticks per second of /proc/<pid>/stat (utime, stime). */
+export const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
+  } catch {
+    return 100
+  }
+})()
+
+/** User + system CPU time of a process (all its threads), in microseconds. */
+export function cpuMicros (pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  // The command name may contain spaces and parentheses: fields are counted after the last ')'.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  // Fields 14 (utime) and 15 (stime) of proc(5); this slice starts at field 3.
+  return (Number(fields[11]) + Number(fields[12])) * 1e6 / CLK_TCK
+}
+
+function statusField (pid: number, name: string): number {
+  try {
+    const match = new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return match ? Number(match[1]) * 1024 : 0
+  } catch {
+    return 0
+  }
+}
+
+/** Resident set size now, in bytes. */
+export const rssBytes = (pid: number) => statusField(pid, 'VmRSS')
+/** Peak resident set size since the process started, in bytes. */
+export const peakRssBytes = (pid: number) => statusField(pid, 'VmHWM')
+
+/** A free loopback port (the tiny race until the child binds it is acceptable here). */
+export async function freePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.unref()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port')))
+    })
+  })
+}
+
+export interface Server {
+  name: string
+  pid: number
+  port: number
+  url: string
+  stop (): Promise<void>
+}
+
+const children = new Set<ChildProcess>()
+
+/** Whatever happens to the runner, no server it started outlives it. */
+function killAll () {
+  for (const child of children) {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  }
+}
+process.once('exit', killAll)
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    killAll()
+    process.exit(130)
+  })
+}
+
+export interface StartOptions {
+  name: string
+  /** Script path relative to the repository root, run with `node --import tsx` (or plain node for .mjs). */
+  script: string
+  env: Record<string, string>
+  /** GET path that answers 2xx once the server is ready. */
+  readyPath: string
+  nodeArgs?: string[]
+}
+
+export async function startServer ({ name, script, env, readyPath, nodeArgs = [] }: StartOptions): Promise<Server> {
+  const port = await freePort()
+  const loader = script.endsWith('.mjs') ? [] : ['--import', 'tsx']
+  const child = spawn(process.execPath, [...nodeArgs, ...loader, script], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env, PORT: String(port), HOST: '127.0.0.1' },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  children.add(child)
+  let output = ''
+  const keep = (chunk: Buffer) => { output = (output + chunk.toString()).slice(-8000) }
+  child.stdout!.on('data', keep)
+  child.stderr!.on('data', keep)
+  const exited = new Promise<void>((resolve) => child.once('exit', () => { children.delete(child); resolve() }))
+
+  const url = `http://127.0.0.1:${port}`
+  const deadline = Date.now() + 60_000
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`${name} exited during start-up (code ${child.exitCode}):\n${output}`)
+    try {
+      const response = await fetch(url + readyPath, { signal: AbortSignal.timeout(1000) })
+      await response.arrayBuffer()
+      if (response.ok) break
+    } catch {}
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL')
+      throw new Error(`${name} did not answer ${readyPath} within 60 s:\n${output}`)
+    }
+    await sleep(100)
+  }
+
+  return {
+    name,
+    pid: child.pid!,
+    port,
+    url,
+    async stop () {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      child.kill('SIGTERM')
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
+      await exited
+      clearTimeout(timer)
+      if (output.trim() !== '' && process.env.BENCH_VERBOSE) console.error(`[${name}] ${output.trim()}`)
+    }
+  }
+}
+
+/**
+ * Waits until none of the processes spends CPU (leftover work from the previous target, e.g.
+ * queued argon2 verifies, must not be billed to the next one). Gives up after `maxMs`.
+ */
+export async function waitIdle (pids: number[], maxMs = 5000): Promise<void> {
+  const deadline = Date.now() + maxMs
+  let quiet = 0
+  let last = pids.map(cpuMicros)
+  while (Date.now() < deadline && quiet < 2) {
+    await sleep(100)
+    const now = pids.map(cpuMicros)
+    // Under 5 % of a core over 100 ms counts as idle (the tick is 10 ms).
+    quiet = now.every((value, index) => value - last[index]! <= 10_000) ? quiet + 1 : 0
+    last = now
+  }
+}

@@ -1,0 +1,121 @@
+// The usual stack, in its fair configuration: Express 5 + jsonwebtoken with the secret as a
+// prebuilt KeyObject (a string secret makes jsonwebtoken build a key on every call), chosen by
+// `kid`. It makes the same checks as Gatehouse: HS256 only, typ at+jwt, issuer, audience, 10 s
+// clock tolerance, every required claim with its type, canonical JSON; and the same reads.
+import Database from 'better-sqlite3'
+import express, { type NextFunction, type Request, type Response } from 'express'
+import jwt, { type GetPublicKeyOrSecret, type Jwt } from 'jsonwebtoken'
+import { createSecretKey, type KeyObject } from 'node:crypto'
+import { hasPermission } from '../../src/auth/permissions.ts'
+import {
+  ACCESS_TOKEN_ALG,
+  ACCESS_TOKEN_TYP,
+  CLOCK_TOLERANCE_SECONDS,
+  MAX_ACCESS_TOKEN_LENGTH,
+  REQUIRED_CLAIMS,
+  hasCanonicalJson,
+  kidFor,
+  readAccessClaims,
+  type AuthenticatedUser
+} from '../../src/auth/tokens.ts'
+
+const env = (name: string, fallback?: string): string => {
+  const value = process.env[name] ?? fallback
+  if (value === undefined) throw new Error(`${name} is required`)
+  return value
+}
+
+const issuer = env('JWT_ISSUER', 'gatehouse')
+const audience = env('JWT_AUDIENCE', 'gatehouse')
+const secrets = [env('JWT_SECRET'), ...env('JWT_PREVIOUS_SECRETS', '').split(',').filter(Boolean)]
+const keysByKid = new Map<string, KeyObject>(secrets.map((secret) => [kidFor(secret), createSecretKey(Buffer.from(secret))]))
+
+const sqlite = new Database(env('DATABASE_PATH'), { readonly: true, fileMustExist: true })
+sqlite.pragma('busy_timeout = 5000')
+const memberVideos = sqlite.prepare(
+  'select id, user_id, title, author, url, is_member_only, created_at, updated_at from videos where is_member_only = 1 order by created_at desc'
+)
+const userById = sqlite.prepare('select id, email, name, roles, disabled, created_at, updated_at from users where id = ?')
+const activeSession = sqlite.prepare('select id, user_id from sessions where id = ? and revoked_at is null and expires_at > ?')
+
+interface VideoRow { id: string, user_id: string | null, title: string, author: string, url: string, is_member_only: number, created_at: number, updated_at: number }
+interface UserRow { id: string, email: string, name: string | null, roles: string, disabled: number, created_at: number, updated_at: number }
+
+const getKey: GetPublicKeyOrSecret = (header, callback) => {
+  const key = header.typ === ACCESS_TOKEN_TYP && typeof header.kid === 'string' ? keysByKid.get(header.kid) : undefined
+  if (key) callback(null, key)
+  else callback(new Error('unknown key'))
+}
+
+const refuse = (response: Response, status: number, code: string) =>
+  response.status(status).set('www-authenticate', 'Bearer realm="gatehouse"').json({ statusCode: status, error: 'Unauthorized', message: code, code })
+
+declare module 'express-serve-static-core' {
+  interface Request { user?: AuthenticatedUser }
+}
+
+function authenticate (request: Request, response: Response, next: NextFunction) {
+  const [scheme, token, extra] = (request.headers.authorization ?? '').trim().split(/\s+/)
+  if (scheme?.toLowerCase() !== 'bearer' || !token || extra !== undefined) return refuse(response, 401, 'missing_token')
+  if (token.length > MAX_ACCESS_TOKEN_LENGTH) return refuse(response, 401, 'invalid_token')
+  jwt.verify(token, getKey, {
+    algorithms: [ACCESS_TOKEN_ALG],
+    issuer,
+    audience,
+    clockTolerance: CLOCK_TOLERANCE_SECONDS,
+    complete: true
+  }, (error, decoded) => {
+    if (error || !decoded) return refuse(response, 401, error?.name === 'TokenExpiredError' ? 'token_expired' : 'invalid_token')
+    const payload = (decoded as Jwt).payload as Record<string, unknown>
+    const user = REQUIRED_CLAIMS.every((claim) => payload[claim] !== undefined)
+      ? readAccessClaims(payload, Math.floor(Date.now() / 1000))
+      : undefined
+    if (!user || !hasCanonicalJson(token)) return refuse(response, 401, 'invalid_token')
+    request.user = user
+    next()
+  })
+}
+
+const app = express()
+app.disable('x-powered-by')
+app.disable('etag')
+
+app.get('/health', (_request, response) => { response.json({ status: 'ok' }) })
+
+app.get('/videos/member', authenticate, (request, response) => {
+  if (!hasPermission(request.user!.roles, 'videos:watch-member')) {
+    response.status(403).json({ statusCode: 403, error: 'Forbidden', message: 'forbidden', code: 'forbidden' })
+    return
+  }
+  const rows = memberVideos.all() as VideoRow[]
+  response.json(rows.map((video) => ({
+    id: video.id,
+    title: video.title,
+    author: video.author,
+    url: video.url,
+    is_member_only: video.is_member_only === 1,
+    user_id: video.user_id,
+    created_at: new Date(video.created_at).toISOString(),
+    updated_at: new Date(video.updated_at).toISOString()
+  })))
+})
+
+app.get('/auth/me', authenticate, (request, response) => {
+  const user = userById.get(request.user!.id) as UserRow | undefined
+  const session = activeSession.get(request.user!.sid, Date.now()) as { id: string, user_id: string } | undefined
+  if (!user || user.disabled || !session || session.user_id !== user.id) return refuse(response, 401, 'invalid_token')
+  response.set('cache-control', 'no-store').json({
+    id: user.id,
+    email: user.email,
+    name: user.name,
+    roles: JSON.parse(user.roles) as string[],
+    created_at: new Date(user.created_at).toISOString(),
+    updated_at: new Date(user.updated_at).toISOString()
+  })
+})
+
+const server = app.listen(Number(env('PORT')), '127.0.0.1')
+process.once('SIGTERM', () => {
+  server.close(() => process.exit(0))
+  server.closeAllConnections()
+})

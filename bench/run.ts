@@ -1,0 +1,617 @@
+// npm run bench: Gatehouse beside bare Fastify and an Express 5 + jsonwebtoken peer, driven by
+// autocannon over loopback in interleaved rounds; prints the table and the issue's ratios and
+// writes BENCHMARKS.md. See `npm run bench -- --help`.
+import type autocannon from 'autocannon'
+import { build } from 'esbuild'
+import { randomBytes, randomInt } from 'node:crypto'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
+import { loadavg, tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { parseArgs } from 'node:util'
+import { HASHERS, compatibility, hashWith, hasherInUse, measureVerify, type Compatibility, type HasherName, type HasherRound } from './lib/hasher.ts'
+import { inBatches, measure, openLoop, postJson, type Measurement, type Target } from './lib/load.ts'
+import { ROOT, peakRssBytes, rssBytes, startServer, waitIdle, type Server } from './lib/processes.ts'
+import {
+  HASHER_HEADERS, RATIO_HEADERS, ROW_HEADERS, compatibilityLines, hasherCells, machine, markdownTable, median, ms,
+  ratioCells, rowCells, spread, summarise, textTable, verdict, versions, type Machine, type Ratio, type Row
+} from './lib/report.ts'
+import { BENCH_PASSWORD, emailOf, prepareDatabase } from './lib/seed.ts'
+
+const HELP = `npm run bench [-- options]
+
+  (no option)        full run: 100,000 users, 3 interleaved rounds of 5 s per target; writes BENCHMARKS.md
+  --quick            CI smoke run: 1,000 users, 1 round of 1 s; prints only (add --write to write BENCHMARKS.md)
+  --users N          scale mode: GET /auth/me and POST /auth/login with N users against ${'10,000'}
+                     (with --quick or --suite: the user count of that run instead)
+  --suite            run the full suite even with --users
+  --rounds R, --duration S, --connections C, --targets id,id   override the defaults
+  --profile          run the app with --cpu-prof; the profile lands in bench/profiles/
+  --compiled         run the app from an esbuild bundle of src/server.ts with plain node, not tsx
+  --app-env K=V      extra environment for the app (repeatable), e.g. --app-env MALLOC_ARENA_MAX=2
+  --write / --no-write
+`
+
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    suite: { type: 'boolean', default: false },
+    users: { type: 'string' },
+    baseline: { type: 'string', default: '10000' },
+    rounds: { type: 'string' },
+    duration: { type: 'string' },
+    connections: { type: 'string', default: '50' },
+    targets: { type: 'string' },
+    profile: { type: 'boolean', default: false },
+    compiled: { type: 'boolean', default: false },
+    'app-env': { type: 'string', multiple: true, default: [] },
+    write: { type: 'boolean' },
+    'no-write': { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false }
+  }
+})
+if (args.help) {
+  console.log(HELP)
+  process.exit(0)
+}
+
+const count = (text: string | undefined, fallback: number) => {
+  if (text === undefined) return fallback
+  const value = Number(text.replace(/[_,]/g, ''))
+  if (!(value > 0)) throw new Error(`not a positive number: ${text}`)
+  return value
+}
+
+const quick = args.quick
+const scaleMode = args.users !== undefined && !quick && !args.suite
+const settings = {
+  users: count(args.users, quick ? 1_000 : 100_000),
+  rounds: count(args.rounds, quick ? 1 : 3),
+  // autocannon stops on its one-second tick: whole seconds only.
+  seconds: Math.max(1, Math.round(count(args.duration, quick ? 1 : 5))),
+  warmupSeconds: quick ? 0 : 1,
+  /** Distinct signed-in users whose access tokens the guarded routes cycle through. */
+  tokenUsers: quick ? 10 : 50,
+  hasherSeconds: quick ? 0.5 : 2,
+  connections: count(args.connections, 50),
+  stormLoginsPerSecond: 20
+}
+const write = args['no-write'] ? false : args.write ?? !quick
+const RESULTS = join(ROOT, 'bench/results')
+const PROFILES = join(ROOT, 'bench/profiles')
+const begun = performance.now()
+const say = (line: string) => process.stderr.write(`[${((performance.now() - begun) / 1000).toFixed(1).padStart(5)} s] ${line}\n`)
+
+/** Gatehouse has no guarded route without a database read: this one reads no per-user row. */
+const STATELESS_ROUTE = '/videos/member'
+const STATELESS_NOTE = 'Gatehouse has no purely stateless guarded route: GET /videos/member (authenticate + ' +
+  'requirePermission, no per-user read) is the closest; it also runs one small list query (2 member-only videos).'
+
+interface Session { access: string, refresh: string }
+
+interface App {
+  server: Server
+  users: number
+  /** Access tokens of `tokenUsers` distinct users, for the guarded routes. */
+  sessions: Session[]
+  /** Refresh tokens never presented yet, newest last (from logins). */
+  freshRefresh: string[]
+  loginBody (): { email: string, password: string }
+}
+
+const appEnv = (databaseUrl: string, secret: string): Record<string, string> => ({
+  NODE_ENV: 'production',
+  LOG_LEVEL: 'warn',
+  JWT_SECRET: secret,
+  DATABASE_URL: databaseUrl,
+  ACCESS_TOKEN_TTL: '2h',
+  RATE_LIMIT_IP_MAX: '1000000',
+  RATE_LIMIT_ACCOUNT_MAX: '1000000',
+  ...Object.fromEntries(args['app-env'].map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]))
+})
+
+async function login (app: { server: Server }, index: number): Promise<Session> {
+  const { status, body } = await postJson(app.server.url, '/auth/login', { email: emailOf(index), password: BENCH_PASSWORD })
+  if (status !== 200) throw new Error(`login of ${emailOf(index)} answered ${status}: ${JSON.stringify(body)}`)
+  const { access_token: access, refresh_token: refresh } = body as { access_token: string, refresh_token: string }
+  return { access, refresh }
+}
+
+/** `n` distinct user indexes spread over the whole table. */
+function distinctUsers (n: number, users: number): number[] {
+  const picked = new Set<number>()
+  while (picked.size < Math.min(n, users)) picked.add(randomInt(users))
+  return [...picked]
+}
+
+async function startApp (name: string, databaseUrl: string, users: number, secret: string): Promise<App> {
+  const server = await startServer({
+    name,
+    script: args.compiled ? await compiledServer(dirname(databaseUrl.slice('file:'.length))) : 'src/server.ts',
+    env: appEnv(databaseUrl, secret),
+    readyPath: '/health',
+    nodeArgs: args.profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILES}`] : []
+  })
+  const app: App = {
+    server,
+    users,
+    sessions: [],
+    freshRefresh: [],
+    loginBody: () => ({ email: emailOf(randomInt(users)), password: BENCH_PASSWORD })
+  }
+  app.sessions = await inBatches(distinctUsers(settings.tokenUsers, users), 4, (index) => login(app, index))
+  return app
+}
+
+function removeWork (dir: string) {
+  if (existsSync(join(dir, 'node_modules'))) unlinkSync(join(dir, 'node_modules'))
+  rmSync(dir, { recursive: true, force: true })
+}
+
+let compiled: Promise<string> | undefined
+/**
+ * src/server.ts bundled once into the run's temporary folder (node_modules stay external). The
+ * modules that resolve files from import.meta.url all sit two levels below the root (src/db,
+ * src/plugins), so that is where the bundle says it is.
+ */
+function compiledServer (dir: string): Promise<string> {
+  const outfile = join(dir, 'server.mjs')
+  // The bundle's imports of packages resolve through this link (removed before the folder is).
+  if (!existsSync(join(dir, 'node_modules'))) symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir')
+  compiled ??= build({
+    entryPoints: [join(ROOT, 'src/server.ts')],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    packages: 'external',
+    outfile,
+    define: { 'import.meta.url': JSON.stringify(pathToFileURL(join(ROOT, 'src/db/index.ts')).href) },
+    logLevel: 'warning'
+  }).then(() => outfile)
+  return compiled
+}
+
+const bearerRequests = (app: App, path: string): autocannon.Request[] =>
+  app.sessions.map(({ access }) => ({ method: 'GET', path, headers: { authorization: `Bearer ${access}` } }))
+
+const collectRefresh = (app: App) => (body: unknown) => {
+  const token = (body as { refresh_token?: unknown }).refresh_token
+  if (typeof token === 'string') app.freshRefresh.push(token)
+  if (app.freshRefresh.length > 2000) app.freshRefresh.splice(0, 1000)
+}
+
+function loginTarget (id: string, label: string, app: App, connections?: number): Target {
+  const onOk = collectRefresh(app)
+  return {
+    id,
+    label,
+    server: app.server,
+    ...(connections ? { connections } : {}),
+    requests: () => [{
+      method: 'POST',
+      path: '/auth/login',
+      headers: { 'content-type': 'application/json' },
+      setupRequest: (request) => ({ ...request, body: JSON.stringify(app.loginBody()) }),
+      onResponse: (status, body) => { if (status === 200) onOk(JSON.parse(body)) }
+    }]
+  }
+}
+
+/**
+ * Each refresh uses up its token and answers the next: every connection takes an unused token
+ * from the chain and puts back the one it gets. A round starts from tokens that logins issued
+ * and nobody presented; what is left at its end is thrown away (an answer may have been lost).
+ */
+function refreshTarget (app: App): Target {
+  return {
+    id: 'refresh',
+    label: 'Gatehouse POST /auth/refresh',
+    server: app.server,
+    requests: async () => {
+      const needed = settings.connections + 5
+      if (app.freshRefresh.length < needed) {
+        const more = await inBatches(distinctUsers(needed - app.freshRefresh.length, app.users), 4, (index) => login(app, index))
+        app.freshRefresh.push(...more.map((session) => session.refresh))
+      }
+      const chain = app.freshRefresh.splice(-needed)
+      return [{
+        method: 'POST',
+        path: '/auth/refresh',
+        headers: { 'content-type': 'application/json' },
+        setupRequest: (request) => ({ ...request, body: JSON.stringify({ refresh_token: chain.shift() ?? 'chain-exhausted' }) }),
+        onResponse: (status, body) => {
+          if (status === 200) chain.push((JSON.parse(body) as { refresh_token: string }).refresh_token)
+        }
+      }]
+    }
+  }
+}
+
+async function runRounds (targets: Target[], pids: number[], onRoundEnd?: (round: number) => Promise<void>): Promise<Measurement[]> {
+  const measurements: Measurement[] = []
+  if (settings.warmupSeconds > 0) say(`warm-up: ${settings.warmupSeconds} s per target`)
+  for (const target of settings.warmupSeconds > 0 ? targets : []) {
+    await waitIdle(pids)
+    const warm = await measure(target, 0, settings.warmupSeconds, settings.connections)
+    say(`warm-up    ${target.label.padEnd(44)} ${Math.round(warm.rps).toString().padStart(6)} req/s`)
+  }
+  for (let round = 1; round <= settings.rounds; round++) {
+    for (const target of targets) {
+      await waitIdle(pids)
+      const result = await measure(target, round, settings.seconds, settings.connections)
+      measurements.push(result)
+      const bad = result.non2xx + result.errors
+      say(`round ${round}/${settings.rounds}  ${target.label.padEnd(44)} ${Math.round(result.rps).toString().padStart(6)} req/s  p99 ${ms(result.p99)} ms` +
+        `  ${Math.round(result.cpuUs)} µs/req${bad ? `  (${bad} non-2xx/errors)` : ''}`)
+    }
+    await onRoundEnd?.(round)
+  }
+  return measurements
+}
+
+interface SuiteResult {
+  kind: 'suite'
+  quick: boolean
+  date: string
+  machine: Machine
+  versions: Record<string, string>
+  settings: typeof settings
+  hasherInUse: HasherName
+  /** How the app ran: `node --import tsx src/server.ts` or an esbuild bundle with plain node. */
+  appRuntime: 'tsx' | 'compiled'
+  appEnv: string[]
+  statelessRoute: string
+  rows: Row[]
+  ratios: Ratio[]
+  hashers: HasherRound[]
+  compatibility: Compatibility
+  rss: { idleAfterStartMiB: number, peakUnderLoadMiB: number, hwmMiB: number }
+  storm: Record<string, number>
+  measurements: Measurement[]
+  seedSeconds: number
+  /** 1-minute load average of the machine when the run started and ended (others share it). */
+  load: { start: number, end: number }
+}
+
+interface ScaleResult {
+  kind: 'scale'
+  date: string
+  machine: Machine
+  settings: typeof settings & { baseline: number }
+  rows: Row[]
+  checks: Array<{ name: string, baseline: number, large: number, change: number, noise: number, within: boolean }>
+  met: boolean
+  rssPeakMiB: Record<string, number>
+}
+
+const MiB = (bytes: number) => Math.round(bytes / 2 ** 20 * 10) / 10
+
+/** Median over rounds of a per-round ratio between two targets (paired: same round, same conditions). */
+function pairedRatio (measurements: Measurement[], numerator: string, denominator: string, field: 'rps' | 'p99'): number {
+  const values: number[] = []
+  for (const m of measurements.filter((x) => x.id === numerator)) {
+    const other = measurements.find((x) => x.id === denominator && x.round === m.round)
+    if (other) values.push(m[field] / other[field])
+  }
+  return median(values)
+}
+
+async function runSuite (): Promise<SuiteResult> {
+  const started = performance.now()
+  const loadAtStart = loadavg()[0]!
+  const work = mkdtempSync(join(tmpdir(), 'gatehouse-bench-'))
+  const servers: Server[] = []
+  try {
+    const inUse = hasherInUse()
+    say(`hashing the bench password with ${inUse} (argon2id m=19456 t=2 p=1)`)
+    const passwordHash = await hashWith(inUse, BENCH_PASSWORD)
+    const compat = await compatibility(BENCH_PASSWORD)
+    say(`seeding ${settings.users.toLocaleString('en-US')} users`)
+    const database = await prepareDatabase(work, 'gatehouse', settings.users, passwordHash)
+    say(`seeded in ${database.seedSeconds.toFixed(1)} s; starting Gatehouse, bare Fastify and the Express peer`)
+    const secret = randomBytes(48).toString('base64url')
+    const [app, bare, express] = await Promise.all([
+      startApp('gatehouse', database.url, settings.users, secret),
+      startServer({ name: 'bare-fastify', script: 'bench/peers/bare-fastify.ts', env: { NODE_ENV: 'production' }, readyPath: '/' }),
+      startServer({
+        name: 'express-jsonwebtoken',
+        script: 'bench/peers/express-jsonwebtoken.ts',
+        env: { NODE_ENV: 'production', JWT_SECRET: secret, DATABASE_PATH: database.path },
+        readyPath: '/health'
+      })
+    ])
+    servers.push(app.server, bare, express)
+    await waitIdle([app.server.pid])
+    const idleRss = rssBytes(app.server.pid)
+
+    const storm: Record<string, number>[] = []
+    const onLogin = collectRefresh(app)
+    const all: Target[] = [
+      { id: 'bare', label: 'bare Fastify GET /', server: bare, requests: () => [{ method: 'GET', path: '/' }] },
+      { id: 'guarded', label: `Gatehouse GET ${STATELESS_ROUTE} (guarded)`, server: app.server, requests: () => bearerRequests(app, STATELESS_ROUTE) },
+      { id: 'express-guarded', label: `Express+jsonwebtoken GET ${STATELESS_ROUTE}`, server: express, requests: () => bearerRequests(app, STATELESS_ROUTE) },
+      { id: 'me', label: 'Gatehouse GET /auth/me', server: app.server, requests: () => bearerRequests(app, '/auth/me') },
+      { id: 'express-me', label: 'Express+jsonwebtoken GET /auth/me', server: express, requests: () => bearerRequests(app, '/auth/me') },
+      { id: 'clothes', label: 'Gatehouse GET /clothes', server: app.server, requests: () => bearerRequests(app, '/clothes') },
+      loginTarget('login', 'Gatehouse POST /auth/login', app),
+      refreshTarget(app),
+      {
+        id: 'storm',
+        label: `Gatehouse GET ${STATELESS_ROUTE} + ${settings.stormLoginsPerSecond} logins/s`,
+        server: app.server,
+        requests: () => bearerRequests(app, STATELESS_ROUTE),
+        background: () => {
+          const loop = openLoop(app.server.url, '/auth/login', settings.stormLoginsPerSecond, app.loginBody, onLogin)
+          return {
+            async stop () {
+              const result = await loop.stop()
+              storm.push(result)
+              return result
+            }
+          }
+        }
+      }
+    ]
+    const wanted = args.targets?.split(',').map((id) => id.trim())
+    const targets = wanted ? all.filter((target) => wanted.includes(target.id)) : all
+    const pids = servers.map((server) => server.pid)
+
+    const hashers: HasherRound[] = []
+    const measurements = await runRounds(targets, pids, async (round) => {
+      // The hashers' rounds, interleaved with the HTTP ones, while every server is idle.
+      await waitIdle(pids)
+      for (const hasher of HASHERS) {
+        const result = await measureVerify(hasher, passwordHash, BENCH_PASSWORD, settings.hasherSeconds, 4, quick ? 1 : 3)
+        hashers.push(result)
+        say(`round ${round}/${settings.rounds}  raw verify ${hasher.padEnd(31)} ${result.perSecond.toFixed(1).padStart(6)} /s     alone ${ms(result.singleMs)} ms`)
+      }
+    })
+    const hwm = peakRssBytes(app.server.pid)
+
+    const labels = new Map(targets.map((target) => [target.id, target.label]))
+    const rows = summarise(measurements, labels)
+    const row = (id: string) => rows.find((r) => r.id === id)
+    const hasherRate = (name: HasherName) => median(hashers.filter((h) => h.hasher === name).map((h) => h.perSecond))
+    const appIds = new Set(['guarded', 'me', 'clothes', 'login', 'refresh', 'storm'])
+    const peakUnderLoad = Math.max(0, ...measurements.filter((m) => appIds.has(m.id)).map((m) => m.rssMaxBytes))
+
+    const ratios: Ratio[] = []
+    const add = (name: string, value: number, target: string, met: boolean, note?: string) => {
+      if (Number.isFinite(value)) ratios.push({ name, value, target, met, ...(note ? { note } : {}) })
+    }
+    const guardedVsBare = pairedRatio(measurements, 'guarded', 'bare', 'rps')
+    add('guarded route vs bare Fastify, throughput', guardedVsBare, '≥ 0.80×', guardedVsBare >= 0.8, `GET ${STATELESS_ROUTE}`)
+    const p99VsBare = pairedRatio(measurements, 'guarded', 'bare', 'p99')
+    add('guarded route vs bare Fastify, p99', p99VsBare, '≤ 2.00×', p99VsBare <= 2,
+      `${ms(row('guarded')?.p99 ?? NaN)} vs ${ms(row('bare')?.p99 ?? NaN)} ms`)
+    const meVsBare = pairedRatio(measurements, 'me', 'bare', 'rps')
+    add('GET /auth/me vs bare Fastify', meVsBare, '≥ 0.60×', meVsBare >= 0.6)
+    const guardedVsExpress = pairedRatio(measurements, 'guarded', 'express-guarded', 'rps')
+    add(`Gatehouse vs Express peer, GET ${STATELESS_ROUTE}`, guardedVsExpress, '≥ 4.00×', guardedVsExpress >= 4)
+    const meVsExpress = pairedRatio(measurements, 'me', 'express-me', 'rps')
+    add('Gatehouse vs Express peer, GET /auth/me', meVsExpress, '≥ 4.00×', meVsExpress >= 4)
+    const loginRps = row('login')?.rps ?? NaN
+    const loginVsHasher = loginRps / hasherRate(inUse)
+    add(`POST /auth/login vs raw verify of ${inUse} (in use)`, loginVsHasher, '≥ 0.90×', loginVsHasher >= 0.9,
+      `${loginRps.toFixed(1)} vs ${hasherRate(inUse).toFixed(1)} /s`)
+    for (const other of HASHERS.filter((name) => name !== inUse)) {
+      const value = loginRps / hasherRate(other)
+      if (Number.isFinite(value)) ratios.push({ name: `POST /auth/login vs raw verify of ${other} (not in use)`, value, target: 'info', met: null, note: `${hasherRate(other).toFixed(1)} /s` })
+    }
+    const stormVsIdle = pairedRatio(measurements, 'storm', 'guarded', 'rps')
+    const stormP99 = pairedRatio(measurements, 'storm', 'guarded', 'p99')
+    add(`guarded route under ${settings.stormLoginsPerSecond} logins/s vs idle`, stormVsIdle, '≥ 0.75×', stormVsIdle >= 0.75,
+      `p99 ×${stormP99.toFixed(1)}; logins served ${median(storm.map((s) => s.perSecond ?? NaN)).toFixed(1)}/s`)
+    if (peakUnderLoad > 0) {
+      ratios.push({ name: 'Gatehouse RSS under load', value: MiB(peakUnderLoad), unit: 'MiB', target: '≤ 150 MB', met: peakUnderLoad <= 150e6, note: `idle ${MiB(idleRss)} MiB, VmHWM ${MiB(hwm)} MiB` })
+    }
+
+    return {
+      kind: 'suite',
+      quick,
+      date: new Date().toISOString(),
+      machine: machine(),
+      versions: versions(),
+      settings,
+      hasherInUse: inUse,
+      appRuntime: args.compiled ? 'compiled' : 'tsx',
+      appEnv: args['app-env'],
+      statelessRoute: STATELESS_ROUTE,
+      rows,
+      ratios,
+      hashers,
+      compatibility: compat,
+      rss: { idleAfterStartMiB: MiB(idleRss), peakUnderLoadMiB: MiB(peakUnderLoad), hwmMiB: MiB(hwm) },
+      storm: Object.fromEntries(Object.keys(storm[0] ?? {}).map((key) => [key, median(storm.map((s) => s[key]!))])),
+      measurements,
+      seedSeconds: database.seedSeconds,
+      load: { start: loadAtStart, end: loadavg()[0]! }
+    }
+  } finally {
+    await Promise.all(servers.map((server) => server.stop()))
+    removeWork(work)
+    say(`done in ${((performance.now() - started) / 1000).toFixed(0)} s`)
+  }
+}
+
+const SCALE_LOGIN_CONNECTIONS = 4
+
+async function runScale (): Promise<ScaleResult> {
+  const baseline = count(args.baseline, 10_000)
+  if (baseline === settings.users) throw new Error(`--users ${settings.users} is the scale mode's baseline: pick another count, or add --suite for the full suite with it`)
+  const work = mkdtempSync(join(tmpdir(), 'gatehouse-bench-'))
+  const servers: Server[] = []
+  try {
+    const inUse = hasherInUse()
+    const passwordHash = await hashWith(inUse, BENCH_PASSWORD)
+    const sizes = [baseline, settings.users]
+    const apps: App[] = []
+    for (const users of sizes) {
+      say(`seeding ${users.toLocaleString('en-US')} users`)
+      const database = await prepareDatabase(work, `users-${users}`, users, passwordHash)
+      say(`seeded in ${database.seedSeconds.toFixed(1)} s`)
+      const app = await startApp(`gatehouse-${users}`, database.url, users, randomBytes(48).toString('base64url'))
+      servers.push(app.server)
+      apps.push(app)
+    }
+    const name = (users: number) => users.toLocaleString('en-US')
+    const targets: Target[] = apps.flatMap((app) => [
+      { id: `me-${app.users}`, label: `GET /auth/me, ${name(app.users)} users`, server: app.server, requests: () => bearerRequests(app, '/auth/me') },
+      // Few connections: the latency of a login, not the length of the queue in front of it.
+      loginTarget(`login-${app.users}`, `POST /auth/login, ${name(app.users)} users (-c ${SCALE_LOGIN_CONNECTIONS})`, app, SCALE_LOGIN_CONNECTIONS)
+    ])
+    // me, me, login, login: each pair back to back.
+    targets.sort((a, b) => a.id.split('-')[0]!.localeCompare(b.id.split('-')[0]!) * -1)
+    const pids = servers.map((server) => server.pid)
+    const measurements = await runRounds(targets, pids)
+    const rows = summarise(measurements, new Map(targets.map((target) => [target.id, target.label])))
+    const checks: ScaleResult['checks'] = []
+    for (const route of ['me', 'login']) {
+      for (const field of ['p50', 'rps'] as const) {
+        const of = (users: number) => measurements.filter((m) => m.id === `${route}-${users}`).map((m) => m[field])
+        const small = median(of(baseline))
+        const large = median(of(settings.users))
+        const noise = Math.max(0.05, spread(of(baseline)), spread(of(settings.users)))
+        const change = large / small - 1
+        checks.push({ name: `${route === 'me' ? 'GET /auth/me' : 'POST /auth/login'} ${field === 'p50' ? 'p50 latency' : 'req/s'}`, baseline: small, large, change, noise, within: Math.abs(change) <= noise })
+      }
+    }
+    return {
+      kind: 'scale',
+      date: new Date().toISOString(),
+      machine: machine(),
+      settings: { ...settings, baseline },
+      rows,
+      checks,
+      met: checks.filter((check) => check.name.includes('latency')).every((check) => check.within),
+      rssPeakMiB: Object.fromEntries(apps.map((app) => [name(app.users), MiB(peakRssBytes(app.server.pid))]))
+    }
+  } finally {
+    await Promise.all(servers.map((server) => server.stop()))
+    removeWork(work)
+  }
+}
+
+function printSuite (result: SuiteResult) {
+  console.log(`\nGatehouse bench (${result.quick ? 'quick' : 'full'}): ${result.settings.users.toLocaleString('en-US')} users, ` +
+    `${result.settings.rounds} round(s) × ${result.settings.seconds} s per target, -c ${result.settings.connections}\n`)
+  console.log(textTable(ROW_HEADERS, result.rows.map(rowCells)))
+  console.log('\n' + textTable(HASHER_HEADERS, HASHERS.map((name) => hasherCells(result.hashers, name, result.hasherInUse))))
+  for (const line of compatibilityLines(result.compatibility)) console.log('  ' + line)
+  console.log('\n' + textTable(RATIO_HEADERS, result.ratios.map(ratioCells)))
+  console.log(`\n${STATELESS_NOTE}`)
+}
+
+function scaleTables (result: ScaleResult) {
+  const checks = result.checks.map((check) => [
+    check.name,
+    check.name.includes('latency') ? `${ms(check.baseline)} ms` : check.baseline.toFixed(0),
+    check.name.includes('latency') ? `${ms(check.large)} ms` : check.large.toFixed(0),
+    `${check.change >= 0 ? '+' : ''}${(check.change * 100).toFixed(1)}%`,
+    `±${(check.noise * 100).toFixed(1)}%`,
+    check.within ? 'within noise' : 'outside noise'
+  ])
+  const headers = ['measure', `${result.settings.baseline.toLocaleString('en-US')} users`, `${result.settings.users.toLocaleString('en-US')} users`, 'change', 'noise', 'result']
+  return { rows: result.rows.map(rowCells), checks, headers }
+}
+
+function printScale (result: ScaleResult) {
+  const tables = scaleTables(result)
+  console.log(`\nScale: ${result.settings.users.toLocaleString('en-US')} users against ${result.settings.baseline.toLocaleString('en-US')}\n`)
+  console.log(textTable(ROW_HEADERS, tables.rows))
+  console.log('\n' + textTable(tables.headers, tables.checks))
+  console.log(`\n/auth/me and login latency within noise: ${verdict(result.met)}; peak RSS (MiB): ${JSON.stringify(result.rssPeakMiB)}`)
+}
+
+function readJson<T> (file: string): T | undefined {
+  return existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) as T : undefined
+}
+
+function renderMarkdown (suite: SuiteResult | undefined, scale: ScaleResult | undefined): string {
+  const out: string[] = ['# Benchmarks', '',
+    'Generated by `npm run bench` (bench/run.ts); rerun it to refresh this file. `npm run bench -- --quick` is the',
+    'CI smoke run and prints only; `npm run bench -- --users 1000000` is the scale comparison.', '']
+  if (suite) {
+    const m = suite.machine
+    const s = suite.settings
+    out.push(
+      `## Run of ${suite.date.slice(0, 16).replace('T', ' ')} UTC${suite.quick ? ' (quick mode)' : ''}`, '',
+      `- Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB memory, Linux ${m.kernel}`,
+      `- Node ${m.node}; ${Object.entries(suite.versions).map(([name, version]) => `${name} ${version}`).join(', ')}`,
+      `- ${s.users.toLocaleString('en-US')} seeded users; autocannon -c ${s.connections}; ${s.rounds} interleaved round(s) of ${s.seconds} s per target after a ${s.warmupSeconds} s warm-up each`,
+      `- Gatehouse ran as ${suite.appRuntime === 'tsx' ? '`node --import tsx src/server.ts` (the tsx loader adds about 50 MiB of RSS)' : 'an esbuild bundle of src/server.ts under plain node (`--compiled`)'}`,
+      ...(suite.appEnv.length > 0 ? [`- Extra app environment: ${suite.appEnv.join(' ')}`] : []),
+      `- Machine load average (1 min) ${suite.load.start.toFixed(1)} at the start and ${suite.load.end.toFixed(1)} at the end: other work shared the ${m.cores} cores`,
+      '',
+      markdownTable(ROW_HEADERS, suite.rows.map(rowCells)), '',
+      'req/s counts 2xx answers only; p50/p99 are the 2xx latencies seen by autocannon; CPU µs/req is the server',
+      'process\'s user+system time (all threads, from /proc/<pid>/stat) over the round divided by the answers it',
+      'gave; server CPU is that time as a share of one core; rps spread is (max − min) / median over the rounds.', '',
+      '### Targets', '',
+      markdownTable(RATIO_HEADERS, [
+        ...suite.ratios.map(ratioCells),
+        scale
+          ? [`/auth/me and login p50 latency, ${scale.settings.users.toLocaleString('en-US')} vs ${scale.settings.baseline.toLocaleString('en-US')} users`,
+              'see Scale', 'within noise', verdict(scale.met), `separate run, ${scale.date.slice(0, 10)}`]
+          : ['/auth/me and login latency, 1,000,000 vs 10,000 users', 'not run', 'within noise', 'n/a', '`npm run bench -- --users 1000000`']
+      ]), ''
+    )
+    out.push('Ratios of throughput and p99 are medians of per-round ratios (both targets measured in the same round).', '',
+      '### The stateless guarded route', '', STATELESS_NOTE, '',
+      '### Password hashing', '',
+      markdownTable(HASHER_HEADERS, HASHERS.map((name) => hasherCells(suite.hashers, name, suite.hasherInUse))), '',
+      ...compatibilityLines(suite.compatibility).map((line) => `- ${line}`), '',
+      'Both verify the same PHC string (the seeded hash) with 4 verifies in flight, the size of the libuv pool',
+      'the app uses, while every server is idle; "alone" is one verify at a time.', ''
+    )
+  }
+  if (scale) {
+    const tables = scaleTables(scale)
+    out.push(`## Scale: ${scale.settings.users.toLocaleString('en-US')} users against ${scale.settings.baseline.toLocaleString('en-US')} (${scale.date.slice(0, 16).replace('T', ' ')} UTC)`, '',
+      `Two app instances, one per database, measured in ${scale.settings.rounds} interleaved round(s) of ${scale.settings.seconds} s (-c ${scale.settings.connections} for /auth/me, -c ${SCALE_LOGIN_CONNECTIONS} for login). ` +
+      'A difference counts as noise when it is within the larger round-to-round spread of the two (at least 5%).', '',
+      markdownTable(ROW_HEADERS, tables.rows), '',
+      markdownTable(tables.headers, tables.checks), '',
+      `Result: ${verdict(scale.met)}. Peak RSS (MiB): ${Object.entries(scale.rssPeakMiB).map(([users, mib]) => `${users} users ${mib}`).join(', ')}.`, '')
+  }
+  out.push('## Method', '',
+    '- Every server is a child process on 127.0.0.1: Gatehouse as `node --import tsx src/server.ts` (NODE_ENV=production,',
+    '  LOG_LEVEL=warn, a random JWT_SECRET, rate limits raised so they never answer 429, a temporary SQLite file migrated',
+    '  by `src/cli/db-migrate.ts`, demo rows from `src/cli/db-seed.ts`, users inserted in one transaction with one',
+    '  precomputed argon2id hash), bare Fastify (`bench/peers/bare-fastify.ts`) and Express 5 + jsonwebtoken with a',
+    '  KeyObject secret and the same token checks and reads (`bench/peers/express-jsonwebtoken.ts`).',
+    '- Targets run one after another in rounds (warm-up first); each round visits every target, so drift of the shared',
+    '  machine hits all of them alike. Before each target the bench waits until no server spends CPU.',
+    `- Guarded routes cycle through the access tokens of ${suite?.settings.tokenUsers ?? 50} distinct users (their sessions exist). Logins pick a random`,
+    '  seeded user per request; refreshes chain tokens (each answer\'s refresh token is presented next), starting',
+    '  from tokens issued by logins and never presented.',
+    '- The storm case is the guarded route under load while an open loop sends 20 logins/s to the same process.',
+    '- RSS is VmRSS of the app sampled every 200 ms while it is under load.',
+    '- The load generator (autocannon, in the runner process) shares the 2 cores with the server under test, so',
+    '  absolute numbers are lower than on separate machines; the ratios are what the targets are about.',
+    '')
+  return out.join('\n')
+}
+
+function writeOutputs (suite: SuiteResult | undefined, scale: ScaleResult | undefined) {
+  mkdirSync(RESULTS, { recursive: true })
+  if (suite && !suite.quick) writeFileSync(join(RESULTS, 'suite.json'), JSON.stringify(suite, null, 2) + '\n')
+  if (scale) writeFileSync(join(RESULTS, 'scale.json'), JSON.stringify(scale, null, 2) + '\n')
+  writeFileSync(join(ROOT, 'BENCHMARKS.md'), renderMarkdown(
+    suite ?? readJson<SuiteResult>(join(RESULTS, 'suite.json')),
+    scale ?? readJson<ScaleResult>(join(RESULTS, 'scale.json'))
+  ))
+  say('wrote BENCHMARKS.md')
+}
+
+if (args.profile) mkdirSync(PROFILES, { recursive: true })
+if (scaleMode) {
+  const result = await runScale()
+  printScale(result)
+  if (write) writeOutputs(undefined, result)
+} else {
+  const result = await runSuite()
+  printSuite(result)
+  if (write) writeOutputs(result, undefined)
+}
+if (args.profile) say(`CPU profile(s) in ${PROFILES}; summarise with: node --import tsx bench/profile-summary.ts ${PROFILES}`)
