@@ -122,3 +122,15 @@ t.test('when Redis is unreachable, limits fall back to each instance and request
   const limited = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
   t.equal(limited.statusCode, 429, 'and so does the IP limit')
 })
+
+t.test('per account: 30 parallel guesses cannot get past the limit together', async (t) => {
+  const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '3' })
+  const email = uniqueEmail()
+  await signup(app, email)
+  const answers = await Promise.all(Array.from({ length: 30 }, (_, index) =>
+    login(app, email, index === 29 ? TEST_PASSWORD : 'wrong password!', randomIp())))
+  const statuses = answers.map((answer) => answer.statusCode)
+  t.equal(statuses.filter((status) => status === 401).length + statuses.filter((status) => status === 200).length, 3,
+    'only RATE_LIMIT_ACCOUNT_MAX attempts reach the password check')
+  t.equal(statuses.filter((status) => status === 429).length, 27)
+})

@@ -12,11 +12,14 @@ const require = createRequire(import.meta.url)
 const LocalStore = require('@fastify/rate-limit/store/LocalStore.js') as StoreCtor
 const RedisStore = require('@fastify/rate-limit/store/RedisStore.js') as StoreCtor
 
-/** Counts failed sign-ins per account (normalised email): the brute-force guard of the contract. */
+/**
+ * Counts sign-in attempts per account (normalised email): the brute-force guard of the contract.
+ * An attempt is counted before its password is checked, so a burst of parallel guesses cannot
+ * all pass a check made before any of them failed; a correct password clears the count.
+ */
 export interface FailureCounter {
-  /** Seconds until this account may try again; 0 when it may try now. */
-  blockedFor (account: string): Promise<number>
-  recordFailure (account: string): Promise<void>
+  /** Counts one attempt; the seconds until this account may try again, or 0 when it may now. */
+  attempt (account: string): Promise<number>
   /** A successful sign-in starts the count afresh. */
   reset (account: string): Promise<void>
 }
@@ -29,33 +32,28 @@ declare module 'fastify' {
   }
 }
 
-export const ACCOUNT_WINDOW_MS = 15 * 60 * 1000
+const ACCOUNT_WINDOW_MS = 15 * 60 * 1000
 const IP_WINDOW_MS = 60 * 1000
 const KEY_PREFIX = 'gatehouse:'
 
 export const rateLimited = (retryAfterSeconds: number) => apiError(429, 'rate_limited',
   `Too many attempts. Try again in ${retryAfterSeconds} seconds.`, { 'retry-after': String(retryAfterSeconds) })
 
-/** In one process: a fixed window per account, started by its first failure. */
-export function memoryFailureCounter (max: number, windowMs = ACCOUNT_WINDOW_MS): FailureCounter {
+/** In one process: a fixed window per account, started by its first attempt. */
+function memoryFailureCounter (max: number): FailureCounter {
   const windows = new Map<string, { count: number, endsAt: number }>()
-  const live = (account: string) => {
-    const window = windows.get(account)
-    if (window && window.endsAt > Date.now()) return window
-    windows.delete(account)
-    return undefined
-  }
   return {
-    async blockedFor (account) {
-      const window = live(account)
-      return window && window.count >= max ? Math.ceil((window.endsAt - Date.now()) / 1000) : 0
-    },
-    async recordFailure (account) {
-      const window = live(account)
-      if (window) window.count++
-      else windows.set(account, { count: 1, endsAt: Date.now() + windowMs })
-      // Bounded memory: a flood of distinct emails evicts the oldest windows first.
-      if (windows.size > 100_000) windows.delete(windows.keys().next().value!)
+    async attempt (account) {
+      const now = Date.now()
+      let window = windows.get(account)
+      if (!window || window.endsAt <= now) {
+        window = { count: 0, endsAt: now + ACCOUNT_WINDOW_MS }
+        windows.set(account, window)
+        // Bounded memory: a flood of distinct emails evicts the oldest windows first.
+        if (windows.size > 100_000) windows.delete(windows.keys().next().value!)
+      }
+      window.count++
+      return window.count > max ? Math.ceil((window.endsAt - now) / 1000) : 0
     },
     async reset (account) {
       windows.delete(account)
@@ -64,21 +62,32 @@ export function memoryFailureCounter (max: number, windowMs = ACCOUNT_WINDOW_MS)
 }
 
 /** Shared by every instance through Redis; keys hold a digest of the email, not the email. */
-export function redisFailureCounter (redis: Redis, max: number, windowMs = ACCOUNT_WINDOW_MS): FailureCounter {
+function redisFailureCounter (redis: Redis, max: number): FailureCounter {
   const key = (account: string) => `${KEY_PREFIX}signin-failures:${createHash('sha256').update(account).digest('base64url')}`
   return {
-    async blockedFor (account) {
-      const [count, ttl] = await Promise.all([redis.get(key(account)), redis.pttl(key(account))])
-      return Number(count) >= max && ttl > 0 ? Math.ceil(ttl / 1000) : 0
-    },
-    async recordFailure (account) {
-      // The window starts at the first failure and is not extended by later ones.
-      await redis.eval("if redis.call('INCR', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end", 1, key(account), windowMs)
+    async attempt (account) {
+      // One round trip, atomic: count, start the window on the first attempt, read what is left.
+      const [count, ttl] = await redis.eval(
+        "local c = redis.call('INCR', KEYS[1]) if c == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return {c, redis.call('PTTL', KEYS[1])}",
+        1, key(account), ACCOUNT_WINDOW_MS) as [number, number]
+      return count > max ? Math.max(1, Math.ceil(ttl / 1000)) : 0
     },
     async reset (account) {
       await redis.del(key(account))
     }
   }
+}
+
+/**
+ * Checks a password for an account under the per-account limit: 429 once the account is past
+ * RATE_LIMIT_ACCOUNT_MAX attempts, whatever the password; a correct one clears the count.
+ */
+export async function checkPasswordLimited (failures: FailureCounter, account: string, check: () => Promise<boolean>): Promise<boolean> {
+  const retryAfter = await failures.attempt(account)
+  if (retryAfter > 0) throw rateLimited(retryAfter)
+  const correct = await check()
+  if (correct) await failures.reset(account)
+  return correct
 }
 
 /**
@@ -101,21 +110,20 @@ function outageLog (log: FastifyBaseLogger) {
 }
 
 function failureCounterWithFallback (primary: FailureCounter, fallback: FailureCounter, outage: ReturnType<typeof outageLog>): FailureCounter {
-  const guarded = <A extends unknown[], R>(run: (counter: FailureCounter, ...args: A) => Promise<R>) =>
-    async (...args: A): Promise<R> => {
+  const guarded = <R>(run: (counter: FailureCounter, account: string) => Promise<R>) =>
+    async (account: string): Promise<R> => {
       try {
-        const result = await run(primary, ...args)
+        const result = await run(primary, account)
         outage.recovered()
         return result
       } catch (error) {
         outage.failed(error)
-        return run(fallback, ...args)
+        return run(fallback, account)
       }
     }
   return {
-    blockedFor: guarded((counter, account: string) => counter.blockedFor(account)),
-    recordFailure: guarded((counter, account: string) => counter.recordFailure(account)),
-    reset: guarded((counter, account: string) => counter.reset(account))
+    attempt: guarded((counter, account) => counter.attempt(account)),
+    reset: guarded((counter, account) => counter.reset(account))
   }
 }
 

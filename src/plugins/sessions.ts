@@ -3,7 +3,7 @@ import fp from 'fastify-plugin'
 import type { Static } from 'typebox'
 import { dummyVerify, hashPassword, needsRehash, prepareDummyVerify, verifyPassword } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
-import { rateLimited } from './rate-limits.ts'
+import { checkPasswordLimited } from './rate-limits.ts'
 import type { User } from '../repositories/users.ts'
 import { presentUser, type SessionResponse } from '../schemas/common.ts'
 
@@ -50,26 +50,21 @@ async function sessionsPlugin (app: FastifyInstance) {
     },
 
     async signIn (request, email, password) {
-      // Checked before the password, so past the limit a right and a wrong password look alike.
-      const retryAfter = await app.signInFailures.blockedFor(email)
-      if (retryAfter > 0) {
-        request.log.warn({ event: 'login_blocked', retryAfter }, 'sign-in refused: too many failures for this account')
-        throw rateLimited(retryAfter)
-      }
       const found = await app.usersRepository.findCredentialsByEmail(email)
-      if (!found) {
-        await dummyVerify(password)
-        await app.signInFailures.recordFailure(email)
-        request.log.info({ event: 'login_failed', reason: 'unknown_email' }, 'sign-in failed')
+      // Unknown emails are counted too, and spend the same argon2 time as known ones.
+      const correct = await checkPasswordLimited(app.signInFailures, email,
+        () => found ? verifyPassword(found.passwordHash, password) : dummyVerify(password)
+      ).catch((error: unknown) => {
+        if ((error as { code?: string }).code === 'rate_limited') {
+          request.log.warn({ event: 'login_blocked', userId: found?.user.id }, 'sign-in refused: too many attempts for this account')
+        }
+        throw error
+      })
+      if (!found || !correct) {
+        request.log.info({ event: 'login_failed', userId: found?.user.id, reason: found ? 'wrong_password' : 'unknown_email' }, 'sign-in failed')
         throw invalidCredentials()
       }
       const { user, passwordHash } = found
-      if (!await verifyPassword(passwordHash, password)) {
-        await app.signInFailures.recordFailure(email)
-        request.log.info({ event: 'login_failed', userId: user.id, reason: 'wrong_password' }, 'sign-in failed')
-        throw invalidCredentials()
-      }
-      await app.signInFailures.reset(email)
       // Only after a correct password, so the answer tells a guesser nothing.
       if (user.disabled) throw apiError(403, 'user_disabled', 'This account is disabled.')
       if (needsRehash(passwordHash)) {

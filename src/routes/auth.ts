@@ -5,7 +5,7 @@ import { normaliseEmail } from '../auth/email.ts'
 import { hashPassword, passwordProblem, verifyPassword } from '../auth/passwords.ts'
 import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
-import { rateLimited } from '../plugins/rate-limits.ts'
+import { checkPasswordLimited } from '../plugins/rate-limits.ts'
 import { Email, ErrorResponse, Name, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
 import sessionRoutes from './sessions.ts'
 import tokenRoutes from './token.ts'
@@ -149,15 +149,14 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const { user, session } = request.account
     const { current_password: currentPassword, new_password: newPassword } = request.body
     // A stolen access token must not become a way to guess the password: same per-account limit.
-    const retryAfter = await app.signInFailures.blockedFor(user.email)
-    if (retryAfter > 0) throw rateLimited(retryAfter)
-    const hash = await app.usersRepository.findPasswordHash(user.id)
-    if (!hash || !await verifyPassword(hash, currentPassword)) {
-      await app.signInFailures.recordFailure(user.email)
+    const correct = await checkPasswordLimited(app.signInFailures, user.email, async () => {
+      const hash = await app.usersRepository.findPasswordHash(user.id)
+      return hash !== undefined && await verifyPassword(hash, currentPassword)
+    })
+    if (!correct) {
       request.log.info({ event: 'password_change_failed', userId: user.id }, 'wrong current password')
       throw apiError(401, 'invalid_credentials', 'The current password is wrong.')
     }
-    await app.signInFailures.reset(user.email)
     const problem = passwordProblem(newPassword, user.email)
     if (problem) throw apiError(400, 'weak_password', problem)
     await app.usersRepository.updatePasswordHash(user.id, await hashPassword(newPassword))
