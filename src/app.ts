@@ -24,15 +24,24 @@ import healthRoutes from './routes/health.ts'
 import videoRoutes from './routes/videos.ts'
 
 /**
- * Secrets never reach the logs (ASVS 7.1.1): credential headers and any secret-looking field are
- * censored wherever they appear, and query-string values that look like secrets are masked.
+ * Secrets never reach the logs (ASVS 7.1.1): requests are logged without headers, secret-looking
+ * fields are censored wherever they appear, query-string values that look like secrets are masked,
+ * and failed queries lose their parameters.
  */
 const REDACTED_PATHS = [
-  'req.headers.authorization', 'req.headers.cookie', 'res.headers["set-cookie"]',
   '*.password', '*.current_password', '*.new_password', '*.passwordHash', '*.password_hash',
   '*.access_token', '*.refresh_token', '*.token', '*.client_secret'
 ]
 const SECRET_QUERY_VALUE = /([?&][^=&]*(?:token|password|secret|code)[^=&]*=)[^&]*/gi
+/** A failed query's error message lists its parameters (a password hash, a token hash): cut them. */
+const QUERY_PARAMETERS = /\nparams:.*$/gm
+
+export const serializeError = (error: Error & { code?: unknown }) => ({
+  type: error.name,
+  message: error.message.replace(QUERY_PARAMETERS, '\nparams: [redacted]'),
+  stack: (error.stack ?? '').replace(QUERY_PARAMETERS, '\nparams: [redacted]'),
+  code: error.code
+})
 
 export interface BuildOptions {
   /** Where JSON log lines go instead of stdout (tests read them). */
@@ -45,6 +54,7 @@ function loggerOptions (config: Config, { logStream }: BuildOptions): FastifySer
     level: config.logLevel,
     redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
     serializers: {
+      err: serializeError,
       req: (request: { method: string, url: string, host?: string, ip?: string }) => ({
         method: request.method,
         url: request.url.replace(SECRET_QUERY_VALUE, '$1[redacted]'),

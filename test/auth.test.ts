@@ -168,3 +168,18 @@ t.test('GET /health checks the database', async (t) => {
   t.equal(down.statusCode, 503)
   t.equal(down.json().code, 'database_unavailable')
 })
+
+t.test('NUL characters in text are refused alike on every database', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const cases: Array<[string, Parameters<typeof app.inject>[0]]> = [
+    ['signup name', { method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: TEST_PASSWORD, name: 'a\u0000b' } }],
+    ['profile name', { method: 'PATCH', url: '/auth/me', headers: bearer(session.access_token), payload: { name: 'a\u0000b' } }],
+    ['token username', { method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: 'a\u0000@b.io', password: TEST_PASSWORD } }]
+  ]
+  for (const [label, request] of cases) {
+    const response = await app.inject(request)
+    t.equal(response.statusCode, 400, label)
+    t.match(response.body, /NUL/, label)
+  }
+})

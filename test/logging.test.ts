@@ -1,6 +1,6 @@
 import { PassThrough } from 'node:stream'
 import t from 'tap'
-import { buildApp } from '../src/app.ts'
+import { buildApp, serializeError } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { TEST_ENV, TEST_PASSWORD, bearer, dbGet, signup, uniqueEmail } from './helper.ts'
 
@@ -36,4 +36,27 @@ t.test('logs carry security events with user and request ids, and never a secret
     t.equal(line?.userId, session.user.id, `${name} names the user`)
     t.match(line?.reqId, /^req-/, `${name} names the request`)
   }
+})
+
+t.test('a failed query is logged without its parameters', async (t) => {
+  // node-postgres errors arrive wrapped by Drizzle, their message listing the query's parameters.
+  const failure = new Error('Failed query: insert into "users" values ($1, $2)\nparams: ada@example.com,$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA')
+  const logged = serializeError(failure)
+  t.equal(logged.message, 'Failed query: insert into "users" values ($1, $2)\nparams: [redacted]')
+  t.notMatch(logged.stack, '$argon2')
+  t.notMatch(logged.stack, 'ada@example.com')
+
+  // And a real failure on the way to the database is logged, and answered with nothing inside.
+  const stream = new PassThrough()
+  let text = ''
+  stream.on('data', (chunk) => { text += chunk })
+  const app = await buildApp(loadConfig({ ...TEST_ENV, LOG_LEVEL: 'error' }), { logStream: stream })
+  t.teardown(() => app.close())
+  await app.ready()
+  await app.database.query("create trigger refuse before insert on users begin select raise(abort, 'refused by test'); end")
+  const response = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: TEST_PASSWORD } })
+  t.equal(response.statusCode, 500)
+  t.same(response.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Something went wrong on our side.', code: 'internal_error' })
+  t.match(text, /refused by test/, 'the failure is logged')
+  t.notMatch(text, '$argon2', 'without the password hash it tried to store')
 })

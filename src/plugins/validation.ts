@@ -1,7 +1,8 @@
 import { Ajv } from 'ajv'
 import addFormats from 'ajv-formats'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
+import { apiError } from '../errors.ts'
 
 const common = { useDefaults: true, removeAdditional: false, allErrors: false } as const
 
@@ -15,6 +16,27 @@ async function validationPlugin (app: FastifyInstance) {
   const textParts = addFormats.default(new Ajv({ ...common, coerceTypes: 'array' }))
   app.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodies : textParts).compile(schema))
+  app.addHook('preValidation', refuseNul)
+}
+
+/** The path of the first string holding a NUL character, or undefined. */
+function nulPath (value: unknown, path: string): string | undefined {
+  if (typeof value === 'string') return value.includes('\u0000') ? path : undefined
+  if (value === null || typeof value !== 'object') return undefined
+  for (const [key, item] of Object.entries(value)) {
+    const found = nulPath(item, `${path}/${key}`)
+    if (found) return found
+  }
+  return undefined
+}
+
+/**
+ * No text field takes a NUL character: PostgreSQL cannot store one, and nothing legitimate sends
+ * it. Refused alike on both databases, as a validation error naming the field.
+ */
+async function refuseNul (request: FastifyRequest) {
+  const found = nulPath(request.body, 'body') ?? nulPath(request.query, 'querystring')
+  if (found) throw apiError(400, 'validation_error', `${found} must not contain NUL characters`)
 }
 
 export default fp(validationPlugin, { name: 'validation' })
