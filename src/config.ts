@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { isIP } from 'node:net'
+import { looksLikeEmail } from './auth/email.ts'
 import { dirname, join, resolve } from 'node:path'
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
@@ -53,6 +55,8 @@ export function parseDuration (text: string): number | undefined {
   return Number(match[1]) * DURATION_UNITS[match[2]!]!
 }
 
+export const isPostgresUrl = (url: string) => /^postgres(ql)?:\/\//.test(url)
+
 /** `file:PATH`, a bare path, or `:memory:` → what the SQLite driver opens. */
 export function sqlitePath (databaseUrl: string): string {
   if (databaseUrl === ':memory:' || databaseUrl === 'file::memory:') return ':memory:'
@@ -61,15 +65,27 @@ export function sqlitePath (databaseUrl: string): string {
 
 type Env = Record<string, string | undefined>
 
-/** `false` (default), `true`, a hop count (trust that many proxies in front), or their addresses/CIDRs. */
-function parseTrustProxy (value: string): Config['trustProxy'] {
+const PROXY_KEYWORDS = new Set(['loopback', 'linklocal', 'uniquelocal'])
+
+/**
+ * `false` (default), `true`, a hop count (trust that many proxies in front), or their addresses,
+ * CIDR ranges and the keywords loopback, linklocal, uniquelocal; undefined when none of these.
+ */
+function parseTrustProxy (text: string): Config['trustProxy'] | undefined {
+  const value = text.toLowerCase()
   if (value === 'false') return false
   if (value === 'true') return true
   if (/^\d+$/.test(value)) {
     const hops = Number(value)
     return (_address, hop) => hop < hops
   }
-  return value
+  const entries = value.split(',').map((entry) => entry.trim())
+  const valid = entries.every((entry) => {
+    const [address = '', bits, extra] = entry.split('/')
+    return extra === undefined && (PROXY_KEYWORDS.has(entry) ||
+      (isIP(address) !== 0 && (bits === undefined || (/^\d+$/.test(bits) && Number(bits) <= (isIP(address) === 4 ? 32 : 128)))))
+  })
+  return valid ? entries.join(',') : undefined
 }
 
 /**
@@ -121,6 +137,13 @@ export function loadConfig (env: Env = process.env): Config {
   if (Boolean(adminEmail) !== Boolean(adminPassword)) {
     problems.push('ADMIN_EMAIL and ADMIN_PASSWORD must be set together')
   }
+  if (adminEmail && !looksLikeEmail(adminEmail)) problems.push(`ADMIN_EMAIL is not an email address (got "${adminEmail}")`)
+
+  const trustProxyText = text('TRUST_PROXY', 'false')
+  const trustProxy = parseTrustProxy(trustProxyText)
+  if (trustProxy === undefined) {
+    problems.push(`TRUST_PROXY must be true, false, a hop count, or proxy addresses/CIDRs (got "${trustProxyText}")`)
+  }
 
   const config: Omit<Config, 'jwt'> & { jwt: Omit<Config['jwt'], 'secret'> } = {
     production,
@@ -142,7 +165,7 @@ export function loadConfig (env: Env = process.env): Config {
       accountMax: integer('RATE_LIMIT_ACCOUNT_MAX', 10, 1, 1_000_000)
     },
     ...(env.REDIS_URL?.trim() ? { redisUrl: env.REDIS_URL.trim() } : {}),
-    trustProxy: parseTrustProxy(text('TRUST_PROXY', 'false')),
+    trustProxy: trustProxy ?? false,
     logLevel
   }
 
@@ -173,7 +196,7 @@ function resolveSecret (
     return undefined
   }
   // Beside the SQLite file, or in ./data for PostgreSQL.
-  const path = /^postgres(ql)?:\/\//.test(databaseUrl) ? resolve('data', 'gatehouse.db') : sqlitePath(databaseUrl)
+  const path = isPostgresUrl(databaseUrl) ? resolve('data', 'gatehouse.db') : sqlitePath(databaseUrl)
   if (path === ':memory:') return { secret: randomBytes(48).toString('base64url') }
   const secretFile = join(dirname(path), 'jwt-secret')
   try {

@@ -1,3 +1,4 @@
+import type { InjectOptions } from 'fastify'
 import t from 'tap'
 import { TEST_PASSWORD, bearer, build, dbCount, dbGet, dbRun, signup, uniqueEmail } from './helper.ts'
 
@@ -172,7 +173,7 @@ t.test('GET /health checks the database', async (t) => {
 t.test('NUL characters in text are refused alike on every database', async (t) => {
   const app = await build(t)
   const session = await signup(app)
-  const cases: Array<[string, Parameters<typeof app.inject>[0]]> = [
+  const cases: Array<[string, InjectOptions]> = [
     ['signup name', { method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: TEST_PASSWORD, name: 'a\u0000b' } }],
     ['profile name', { method: 'PATCH', url: '/auth/me', headers: bearer(session.access_token), payload: { name: 'a\u0000b' } }],
     ['token username', { method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: 'a\u0000@b.io', password: TEST_PASSWORD } }]

@@ -89,3 +89,16 @@ t.test('npm start stops with a message naming the bad variable', async (t) => {
   t.match(result.stderr, /PORT must be a whole number/)
   t.notMatch(result.stderr, /\n\s+at /, 'no stack trace')
 })
+
+t.test('TRUST_PROXY and ADMIN_EMAIL are checked at start', async (t) => {
+  const base = { DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET }
+  t.equal(loadConfig({ ...base, TRUST_PROXY: 'TRUE' }).trustProxy, true)
+  t.equal(loadConfig({ ...base }).trustProxy, false)
+  t.equal(loadConfig({ ...base, TRUST_PROXY: '10.0.0.0/8, loopback,::1' }).trustProxy, '10.0.0.0/8,loopback,::1')
+  const hops = loadConfig({ ...base, TRUST_PROXY: '1' }).trustProxy as (address: string, hop: number) => boolean
+  t.same([hops('10.0.0.1', 0), hops('10.0.0.1', 1)], [true, false], 'one hop: trust the proxy in front only')
+  for (const bad of ['yes', '10.0.0.0/33', 'proxy.internal']) {
+    t.throws(() => loadConfig({ ...base, TRUST_PROXY: bad }), /TRUST_PROXY/, bad)
+  }
+  t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: 'Ops Team', ADMIN_PASSWORD: 'a long admin password' }), /ADMIN_EMAIL is not an email address/)
+})

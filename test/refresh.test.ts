@@ -82,6 +82,10 @@ t.test('a replay inside the grace window succeeds for the same session', async (
   t.equal(tokenPayload(retried.access_token).sid, sid)
   t.not(retried.refresh_token, lost.refresh_token)
 
+  const superseded = await refresh(app, lost.refresh_token)
+  t.equal(superseded.statusCode, 401, 'the answer the client lost holds a dead token')
+  t.notOk((await sessionRow(app, sid))?.revoked_at, 'but presenting it is no theft: the session lives')
+
   const next = await refresh(app, retried.refresh_token)
   t.equal(next.statusCode, 200, 'the retried chain goes on')
   t.notOk((await sessionRow(app, sid)).revoked_at)

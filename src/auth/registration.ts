@@ -1,10 +1,11 @@
-import { normaliseEmail } from './email.ts'
+import { looksLikeEmail, normaliseEmail } from './email.ts'
 import { hashPassword, passwordProblem } from './passwords.ts'
 import { normaliseRoles, type Role } from './permissions.ts'
 import type { User, UserRepository } from '../repositories/users.ts'
 
 export type Registration =
   | { outcome: 'created', user: User }
+  | { outcome: 'invalid_email' }
   | { outcome: 'weak_password', message: string }
   | { outcome: 'email_taken' }
 
@@ -14,6 +15,7 @@ export async function registerUser (
   input: { email: string, password: string, name?: string | null | undefined, roles?: Role[] }
 ): Promise<Registration> {
   const email = normaliseEmail(input.email)
+  if (!looksLikeEmail(email)) return { outcome: 'invalid_email' }
   const problem = passwordProblem(input.password, email)
   if (problem) return { outcome: 'weak_password', message: problem }
   const user = await users.create({

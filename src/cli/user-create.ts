@@ -77,6 +77,9 @@ async function main (): Promise<number> {
       case 'email_taken':
         console.error(`an account with the email ${values.email} already exists`)
         return 1
+      case 'invalid_email':
+        console.error(`"${values.email}" is not an email address`)
+        return 1
     }
   } finally {
     await database.close()

@@ -9,7 +9,7 @@ import { mkdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
-import { sqlitePath } from '../config.ts'
+import { isPostgresUrl, sqlitePath } from '../config.ts'
 import * as postgresSchema from './postgres/schema.ts'
 import * as sqliteSchema from './sqlite/schema.ts'
 
@@ -68,8 +68,6 @@ const ADVISORY_LOCKS = { migrations: 7_411_202_601, admins: 7_411_202_602 } as c
 
 const errorCode = (error: unknown): unknown =>
   (error as { code?: unknown }).code ?? (error as { cause?: { code?: unknown } }).cause?.code
-
-export const isPostgresUrl = (url: string) => /^postgres(ql)?:\/\//.test(url)
 
 export function openDatabase (databaseUrl: string): Promise<Database> {
   return isPostgresUrl(databaseUrl) ? openPostgres(databaseUrl) : Promise.resolve(openSqlite(databaseUrl))

@@ -17,8 +17,12 @@ async function bootstrapAdminPlugin (app: FastifyInstance) {
       return
     case 'weak_password':
       throw new Error(`ADMIN_PASSWORD is refused: ${registration.message}`)
+    case 'invalid_email': // loadConfig already refused it
     case 'email_taken':
-      app.log.warn('ADMIN_EMAIL belongs to an existing account, which is not promoted; use `npm run user:create` with another email')
+      // Another instance starting at the same moment may have just created this very admin.
+      if (!await app.usersRepository.hasEnabledAdmin()) {
+        app.log.warn('ADMIN_EMAIL belongs to an existing account, which is not promoted; use `npm run user:create` with another email')
+      }
   }
 }
 

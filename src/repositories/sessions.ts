@@ -78,7 +78,8 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
      * - unknown, expired, or of a revoked or expired session: invalid;
      * - never used: mark it used and issue its child in the same session;
      * - used, but it is the parent of the session's live token and was rotated within the grace
-     *   window: the client lost our answer; replace that live token with a new one;
+     *   window: the client lost our answer; replace that live token with a new one (which makes
+     *   the replaced one merely invalid, never theft);
      * - any other reuse is theft: revoke the whole session.
      */
     async rotate (presented: string, rules: RotationRules): Promise<Rotation> {
@@ -92,7 +93,11 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
         const { token, session } = found
         if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now) return { outcome: 'invalid' }
 
-        if (!token.usedAt && !token.revokedAt) {
+        // Superseded by a grace-window retry before it was ever used: two refreshes raced, and
+        // this one's answer lost. Dead, but no sign of theft.
+        if (token.revokedAt && !token.usedAt) return { outcome: 'invalid' }
+
+        if (!token.usedAt) {
           await tx.update(refreshTokens).set({ usedAt: now }).where(eq(refreshTokens.id, token.id))
           const refreshToken = await insertRefreshToken(tx, session.id, token.id, rules)
           return { outcome: 'rotated', session: await touch(tx, session.id, rules), refreshToken }

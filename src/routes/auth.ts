@@ -49,6 +49,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const registration = await registerUser(app.usersRepository, request.body)
     if (registration.outcome === 'weak_password') throw apiError(400, 'weak_password', registration.message)
     if (registration.outcome === 'email_taken') throw apiError(409, 'email_taken', 'An account with this email already exists.')
+    if (registration.outcome === 'invalid_email') throw apiError(400, 'validation_error', 'body/email must match format "email"')
     const { user } = registration
     request.log.info({ event: 'signup', userId: user.id }, 'user signed up')
     return reply.code(201).send(await app.sessions.start(request, user))
@@ -134,7 +135,9 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request) => {
     const user = await app.usersRepository.updateName(request.account.user.id, request.body.name)
-    return presentUser(user!)
+    // Deleted since loadAccount read it.
+    if (!user) throw apiError(401, 'invalid_token', 'The account behind this access token no longer exists.')
+    return presentUser(user)
   })
 
   app.post('/password', {

@@ -75,7 +75,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
       description: 'Accepts application/x-www-form-urlencoded or JSON. Errors follow RFC 6749 §5.2.',
       consumes: ['application/x-www-form-urlencoded', 'application/json'],
       body: TokenRequest,
-      response: { 200: SessionResponse, 400: OAuthError, 415: OAuthError, 429: OAuthError }
+      response: { 200: SessionResponse, 400: OAuthError, 413: OAuthError, 415: OAuthError, 429: OAuthError }
     }
   }, async (request) => {
     const { grant_type: grantType, username, password, refresh_token: refreshToken } = request.body

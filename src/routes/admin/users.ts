@@ -11,7 +11,7 @@ const UserList = Type.Object({
   next_cursor: Type.Union([Type.String(), Type.Null()], { description: 'Pass as cursor for the next page; null on the last page' })
 })
 const ListQuery = Type.Object({
-  limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 20 })),
   cursor: Type.Optional(Type.String({ maxLength: 200 })),
   email: Type.Optional(Type.String({ minLength: 1, maxLength: 254, description: 'Case-insensitive substring of the email' }))
 }, { additionalProperties: false })
@@ -24,13 +24,16 @@ const UserParams = Type.Object({ id: Uuid })
 
 const presentAdminUser = (user: User) => ({ ...presentUser(user), disabled: user.disabled })
 
+/** 9999-12-31T23:59:59.999Z: later times no database column holds. */
+const LATEST_CURSOR_TIME = 253_402_300_799_999
+
 /** Cursors are opaque to clients: base64url of the last row's [created_at ms, id]. */
 const encodeCursor = (user: User) => Buffer.from(JSON.stringify([user.createdAt.getTime(), user.id])).toString('base64url')
 function decodeCursor (cursor: string): { createdAt: Date, id: string } {
   try {
     const [ms, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as unknown[]
     const createdAt = new Date(ms as number)
-    if (Number.isSafeInteger(ms) && !Number.isNaN(createdAt.getTime()) && typeof id === 'string' && id.length <= 36) {
+    if (Number.isSafeInteger(ms) && (ms as number) >= 0 && (ms as number) <= LATEST_CURSOR_TIME && typeof id === 'string' && id.length <= 36) {
       return { createdAt, id }
     }
   } catch {}
@@ -54,7 +57,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: UserList, 400: ErrorResponse, ...guardedErrors }
     }
   }, async (request) => {
-    const { limit, cursor, email } = request.query
+    const { limit = 20, cursor, email } = request.query
     const rows = await app.usersRepository.page({
       limit: limit + 1,
       after: cursor ? decodeCursor(cursor) : undefined,
