@@ -10,7 +10,7 @@ import database from './plugins/database.ts'
 import docs from './plugins/docs.ts'
 import rateLimits from './plugins/rate-limits.ts'
 import security from './plugins/security.ts'
-import sessions from './plugins/sessions.ts'
+import signInFlows from './plugins/sign-in-flows.ts'
 import validation from './plugins/validation.ts'
 import errors from './plugins/errors.ts'
 import clothesRepository from './repositories/clothes.ts'
@@ -91,7 +91,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(bootstrapAdmin)
   await app.register(rateLimits)
   await app.register(auth)
-  await app.register(sessions)
+  await app.register(signInFlows)
   // Before the routes (it documents each as it is added) and before the audit (its UI is public).
   await app.register(docs)
   await app.register(authorization)

@@ -98,7 +98,7 @@ const COMMON_PASSWORDS = new Set(dictionary['passwords-common']
   .map((password) => password.toLowerCase())
   .filter((password) => password.length >= PASSWORD_MIN_LENGTH))
 
-export const isCommonPassword = (password: string) => COMMON_PASSWORDS.has(password.toLowerCase())
+const isCommonPassword = (password: string) => COMMON_PASSWORDS.has(password.toLowerCase())
 
 /** Length in characters (code points), as JSON Schema's maxLength counts, not UTF-16 units. */
 export const characterCount = (text: string) => [...text].length

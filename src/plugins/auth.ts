@@ -27,7 +27,7 @@ declare module '@fastify/jwt' {
   }
 }
 
-export interface IssuedAccessToken {
+interface IssuedAccessToken {
   access_token: string
   token_type: 'Bearer'
   expires_in: number
@@ -72,7 +72,7 @@ const invalidToken = (description: string) =>
  * challenge (§3.1); a Bearer header that is malformed is invalid_request (400). Tokens in the query
  * string or body are never read (§2.3 is optional and leaks tokens into logs).
  */
-export function bearerToken (authorization: string | undefined): string {
+function bearerToken (authorization: string | undefined): string {
   const header = authorization?.trim() ?? ''
   const [scheme] = header.split(/\s/, 1)
   if (!scheme || scheme.toLowerCase() !== 'bearer') {

@@ -33,9 +33,13 @@ const forbidden = () => apiError(403, 'forbidden', 'You are not allowed to do th
  * Deny by default (OWASP ASVS 4.1.3): a route that declares no access policy, or both, stops the
  * app from starting, so a forgotten guard is a start-up error rather than an open endpoint.
  */
+/** A guarded route is one whose preHandler list starts with authenticate. */
+export function isGuardedRoute (app: FastifyInstance, route: Pick<RouteOptions, 'preHandler'>): boolean {
+  return [route.preHandler ?? []].flat()[0] === app.authenticate
+}
+
 function auditAccessPolicy (app: FastifyInstance, route: RouteOptions): 'public' | 'guarded' {
-  const preHandlers = [route.preHandler ?? []].flat()
-  const guarded = preHandlers[0] === app.authenticate
+  const guarded = isGuardedRoute(app, route)
   const declaredPublic = route.config?.access === 'public'
   if (guarded === declaredPublic) {
     const methods = [route.method].flat().join(',')

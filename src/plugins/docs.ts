@@ -4,6 +4,7 @@ import type { FastifyInstance, FastifySchema, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { createRequire } from 'node:module'
 import { ErrorResponse } from '../schemas/common.ts'
+import { isGuardedRoute } from './authorization.ts'
 
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string }
 
@@ -73,7 +74,7 @@ async function docsPlugin (app: FastifyInstance) {
       }
     },
     transform: ({ schema, url, route }) => ({
-      schema: documentShared((schema ?? {}) as Schema, route, [route.preHandler ?? []].flat()[0] === app.authenticate) as FastifySchema,
+      schema: documentShared((schema ?? {}) as Schema, route, isGuardedRoute(app, route)) as FastifySchema,
       url
     })
   })

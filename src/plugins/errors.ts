@@ -26,14 +26,14 @@ const STATUS_FALLBACK_CODES: Record<number, string> = {
 /** Contract codes are snake_case; library codes (FST_..., SQLITE_...) are not. */
 const CONTRACT_CODE = /^[a-z][a-z_]*$/
 
-export interface ErrorBody {
+interface ErrorBody {
   statusCode: number
   error: string
   message: string
   code: string
 }
 
-export function errorBody (statusCode: number, code: string, message: string): ErrorBody {
+function errorBody (statusCode: number, code: string, message: string): ErrorBody {
   return { statusCode, error: STATUS_CODES[statusCode] ?? 'Error', message, code }
 }
 
@@ -52,7 +52,7 @@ function validationMessage (error: FastifyError): string {
 }
 
 /** Maps any thrown error to the contract's shape; 5xx answers never carry internals. */
-export function toErrorBody (error: FastifyError): ErrorBody {
+function toErrorBody (error: FastifyError): ErrorBody {
   if (error.validation) return errorBody(400, 'validation_error', validationMessage(error))
   // Ours (errors.ts apiError): status, code and message were written for the client.
   if (error instanceof HttpError && CONTRACT_CODE.test(error.code ?? '')) {

@@ -36,7 +36,7 @@ const ACCOUNT_WINDOW_MS = 15 * 60 * 1000
 const IP_WINDOW_MS = 60 * 1000
 const KEY_PREFIX = 'gatehouse:'
 
-export const rateLimited = (retryAfterSeconds: number) => apiError(429, 'rate_limited',
+const rateLimited = (retryAfterSeconds: number) => apiError(429, 'rate_limited',
   `Too many attempts. Try again in ${retryAfterSeconds} seconds.`, { 'retry-after': String(retryAfterSeconds) })
 
 /** In one process: a fixed window per account, started by its first attempt. */

@@ -21,7 +21,7 @@ const PasswordChange = Type.Object({ current_password: Password, new_password: P
 const ProfileChange = Type.Object({ name: Type.Union([Name, Type.Null()]) }, { additionalProperties: false })
 
 /** Emails are normalised before validation, storage and comparison (contract). */
-export async function normaliseBodyEmail (request: FastifyRequest) {
+async function normaliseBodyEmail (request: FastifyRequest) {
   const body = request.body as { email?: unknown } | undefined
   if (body && typeof body.email === 'string') body.email = normaliseEmail(body.email)
 }
@@ -52,7 +52,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     if (registration.outcome === 'invalid_email') throw apiError(400, 'validation_error', 'body/email must match format "email"')
     const { user } = registration
     request.log.info({ event: 'signup', userId: user.id }, 'user signed up')
-    return reply.code(201).send(await app.sessions.start(request, user))
+    return reply.code(201).send(await app.signInFlows.start(request, user))
   })
 
   app.post('/login', {
@@ -64,7 +64,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       body: Credentials,
       response: { 200: SessionResponse, 400: ErrorResponse, 401: ErrorResponse, 403: ErrorResponse }
     }
-  }, async (request) => app.sessions.signIn(request, request.body.email, request.body.password))
+  }, async (request) => app.signInFlows.signIn(request, request.body.email, request.body.password))
 
   app.post('/refresh', {
     config: { access: 'public' },
@@ -75,7 +75,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       body: Type.Object({ refresh_token: RefreshToken }, { additionalProperties: false }),
       response: { 200: SessionResponse, 400: ErrorResponse, 401: ErrorResponse }
     }
-  }, async (request) => app.sessions.refresh(request, request.body.refresh_token))
+  }, async (request) => app.signInFlows.refresh(request, request.body.refresh_token))
 
   app.post('/logout', {
     // Public so a client whose access token expired can still end its session with the refresh

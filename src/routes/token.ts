@@ -84,10 +84,10 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
         if (!username || !password) throw invalidRequest('The password grant needs username and password.')
         // Refused before hashing, as on /auth/login.
         if (characterCount(password) > PASSWORD_MAX_LENGTH) throw apiError(400, 'invalid_grant', 'The email or password is wrong.')
-        return app.sessions.signIn(request, normaliseEmail(username), password)
+        return app.signInFlows.signIn(request, normaliseEmail(username), password)
       case 'refresh_token':
         if (!refreshToken) throw invalidRequest('The refresh_token grant needs refresh_token.')
-        return app.sessions.refresh(request, refreshToken)
+        return app.signInFlows.refresh(request, refreshToken)
       case undefined:
       case '':
         throw invalidRequest('grant_type is required.')

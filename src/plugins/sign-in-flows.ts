@@ -7,7 +7,7 @@ import { checkPasswordLimited } from './rate-limits.ts'
 import type { User } from '../repositories/users.ts'
 import { presentUser, type SessionResponse } from '../schemas/common.ts'
 
-export interface SessionFlows {
+export interface SignInFlows {
   /** Opens a session for a user who has just proved who they are. */
   start (request: FastifyRequest, user: User): Promise<Static<typeof SessionResponse>>
   /** Email and password → a session; 401 invalid_credentials or 403 user_disabled. */
@@ -18,7 +18,7 @@ export interface SessionFlows {
 
 declare module 'fastify' {
   interface FastifyInstance {
-    sessions: SessionFlows
+    signInFlows: SignInFlows
   }
 }
 
@@ -30,7 +30,7 @@ const invalidRefreshToken = () =>
  * The sign-in and refresh flows that /auth/login, /auth/refresh and the OAuth2 token endpoint
  * share, so each answers the same way whatever shape of request carried the credentials.
  */
-async function sessionsPlugin (app: FastifyInstance) {
+async function signInFlowsPlugin (app: FastifyInstance) {
   const { refreshTokenTtl: ttl, refreshReuseGrace: grace } = app.config
   await prepareDummyVerify()
 
@@ -40,7 +40,7 @@ async function sessionsPlugin (app: FastifyInstance) {
     user: presentUser(user)
   })
 
-  const flows: SessionFlows = {
+  const flows: SignInFlows = {
     async start (request, user) {
       const { session, refreshToken } = await app.sessionsRepository.open(
         { userId: user.id, userAgent: request.headers['user-agent'], ip: request.ip },
@@ -95,10 +95,10 @@ async function sessionsPlugin (app: FastifyInstance) {
       return respond(user, rotation.session.id, rotation.refreshToken)
     }
   }
-  app.decorate('sessions', flows)
+  app.decorate('signInFlows', flows)
 }
 
-export default fp(sessionsPlugin, {
-  name: 'sessions',
+export default fp(signInFlowsPlugin, {
+  name: 'sign-in-flows',
   dependencies: ['config', 'auth', 'rate-limits', 'users-repository', 'sessions-repository']
 })
