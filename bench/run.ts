@@ -6,22 +6,30 @@ import { build } from 'esbuild'
 import { randomBytes, randomInt } from 'node:crypto'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { HASHERS, compatibility, hashWith, hasherInUse, measureVerify, type Compatibility, type HasherName, type HasherRound } from './lib/hasher.ts'
 import { inBatches, measure, openLoop, postJson, type Measurement, type Target } from './lib/load.ts'
+import { DEFAULT_POSTGRES_URL, isPostgresUrl, postgresInfo, redactUrl, type PostgresInfo } from './lib/postgres.ts'
 import { ROOT, peakRssBytes, rssBytes, startServer, waitIdle, type Server } from './lib/processes.ts'
 import {
   HASHER_HEADERS, RATIO_HEADERS, ROW_HEADERS, compatibilityLines, hasherCells, machine, markdownTable, median, ms,
-  ratioCells, rowCells, spread, summarise, textTable, verdict, versions, type Machine, type Ratio, type Row
+  ratio, ratioCells, rowCells, spread, summarise, textTable, verdict, versions, type Machine, type Ratio, type Row
 } from './lib/report.ts'
-import { BENCH_PASSWORD, emailOf, prepareDatabase } from './lib/seed.ts'
+import {
+  BENCH_PASSWORD, DATABASE_NAMES, emailOf, prepareDatabase, type DatabaseChoice, type DatabaseKind, type SeededDatabase
+} from './lib/seed.ts'
 
 const HELP = `npm run bench [-- options]
 
   (no option)        full run: 100,000 users, 3 interleaved rounds of 5 s per target; writes BENCHMARKS.md
-  --quick            CI smoke run: 1,000 users, 1 round of 1 s; prints only (add --write to write BENCHMARKS.md)
+  --quick            CI smoke run: 1,000 users, 1 round of 1 s; prints only (--write: writes its results, marked quick)
+  --database URL     Gatehouse (and the Express peer) on a fresh PostgreSQL database created on that server
+                     for the run and dropped after (URL of any existing database there, used to create it);
+                     "--database sqlite" or no option: a SQLite file, the default
+  --postgres         the same with ${DEFAULT_POSTGRES_URL} (or the --database URL)
+                     each database writes its own section of BENCHMARKS.md
   --users N          scale mode: GET /auth/me and POST /auth/login with N users against ${'10,000'}
                      (with --quick or --suite: the user count of that run instead)
   --suite            run the full suite even with --users
@@ -29,12 +37,15 @@ const HELP = `npm run bench [-- options]
   --profile          run the app with --cpu-prof; the profile lands in bench/profiles/
   --compiled         run the app from an esbuild bundle of src/server.ts with plain node, not tsx
   --app-env K=V      extra environment for the app (repeatable), e.g. --app-env MALLOC_ARENA_MAX=2
+  --note TEXT        a line about the conditions of the run, written into its section of BENCHMARKS.md
   --write / --no-write
 `
 
 const { values: args } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
+    database: { type: 'string' },
+    postgres: { type: 'boolean', default: false },
     suite: { type: 'boolean', default: false },
     users: { type: 'string' },
     baseline: { type: 'string', default: '10000' },
@@ -45,6 +56,7 @@ const { values: args } = parseArgs({
     profile: { type: 'boolean', default: false },
     compiled: { type: 'boolean', default: false },
     'app-env': { type: 'string', multiple: true, default: [] },
+    note: { type: 'string' },
     write: { type: 'boolean' },
     'no-write': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false }
@@ -63,6 +75,16 @@ const count = (text: string | undefined, fallback: number) => {
 }
 
 const quick = args.quick
+const databaseChoice: DatabaseChoice = (() => {
+  const url = args.database ?? (args.postgres ? DEFAULT_POSTGRES_URL : 'sqlite')
+  if (url === 'sqlite') {
+    if (args.postgres) throw new Error('--postgres with --database sqlite: pick one')
+    return { kind: 'sqlite' }
+  }
+  if (!isPostgresUrl(url)) throw new Error(`--database takes a postgres:// URL or "sqlite", not ${url}`)
+  return { kind: 'postgres', adminUrl: url }
+})()
+const databaseName = DATABASE_NAMES[databaseChoice.kind]
 const scaleMode = args.users !== undefined && !quick && !args.suite
 const settings = {
   users: count(args.users, quick ? 1_000 : 100_000),
@@ -91,6 +113,7 @@ interface Session { access: string, refresh: string }
 
 interface App {
   server: Server
+  database: SeededDatabase
   users: number
   /** Access tokens of `tokenUsers` distinct users, for the guarded routes. */
   sessions: Session[]
@@ -124,16 +147,18 @@ function distinctUsers (n: number, users: number): number[] {
   return [...picked]
 }
 
-async function startApp (name: string, databaseUrl: string, users: number, secret: string): Promise<App> {
+async function startApp (name: string, database: SeededDatabase, secret: string, work: string): Promise<App> {
+  const users = database.users
   const server = await startServer({
     name,
-    script: args.compiled ? await compiledServer(dirname(databaseUrl.slice('file:'.length))) : 'src/server.ts',
-    env: appEnv(databaseUrl, secret),
+    script: args.compiled ? await compiledServer(work) : 'src/server.ts',
+    env: appEnv(database.url, secret),
     readyPath: '/health',
     nodeArgs: args.profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILES}`] : []
   })
   const app: App = {
     server,
+    database,
     users,
     sessions: [],
     freshRefresh: [],
@@ -171,6 +196,9 @@ function compiledServer (dir: string): Promise<string> {
   return compiled
 }
 
+/** The app's database as a Target field, when it is a process of its own whose CPU can be read. */
+const dbOf = (app: App): Pick<Target, 'database'> => app.database.cpu ? { database: app.database.cpu } : {}
+
 const bearerRequests = (app: App, path: string): autocannon.Request[] =>
   app.sessions.map(({ access }) => ({ method: 'GET', path, headers: { authorization: `Bearer ${access}` } }))
 
@@ -186,6 +214,7 @@ function loginTarget (id: string, label: string, app: App, connections?: number)
     id,
     label,
     server: app.server,
+    ...dbOf(app),
     ...(connections ? { connections } : {}),
     requests: () => [{
       method: 'POST',
@@ -207,6 +236,7 @@ function refreshTarget (app: App): Target {
     id: 'refresh',
     label: 'Gatehouse POST /auth/refresh',
     server: app.server,
+    ...dbOf(app),
     requests: async () => {
       const needed = settings.connections + 5
       if (app.freshRefresh.length < needed) {
@@ -227,30 +257,60 @@ function refreshTarget (app: App): Target {
   }
 }
 
-async function runRounds (targets: Target[], pids: number[], onRoundEnd?: (round: number) => Promise<void>): Promise<Measurement[]> {
+/** The servers' pids and, on PostgreSQL, their databases' backends (their pools may have reconnected). */
+const watchedPids = (servers: Server[], databases: SeededDatabase[]) => async () =>
+  [...servers.map((server) => server.pid), ...(await Promise.all(databases.map((database) => database.cpu?.pids() ?? []))).flat()]
+
+async function runRounds (targets: Target[], pidsNow: () => Promise<number[]>, onRoundEnd?: (round: number) => Promise<void>): Promise<Measurement[]> {
   const measurements: Measurement[] = []
   if (settings.warmupSeconds > 0) say(`warm-up: ${settings.warmupSeconds} s per target`)
   for (const target of settings.warmupSeconds > 0 ? targets : []) {
-    await waitIdle(pids)
+    await waitIdle(await pidsNow())
     const warm = await measure(target, 0, settings.warmupSeconds, settings.connections)
     say(`warm-up    ${target.label.padEnd(44)} ${Math.round(warm.rps).toString().padStart(6)} req/s`)
   }
   for (let round = 1; round <= settings.rounds; round++) {
     for (const target of targets) {
-      await waitIdle(pids)
+      await waitIdle(await pidsNow())
       const result = await measure(target, round, settings.seconds, settings.connections)
       measurements.push(result)
       const bad = result.non2xx + result.errors
       say(`round ${round}/${settings.rounds}  ${target.label.padEnd(44)} ${Math.round(result.rps).toString().padStart(6)} req/s  p99 ${ms(result.p99)} ms` +
-        `  ${Math.round(result.cpuUs)} µs/req${bad ? `  (${bad} non-2xx/errors)` : ''}`)
+        `  ${Math.round(result.cpuUs)} µs/req${result.dbCpuUs !== undefined ? ` + DB ${Math.round(result.dbCpuUs)}` : ''}${bad ? `  (${bad} non-2xx/errors)` : ''}`)
     }
     await onRoundEnd?.(round)
   }
   return measurements
 }
 
+/** The database Gatehouse ran on in one result; results written before it existed ran on SQLite. */
+interface DatabaseInfo {
+  kind: DatabaseKind
+  /** 'SQLite' or 'PostgreSQL', as the tables say. */
+  name: string
+  /** Server version and settings (PostgreSQL). */
+  postgres?: PostgresInfo
+  /** What the Express peer read. */
+  expressPeer: string
+}
+
+const SQLITE_INFO: DatabaseInfo = { kind: 'sqlite', name: 'SQLite', expressPeer: 'the same SQLite file, read-only, through better-sqlite3' }
+
+async function databaseInfo (choice: DatabaseChoice): Promise<DatabaseInfo> {
+  if (choice.kind === 'sqlite') return SQLITE_INFO
+  return {
+    kind: 'postgres',
+    name: DATABASE_NAMES.postgres,
+    postgres: await postgresInfo(choice.adminUrl!),
+    expressPeer: 'the same PostgreSQL database, through a pg pool of 10 with named prepared statements'
+  }
+}
+
 interface SuiteResult {
   kind: 'suite'
+  database?: DatabaseInfo
+  /** --note: the conditions of the run, in the operator's words. */
+  note?: string
   quick: boolean
   date: string
   machine: Machine
@@ -275,6 +335,7 @@ interface SuiteResult {
 
 interface ScaleResult {
   kind: 'scale'
+  database?: DatabaseInfo
   date: string
   machine: Machine
   settings: typeof settings & { baseline: number }
@@ -301,44 +362,51 @@ async function runSuite (): Promise<SuiteResult> {
   const loadAtStart = loadavg()[0]!
   const work = mkdtempSync(join(tmpdir(), 'gatehouse-bench-'))
   const servers: Server[] = []
+  const databases: SeededDatabase[] = []
   try {
+    const dbInfo = await databaseInfo(databaseChoice)
     const inUse = hasherInUse()
     say(`hashing the bench password with ${inUse} (argon2id m=19456 t=2 p=1)`)
     const passwordHash = await hashWith(inUse, BENCH_PASSWORD)
     const compat = await compatibility(BENCH_PASSWORD)
-    say(`seeding ${settings.users.toLocaleString('en-US')} users`)
-    const database = await prepareDatabase(work, 'gatehouse', settings.users, passwordHash)
-    say(`seeded in ${database.seedSeconds.toFixed(1)} s; starting Gatehouse, bare Fastify and the Express peer`)
+    say(`seeding ${settings.users.toLocaleString('en-US')} users into ${databaseName}` +
+      (databaseChoice.adminUrl ? ` (a new database on ${redactUrl(databaseChoice.adminUrl)})` : ''))
+    const database = await prepareDatabase(databaseChoice, work, 'gatehouse', settings.users, passwordHash)
+    databases.push(database)
+    say(`seeded in ${database.seedSeconds.toFixed(1)} s; starting Gatehouse, bare Fastify and the Express peer (both on ${databaseName})`)
     const secret = randomBytes(48).toString('base64url')
     const [app, bare, express] = await Promise.all([
-      startApp('gatehouse', database.url, settings.users, secret),
+      startApp('gatehouse', database, secret, work),
       startServer({ name: 'bare-fastify', script: 'bench/peers/bare-fastify.ts', env: { NODE_ENV: 'production' }, readyPath: '/' }),
       startServer({
         name: 'express-jsonwebtoken',
         script: 'bench/peers/express-jsonwebtoken.ts',
-        env: { NODE_ENV: 'production', JWT_SECRET: secret, DATABASE_PATH: database.path },
+        env: { NODE_ENV: 'production', JWT_SECRET: secret, ...(database.path ? { DATABASE_PATH: database.path } : { DATABASE_URL: database.url }) },
         readyPath: '/health'
       })
     ])
     servers.push(app.server, bare, express)
+    const pidsNow = watchedPids(servers, databases)
     await waitIdle([app.server.pid])
     const idleRss = rssBytes(app.server.pid)
+    const onDb = dbOf(app)
 
     const storm: Record<string, number>[] = []
     const onLogin = collectRefresh(app)
     const all: Target[] = [
       { id: 'bare', label: 'bare Fastify GET /', server: bare, requests: () => [{ method: 'GET', path: '/' }] },
-      { id: 'guarded', label: `Gatehouse GET ${STATELESS_ROUTE} (guarded)`, server: app.server, requests: () => bearerRequests(app, STATELESS_ROUTE) },
-      { id: 'express-guarded', label: `Express+jsonwebtoken GET ${STATELESS_ROUTE}`, server: express, requests: () => bearerRequests(app, STATELESS_ROUTE) },
-      { id: 'me', label: 'Gatehouse GET /auth/me', server: app.server, requests: () => bearerRequests(app, '/auth/me') },
-      { id: 'express-me', label: 'Express+jsonwebtoken GET /auth/me', server: express, requests: () => bearerRequests(app, '/auth/me') },
-      { id: 'clothes', label: 'Gatehouse GET /clothes', server: app.server, requests: () => bearerRequests(app, '/clothes') },
+      { id: 'guarded', label: `Gatehouse GET ${STATELESS_ROUTE} (guarded)`, server: app.server, ...onDb, requests: () => bearerRequests(app, STATELESS_ROUTE) },
+      { id: 'express-guarded', label: `Express+jsonwebtoken GET ${STATELESS_ROUTE}`, server: express, ...onDb, requests: () => bearerRequests(app, STATELESS_ROUTE) },
+      { id: 'me', label: 'Gatehouse GET /auth/me', server: app.server, ...onDb, requests: () => bearerRequests(app, '/auth/me') },
+      { id: 'express-me', label: 'Express+jsonwebtoken GET /auth/me', server: express, ...onDb, requests: () => bearerRequests(app, '/auth/me') },
+      { id: 'clothes', label: 'Gatehouse GET /clothes', server: app.server, ...onDb, requests: () => bearerRequests(app, '/clothes') },
       loginTarget('login', 'Gatehouse POST /auth/login', app),
       refreshTarget(app),
       {
         id: 'storm',
         label: `Gatehouse GET ${STATELESS_ROUTE} + ${settings.stormLoginsPerSecond} logins/s`,
         server: app.server,
+        ...onDb,
         requests: () => bearerRequests(app, STATELESS_ROUTE),
         background: () => {
           const loop = openLoop(app.server.url, '/auth/login', settings.stormLoginsPerSecond, app.loginBody, onLogin)
@@ -354,12 +422,11 @@ async function runSuite (): Promise<SuiteResult> {
     ]
     const wanted = args.targets?.split(',').map((id) => id.trim())
     const targets = wanted ? all.filter((target) => wanted.includes(target.id)) : all
-    const pids = servers.map((server) => server.pid)
 
     const hashers: HasherRound[] = []
-    const measurements = await runRounds(targets, pids, async (round) => {
+    const measurements = await runRounds(targets, pidsNow, async (round) => {
       // The hashers' rounds, interleaved with the HTTP ones, while every server is idle.
-      await waitIdle(pids)
+      await waitIdle(await pidsNow())
       for (const hasher of HASHERS) {
         const result = await measureVerify(hasher, passwordHash, BENCH_PASSWORD, settings.hasherSeconds, 4, quick ? 1 : 3)
         hashers.push(result)
@@ -369,7 +436,7 @@ async function runSuite (): Promise<SuiteResult> {
     const hwm = peakRssBytes(app.server.pid)
 
     const labels = new Map(targets.map((target) => [target.id, target.label]))
-    const rows = summarise(measurements, labels)
+    const rows = summarise(measurements, labels, new Map(targets.filter((target) => target.id !== 'bare').map((target) => [target.id, databaseName])))
     const row = (id: string) => rows.find((r) => r.id === id)
     const hasherRate = (name: HasherName) => median(hashers.filter((h) => h.hasher === name).map((h) => h.perSecond))
     const appIds = new Set(['guarded', 'me', 'clothes', 'login', 'refresh', 'storm'])
@@ -408,6 +475,8 @@ async function runSuite (): Promise<SuiteResult> {
 
     return {
       kind: 'suite',
+      database: dbInfo,
+      ...(args.note ? { note: args.note } : {}),
       quick,
       date: new Date().toISOString(),
       machine: machine(),
@@ -429,6 +498,7 @@ async function runSuite (): Promise<SuiteResult> {
     }
   } finally {
     await Promise.all(servers.map((server) => server.stop()))
+    await Promise.all(databases.map((database) => database.drop().catch((error: unknown) => say(`could not drop a bench database: ${String(error)}`))))
     removeWork(work)
     say(`done in ${((performance.now() - started) / 1000).toFixed(0)} s`)
   }
@@ -441,30 +511,32 @@ async function runScale (): Promise<ScaleResult> {
   if (baseline === settings.users) throw new Error(`--users ${settings.users} is the scale mode's baseline: pick another count, or add --suite for the full suite with it`)
   const work = mkdtempSync(join(tmpdir(), 'gatehouse-bench-'))
   const servers: Server[] = []
+  const databases: SeededDatabase[] = []
   try {
+    const dbInfo = await databaseInfo(databaseChoice)
     const inUse = hasherInUse()
     const passwordHash = await hashWith(inUse, BENCH_PASSWORD)
     const sizes = [baseline, settings.users]
     const apps: App[] = []
     for (const users of sizes) {
-      say(`seeding ${users.toLocaleString('en-US')} users`)
-      const database = await prepareDatabase(work, `users-${users}`, users, passwordHash)
+      say(`seeding ${users.toLocaleString('en-US')} users into ${databaseName}`)
+      const database = await prepareDatabase(databaseChoice, work, `users_${users}`, users, passwordHash)
+      databases.push(database)
       say(`seeded in ${database.seedSeconds.toFixed(1)} s`)
-      const app = await startApp(`gatehouse-${users}`, database.url, users, randomBytes(48).toString('base64url'))
+      const app = await startApp(`gatehouse-${users}`, database, randomBytes(48).toString('base64url'), work)
       servers.push(app.server)
       apps.push(app)
     }
     const name = (users: number) => users.toLocaleString('en-US')
     const targets: Target[] = apps.flatMap((app) => [
-      { id: `me-${app.users}`, label: `GET /auth/me, ${name(app.users)} users`, server: app.server, requests: () => bearerRequests(app, '/auth/me') },
+      { id: `me-${app.users}`, label: `GET /auth/me, ${name(app.users)} users`, server: app.server, ...dbOf(app), requests: () => bearerRequests(app, '/auth/me') },
       // Few connections: the latency of a login, not the length of the queue in front of it.
       loginTarget(`login-${app.users}`, `POST /auth/login, ${name(app.users)} users (-c ${SCALE_LOGIN_CONNECTIONS})`, app, SCALE_LOGIN_CONNECTIONS)
     ])
     // me, me, login, login: each pair back to back.
     targets.sort((a, b) => a.id.split('-')[0]!.localeCompare(b.id.split('-')[0]!) * -1)
-    const pids = servers.map((server) => server.pid)
-    const measurements = await runRounds(targets, pids)
-    const rows = summarise(measurements, new Map(targets.map((target) => [target.id, target.label])))
+    const measurements = await runRounds(targets, watchedPids(servers, databases))
+    const rows = summarise(measurements, new Map(targets.map((target) => [target.id, target.label])), new Map(targets.map((target) => [target.id, databaseName])))
     const checks: ScaleResult['checks'] = []
     for (const route of ['me', 'login']) {
       for (const field of ['p50', 'rps'] as const) {
@@ -478,6 +550,7 @@ async function runScale (): Promise<ScaleResult> {
     }
     return {
       kind: 'scale',
+      database: dbInfo,
       date: new Date().toISOString(),
       machine: machine(),
       settings: { ...settings, baseline },
@@ -488,12 +561,13 @@ async function runScale (): Promise<ScaleResult> {
     }
   } finally {
     await Promise.all(servers.map((server) => server.stop()))
+    await Promise.all(databases.map((database) => database.drop().catch((error: unknown) => say(`could not drop a bench database: ${String(error)}`))))
     removeWork(work)
   }
 }
 
 function printSuite (result: SuiteResult) {
-  console.log(`\nGatehouse bench (${result.quick ? 'quick' : 'full'}): ${result.settings.users.toLocaleString('en-US')} users, ` +
+  console.log(`\nGatehouse bench (${result.quick ? 'quick' : 'full'}) on ${databaseLine(dbOfResult(result))}: ${result.settings.users.toLocaleString('en-US')} users, ` +
     `${result.settings.rounds} round(s) × ${result.settings.seconds} s per target, -c ${result.settings.connections}\n`)
   console.log(textTable(ROW_HEADERS, result.rows.map(rowCells)))
   console.log('\n' + textTable(HASHER_HEADERS, HASHERS.map((name) => hasherCells(result.hashers, name, result.hasherInUse))))
@@ -517,7 +591,7 @@ function scaleTables (result: ScaleResult) {
 
 function printScale (result: ScaleResult) {
   const tables = scaleTables(result)
-  console.log(`\nScale: ${result.settings.users.toLocaleString('en-US')} users against ${result.settings.baseline.toLocaleString('en-US')}\n`)
+  console.log(`\nScale on ${databaseLine(dbOfResult(result))}: ${result.settings.users.toLocaleString('en-US')} users against ${result.settings.baseline.toLocaleString('en-US')}\n`)
   console.log(textTable(ROW_HEADERS, tables.rows))
   console.log('\n' + textTable(tables.headers, tables.checks))
   console.log(`\n/auth/me and login latency within noise: ${verdict(result.met)}; peak RSS (MiB): ${JSON.stringify(result.rssPeakMiB)}`)
@@ -527,81 +601,160 @@ function readJson<T> (file: string): T | undefined {
   return existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) as T : undefined
 }
 
-function renderMarkdown (suite: SuiteResult | undefined, scale: ScaleResult | undefined): string {
+/** Results written before PostgreSQL existed carry no database: they ran on SQLite. */
+const dbOfResult = (result: SuiteResult | ScaleResult): DatabaseInfo => result.database ?? SQLITE_INFO
+
+function databaseLine (info: DatabaseInfo): string {
+  if (!info.postgres) return 'SQLite'
+  return `PostgreSQL ${info.postgres.version} at ${info.postgres.server}`
+}
+
+const KINDS: DatabaseKind[] = ['sqlite', 'postgres']
+/** SQLite keeps the file names it had before there was a choice. */
+const resultFile = (what: 'suite' | 'scale', kind: DatabaseKind) => join(RESULTS, kind === 'sqlite' ? `${what}.json` : `${what}-${kind}.json`)
+const when = (date: string) => `${date.slice(0, 16).replace('T', ' ')} UTC`
+
+function databaseBullets (info: DatabaseInfo): string[] {
+  if (!info.postgres) {
+    return ['- Database: **SQLite** (better-sqlite3, WAL) in a file of the run\'s temporary folder, inside the app process;',
+      `  the Express peer reads ${info.expressPeer}. SQLite's CPU is part of each server's own CPU µs/req.`]
+  }
+  const p = info.postgres
+  return [
+    `- Database: **PostgreSQL ${p.version}** at ${p.server}${p.local ? ' on this machine (its backends share the cores with the servers and the load generator)' : ''},`,
+    '  in a database created for the run (`gatehouse_bench_<host>_<pid>_…`) and dropped after; Gatehouse\'s own pg pool (10 connections);',
+    `  the Express peer reads ${info.expressPeer}.`,
+    `- Server settings: ${Object.entries(p.settings).map(([name, value]) => `${name}=${value}`).join(', ')}`,
+    '- DB CPU µs/req is the CPU of the PostgreSQL backends serving that database (from /proc, over the same window),',
+    '  per answer: add it to CPU µs/req for the whole cost of a request on this machine.'
+  ]
+}
+
+function suiteSection (suite: SuiteResult, scale: ScaleResult | undefined): string[] {
+  const info = dbOfResult(suite)
+  const m = suite.machine
+  const s = suite.settings
+  const out = [
+    `## ${info.name}${info.kind === 'sqlite' ? ' (the default)' : ''}: run of ${when(suite.date)}${suite.quick ? ' (quick mode)' : ''}`, '',
+    `\`npm run bench${info.kind === 'sqlite' ? '' : ' -- --postgres'}\`${info.kind === 'sqlite' ? '' : ' (or `--database postgres://…`)'}.`, '',
+    ...databaseBullets(info),
+    `- Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB memory, Linux ${m.kernel}`,
+    `- Node ${m.node}; ${Object.entries(suite.versions).map(([name, version]) => `${name} ${version}`).join(', ')}`,
+    `- ${s.users.toLocaleString('en-US')} seeded users (seeded in ${suite.seedSeconds.toFixed(1)} s); autocannon -c ${s.connections}; ${s.rounds} interleaved round(s) of ${s.seconds} s per target after a ${s.warmupSeconds} s warm-up each`,
+    `- Gatehouse ran as ${suite.appRuntime === 'tsx' ? '`node --import tsx src/server.ts` (the tsx loader adds about 50 MiB of RSS)' : 'an esbuild bundle of src/server.ts under plain node (`--compiled`)'}`,
+    ...(suite.appEnv.length > 0 ? [`- Extra app environment: ${suite.appEnv.join(' ')}`] : []),
+    `- Machine load average (1 min) ${suite.load.start.toFixed(1)} at the start and ${suite.load.end.toFixed(1)} at the end: other work shared the ${m.cores} cores`,
+    ...(suite.note ? [`- Note: ${suite.note}`] : []),
+    '',
+    markdownTable(ROW_HEADERS, suite.rows.map(rowCells)), '',
+    'req/s counts 2xx answers only; p50/p99 are the 2xx latencies seen by autocannon; CPU µs/req is the server',
+    'process\'s user+system time (all threads, from /proc/<pid>/stat) over the round divided by the answers it',
+    'gave; server CPU is that time as a share of one core; rps spread is (max − min) / median over the rounds.', '',
+    `### Targets (Gatehouse on ${info.name})`, '',
+    markdownTable(RATIO_HEADERS, [
+      ...suite.ratios.map(ratioCells),
+      scale
+        ? [`/auth/me and login p50 latency, ${scale.settings.users.toLocaleString('en-US')} vs ${scale.settings.baseline.toLocaleString('en-US')} users`,
+            'see Scale', 'within noise', verdict(scale.met), `separate run, ${scale.date.slice(0, 10)}`]
+        : ['/auth/me and login latency, 1,000,000 vs 10,000 users', 'not run', 'within noise', 'n/a',
+            `\`npm run bench -- --users 1000000${info.kind === 'sqlite' ? '' : ' --postgres'}\``]
+    ]), '',
+    'Ratios of throughput and p99 are medians of per-round ratios (both targets measured in the same round).', '',
+    `### Password hashing (${info.name} run)`, '',
+    markdownTable(HASHER_HEADERS, HASHERS.map((name) => hasherCells(suite.hashers, name, suite.hasherInUse))), '',
+    ...compatibilityLines(suite.compatibility).map((line) => `- ${line}`), '',
+    'Both verify the same PHC string (the seeded hash) with 4 verifies in flight, the size of the libuv pool',
+    'the app uses, while every server is idle; "alone" is one verify at a time.', ''
+  ]
+  return out
+}
+
+function scaleSection (scale: ScaleResult, level: string): string[] {
+  const info = dbOfResult(scale)
+  const tables = scaleTables(scale)
+  return [`${level} Scale on ${info.name}: ${scale.settings.users.toLocaleString('en-US')} users against ${scale.settings.baseline.toLocaleString('en-US')} (${when(scale.date)})`, '',
+    `Two app instances, one per database, measured in ${scale.settings.rounds} interleaved round(s) of ${scale.settings.seconds} s (-c ${scale.settings.connections} for /auth/me, -c ${SCALE_LOGIN_CONNECTIONS} for login). ` +
+    'A difference counts as noise when it is within the larger round-to-round spread of the two (at least 5%).', '',
+    markdownTable(ROW_HEADERS, tables.rows), '',
+    markdownTable(tables.headers, tables.checks), '',
+    `Result: ${verdict(scale.met)}. Peak RSS (MiB): ${Object.entries(scale.rssPeakMiB).map(([users, mib]) => `${users} users ${mib}`).join(', ')}.`, '']
+}
+
+/** The same rows of two suites side by side: what moving Gatehouse (and the peer) to PostgreSQL costs. */
+function comparisonSection (sqlite: SuiteResult, postgres: SuiteResult): string[] {
+  const headers = ['target', 'SQLite req/s', 'PostgreSQL req/s', 'PostgreSQL ÷ SQLite', 'SQLite CPU µs/req', 'PostgreSQL app µs/req', 'PostgreSQL DB µs/req', 'PostgreSQL total µs/req']
+  const digits = (value: number | undefined) => value !== undefined && Number.isFinite(value) ? Math.round(value).toLocaleString('en-US') : '—'
+  const rows = sqlite.rows.flatMap((a) => {
+    const b = postgres.rows.find((row) => row.id === a.id)
+    if (!b) return []
+    return [[
+      a.label, digits(a.rps), digits(b.rps), ratio(b.rps / a.rps), digits(a.cpuUs), digits(b.cpuUs), digits(b.dbCpuUs),
+      b.dbCpuUs !== undefined ? digits(b.cpuUs + b.dbCpuUs) : digits(b.cpuUs)
+    ]]
+  })
+  const day = (suite: SuiteResult) => suite.date.slice(0, 10)
+  return ['## SQLite against PostgreSQL', '',
+    `The two runs above side by side (SQLite ${when(sqlite.date)}, load ${sqlite.load.start.toFixed(1)}–${sqlite.load.end.toFixed(1)}; ` +
+    `PostgreSQL ${when(postgres.date)}, load ${postgres.load.start.toFixed(1)}–${postgres.load.end.toFixed(1)})` +
+    `${day(sqlite) === day(postgres) ? '' : ': **not the same day**, compare with care'}. They are separate runs, so this`,
+    'table compares across runs (the bare Fastify row shows how alike the machine was); the targets above compare within a run.', '',
+    markdownTable(headers, rows), ''
+  ]
+}
+
+function renderMarkdown (suites: Partial<Record<DatabaseKind, SuiteResult>>, scales: Partial<Record<DatabaseKind, ScaleResult>>): string {
   const out: string[] = ['# Benchmarks', '',
-    'Generated by `npm run bench` (bench/run.ts); rerun it to refresh this file. `npm run bench -- --quick` is the',
-    'CI smoke run and prints only; `npm run bench -- --users 1000000` is the scale comparison.', '']
-  if (suite) {
-    const m = suite.machine
-    const s = suite.settings
-    out.push(
-      `## Run of ${suite.date.slice(0, 16).replace('T', ' ')} UTC${suite.quick ? ' (quick mode)' : ''}`, '',
-      `- Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB memory, Linux ${m.kernel}`,
-      `- Node ${m.node}; ${Object.entries(suite.versions).map(([name, version]) => `${name} ${version}`).join(', ')}`,
-      `- ${s.users.toLocaleString('en-US')} seeded users; autocannon -c ${s.connections}; ${s.rounds} interleaved round(s) of ${s.seconds} s per target after a ${s.warmupSeconds} s warm-up each`,
-      `- Gatehouse ran as ${suite.appRuntime === 'tsx' ? '`node --import tsx src/server.ts` (the tsx loader adds about 50 MiB of RSS)' : 'an esbuild bundle of src/server.ts under plain node (`--compiled`)'}`,
-      ...(suite.appEnv.length > 0 ? [`- Extra app environment: ${suite.appEnv.join(' ')}`] : []),
-      `- Machine load average (1 min) ${suite.load.start.toFixed(1)} at the start and ${suite.load.end.toFixed(1)} at the end: other work shared the ${m.cores} cores`,
-      '',
-      markdownTable(ROW_HEADERS, suite.rows.map(rowCells)), '',
-      'req/s counts 2xx answers only; p50/p99 are the 2xx latencies seen by autocannon; CPU µs/req is the server',
-      'process\'s user+system time (all threads, from /proc/<pid>/stat) over the round divided by the answers it',
-      'gave; server CPU is that time as a share of one core; rps spread is (max − min) / median over the rounds.', '',
-      '### Targets', '',
-      markdownTable(RATIO_HEADERS, [
-        ...suite.ratios.map(ratioCells),
-        scale
-          ? [`/auth/me and login p50 latency, ${scale.settings.users.toLocaleString('en-US')} vs ${scale.settings.baseline.toLocaleString('en-US')} users`,
-              'see Scale', 'within noise', verdict(scale.met), `separate run, ${scale.date.slice(0, 10)}`]
-          : ['/auth/me and login latency, 1,000,000 vs 10,000 users', 'not run', 'within noise', 'n/a', '`npm run bench -- --users 1000000`']
-      ]), ''
-    )
-    out.push('Ratios of throughput and p99 are medians of per-round ratios (both targets measured in the same round).', '',
-      '### The stateless guarded route', '', STATELESS_NOTE, '',
-      '### Password hashing', '',
-      markdownTable(HASHER_HEADERS, HASHERS.map((name) => hasherCells(suite.hashers, name, suite.hasherInUse))), '',
-      ...compatibilityLines(suite.compatibility).map((line) => `- ${line}`), '',
-      'Both verify the same PHC string (the seeded hash) with 4 verifies in flight, the size of the libuv pool',
-      'the app uses, while every server is idle; "alone" is one verify at a time.', ''
-    )
+    'Generated by `npm run bench` (bench/run.ts); rerun it to refresh this file. There is one section per database',
+    'Gatehouse ran on: SQLite (`npm run bench`, the default) and PostgreSQL (`npm run bench -- --postgres`, or',
+    '`--database postgres://…`); each run rewrites only its own section. `npm run bench -- --quick` (with or without',
+    '`--postgres`) is the CI smoke run and prints only; `npm run bench -- --users 1000000` is the scale comparison.', '']
+  for (const kind of KINDS) {
+    const suite = suites[kind]
+    const scale = scales[kind]
+    if (suite) out.push(...suiteSection(suite, scale))
+    else if (scale) out.push(`## ${DATABASE_NAMES[kind]}`, '', 'No suite run on this database yet.', '')
+    if (scale) out.push(...scaleSection(scale, '###'))
   }
-  if (scale) {
-    const tables = scaleTables(scale)
-    out.push(`## Scale: ${scale.settings.users.toLocaleString('en-US')} users against ${scale.settings.baseline.toLocaleString('en-US')} (${scale.date.slice(0, 16).replace('T', ' ')} UTC)`, '',
-      `Two app instances, one per database, measured in ${scale.settings.rounds} interleaved round(s) of ${scale.settings.seconds} s (-c ${scale.settings.connections} for /auth/me, -c ${SCALE_LOGIN_CONNECTIONS} for login). ` +
-      'A difference counts as noise when it is within the larger round-to-round spread of the two (at least 5%).', '',
-      markdownTable(ROW_HEADERS, tables.rows), '',
-      markdownTable(tables.headers, tables.checks), '',
-      `Result: ${verdict(scale.met)}. Peak RSS (MiB): ${Object.entries(scale.rssPeakMiB).map(([users, mib]) => `${users} users ${mib}`).join(', ')}.`, '')
-  }
+  if (suites.sqlite && suites.postgres) out.push(...comparisonSection(suites.sqlite, suites.postgres))
+  out.push('## The stateless guarded route', '', STATELESS_NOTE, '')
   out.push('## Method', '',
     '- Every server is a child process on 127.0.0.1: Gatehouse as `node --import tsx src/server.ts` (NODE_ENV=production,',
-    '  LOG_LEVEL=warn, a random JWT_SECRET, rate limits raised so they never answer 429, a temporary SQLite file migrated',
-    '  by `src/cli/db-migrate.ts`, demo rows from `src/cli/db-seed.ts`, users inserted in one transaction with one',
-    '  precomputed argon2id hash), bare Fastify (`bench/peers/bare-fastify.ts`) and Express 5 + jsonwebtoken with a',
-    '  KeyObject secret and the same token checks and reads (`bench/peers/express-jsonwebtoken.ts`).',
+    '  LOG_LEVEL=warn, a random JWT_SECRET, rate limits raised so they never answer 429, a fresh database migrated',
+    '  by `src/cli/db-migrate.ts`, demo rows from `src/cli/db-seed.ts`, users inserted directly with one precomputed',
+    '  argon2id hash: on SQLite a temporary file, one transaction; on PostgreSQL a database created for the run, batched',
+    '  multi-row inserts through `pg`, then VACUUM ANALYZE), bare Fastify (`bench/peers/bare-fastify.ts`) and Express 5 +',
+    '  jsonwebtoken with a KeyObject secret and the same token checks and reads (`bench/peers/express-jsonwebtoken.ts`),',
+    '  reading the same database as Gatehouse in each run.',
     '- Targets run one after another in rounds (warm-up first); each round visits every target, so drift of the shared',
-    '  machine hits all of them alike. Before each target the bench waits until no server spends CPU.',
-    `- Guarded routes cycle through the access tokens of ${suite?.settings.tokenUsers ?? 50} distinct users (their sessions exist). Logins pick a random`,
+    '  machine hits all of them alike. Before each target the bench waits until no server (and no PostgreSQL backend of',
+    '  the run\'s database) spends CPU.',
+    `- Guarded routes cycle through the access tokens of ${suites.sqlite?.settings.tokenUsers ?? suites.postgres?.settings.tokenUsers ?? 50} distinct users (their sessions exist). Logins pick a random`,
     '  seeded user per request; refreshes chain tokens (each answer\'s refresh token is presented next), starting',
     '  from tokens issued by logins and never presented.',
     '- The storm case is the guarded route under load while an open loop sends 20 logins/s to the same process.',
     '- RSS is VmRSS of the app sampled every 200 ms while it is under load.',
-    '- The load generator (autocannon, in the runner process) shares the 2 cores with the server under test, so',
-    '  absolute numbers are lower than on separate machines; the ratios are what the targets are about.',
+    '- The load generator (autocannon, in the runner process) shares the 2 cores with the server under test (and, on',
+    '  PostgreSQL, with the database server), so absolute numbers are lower than on separate machines; the ratios are',
+    '  what the targets are about.',
     '')
   return out.join('\n')
 }
 
 function writeOutputs (suite: SuiteResult | undefined, scale: ScaleResult | undefined) {
   mkdirSync(RESULTS, { recursive: true })
-  if (suite && !suite.quick) writeFileSync(join(RESULTS, 'suite.json'), JSON.stringify(suite, null, 2) + '\n')
-  if (scale) writeFileSync(join(RESULTS, 'scale.json'), JSON.stringify(scale, null, 2) + '\n')
-  writeFileSync(join(ROOT, 'BENCHMARKS.md'), renderMarkdown(
-    suite ?? readJson<SuiteResult>(join(RESULTS, 'suite.json')),
-    scale ?? readJson<ScaleResult>(join(RESULTS, 'scale.json'))
-  ))
-  say('wrote BENCHMARKS.md')
+  const kind = databaseChoice.kind
+  if (suite) writeFileSync(resultFile('suite', kind), JSON.stringify(suite, null, 2) + '\n')
+  if (scale) writeFileSync(resultFile('scale', kind), JSON.stringify(scale, null, 2) + '\n')
+  const suites: Partial<Record<DatabaseKind, SuiteResult>> = {}
+  const scales: Partial<Record<DatabaseKind, ScaleResult>> = {}
+  for (const each of KINDS) {
+    const savedSuite = each === kind && suite ? suite : readJson<SuiteResult>(resultFile('suite', each))
+    const savedScale = each === kind && scale ? scale : readJson<ScaleResult>(resultFile('scale', each))
+    if (savedSuite) suites[each] = savedSuite
+    if (savedScale) scales[each] = savedScale
+  }
+  writeFileSync(join(ROOT, 'BENCHMARKS.md'), renderMarkdown(suites, scales))
+  say(`wrote BENCHMARKS.md (${DATABASE_NAMES[kind]} section)`)
 }
 
 if (args.profile) mkdirSync(PROFILES, { recursive: true })

@@ -2,6 +2,7 @@
 // and memory sampled over exactly that window; and the background login load of the storm case.
 import autocannon from 'autocannon'
 import { Agent, request as httpRequest } from 'node:http'
+import type { DatabaseCpu } from './postgres.ts'
 import { cpuMicros, rssBytes, type Server } from './processes.ts'
 
 export interface Target {
@@ -15,6 +16,8 @@ export interface Target {
   background?: () => Background
   /** Concurrent connections when not the run's default. */
   connections?: number
+  /** The database the server reads, when it is another process (PostgreSQL); for its CPU. */
+  database?: DatabaseCpu
 }
 
 export interface Background {
@@ -36,6 +39,10 @@ export interface Measurement {
   cpuUs: number
   /** Server CPU as a share of one core. */
   cpuCores: number
+  /** Database server CPU (its backends for this database) per completed response, microseconds; PostgreSQL only. */
+  dbCpuUs?: number
+  /** That CPU as a share of one core. */
+  dbCpuCores?: number
   rssMaxBytes: number
   extra?: Record<string, number>
 }
@@ -52,6 +59,7 @@ export async function measure (target: Target, round: number, seconds: number, c
   const latencies: number[] = []
   let rssMax = rssBytes(pid)
   const sampler = setInterval(() => { rssMax = Math.max(rssMax, rssBytes(pid)) }, 200)
+  const dbBefore = await target.database?.snapshot()
   const background = target.background?.()
   const cpuBefore = cpuMicros(pid)
   const started = performance.now()
@@ -69,6 +77,7 @@ export async function measure (target: Target, round: number, seconds: number, c
   })
   const elapsed = (performance.now() - started) / 1000
   const cpu = cpuMicros(pid) - cpuBefore
+  const dbCpu = target.database && dbBefore ? target.database.spent(dbBefore, await target.database.snapshot()) : undefined
   clearInterval(sampler)
   rssMax = Math.max(rssMax, rssBytes(pid))
   const extra = background ? await background.stop() : undefined
@@ -88,6 +97,7 @@ export async function measure (target: Target, round: number, seconds: number, c
     cpuUs: responses > 0 ? cpu / responses : NaN,
     cpuCores: cpu / 1e6 / elapsed,
     rssMaxBytes: rssMax,
+    ...(dbCpu !== undefined ? { dbCpuUs: responses > 0 ? dbCpu / responses : NaN, dbCpuCores: dbCpu / 1e6 / elapsed } : {}),
     ...(extra ? { extra } : {})
   }
 }

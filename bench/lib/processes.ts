@@ -139,13 +139,21 @@ export async function startServer ({ name, script, env, readyPath, nodeArgs = []
  */
 export async function waitIdle (pids: number[], maxMs = 5000): Promise<void> {
   const deadline = Date.now() + maxMs
+  // A process that is gone (a database backend whose connection closed) reads NaN: idle.
+  const read = (pid: number) => {
+    try {
+      return cpuMicros(pid)
+    } catch {
+      return NaN
+    }
+  }
   let quiet = 0
-  let last = pids.map(cpuMicros)
+  let last = pids.map(read)
   while (Date.now() < deadline && quiet < 2) {
     await sleep(100)
-    const now = pids.map(cpuMicros)
+    const now = pids.map(read)
     // Under 5 % of a core over 100 ms counts as idle (the tick is 10 ms).
-    quiet = now.every((value, index) => value - last[index]! <= 10_000) ? quiet + 1 : 0
+    quiet = now.every((value, index) => !(value - last[index]! > 10_000)) ? quiet + 1 : 0
     last = now
   }
 }

@@ -24,7 +24,7 @@ export function machine (): Machine {
 
 const PACKAGES = [
   'fastify', '@fastify/jwt', 'fast-jwt', 'better-sqlite3', 'drizzle-orm', 'argon2', '@node-rs/argon2',
-  'express', 'jsonwebtoken', 'autocannon', 'tsx'
+  'pg', 'express', 'jsonwebtoken', 'autocannon', 'tsx'
 ]
 
 /** Installed versions, read from node_modules (nested copies, e.g. fast-jwt under @fastify/jwt, too). */
@@ -55,32 +55,40 @@ export const spread = (values: number[]): number => values.length < 2 ? 0 : (Mat
 export interface Row {
   id: string
   label: string
+  /** Which database the server of this row read ('SQLite', 'PostgreSQL'); none for bare Fastify. */
+  database?: string
   rounds: number
   rps: number
   p50: number
   p99: number
   cpuUs: number
   cpuCores: number
+  /** CPU of the database server's backends per answer (PostgreSQL; SQLite's is inside cpuUs). */
+  dbCpuUs?: number
   non2xx: number
   errors: number
   spread: number
   rssMiB: number
 }
 
-export function summarise (measurements: Measurement[], labels: Map<string, string>): Row[] {
+export function summarise (measurements: Measurement[], labels: Map<string, string>, databases = new Map<string, string>()): Row[] {
   const rows: Row[] = []
   for (const [id, label] of labels) {
     const own = measurements.filter((m) => m.id === id)
     if (own.length === 0) continue
+    const database = databases.get(id)
+    const dbCpu = own.map((m) => m.dbCpuUs).filter((value): value is number => value !== undefined)
     rows.push({
       id,
       label,
+      ...(database ? { database } : {}),
       rounds: own.length,
       rps: median(own.map((m) => m.rps)),
       p50: median(own.map((m) => m.p50)),
       p99: median(own.map((m) => m.p99)),
       cpuUs: median(own.map((m) => m.cpuUs)),
       cpuCores: median(own.map((m) => m.cpuCores)),
+      ...(dbCpu.length > 0 ? { dbCpuUs: median(dbCpu) } : {}),
       non2xx: own.reduce((sum, m) => sum + m.non2xx, 0),
       errors: own.reduce((sum, m) => sum + m.errors, 0),
       spread: spread(own.map((m) => m.rps)),
@@ -108,20 +116,26 @@ export const ms = (value: number) => Number.isFinite(value) ? (value < 10 ? valu
 export const ratio = (value: number) => Number.isFinite(value) ? `${value.toFixed(2)}×` : 'n/a'
 export const verdict = (met: boolean | null) => met === null ? 'n/a' : met ? 'met' : 'NOT met'
 
+/** Rows written before the bench knew other databases (no `database` field) all ran on SQLite. */
+export const rowDatabase = (row: Row) => row.database ?? (row.id === 'bare' ? '—' : 'SQLite')
+
 export function rowCells (row: Row): string[] {
+  const database = rowDatabase(row)
   return [
     row.label,
+    database,
     digits(row.rps),
     ms(row.p50),
     ms(row.p99),
     digits(row.cpuUs, 0),
+    row.dbCpuUs !== undefined ? digits(row.dbCpuUs, 0) : database === 'SQLite' ? 'in app' : '—',
     `${Math.round(row.cpuCores * 100)}%`,
     `${Math.round(row.spread * 100)}%`,
     String(row.rssMiB),
     String(row.non2xx + row.errors)
   ]
 }
-export const ROW_HEADERS = ['target', 'req/s', 'p50 ms', 'p99 ms', 'CPU µs/req', 'server CPU', 'rps spread', 'RSS MiB', 'non-2xx+err']
+export const ROW_HEADERS = ['target', 'database', 'req/s', 'p50 ms', 'p99 ms', 'CPU µs/req', 'DB CPU µs/req', 'server CPU', 'rps spread', 'RSS MiB', 'non-2xx+err']
 
 export function hasherCells (rounds: HasherRound[], name: HasherName, inUse: HasherName): string[] {
   const own = rounds.filter((round) => round.hasher === name)
@@ -156,7 +170,7 @@ export function textTable (headers: string[], rows: string[][]): string {
 /** Numbers right-aligned; the first column and words (result, note, measure) left. */
 export function markdownTable (headers: string[], rows: string[][]): string {
   const escape = (cell: string) => cell.replace(/\|/g, '\\|')
-  const left = (header: string, column: number) => column === 0 || ['result', 'note', 'goal'].includes(header)
+  const left = (header: string, column: number) => column === 0 || ['result', 'note', 'goal', 'database'].includes(header)
   return [
     `| ${headers.map(escape).join(' | ')} |`,
     `|${headers.map((header, column) => left(header, column) ? '---' : '---:').join('|')}|`,

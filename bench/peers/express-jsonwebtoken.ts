@@ -1,11 +1,15 @@
 // The usual stack, in its fair configuration: Express 5 + jsonwebtoken with the secret as a
 // prebuilt KeyObject (a string secret makes jsonwebtoken build a key on every call), chosen by
 // `kid`. It makes the same checks as Gatehouse: HS256 only, typ at+jwt, issuer, audience, 10 s
-// clock tolerance, every required claim with its type, canonical JSON; and the same reads.
+// clock tolerance, every required claim with its type, canonical JSON; and the same reads, from
+// the same database as Gatehouse: the SQLite file (DATABASE_PATH, read-only, better-sqlite3
+// prepared statements) or PostgreSQL (DATABASE_URL, a pg pool of 10 like Gatehouse's, named
+// prepared statements, the user and session read in parallel as Gatehouse does).
 import Database from 'better-sqlite3'
 import express, { type NextFunction, type Request, type Response } from 'express'
 import jwt, { type GetPublicKeyOrSecret, type Jwt } from 'jsonwebtoken'
 import { createSecretKey, type KeyObject } from 'node:crypto'
+import pg from 'pg'
 import { hasPermission } from '../../src/auth/permissions.ts'
 import {
   ACCESS_TOKEN_ALG,
@@ -30,16 +34,74 @@ const audience = env('JWT_AUDIENCE', 'gatehouse')
 const secrets = [env('JWT_SECRET'), ...env('JWT_PREVIOUS_SECRETS', '').split(',').filter(Boolean)]
 const keysByKid = new Map<string, KeyObject>(secrets.map((secret) => [kidFor(secret), createSecretKey(Buffer.from(secret))]))
 
-const sqlite = new Database(env('DATABASE_PATH'), { readonly: true, fileMustExist: true })
-sqlite.pragma('busy_timeout = 5000')
-const memberVideos = sqlite.prepare(
-  'select id, user_id, title, author, url, is_member_only, created_at, updated_at from videos where is_member_only = 1 order by created_at desc'
-)
-const userById = sqlite.prepare('select id, email, name, roles, disabled, created_at, updated_at from users where id = ?')
-const activeSession = sqlite.prepare('select id, user_id from sessions where id = ? and revoked_at is null and expires_at > ?')
+interface Video { id: string, user_id: string | null, title: string, author: string, url: string, is_member_only: boolean, created_at: Date, updated_at: Date }
+interface User { id: string, email: string, name: string | null, roles: string[], disabled: boolean, created_at: Date, updated_at: Date }
 
-interface VideoRow { id: string, user_id: string | null, title: string, author: string, url: string, is_member_only: number, created_at: number, updated_at: number }
-interface UserRow { id: string, email: string, name: string | null, roles: string, disabled: number, created_at: number, updated_at: number }
+/** The two reads of the guarded routes, whichever database answers them. */
+interface Store {
+  memberVideos (): Promise<Video[]> | Video[]
+  /** The user, and whether the session is active and theirs. */
+  account (userId: string, sessionId: string): Promise<{ user?: User, sessionUserId?: string }> | { user?: User, sessionUserId?: string }
+}
+
+function sqliteStore (path: string): Store {
+  interface VideoRow { id: string, user_id: string | null, title: string, author: string, url: string, is_member_only: number, created_at: number, updated_at: number }
+  interface UserRow { id: string, email: string, name: string | null, roles: string, disabled: number, created_at: number, updated_at: number }
+  const sqlite = new Database(path, { readonly: true, fileMustExist: true })
+  sqlite.pragma('busy_timeout = 5000')
+  const memberVideos = sqlite.prepare(
+    'select id, user_id, title, author, url, is_member_only, created_at, updated_at from videos where is_member_only = 1 order by created_at desc'
+  )
+  const userById = sqlite.prepare('select id, email, name, roles, disabled, created_at, updated_at from users where id = ?')
+  const activeSession = sqlite.prepare('select id, user_id from sessions where id = ? and revoked_at is null and expires_at > ?')
+  return {
+    memberVideos: () => (memberVideos.all() as VideoRow[]).map((video) => ({
+      ...video,
+      is_member_only: video.is_member_only === 1,
+      created_at: new Date(video.created_at),
+      updated_at: new Date(video.updated_at)
+    })),
+    account (userId, sessionId) {
+      const user = userById.get(userId) as UserRow | undefined
+      const session = activeSession.get(sessionId, Date.now()) as { user_id: string } | undefined
+      return {
+        ...(user
+          ? { user: { ...user, roles: JSON.parse(user.roles) as string[], disabled: user.disabled === 1, created_at: new Date(user.created_at), updated_at: new Date(user.updated_at) } }
+          : {}),
+        ...(session ? { sessionUserId: session.user_id } : {})
+      }
+    }
+  }
+}
+
+function postgresStore (url: string): Store {
+  const pool = new pg.Pool({ connectionString: url, max: 10 })
+  pool.on('error', () => {})
+  return {
+    async memberVideos () {
+      return (await pool.query<Video>({
+        name: 'member_videos',
+        text: 'select id, user_id, title, author, url, is_member_only, created_at, updated_at from videos where is_member_only = true order by created_at desc'
+      })).rows
+    },
+    async account (userId, sessionId) {
+      const [users, sessions] = await Promise.all([
+        pool.query<User>({ name: 'user_by_id', text: 'select id, email, name, roles, disabled, created_at, updated_at from users where id = $1', values: [userId] }),
+        pool.query<{ user_id: string }>({
+          name: 'active_session',
+          text: 'select id, user_id from sessions where id = $1 and revoked_at is null and expires_at > $2',
+          values: [sessionId, new Date()]
+        })
+      ])
+      const [user] = users.rows
+      const [session] = sessions.rows
+      return { ...(user ? { user } : {}), ...(session ? { sessionUserId: session.user_id } : {}) }
+    }
+  }
+}
+
+const databaseUrl = process.env.DATABASE_URL
+const store = databaseUrl && /^postgres(ql)?:\/\//.test(databaseUrl) ? postgresStore(databaseUrl) : sqliteStore(env('DATABASE_PATH'))
 
 const getKey: GetPublicKeyOrSecret = (header, callback) => {
   const key = header.typ === ACCESS_TOKEN_TYP && typeof header.kid === 'string' ? keysByKid.get(header.kid) : undefined
@@ -82,35 +144,34 @@ app.disable('etag')
 
 app.get('/health', (_request, response) => { response.json({ status: 'ok' }) })
 
-app.get('/videos/member', authenticate, (request, response) => {
+app.get('/videos/member', authenticate, async (request, response) => {
   if (!hasPermission(request.user!.roles, 'videos:watch-member')) {
     response.status(403).json({ statusCode: 403, error: 'Forbidden', message: 'forbidden', code: 'forbidden' })
     return
   }
-  const rows = memberVideos.all() as VideoRow[]
+  const rows = await store.memberVideos()
   response.json(rows.map((video) => ({
     id: video.id,
     title: video.title,
     author: video.author,
     url: video.url,
-    is_member_only: video.is_member_only === 1,
+    is_member_only: video.is_member_only,
     user_id: video.user_id,
-    created_at: new Date(video.created_at).toISOString(),
-    updated_at: new Date(video.updated_at).toISOString()
+    created_at: video.created_at.toISOString(),
+    updated_at: video.updated_at.toISOString()
   })))
 })
 
-app.get('/auth/me', authenticate, (request, response) => {
-  const user = userById.get(request.user!.id) as UserRow | undefined
-  const session = activeSession.get(request.user!.sid, Date.now()) as { id: string, user_id: string } | undefined
-  if (!user || user.disabled || !session || session.user_id !== user.id) return refuse(response, 401, 'invalid_token')
+app.get('/auth/me', authenticate, async (request, response) => {
+  const { user, sessionUserId } = await store.account(request.user!.id, request.user!.sid)
+  if (!user || user.disabled || sessionUserId === undefined || sessionUserId !== user.id) return refuse(response, 401, 'invalid_token')
   response.set('cache-control', 'no-store').json({
     id: user.id,
     email: user.email,
     name: user.name,
-    roles: JSON.parse(user.roles) as string[],
-    created_at: new Date(user.created_at).toISOString(),
-    updated_at: new Date(user.updated_at).toISOString()
+    roles: user.roles,
+    created_at: user.created_at.toISOString(),
+    updated_at: user.updated_at.toISOString()
   })
 })
 
