@@ -357,149 +357,160 @@ function pairedRatio (measurements: Measurement[], numerator: string, denominato
   return median(values)
 }
 
+/**
+ * A temporary folder and the servers and databases a run starts in it, all stopped, dropped and
+ * removed when the run ends, however it ends.
+ */
+async function withBenchResources<T> (run: (resources: { work: string, servers: Server[], databases: SeededDatabase[] }) => Promise<T>): Promise<T> {
+  const resources = { work: mkdtempSync(join(tmpdir(), 'gatehouse-bench-')), servers: [] as Server[], databases: [] as SeededDatabase[] }
+  try {
+    return await run(resources)
+  } finally {
+    await Promise.all(resources.servers.map((server) => server.stop()))
+    await Promise.all(resources.databases.map((database) => database.drop().catch((error: unknown) => say(`could not drop a bench database: ${String(error)}`))))
+    removeWork(resources.work)
+  }
+}
+
 async function runSuite (): Promise<SuiteResult> {
   const started = performance.now()
   const loadAtStart = loadavg()[0]!
-  const work = mkdtempSync(join(tmpdir(), 'gatehouse-bench-'))
-  const servers: Server[] = []
-  const databases: SeededDatabase[] = []
   try {
-    const dbInfo = await databaseInfo(databaseChoice)
-    const inUse = hasherInUse()
-    say(`hashing the bench password with ${inUse} (argon2id m=19456 t=2 p=1)`)
-    const passwordHash = await hashWith(inUse, BENCH_PASSWORD)
-    const compat = await compatibility(BENCH_PASSWORD)
-    say(`seeding ${settings.users.toLocaleString('en-US')} users into ${databaseName}` +
+    return await withBenchResources(async ({ work, servers, databases }) => {
+      const dbInfo = await databaseInfo(databaseChoice)
+      const inUse = hasherInUse()
+      say(`hashing the bench password with ${inUse} (argon2id m=19456 t=2 p=1)`)
+      const passwordHash = await hashWith(inUse, BENCH_PASSWORD)
+      const compat = await compatibility(BENCH_PASSWORD)
+      say(`seeding ${settings.users.toLocaleString('en-US')} users into ${databaseName}` +
       (databaseChoice.adminUrl ? ` (a new database on ${redactUrl(databaseChoice.adminUrl)})` : ''))
-    const database = await prepareDatabase(databaseChoice, work, 'gatehouse', settings.users, passwordHash)
-    databases.push(database)
-    say(`seeded in ${database.seedSeconds.toFixed(1)} s; starting Gatehouse, bare Fastify and the Express peer (both on ${databaseName})`)
-    const secret = randomBytes(48).toString('base64url')
-    const [app, bare, express] = await Promise.all([
-      startApp('gatehouse', database, secret, work),
-      startServer({ name: 'bare-fastify', script: 'bench/peers/bare-fastify.ts', env: { NODE_ENV: 'production' }, readyPath: '/' }),
-      startServer({
-        name: 'express-jsonwebtoken',
-        script: 'bench/peers/express-jsonwebtoken.ts',
-        env: { NODE_ENV: 'production', JWT_SECRET: secret, ...(database.path ? { DATABASE_PATH: database.path } : { DATABASE_URL: database.url }) },
-        readyPath: '/health'
-      })
-    ])
-    servers.push(app.server, bare, express)
-    const pidsNow = watchedPids(servers, databases)
-    await waitIdle([app.server.pid])
-    const idleRss = rssBytes(app.server.pid)
-    const onDb = dbOf(app)
+      const database = await prepareDatabase(databaseChoice, work, 'gatehouse', settings.users, passwordHash)
+      databases.push(database)
+      say(`seeded in ${database.seedSeconds.toFixed(1)} s; starting Gatehouse, bare Fastify and the Express peer (both on ${databaseName})`)
+      const secret = randomBytes(48).toString('base64url')
+      const [app, bare, express] = await Promise.all([
+        startApp('gatehouse', database, secret, work),
+        startServer({ name: 'bare-fastify', script: 'bench/peers/bare-fastify.ts', env: { NODE_ENV: 'production' }, readyPath: '/' }),
+        startServer({
+          name: 'express-jsonwebtoken',
+          script: 'bench/peers/express-jsonwebtoken.ts',
+          env: { NODE_ENV: 'production', JWT_SECRET: secret, ...(database.path ? { DATABASE_PATH: database.path } : { DATABASE_URL: database.url }) },
+          readyPath: '/health'
+        })
+      ])
+      servers.push(app.server, bare, express)
+      const pidsNow = watchedPids(servers, databases)
+      await waitIdle([app.server.pid])
+      const idleRss = rssBytes(app.server.pid)
+      const onDb = dbOf(app)
 
-    const storm: Record<string, number>[] = []
-    const onLogin = collectRefresh(app)
-    const all: Target[] = [
-      { id: 'bare', label: 'bare Fastify GET /', server: bare, requests: () => [{ method: 'GET', path: '/' }] },
-      { id: 'guarded', label: `Gatehouse GET ${STATELESS_ROUTE} (guarded)`, server: app.server, ...onDb, requests: () => bearerRequests(app, STATELESS_ROUTE) },
-      { id: 'express-guarded', label: `Express+jsonwebtoken GET ${STATELESS_ROUTE}`, server: express, ...onDb, requests: () => bearerRequests(app, STATELESS_ROUTE) },
-      { id: 'me', label: 'Gatehouse GET /auth/me', server: app.server, ...onDb, requests: () => bearerRequests(app, '/auth/me') },
-      { id: 'express-me', label: 'Express+jsonwebtoken GET /auth/me', server: express, ...onDb, requests: () => bearerRequests(app, '/auth/me') },
-      { id: 'clothes', label: 'Gatehouse GET /clothes', server: app.server, ...onDb, requests: () => bearerRequests(app, '/clothes') },
-      loginTarget('login', 'Gatehouse POST /auth/login', app),
-      refreshTarget(app),
-      {
-        id: 'storm',
-        label: `Gatehouse GET ${STATELESS_ROUTE} + ${settings.stormLoginsPerSecond} logins/s`,
-        server: app.server,
-        ...onDb,
-        requests: () => bearerRequests(app, STATELESS_ROUTE),
-        background: () => {
-          const loop = openLoop(app.server.url, '/auth/login', settings.stormLoginsPerSecond, app.loginBody, onLogin)
-          return {
-            async stop () {
-              const result = await loop.stop()
-              storm.push(result)
-              return result
+      const storm: Record<string, number>[] = []
+      const onLogin = collectRefresh(app)
+      const all: Target[] = [
+        { id: 'bare', label: 'bare Fastify GET /', server: bare, requests: () => [{ method: 'GET', path: '/' }] },
+        { id: 'guarded', label: `Gatehouse GET ${STATELESS_ROUTE} (guarded)`, server: app.server, ...onDb, requests: () => bearerRequests(app, STATELESS_ROUTE) },
+        { id: 'express-guarded', label: `Express+jsonwebtoken GET ${STATELESS_ROUTE}`, server: express, ...onDb, requests: () => bearerRequests(app, STATELESS_ROUTE) },
+        { id: 'me', label: 'Gatehouse GET /auth/me', server: app.server, ...onDb, requests: () => bearerRequests(app, '/auth/me') },
+        { id: 'express-me', label: 'Express+jsonwebtoken GET /auth/me', server: express, ...onDb, requests: () => bearerRequests(app, '/auth/me') },
+        { id: 'clothes', label: 'Gatehouse GET /clothes', server: app.server, ...onDb, requests: () => bearerRequests(app, '/clothes') },
+        loginTarget('login', 'Gatehouse POST /auth/login', app),
+        refreshTarget(app),
+        {
+          id: 'storm',
+          label: `Gatehouse GET ${STATELESS_ROUTE} + ${settings.stormLoginsPerSecond} logins/s`,
+          server: app.server,
+          ...onDb,
+          requests: () => bearerRequests(app, STATELESS_ROUTE),
+          background: () => {
+            const loop = openLoop(app.server.url, '/auth/login', settings.stormLoginsPerSecond, app.loginBody, onLogin)
+            return {
+              async stop () {
+                const result = await loop.stop()
+                storm.push(result)
+                return result
+              }
             }
           }
         }
-      }
-    ]
-    const wanted = args.targets?.split(',').map((id) => id.trim())
-    const targets = wanted ? all.filter((target) => wanted.includes(target.id)) : all
+      ]
+      const wanted = args.targets?.split(',').map((id) => id.trim())
+      const targets = wanted ? all.filter((target) => wanted.includes(target.id)) : all
 
-    const hashers: HasherRound[] = []
-    const measurements = await runRounds(targets, pidsNow, async (round) => {
+      const hashers: HasherRound[] = []
+      const measurements = await runRounds(targets, pidsNow, async (round) => {
       // The hashers' rounds, interleaved with the HTTP ones, while every server is idle.
-      await waitIdle(await pidsNow())
-      for (const hasher of HASHERS) {
-        const result = await measureVerify(hasher, passwordHash, BENCH_PASSWORD, settings.hasherSeconds, 4, quick ? 1 : 3)
-        hashers.push(result)
-        say(`round ${round}/${settings.rounds}  raw verify ${hasher.padEnd(31)} ${result.perSecond.toFixed(1).padStart(6)} /s     alone ${ms(result.singleMs)} ms`)
+        await waitIdle(await pidsNow())
+        for (const hasher of HASHERS) {
+          const result = await measureVerify(hasher, passwordHash, BENCH_PASSWORD, settings.hasherSeconds, 4, quick ? 1 : 3)
+          hashers.push(result)
+          say(`round ${round}/${settings.rounds}  raw verify ${hasher.padEnd(31)} ${result.perSecond.toFixed(1).padStart(6)} /s     alone ${ms(result.singleMs)} ms`)
+        }
+      })
+      const hwm = peakRssBytes(app.server.pid)
+
+      const labels = new Map(targets.map((target) => [target.id, target.label]))
+      const rows = summarise(measurements, labels, new Map(targets.filter((target) => target.id !== 'bare').map((target) => [target.id, databaseName])))
+      const row = (id: string) => rows.find((r) => r.id === id)
+      const hasherRate = (name: HasherName) => median(hashers.filter((h) => h.hasher === name).map((h) => h.perSecond))
+      const appIds = new Set(['guarded', 'me', 'clothes', 'login', 'refresh', 'storm'])
+      const peakUnderLoad = Math.max(0, ...measurements.filter((m) => appIds.has(m.id)).map((m) => m.rssMaxBytes))
+
+      const ratios: Ratio[] = []
+      const add = (name: string, value: number, target: string, met: boolean, note?: string) => {
+        if (Number.isFinite(value)) ratios.push({ name, value, target, met, ...(note ? { note } : {}) })
+      }
+      const guardedVsBare = pairedRatio(measurements, 'guarded', 'bare', 'rps')
+      add('guarded route vs bare Fastify, throughput', guardedVsBare, '≥ 0.80×', guardedVsBare >= 0.8, `GET ${STATELESS_ROUTE}`)
+      const p99VsBare = pairedRatio(measurements, 'guarded', 'bare', 'p99')
+      add('guarded route vs bare Fastify, p99', p99VsBare, '≤ 2.00×', p99VsBare <= 2,
+      `${ms(row('guarded')?.p99 ?? NaN)} vs ${ms(row('bare')?.p99 ?? NaN)} ms`)
+      const meVsBare = pairedRatio(measurements, 'me', 'bare', 'rps')
+      add('GET /auth/me vs bare Fastify', meVsBare, '≥ 0.60×', meVsBare >= 0.6)
+      const guardedVsExpress = pairedRatio(measurements, 'guarded', 'express-guarded', 'rps')
+      add(`Gatehouse vs Express peer, GET ${STATELESS_ROUTE}`, guardedVsExpress, '≥ 4.00×', guardedVsExpress >= 4)
+      const meVsExpress = pairedRatio(measurements, 'me', 'express-me', 'rps')
+      add('Gatehouse vs Express peer, GET /auth/me', meVsExpress, '≥ 4.00×', meVsExpress >= 4)
+      const loginRps = row('login')?.rps ?? NaN
+      const loginVsHasher = loginRps / hasherRate(inUse)
+      add(`POST /auth/login vs raw verify of ${inUse} (in use)`, loginVsHasher, '≥ 0.90×', loginVsHasher >= 0.9,
+      `${loginRps.toFixed(1)} vs ${hasherRate(inUse).toFixed(1)} /s`)
+      for (const other of HASHERS.filter((name) => name !== inUse)) {
+        const value = loginRps / hasherRate(other)
+        if (Number.isFinite(value)) ratios.push({ name: `POST /auth/login vs raw verify of ${other} (not in use)`, value, target: 'info', met: null, note: `${hasherRate(other).toFixed(1)} /s` })
+      }
+      const stormVsIdle = pairedRatio(measurements, 'storm', 'guarded', 'rps')
+      const stormP99 = pairedRatio(measurements, 'storm', 'guarded', 'p99')
+      add(`guarded route under ${settings.stormLoginsPerSecond} logins/s vs idle`, stormVsIdle, '≥ 0.75×', stormVsIdle >= 0.75,
+      `p99 ×${stormP99.toFixed(1)}; logins served ${median(storm.map((s) => s.perSecond ?? NaN)).toFixed(1)}/s`)
+      if (peakUnderLoad > 0) {
+        ratios.push({ name: 'Gatehouse RSS under load', value: MiB(peakUnderLoad), unit: 'MiB', target: '≤ 150 MB', met: peakUnderLoad <= 150e6, note: `idle ${MiB(idleRss)} MiB, VmHWM ${MiB(hwm)} MiB` })
+      }
+
+      return {
+        kind: 'suite',
+        database: dbInfo,
+        ...(args.note ? { note: args.note } : {}),
+        quick,
+        date: new Date().toISOString(),
+        machine: machine(),
+        versions: versions(),
+        settings,
+        hasherInUse: inUse,
+        appRuntime: args.compiled ? 'compiled' : 'tsx',
+        appEnv: args['app-env'],
+        statelessRoute: STATELESS_ROUTE,
+        rows,
+        ratios,
+        hashers,
+        compatibility: compat,
+        rss: { idleAfterStartMiB: MiB(idleRss), peakUnderLoadMiB: MiB(peakUnderLoad), hwmMiB: MiB(hwm) },
+        storm: Object.fromEntries(Object.keys(storm[0] ?? {}).map((key) => [key, median(storm.map((s) => s[key]!))])),
+        measurements,
+        seedSeconds: database.seedSeconds,
+        load: { start: loadAtStart, end: loadavg()[0]! }
       }
     })
-    const hwm = peakRssBytes(app.server.pid)
-
-    const labels = new Map(targets.map((target) => [target.id, target.label]))
-    const rows = summarise(measurements, labels, new Map(targets.filter((target) => target.id !== 'bare').map((target) => [target.id, databaseName])))
-    const row = (id: string) => rows.find((r) => r.id === id)
-    const hasherRate = (name: HasherName) => median(hashers.filter((h) => h.hasher === name).map((h) => h.perSecond))
-    const appIds = new Set(['guarded', 'me', 'clothes', 'login', 'refresh', 'storm'])
-    const peakUnderLoad = Math.max(0, ...measurements.filter((m) => appIds.has(m.id)).map((m) => m.rssMaxBytes))
-
-    const ratios: Ratio[] = []
-    const add = (name: string, value: number, target: string, met: boolean, note?: string) => {
-      if (Number.isFinite(value)) ratios.push({ name, value, target, met, ...(note ? { note } : {}) })
-    }
-    const guardedVsBare = pairedRatio(measurements, 'guarded', 'bare', 'rps')
-    add('guarded route vs bare Fastify, throughput', guardedVsBare, '≥ 0.80×', guardedVsBare >= 0.8, `GET ${STATELESS_ROUTE}`)
-    const p99VsBare = pairedRatio(measurements, 'guarded', 'bare', 'p99')
-    add('guarded route vs bare Fastify, p99', p99VsBare, '≤ 2.00×', p99VsBare <= 2,
-      `${ms(row('guarded')?.p99 ?? NaN)} vs ${ms(row('bare')?.p99 ?? NaN)} ms`)
-    const meVsBare = pairedRatio(measurements, 'me', 'bare', 'rps')
-    add('GET /auth/me vs bare Fastify', meVsBare, '≥ 0.60×', meVsBare >= 0.6)
-    const guardedVsExpress = pairedRatio(measurements, 'guarded', 'express-guarded', 'rps')
-    add(`Gatehouse vs Express peer, GET ${STATELESS_ROUTE}`, guardedVsExpress, '≥ 4.00×', guardedVsExpress >= 4)
-    const meVsExpress = pairedRatio(measurements, 'me', 'express-me', 'rps')
-    add('Gatehouse vs Express peer, GET /auth/me', meVsExpress, '≥ 4.00×', meVsExpress >= 4)
-    const loginRps = row('login')?.rps ?? NaN
-    const loginVsHasher = loginRps / hasherRate(inUse)
-    add(`POST /auth/login vs raw verify of ${inUse} (in use)`, loginVsHasher, '≥ 0.90×', loginVsHasher >= 0.9,
-      `${loginRps.toFixed(1)} vs ${hasherRate(inUse).toFixed(1)} /s`)
-    for (const other of HASHERS.filter((name) => name !== inUse)) {
-      const value = loginRps / hasherRate(other)
-      if (Number.isFinite(value)) ratios.push({ name: `POST /auth/login vs raw verify of ${other} (not in use)`, value, target: 'info', met: null, note: `${hasherRate(other).toFixed(1)} /s` })
-    }
-    const stormVsIdle = pairedRatio(measurements, 'storm', 'guarded', 'rps')
-    const stormP99 = pairedRatio(measurements, 'storm', 'guarded', 'p99')
-    add(`guarded route under ${settings.stormLoginsPerSecond} logins/s vs idle`, stormVsIdle, '≥ 0.75×', stormVsIdle >= 0.75,
-      `p99 ×${stormP99.toFixed(1)}; logins served ${median(storm.map((s) => s.perSecond ?? NaN)).toFixed(1)}/s`)
-    if (peakUnderLoad > 0) {
-      ratios.push({ name: 'Gatehouse RSS under load', value: MiB(peakUnderLoad), unit: 'MiB', target: '≤ 150 MB', met: peakUnderLoad <= 150e6, note: `idle ${MiB(idleRss)} MiB, VmHWM ${MiB(hwm)} MiB` })
-    }
-
-    return {
-      kind: 'suite',
-      database: dbInfo,
-      ...(args.note ? { note: args.note } : {}),
-      quick,
-      date: new Date().toISOString(),
-      machine: machine(),
-      versions: versions(),
-      settings,
-      hasherInUse: inUse,
-      appRuntime: args.compiled ? 'compiled' : 'tsx',
-      appEnv: args['app-env'],
-      statelessRoute: STATELESS_ROUTE,
-      rows,
-      ratios,
-      hashers,
-      compatibility: compat,
-      rss: { idleAfterStartMiB: MiB(idleRss), peakUnderLoadMiB: MiB(peakUnderLoad), hwmMiB: MiB(hwm) },
-      storm: Object.fromEntries(Object.keys(storm[0] ?? {}).map((key) => [key, median(storm.map((s) => s[key]!))])),
-      measurements,
-      seedSeconds: database.seedSeconds,
-      load: { start: loadAtStart, end: loadavg()[0]! }
-    }
   } finally {
-    await Promise.all(servers.map((server) => server.stop()))
-    await Promise.all(databases.map((database) => database.drop().catch((error: unknown) => say(`could not drop a bench database: ${String(error)}`))))
-    removeWork(work)
     say(`done in ${((performance.now() - started) / 1000).toFixed(0)} s`)
   }
 }
@@ -509,10 +520,7 @@ const SCALE_LOGIN_CONNECTIONS = 4
 async function runScale (): Promise<ScaleResult> {
   const baseline = count(args.baseline, 10_000)
   if (baseline === settings.users) throw new Error(`--users ${settings.users} is the scale mode's baseline: pick another count, or add --suite for the full suite with it`)
-  const work = mkdtempSync(join(tmpdir(), 'gatehouse-bench-'))
-  const servers: Server[] = []
-  const databases: SeededDatabase[] = []
-  try {
+  return withBenchResources(async ({ work, servers, databases }) => {
     const dbInfo = await databaseInfo(databaseChoice)
     const inUse = hasherInUse()
     const passwordHash = await hashWith(inUse, BENCH_PASSWORD)
@@ -559,11 +567,7 @@ async function runScale (): Promise<ScaleResult> {
       met: checks.filter((check) => check.name.includes('latency')).every((check) => check.within),
       rssPeakMiB: Object.fromEntries(apps.map((app) => [name(app.users), MiB(peakRssBytes(app.server.pid))]))
     }
-  } finally {
-    await Promise.all(servers.map((server) => server.stop()))
-    await Promise.all(databases.map((database) => database.drop().catch((error: unknown) => say(`could not drop a bench database: ${String(error)}`))))
-    removeWork(work)
-  }
+  })
 }
 
 function printSuite (result: SuiteResult) {
