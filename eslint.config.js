@@ -2,5 +2,5 @@ import neostandard from 'neostandard'
 
 export default neostandard({
   ts: true,
-  ignores: ['node_modules/**', 'data/**', 'coverage/**', '.tap/**', 'migrations/**']
+  ignores: ['node_modules/**', 'dist/**', 'bench/profiles/**', 'data/**', 'coverage/**', '.tap/**', 'migrations/**']
 })

@@ -35,14 +35,29 @@ t.test('CORS: other origins, and every origin by default, get no CORS headers', 
   t.equal(response.headers['access-control-allow-origin'], undefined)
 })
 
-t.test('helmet security headers are on every response, errors included', async (t) => {
+t.test('API responses carry the OWASP REST security headers, errors included', async (t) => {
   const app = await build(t)
-  for (const url of ['/health', '/auth/me', '/nope']) {
+  for (const url of ['/health', '/auth/me', '/nope', '/openapi.json']) {
     const response = await app.inject({ url })
+    t.equal(response.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'", url)
+    t.equal(response.headers['x-frame-options'], 'DENY', url)
     t.equal(response.headers['x-content-type-options'], 'nosniff', url)
-    t.equal(response.headers['x-frame-options'], 'SAMEORIGIN', url)
-    t.match(String(response.headers['content-security-policy']), /default-src 'self'/, url)
-    t.match(String(response.headers['strict-transport-security']), /max-age=/, url)
-    t.equal(response.headers['x-powered-by'], undefined, url)
+    t.equal(response.headers['strict-transport-security'], 'max-age=31536000; includeSubDomains', url)
+    for (const pageOnly of ['cross-origin-opener-policy', 'referrer-policy', 'x-xss-protection', 'x-powered-by']) {
+      t.equal(response.headers[pageOnly], undefined, `${url}: no ${pageOnly}`)
+    }
+    t.equal(response.headers.vary, undefined, `${url}: no CORS origins configured, so nothing varies by Origin`)
   }
+})
+
+t.test('the docs pages get helmet\'s full document headers', async (t) => {
+  const app = await build(t)
+  const page = await app.inject({ url: '/docs/' })
+  t.equal(page.statusCode, 200)
+  t.match(String(page.headers['content-type']), /text\/html/)
+  t.match(String(page.headers['content-security-policy']), /default-src 'self'/)
+  t.equal(page.headers['x-frame-options'], 'SAMEORIGIN')
+  t.equal(page.headers['cross-origin-opener-policy'], 'same-origin')
+  t.equal(page.headers['referrer-policy'], 'no-referrer')
+  t.equal(page.headers['x-content-type-options'], 'nosniff')
 })

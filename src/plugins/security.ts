@@ -1,20 +1,65 @@
 import cors from '@fastify/cors'
-import helmet from '@fastify/helmet'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import helmet, { type HelmetOptions } from 'helmet'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 
 /**
- * Security headers on every response (helmet), and CORS for the browser origins in CORS_ORIGINS,
- * none by default. Clients send bearer tokens, never cookies, so credentials stay off.
+ * The API answers JSON that no browser renders as a page, so it gets the headers of the OWASP REST
+ * Security Cheat Sheet ("Security headers"): no content may load or frame it, no MIME sniffing,
+ * HSTS. The headers that only matter to an HTML document (cross-origin isolation, referrer,
+ * DNS prefetch, legacy IE and Flash switches) are left to the docs pages.
+ */
+const API_HEADERS: HelmetOptions = {
+  contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
+  xFrameOptions: { action: 'deny' },
+  crossOriginOpenerPolicy: false,
+  crossOriginResourcePolicy: false,
+  originAgentCluster: false,
+  referrerPolicy: false,
+  xDnsPrefetchControl: false,
+  xDownloadOptions: false,
+  xPermittedCrossDomainPolicies: false,
+  xXssProtection: false
+}
+
+/** Swagger UI's pages get helmet's full defaults (its plugin sets their script and style CSP). */
+const DOCUMENT_HEADERS: HelmetOptions = {
+  // Plain-http development servers must keep working; production sits behind TLS anyway.
+  contentSecurityPolicy: { directives: { upgradeInsecureRequests: null } }
+}
+
+/**
+ * The headers helmet sets for these options. They depend on nothing in the request, so they are
+ * computed once here instead of running helmet for every request (@fastify/helmet does that,
+ * which cost about 5 µs a request in bench/micro.ts).
+ */
+export function helmetHeaders (options: HelmetOptions): Record<string, string> {
+  const headers: Record<string, string> = {}
+  const response = {
+    setHeader: (name: string, value: string) => { headers[name.toLowerCase()] = value },
+    removeHeader: (name: string) => { delete headers[name.toLowerCase()] }
+  }
+  helmet(options)({} as IncomingMessage, response as unknown as ServerResponse, () => {})
+  return headers
+}
+
+const isDocsPage = (url: string) => url === '/docs' || url.startsWith('/docs/') || url.startsWith('/docs?')
+
+/**
+ * Security headers on every response, errors included, and CORS for the browser origins in
+ * CORS_ORIGINS only (none by default: no CORS headers, no `Vary: Origin`). Clients send bearer
+ * tokens, never cookies, so credentials stay off.
  */
 async function securityPlugin (app: FastifyInstance) {
-  await app.register(helmet, {
-    contentSecurityPolicy: {
-      // Plain-http development servers must keep working; production sits behind TLS anyway.
-      directives: { upgradeInsecureRequests: null }
-    }
+  const apiHeaders = helmetHeaders(API_HEADERS)
+  const documentHeaders = helmetHeaders(DOCUMENT_HEADERS)
+  app.addHook('onRequest', (request, reply, done) => {
+    reply.headers(isDocsPage(request.url) ? documentHeaders : apiHeaders)
+    done()
   })
 
+  if (app.config.corsOrigins.length === 0) return
   const allowed = new Set(app.config.corsOrigins)
   await app.register(cors, {
     origin: (origin, callback) => callback(null, origin !== undefined && allowed.has(origin)),
