@@ -2,12 +2,11 @@
 // autocannon over loopback in interleaved rounds; prints the table and the issue's ratios and
 // writes BENCHMARKS.md. See `npm run bench -- --help`.
 import type autocannon from 'autocannon'
-import { build } from 'esbuild'
+import { execFileSync } from 'node:child_process'
 import { randomBytes, randomInt } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { HASHERS, compatibility, hashWith, hasherInUse, measureVerify, type Compatibility, type HasherName, type HasherRound } from './lib/hasher.ts'
 import { inBatches, measure, openLoop, postJson, type Measurement, type Target } from './lib/load.ts'
@@ -35,7 +34,6 @@ const HELP = `npm run bench [-- options]
   --suite            run the full suite even with --users
   --rounds R, --duration S, --connections C, --targets id,id   override the defaults
   --profile          run the app with --cpu-prof; the profile lands in bench/profiles/
-  --compiled         run the app from an esbuild bundle of src/server.ts with plain node, not tsx
   --app-env K=V      extra environment for the app (repeatable), e.g. --app-env MALLOC_ARENA_MAX=2
   --note TEXT        a line about the conditions of the run, written into its section of BENCHMARKS.md
   --write / --no-write
@@ -54,7 +52,6 @@ const { values: args } = parseArgs({
     connections: { type: 'string', default: '50' },
     targets: { type: 'string' },
     profile: { type: 'boolean', default: false },
-    compiled: { type: 'boolean', default: false },
     'app-env': { type: 'string', multiple: true, default: [] },
     note: { type: 'string' },
     write: { type: 'boolean' },
@@ -104,10 +101,12 @@ const PROFILES = join(ROOT, 'bench/profiles')
 const begun = performance.now()
 const say = (line: string) => process.stderr.write(`[${((performance.now() - begun) / 1000).toFixed(1).padStart(5)} s] ${line}\n`)
 
-/** Gatehouse has no guarded route without a database read: this one reads no per-user row. */
-const STATELESS_ROUTE = '/videos/member'
-const STATELESS_NOTE = 'Gatehouse has no purely stateless guarded route: GET /videos/member (authenticate + ' +
-  'requirePermission, no per-user read) is the closest; it also runs one small list query (2 member-only videos).'
+/** The guarded route that reads nothing but the access token. */
+const STATELESS_ROUTE = '/me/permissions'
+const STATELESS_NOTE = 'The stateless guarded route is GET /me/permissions: authenticate (signature and claims, or the ' +
+  'verified-token cache), then the roles of the token mapped through the permission table; no database read. ' +
+  'Its answer carries the security headers every API answer carries (CSP, HSTS, nosniff, X-Frame-Options) and ' +
+  'Cache-Control: no-store; bare Fastify sends none of them, and the app logs at warn through a per-request child logger.'
 
 interface Session { access: string, refresh: string }
 
@@ -147,11 +146,11 @@ function distinctUsers (n: number, users: number): number[] {
   return [...picked]
 }
 
-async function startApp (name: string, database: SeededDatabase, secret: string, work: string): Promise<App> {
+async function startApp (name: string, database: SeededDatabase, secret: string): Promise<App> {
   const users = database.users
   const server = await startServer({
     name,
-    script: args.compiled ? await compiledServer(work) : 'src/server.ts',
+    script: builtServer(),
     env: appEnv(database.url, secret),
     readyPath: '/health',
     nodeArgs: args.profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILES}`] : []
@@ -168,32 +167,14 @@ async function startApp (name: string, database: SeededDatabase, secret: string,
   return app
 }
 
-function removeWork (dir: string) {
-  if (existsSync(join(dir, 'node_modules'))) unlinkSync(join(dir, 'node_modules'))
-  rmSync(dir, { recursive: true, force: true })
-}
-
-let compiled: Promise<string> | undefined
-/**
- * src/server.ts bundled once into the run's temporary folder (node_modules stay external). The
- * modules that resolve files from import.meta.url all sit two levels below the root (src/db,
- * src/plugins), so that is where the bundle says it is.
- */
-function compiledServer (dir: string): Promise<string> {
-  const outfile = join(dir, 'server.mjs')
-  // The bundle's imports of packages resolve through this link (removed before the folder is).
-  if (!existsSync(join(dir, 'node_modules'))) symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir')
-  compiled ??= build({
-    entryPoints: [join(ROOT, 'src/server.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    packages: 'external',
-    outfile,
-    define: { 'import.meta.url': JSON.stringify(pathToFileURL(join(ROOT, 'src/db/index.ts')).href) },
-    logLevel: 'warning'
-  }).then(() => outfile)
-  return compiled
+let built = false
+/** The app as `npm start` runs it: compiled once per run by `npm run build` into dist/. */
+function builtServer (): string {
+  if (!built) {
+    execFileSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' })
+    built = true
+  }
+  return 'dist/server.js'
 }
 
 /** The app's database as a Target field, when it is a process of its own whose CPU can be read. */
@@ -317,8 +298,6 @@ interface SuiteResult {
   versions: Record<string, string>
   settings: typeof settings
   hasherInUse: HasherName
-  /** How the app ran: `node --import tsx src/server.ts` or an esbuild bundle with plain node. */
-  appRuntime: 'tsx' | 'compiled'
   appEnv: string[]
   statelessRoute: string
   rows: Row[]
@@ -368,7 +347,7 @@ async function withBenchResources<T> (run: (resources: { work: string, servers: 
   } finally {
     await Promise.all(resources.servers.map((server) => server.stop()))
     await Promise.all(resources.databases.map((database) => database.drop().catch((error: unknown) => say(`could not drop a bench database: ${String(error)}`))))
-    removeWork(resources.work)
+    rmSync(resources.work, { recursive: true, force: true })
   }
 }
 
@@ -389,7 +368,7 @@ async function runSuite (): Promise<SuiteResult> {
       say(`seeded in ${database.seedSeconds.toFixed(1)} s; starting Gatehouse, bare Fastify and the Express peer (both on ${databaseName})`)
       const secret = randomBytes(48).toString('base64url')
       const [app, bare, express] = await Promise.all([
-        startApp('gatehouse', database, secret, work),
+        startApp('gatehouse', database, secret),
         startServer({ name: 'bare-fastify', script: 'bench/peers/bare-fastify.ts', env: { NODE_ENV: 'production' }, readyPath: '/' }),
         startServer({
           name: 'express-jsonwebtoken',
@@ -496,7 +475,6 @@ async function runSuite (): Promise<SuiteResult> {
         versions: versions(),
         settings,
         hasherInUse: inUse,
-        appRuntime: args.compiled ? 'compiled' : 'tsx',
         appEnv: args['app-env'],
         statelessRoute: STATELESS_ROUTE,
         rows,
@@ -531,7 +509,7 @@ async function runScale (): Promise<ScaleResult> {
       const database = await prepareDatabase(databaseChoice, work, `users_${users}`, users, passwordHash)
       databases.push(database)
       say(`seeded in ${database.seedSeconds.toFixed(1)} s`)
-      const app = await startApp(`gatehouse-${users}`, database, randomBytes(48).toString('base64url'), work)
+      const app = await startApp(`gatehouse-${users}`, database, randomBytes(48).toString('base64url'))
       servers.push(app.server)
       apps.push(app)
     }
@@ -645,7 +623,7 @@ function suiteSection (suite: SuiteResult, scale: ScaleResult | undefined): stri
     `- Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB memory, Linux ${m.kernel}`,
     `- Node ${m.node}; ${Object.entries(suite.versions).map(([name, version]) => `${name} ${version}`).join(', ')}`,
     `- ${s.users.toLocaleString('en-US')} seeded users (seeded in ${suite.seedSeconds.toFixed(1)} s); autocannon -c ${s.connections}; ${s.rounds} interleaved round(s) of ${s.seconds} s per target after a ${s.warmupSeconds} s warm-up each`,
-    `- Gatehouse ran as ${suite.appRuntime === 'tsx' ? '`node --import tsx src/server.ts` (the tsx loader adds about 50 MiB of RSS)' : 'an esbuild bundle of src/server.ts under plain node (`--compiled`)'}`,
+    '- Gatehouse ran as `npm start` runs it: `node dist/server.js`, compiled by `npm run build`',
     ...(suite.appEnv.length > 0 ? [`- Extra app environment: ${suite.appEnv.join(' ')}`] : []),
     `- Machine load average (1 min) ${suite.load.start.toFixed(1)} at the start and ${suite.load.end.toFixed(1)} at the end: other work shared the ${m.cores} cores`,
     ...(suite.note ? [`- Note: ${suite.note}`] : []),
@@ -722,7 +700,7 @@ function renderMarkdown (suites: Partial<Record<DatabaseKind, SuiteResult>>, sca
   if (suites.sqlite && suites.postgres) out.push(...comparisonSection(suites.sqlite, suites.postgres))
   out.push('## The stateless guarded route', '', STATELESS_NOTE, '')
   out.push('## Method', '',
-    '- Every server is a child process on 127.0.0.1: Gatehouse as `node --import tsx src/server.ts` (NODE_ENV=production,',
+    '- Every server is a child process on 127.0.0.1: Gatehouse as `node dist/server.js` (built by `npm run build`; NODE_ENV=production,',
     '  LOG_LEVEL=warn, a random JWT_SECRET, rate limits raised so they never answer 429, a fresh database migrated',
     '  by `src/cli/db-migrate.ts`, demo rows from `src/cli/db-seed.ts`, users inserted directly with one precomputed',
     '  argon2id hash: on SQLite a temporary file, one transaction; on PostgreSQL a database created for the run, batched',

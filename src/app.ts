@@ -21,17 +21,25 @@ import adminUserRoutes from './routes/admin/users.ts'
 import authRoutes from './routes/auth.ts'
 import clothesRoutes from './routes/clothes.ts'
 import healthRoutes from './routes/health.ts'
+import meRoutes from './routes/me.ts'
 import videoRoutes from './routes/videos.ts'
 
 /**
  * Secrets never reach the logs (ASVS 7.1.1): requests are logged without headers, secret-looking
- * fields are censored wherever they appear, query-string values that look like secrets are masked,
+ * fields are censored at the top level of a log object and inside the objects handlers log, query-string values that look like secrets are masked,
  * and failed queries lose their parameters.
  */
-const REDACTED_PATHS = [
-  '*.password', '*.current_password', '*.new_password', '*.passwordHash', '*.password_hash',
-  '*.access_token', '*.refresh_token', '*.token', '*.client_secret'
+const SECRET_FIELDS = [
+  'password', 'current_password', 'new_password', 'passwordHash', 'password_hash',
+  'access_token', 'refresh_token', 'token', 'client_secret', 'authorization'
 ]
+/** Objects a handler might log whole. */
+const SECRET_CONTAINERS = ['body', 'query', 'headers', 'user', 'account', 'session', 'credentials', 'payload']
+/**
+ * Named paths, not `*.password`: a leading wildcard makes pino run the redactor over the bindings
+ * of every per-request child logger (about 3.5 µs a request, measured).
+ */
+const REDACTED_PATHS = SECRET_FIELDS.flatMap((field) => [field, ...SECRET_CONTAINERS.map((container) => `${container}.${field}`)])
 const SECRET_QUERY_VALUE = /([?&][^=&]*(?:token|password|secret|code)[^=&]*=)[^&]*/gi
 /** A failed query's error message lists its parameters (a password hash, a token hash): cut them. */
 const QUERY_PARAMETERS = /\nparams:.*$/gm
@@ -98,6 +106,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
 
   await app.register(healthRoutes)
   await app.register(authRoutes, { prefix: '/auth' })
+  await app.register(meRoutes, { prefix: '/me' })
   await app.register(videoRoutes, { prefix: '/videos' })
   await app.register(clothesRoutes, { prefix: '/clothes' })
   await app.register(adminUserRoutes, { prefix: '/admin' })

@@ -38,6 +38,27 @@ t.test('logs carry security events with user and request ids, and never a secret
   }
 })
 
+t.test('secret fields are censored at the top of a log object and inside what handlers log whole', async (t) => {
+  const stream = new PassThrough()
+  let text = ''
+  stream.on('data', (chunk) => { text += chunk })
+  const app = await buildApp(loadConfig({ ...TEST_ENV, LOG_LEVEL: 'info' }), { logStream: stream })
+  t.teardown(() => app.close())
+  app.log.info({
+    password: 'secret-top-level',
+    body: { refresh_token: 'secret-in-body', email: 'kept@example.com' },
+    user: { passwordHash: 'secret-hash' },
+    headers: { authorization: 'Bearer secret-header' }
+  }, 'careless line')
+  const line = JSON.parse(text.trim().split('\n').find((entry) => entry.includes('careless line'))!)
+  t.equal(line.password, '[redacted]')
+  t.equal(line.body.refresh_token, '[redacted]')
+  t.equal(line.body.email, 'kept@example.com', 'other fields stay')
+  t.equal(line.user.passwordHash, '[redacted]')
+  t.equal(line.headers.authorization, '[redacted]')
+  t.notMatch(text, /secret-/)
+})
+
 t.test('a failed query is logged without its parameters', async (t) => {
   // node-postgres errors arrive wrapped by Drizzle, their message listing the query's parameters.
   const failure = new Error('Failed query: insert into "users" values ($1, $2)\nparams: ada@example.com,$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA')

@@ -68,11 +68,13 @@ t.test('per IP: each auth endpoint allows RATE_LIMIT_IP_MAX requests a minute', 
   for (let request = 1; request <= 5; request++) {
     const response = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
     t.equal(response.statusCode, 401, `request ${request} is served`)
+    t.equal(response.headers['x-ratelimit-remaining'], undefined, 'a served request says nothing about the limit')
   }
   const limited = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
   t.equal(limited.statusCode, 429)
   t.equal(limited.json().code, 'rate_limited')
   t.ok(Number(limited.headers['retry-after']) > 0)
+  t.equal(limited.headers['x-ratelimit-limit'], '5')
   t.equal(limited.headers['cache-control'], 'no-store')
 
   const otherEndpoint = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: 'a@b.io', password: 'whatever 1' }, remoteAddress: ip })

@@ -78,7 +78,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 
 export interface StartOptions {
   name: string
-  /** Script path relative to the repository root, run with `node --import tsx` (or plain node for .mjs). */
+  /** Script path relative to the repository root: a .ts file runs with `node --import tsx`, a .js file with plain node. */
   script: string
   env: Record<string, string>
   /** GET path that answers 2xx once the server is ready. */
@@ -88,7 +88,7 @@ export interface StartOptions {
 
 export async function startServer ({ name, script, env, readyPath, nodeArgs = [] }: StartOptions): Promise<Server> {
   const port = await freePort()
-  const loader = script.endsWith('.mjs') ? [] : ['--import', 'tsx']
+  const loader = script.endsWith('.ts') ? ['--import', 'tsx'] : []
   const child = spawn(process.execPath, [...nodeArgs, ...loader, script], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env, PORT: String(port), HOST: '127.0.0.1' },

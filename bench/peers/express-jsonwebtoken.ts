@@ -4,13 +4,13 @@
 // clock tolerance, every required claim with its type, canonical JSON; and the same reads, from
 // the same database as Gatehouse: the SQLite file (DATABASE_PATH, read-only, better-sqlite3
 // prepared statements) or PostgreSQL (DATABASE_URL, a pg pool of 10 like Gatehouse's, named
-// prepared statements, the user and session read in parallel as Gatehouse does).
+// prepared statements, the session and its user read in one joined statement as Gatehouse does).
 import Database from 'better-sqlite3'
 import express, { type NextFunction, type Request, type Response } from 'express'
 import jwt, { type GetPublicKeyOrSecret, type Jwt } from 'jsonwebtoken'
 import { createSecretKey, type KeyObject } from 'node:crypto'
 import pg from 'pg'
-import { hasPermission } from '../../src/auth/permissions.ts'
+import { hasPermission, permissionsOf } from '../../src/auth/permissions.ts'
 import {
   ACCESS_TOKEN_ALG,
   ACCESS_TOKEN_TYP,
@@ -40,8 +40,8 @@ interface User { id: string, email: string, name: string | null, roles: string[]
 /** The two reads of the guarded routes, whichever database answers them. */
 interface Store {
   memberVideos (): Promise<Video[]> | Video[]
-  /** The user, and whether the session is active and theirs. */
-  account (userId: string, sessionId: string): Promise<{ user?: User, sessionUserId?: string }> | { user?: User, sessionUserId?: string }
+  /** The user of the session, when the session is active. */
+  account (sessionId: string): Promise<User | undefined> | User | undefined
 }
 
 function sqliteStore (path: string): Store {
@@ -52,8 +52,10 @@ function sqliteStore (path: string): Store {
   const memberVideos = sqlite.prepare(
     'select id, user_id, title, author, url, is_member_only, created_at, updated_at from videos where is_member_only = 1 order by created_at desc'
   )
-  const userById = sqlite.prepare('select id, email, name, roles, disabled, created_at, updated_at from users where id = ?')
-  const activeSession = sqlite.prepare('select id, user_id from sessions where id = ? and revoked_at is null and expires_at > ?')
+  const accountBySession = sqlite.prepare(
+    'select u.id, u.email, u.name, u.roles, u.disabled, u.created_at, u.updated_at from sessions s join users u on u.id = s.user_id ' +
+    'where s.id = ? and s.revoked_at is null and s.expires_at > ?'
+  )
   return {
     memberVideos: () => (memberVideos.all() as VideoRow[]).map((video) => ({
       ...video,
@@ -61,15 +63,9 @@ function sqliteStore (path: string): Store {
       created_at: new Date(video.created_at),
       updated_at: new Date(video.updated_at)
     })),
-    account (userId, sessionId) {
-      const user = userById.get(userId) as UserRow | undefined
-      const session = activeSession.get(sessionId, Date.now()) as { user_id: string } | undefined
-      return {
-        ...(user
-          ? { user: { ...user, roles: JSON.parse(user.roles) as string[], disabled: user.disabled === 1, created_at: new Date(user.created_at), updated_at: new Date(user.updated_at) } }
-          : {}),
-        ...(session ? { sessionUserId: session.user_id } : {})
-      }
+    account (sessionId) {
+      const user = accountBySession.get(sessionId, Date.now()) as UserRow | undefined
+      return user && { ...user, roles: JSON.parse(user.roles) as string[], disabled: user.disabled === 1, created_at: new Date(user.created_at), updated_at: new Date(user.updated_at) }
     }
   }
 }
@@ -84,18 +80,14 @@ function postgresStore (url: string): Store {
         text: 'select id, user_id, title, author, url, is_member_only, created_at, updated_at from videos where is_member_only = true order by created_at desc'
       })).rows
     },
-    async account (userId, sessionId) {
-      const [users, sessions] = await Promise.all([
-        pool.query<User>({ name: 'user_by_id', text: 'select id, email, name, roles, disabled, created_at, updated_at from users where id = $1', values: [userId] }),
-        pool.query<{ user_id: string }>({
-          name: 'active_session',
-          text: 'select id, user_id from sessions where id = $1 and revoked_at is null and expires_at > $2',
-          values: [sessionId, new Date()]
-        })
-      ])
-      const [user] = users.rows
-      const [session] = sessions.rows
-      return { ...(user ? { user } : {}), ...(session ? { sessionUserId: session.user_id } : {}) }
+    async account (sessionId) {
+      const { rows: [user] } = await pool.query<User>({
+        name: 'account_by_session',
+        text: 'select u.id, u.email, u.name, u.roles, u.disabled, u.created_at, u.updated_at from sessions s join users u on u.id = s.user_id ' +
+          'where s.id = $1 and s.revoked_at is null and s.expires_at > $2',
+        values: [sessionId, new Date()]
+      })
+      return user
     }
   }
 }
@@ -144,6 +136,11 @@ app.disable('etag')
 
 app.get('/health', (_request, response) => { response.json({ status: 'ok' }) })
 
+app.get('/me/permissions', authenticate, (request, response) => {
+  const { id, roles } = request.user!
+  response.set('cache-control', 'no-store').json({ user_id: id, roles, permissions: permissionsOf(roles) })
+})
+
 app.get('/videos/member', authenticate, async (request, response) => {
   if (!hasPermission(request.user!.roles, 'videos:watch-member')) {
     response.status(403).json({ statusCode: 403, error: 'Forbidden', message: 'forbidden', code: 'forbidden' })
@@ -163,8 +160,8 @@ app.get('/videos/member', authenticate, async (request, response) => {
 })
 
 app.get('/auth/me', authenticate, async (request, response) => {
-  const { user, sessionUserId } = await store.account(request.user!.id, request.user!.sid)
-  if (!user || user.disabled || sessionUserId === undefined || sessionUserId !== user.id) return refuse(response, 401, 'invalid_token')
+  const user = await store.account(request.user!.sid)
+  if (!user || user.disabled || user.id !== request.user!.id) return refuse(response, 401, 'invalid_token')
   response.set('cache-control', 'no-store').json({
     id: user.id,
     email: user.email,

@@ -32,6 +32,11 @@ export function hasPermission (roles: readonly Role[], permission: Permission): 
   return roles.some((role) => PERMISSIONS_BY_ROLE.get(role)?.has(permission))
 }
 
+/** Every permission these roles grant, in the table's order. */
+export function permissionsOf (roles: readonly Role[]): Permission[] {
+  return PERMISSIONS.filter((permission) => hasPermission(roles, permission))
+}
+
 /** The roles a user ends up with: `user` always, no duplicates, in the table's order. */
 export function normaliseRoles (roles: readonly Role[]): Role[] {
   return ROLES.filter((role) => role === 'user' || roles.includes(role))

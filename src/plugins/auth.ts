@@ -176,15 +176,12 @@ async function authPlugin (app: FastifyInstance) {
 
   app.decorateRequest('account', null as unknown as FastifyRequest['account'])
   app.decorate('loadAccount', async (request: FastifyRequest) => {
-    const [user, session] = await Promise.all([
-      app.usersRepository.findById(request.user.id),
-      app.sessionsRepository.findActive(request.user.sid, new Date())
-    ])
-    if (!user || user.disabled || !session || session.userId !== user.id) {
+    const account = await app.sessionsRepository.findActiveAccount(request.user.sid, new Date())
+    if (!account || account.user.disabled || account.user.id !== request.user.id) {
       throw invalidToken('The session behind this access token has ended.')
     }
-    request.account = { user, session }
+    request.account = account
   })
 }
 
-export default fp(authPlugin, { name: 'auth', dependencies: ['config', 'users-repository', 'sessions-repository'] })
+export default fp(authPlugin, { name: 'auth', dependencies: ['config', 'sessions-repository'] })

@@ -29,15 +29,15 @@ const forbidden = () => apiError(403, 'forbidden', 'You are not allowed to do th
   'www-authenticate': bearerChallenge('insufficient_scope')
 })
 
-/**
- * Deny by default (OWASP ASVS 4.1.3): a route that declares no access policy, or both, stops the
- * app from starting, so a forgotten guard is a start-up error rather than an open endpoint.
- */
 /** A guarded route is one whose preHandler list starts with authenticate. */
 export function isGuardedRoute (app: FastifyInstance, route: Pick<RouteOptions, 'preHandler'>): boolean {
   return [route.preHandler ?? []].flat()[0] === app.authenticate
 }
 
+/**
+ * Deny by default (OWASP ASVS 4.1.3): a route that declares no access policy, or both, stops the
+ * app from starting, so a forgotten guard is a start-up error rather than an open endpoint.
+ */
 function auditAccessPolicy (app: FastifyInstance, route: RouteOptions): 'public' | 'guarded' {
   const guarded = isGuardedRoute(app, route)
   const declaredPublic = route.config?.access === 'public'

@@ -176,7 +176,10 @@ async function rateLimitsPlugin (app: FastifyInstance) {
           } as unknown as new () => FastifyRateLimitStore
         }
       : {}),
-    errorResponseBuilder: (_request, context) => rateLimited(Math.max(1, Math.ceil(context.ttl / 1000)))
+    errorResponseBuilder: (_request, context) => rateLimited(Math.max(1, Math.ceil(context.ttl / 1000))),
+    // The limit is a brute-force guard, not a quota to budget: a refused request gets Retry-After
+    // (and the x-ratelimit-* headers); the others carry no headers about it.
+    addHeadersOnExceeding: { 'x-ratelimit-limit': false, 'x-ratelimit-remaining': false, 'x-ratelimit-reset': false }
   })
 
   app.decorate('limitPerIp', app.rateLimit({

@@ -1,6 +1,6 @@
 import { Ajv } from 'ajv'
 import addFormats from 'ajv-formats'
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import fp from 'fastify-plugin'
 import { apiError } from '../errors.ts'
 
@@ -34,9 +34,9 @@ function nulPath (value: unknown, path: string): string | undefined {
  * No text field takes a NUL character: PostgreSQL cannot store one, and nothing legitimate sends
  * it. Refused alike on both databases, as a validation error naming the field.
  */
-async function refuseNul (request: FastifyRequest) {
+function refuseNul (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
   const found = nulPath(request.body, 'body') ?? nulPath(request.query, 'querystring')
-  if (found) throw apiError(400, 'validation_error', `${found} must not contain NUL characters`)
+  done(found ? apiError(400, 'validation_error', `${found} must not contain NUL characters`) : undefined)
 }
 
 export default fp(validationPlugin, { name: 'validation' })

@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
 import { hashRefreshToken, newRefreshToken } from '../auth/tokens.ts'
 import type { Database, Db, SessionRow } from '../db/index.ts'
+import { userColumns, type User } from './users.ts'
 
 export type Session = SessionRow
 
@@ -27,9 +28,12 @@ const plus = (at: Date, seconds: number) => new Date(at.getTime() + seconds * 10
 /** Revoked sessions are kept this long before cleanup, so their tokens still read as revoked. */
 const REVOKED_RETENTION_SECONDS = 86_400
 
-export function createSessionRepository ({ db, tables: { sessions, refreshTokens }, dialect }: Database) {
-  // Read on every account request: built and prepared once, not per call.
-  const byId = db.select().from(sessions).where(eq(sessions.id, sql.placeholder('id'))).prepare('sessions_by_id')
+export function createSessionRepository ({ db, tables: { sessions, refreshTokens, users }, dialect }: Database) {
+  // Read on every account request: the session and its user in one statement, prepared once.
+  const accountBySessionId = db.select({ session: sessions, user: userColumns(users) }).from(sessions)
+    .innerJoin(users, eq(users.id, sessions.userId))
+    .where(eq(sessions.id, sql.placeholder('id')))
+    .prepare('account_by_session_id')
 
   async function insertRefreshToken (tx: Db, sessionId: string, parentId: string | null, { now, ttl }: SessionTimes): Promise<string> {
     const token = newRefreshToken()
@@ -119,10 +123,10 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
       })
     },
 
-    /** The session if it is neither revoked nor expired. */
-    async findActive (sessionId: string, now: Date): Promise<Session | undefined> {
-      const [session] = await byId.execute({ id: sessionId })
-      return session && !session.revokedAt && session.expiresAt > now ? session : undefined
+    /** The session and its user, if the session is neither revoked nor expired. */
+    async findActiveAccount (sessionId: string, now: Date): Promise<{ session: Session, user: User } | undefined> {
+      const [account] = await accountBySessionId.execute({ id: sessionId })
+      return account && !account.session.revokedAt && account.session.expiresAt > now ? account : undefined
     },
 
     async listActive (userId: string, now: Date): Promise<Session[]> {

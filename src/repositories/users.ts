@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
 import { isAdmin, normaliseRoles, type Role } from '../auth/permissions.ts'
-import type { Database, Db, UserRow } from '../db/index.ts'
+import type { Database, Db, Tables, UserRow } from '../db/index.ts'
 
 /** A user as the rest of the app sees it: never with the password hash. */
 export type User = Omit<UserRow, 'passwordHash'>
@@ -34,16 +34,19 @@ export type AdminUpdate =
   | { outcome: 'not_found' }
   | { outcome: 'last_admin' }
 
+/** The columns of a User: every one but the password hash. */
+export const userColumns = (users: Tables['users']) => ({
+  id: users.id,
+  email: users.email,
+  name: users.name,
+  roles: users.roles,
+  disabled: users.disabled,
+  createdAt: users.createdAt,
+  updatedAt: users.updatedAt
+})
+
 export function createUserRepository ({ db, tables: { users, sessions }, dialect }: Database) {
-  const publicColumns = {
-    id: users.id,
-    email: users.email,
-    name: users.name,
-    roles: users.roles,
-    disabled: users.disabled,
-    createdAt: users.createdAt,
-    updatedAt: users.updatedAt
-  }
+  const publicColumns = userColumns(users)
   const isEnabledAdmin = and(eq(users.disabled, false), dialect.hasRole(users.roles, 'admin'))!
 
   // Read on every account request: built and prepared once, not per call.

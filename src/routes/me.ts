@@ -1,0 +1,33 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
+import { PERMISSIONS, permissionsOf } from '../auth/permissions.ts'
+import { ErrorResponse, RoleName, Uuid } from '../schemas/common.ts'
+
+const PermissionsResponse = Type.Object({
+  user_id: Uuid,
+  roles: Type.Array(RoleName),
+  permissions: Type.Array(Type.Enum(PERMISSIONS))
+})
+
+/**
+ * What the caller may do, read from the access token alone: a client shows only the actions the
+ * user has. Like every stateless check (contract: "Tokens"), a role change shows here once the
+ * client refreshes, at the latest one access-token lifetime later.
+ */
+const meRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  app.get('/permissions', {
+    preHandler: app.authenticate,
+    schema: {
+      tags: ['auth'],
+      summary: 'The caller\'s roles and the permissions they grant, from the access token (no database read)',
+      response: { 200: PermissionsResponse, 401: ErrorResponse }
+    }
+  }, async (request, reply) => {
+    // Derived from the bearer's token: personal, so never cached (RFC 9111 §5.2.2.5).
+    reply.header('cache-control', 'no-store')
+    const { id, roles } = request.user
+    return { user_id: id, roles, permissions: permissionsOf(roles) }
+  })
+}
+
+export default meRoutes
