@@ -148,12 +148,13 @@ function distinctUsers (n: number, users: number): number[] {
 
 async function startApp (name: string, database: SeededDatabase, secret: string): Promise<App> {
   const users = database.users
+  const { script, nodeArgs } = builtServer()
   const server = await startServer({
     name,
-    script: builtServer(),
+    script,
     env: appEnv(database.url, secret),
     readyPath: '/health',
-    nodeArgs: args.profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILES}`] : []
+    nodeArgs: [...nodeArgs, ...(args.profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILES}`] : [])]
   })
   const app: App = {
     server,
@@ -167,14 +168,20 @@ async function startApp (name: string, database: SeededDatabase, secret: string)
   return app
 }
 
-let built = false
-/** The app as `npm start` runs it: compiled once per run by `npm run build` into dist/. */
-function builtServer (): string {
+let built: { script: string, nodeArgs: string[] } | undefined
+/**
+ * The app as `npm start` runs it: compiled once per run by `npm run build` into dist/, started
+ * with the node flags of package.json's start script.
+ */
+function builtServer (): { script: string, nodeArgs: string[] } {
   if (!built) {
+    const start = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.start ?? ''
+    const command = /^node((?:\s+--\S+)*)\s+(dist\/\S+\.js)$/.exec(start.trim())
+    if (!command) throw new Error(`package.json's start script is not "node [--flags] dist/<file>.js": ${start}`)
     execFileSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' })
-    built = true
+    built = { script: command[2]!, nodeArgs: command[1]!.trim().split(/\s+/).filter(Boolean) }
   }
-  return 'dist/server.js'
+  return built
 }
 
 /** The app's database as a Target field, when it is a process of its own whose CPU can be read. */
@@ -298,6 +305,8 @@ interface SuiteResult {
   versions: Record<string, string>
   settings: typeof settings
   hasherInUse: HasherName
+  /** How the app was started: the command of package.json's start script. */
+  appCommand: string
   appEnv: string[]
   statelessRoute: string
   rows: Row[]
@@ -475,6 +484,7 @@ async function runSuite (): Promise<SuiteResult> {
         versions: versions(),
         settings,
         hasherInUse: inUse,
+        appCommand: ['node', ...builtServer().nodeArgs, builtServer().script].join(' '),
         appEnv: args['app-env'],
         statelessRoute: STATELESS_ROUTE,
         rows,
@@ -623,7 +633,7 @@ function suiteSection (suite: SuiteResult, scale: ScaleResult | undefined): stri
     `- Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB memory, Linux ${m.kernel}`,
     `- Node ${m.node}; ${Object.entries(suite.versions).map(([name, version]) => `${name} ${version}`).join(', ')}`,
     `- ${s.users.toLocaleString('en-US')} seeded users (seeded in ${suite.seedSeconds.toFixed(1)} s); autocannon -c ${s.connections}; ${s.rounds} interleaved round(s) of ${s.seconds} s per target after a ${s.warmupSeconds} s warm-up each`,
-    '- Gatehouse ran as `npm start` runs it: `node dist/server.js`, compiled by `npm run build`',
+    `- Gatehouse ran as \`npm start\` runs it: \`${suite.appCommand}\`, compiled by \`npm run build\``,
     ...(suite.appEnv.length > 0 ? [`- Extra app environment: ${suite.appEnv.join(' ')}`] : []),
     `- Machine load average (1 min) ${suite.load.start.toFixed(1)} at the start and ${suite.load.end.toFixed(1)} at the end: other work shared the ${m.cores} cores`,
     ...(suite.note ? [`- Note: ${suite.note}`] : []),
