@@ -376,9 +376,10 @@ async function runSuite (): Promise<SuiteResult> {
       databases.push(database)
       say(`seeded in ${database.seedSeconds.toFixed(1)} s; starting Gatehouse, bare Fastify and the Express peer (both on ${databaseName})`)
       const secret = randomBytes(48).toString('base64url')
-      const [app, bare, express] = await Promise.all([
+      const [app, bare, bareDressed, express] = await Promise.all([
         startApp('gatehouse', database, secret),
         startServer({ name: 'bare-fastify', script: 'bench/peers/bare-fastify.ts', env: { NODE_ENV: 'production' }, readyPath: '/' }),
+        startServer({ name: 'bare-fastify-dressed', script: 'bench/peers/bare-fastify.ts', env: { NODE_ENV: 'production', GATEHOUSE_ANSWER: '1' }, readyPath: '/' }),
         startServer({
           name: 'express-jsonwebtoken',
           script: 'bench/peers/express-jsonwebtoken.ts',
@@ -386,7 +387,7 @@ async function runSuite (): Promise<SuiteResult> {
           readyPath: '/health'
         })
       ])
-      servers.push(app.server, bare, express)
+      servers.push(app.server, bare, bareDressed, express)
       const pidsNow = watchedPids(servers, databases)
       await waitIdle([app.server.pid])
       const idleRss = rssBytes(app.server.pid)
@@ -396,6 +397,7 @@ async function runSuite (): Promise<SuiteResult> {
       const onLogin = collectRefresh(app)
       const all: Target[] = [
         { id: 'bare', label: 'bare Fastify GET /', server: bare, requests: () => [{ method: 'GET', path: '/' }] },
+        { id: 'bare-dressed', label: 'bare Fastify GET /, Gatehouse\'s headers and logger', server: bareDressed, requests: () => [{ method: 'GET', path: '/' }] },
         { id: 'guarded', label: `Gatehouse GET ${STATELESS_ROUTE} (guarded)`, server: app.server, ...onDb, requests: () => bearerRequests(app, STATELESS_ROUTE) },
         { id: 'express-guarded', label: `Express+jsonwebtoken GET ${STATELESS_ROUTE}`, server: express, ...onDb, requests: () => bearerRequests(app, STATELESS_ROUTE) },
         { id: 'me', label: 'Gatehouse GET /auth/me', server: app.server, ...onDb, requests: () => bearerRequests(app, '/auth/me') },
@@ -437,7 +439,7 @@ async function runSuite (): Promise<SuiteResult> {
       const hwm = peakRssBytes(app.server.pid)
 
       const labels = new Map(targets.map((target) => [target.id, target.label]))
-      const rows = summarise(measurements, labels, new Map(targets.filter((target) => target.id !== 'bare').map((target) => [target.id, databaseName])))
+      const rows = summarise(measurements, labels, new Map(targets.filter((target) => !target.id.startsWith('bare')).map((target) => [target.id, databaseName])))
       const row = (id: string) => rows.find((r) => r.id === id)
       const hasherRate = (name: HasherName) => median(hashers.filter((h) => h.hasher === name).map((h) => h.perSecond))
       const appIds = new Set(['guarded', 'me', 'clothes', 'login', 'refresh', 'storm'])
@@ -452,6 +454,14 @@ async function runSuite (): Promise<SuiteResult> {
       const p99VsBare = pairedRatio(measurements, 'guarded', 'bare', 'p99')
       add('guarded route vs bare Fastify, p99', p99VsBare, '≤ 2.00×', p99VsBare <= 2,
       `${ms(row('guarded')?.p99 ?? NaN)} vs ${ms(row('bare')?.p99 ?? NaN)} ms`)
+      const guardedVsDressed = pairedRatio(measurements, 'guarded', 'bare-dressed', 'rps')
+      if (Number.isFinite(guardedVsDressed)) {
+        ratios.push({ name: 'guarded route vs bare Fastify with Gatehouse\'s headers and logger', value: guardedVsDressed, target: 'info', met: null, note: 'Gatehouse\'s own per-request work' })
+      }
+      const dressedVsBare = pairedRatio(measurements, 'bare-dressed', 'bare', 'rps')
+      if (Number.isFinite(dressedVsBare)) {
+        ratios.push({ name: 'bare Fastify with Gatehouse\'s headers and logger vs bare', value: dressedVsBare, target: 'info', met: null, note: 'the cost of the headers and logger alone' })
+      }
       const meVsBare = pairedRatio(measurements, 'me', 'bare', 'rps')
       add('GET /auth/me vs bare Fastify', meVsBare, '≥ 0.60×', meVsBare >= 0.6)
       const guardedVsExpress = pairedRatio(measurements, 'guarded', 'express-guarded', 'rps')

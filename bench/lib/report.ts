@@ -117,7 +117,7 @@ export const ratio = (value: number) => Number.isFinite(value) ? `${value.toFixe
 export const verdict = (met: boolean | null) => met === null ? 'n/a' : met ? 'met' : 'NOT met'
 
 /** Rows written before the bench knew other databases (no `database` field) all ran on SQLite. */
-export const rowDatabase = (row: Row) => row.database ?? (row.id === 'bare' ? '—' : 'SQLite')
+export const rowDatabase = (row: Row) => row.database ?? (row.id.startsWith('bare') ? '—' : 'SQLite')
 
 export function rowCells (row: Row): string[] {
   const database = rowDatabase(row)

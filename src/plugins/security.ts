@@ -10,7 +10,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
  * HSTS. The headers that only matter to an HTML document (cross-origin isolation, referrer,
  * DNS prefetch, legacy IE and Flash switches) are left to the docs pages.
  */
-const API_HEADERS: HelmetOptions = {
+export const API_HEADERS: HelmetOptions = {
   contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
   xFrameOptions: { action: 'deny' },
   crossOriginOpenerPolicy: false,

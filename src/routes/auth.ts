@@ -28,9 +28,10 @@ async function normaliseBodyEmail (request: FastifyRequest) {
 
 const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
   // Nothing a client gets from /auth may be cached: tokens and personal data (RFC 6749 §5.1).
-  app.addHook('onRequest', async (_request, reply) => {
+  app.addHook('onRequest', (_request, reply, done) => {
     reply.header('cache-control', 'no-store')
     reply.header('pragma', 'no-cache')
+    done()
   })
   app.addHook('onRequest', app.limitPerIp)
   await app.register(sessionRoutes)
