@@ -1,6 +1,6 @@
 import type { InjectOptions } from 'fastify'
 import t from 'tap'
-import { TEST_PASSWORD, bearer, build, dbCount, dbGet, dbRun, signup, uniqueEmail } from './helper.ts'
+import { TEST_PASSWORD, bearer, build, dbCount, dbGet, dbRun, signup, signupWithRoles, uniqueEmail } from './helper.ts'
 
 t.test('signup, login and /auth/me work end to end', async (t) => {
   const app = await build(t)
@@ -176,7 +176,8 @@ t.test('NUL characters in text are refused alike on every database', async (t) =
   const cases: Array<[string, InjectOptions]> = [
     ['signup name', { method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: TEST_PASSWORD, name: 'a\u0000b' } }],
     ['profile name', { method: 'PATCH', url: '/auth/me', headers: bearer(session.access_token), payload: { name: 'a\u0000b' } }],
-    ['token username', { method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: 'a\u0000@b.io', password: TEST_PASSWORD } }]
+    ['token username', { method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: 'a\u0000@b.io', password: TEST_PASSWORD } }],
+    ['admin email filter', { url: '/admin/users?email=a%00b', headers: bearer((await signupWithRoles(app, ['user', 'admin'])).access_token) }]
   ]
   for (const [label, request] of cases) {
     const response = await app.inject(request)

@@ -16,8 +16,15 @@ async function validationPlugin (app: FastifyInstance) {
   const textParts = addFormats.default(new Ajv({ ...common, coerceTypes: 'array' }))
   app.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodies : textParts).compile(schema))
-  app.addHook('preValidation', refuseNul)
+  // Where text can reach the database: request bodies, and the querystrings routes declare.
+  app.addHook('onRoute', (route) => {
+    const methods = [route.method].flat()
+    if (!route.schema?.querystring && !methods.some((method) => BODY_METHODS.has(method))) return
+    route.preValidation = [refuseNul, ...[route.preValidation ?? []].flat()]
+  })
 }
+
+const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
 
 /** The path of the first string holding a NUL character, or undefined. */
 function nulPath (value: unknown, path: string): string | undefined {
