@@ -4,8 +4,8 @@ import { randomBytes } from 'node:crypto'
 import { availableParallelism } from 'node:os'
 
 // The hasher is @node-rs/argon2, not the `argon2` package: the same PHC strings (each verifies
-// the other's hashes), about a third less CPU per verify here, and a prebuilt binary instead of a
-// compile at install (BENCHMARKS.md, "Password hashing").
+// the other's hashes), less CPU per verify here, and a prebuilt binary instead of a compile at
+// install (BENCHMARKS.md, "Password hashing").
 
 /** argon2id (Algorithm.Argon2id, a const enum the compiler cannot import). */
 const ARGON2ID = 2
