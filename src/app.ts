@@ -26,8 +26,8 @@ import videoRoutes from './routes/videos.ts'
 
 /**
  * Secrets never reach the logs (ASVS 7.1.1): requests are logged without headers, secret-looking
- * fields are censored at the top level of a log object and inside the objects handlers log, query-string values that look like secrets are masked,
- * and failed queries lose their parameters.
+ * fields are censored at the top level of a log object and inside the objects handlers log,
+ * query-string values that look like secrets are masked, and failed queries lose their parameters.
  */
 const SECRET_FIELDS = [
   'password', 'current_password', 'new_password', 'passwordHash', 'password_hash',

@@ -49,7 +49,7 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
   const publicColumns = userColumns(users)
   const isEnabledAdmin = and(eq(users.disabled, false), dialect.hasRole(users.roles, 'admin'))!
 
-  // Read on every account request: built and prepared once, not per call.
+  // Read on every refresh: built and prepared once, not per call.
   const byId = db.select(publicColumns).from(users).where(eq(users.id, sql.placeholder('id'))).prepare('users_by_id')
 
   const otherEnabledAdminExists = async (tx: Db, exceptId: string) =>
