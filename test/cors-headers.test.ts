@@ -37,7 +37,10 @@ t.test('CORS: other origins, and every origin by default, get no CORS headers', 
 
 t.test('API responses carry the OWASP REST security headers, errors included', async (t) => {
   const app = await build(t)
-  for (const url of ['/health', '/auth/me', '/nope', '/openapi.json']) {
+  const undecodable = await app.inject({ url: '/videos/%zz' })
+  t.equal(undecodable.statusCode, 400)
+  t.same(undecodable.json(), { statusCode: 400, error: 'Bad Request', message: 'The URL cannot be decoded.', code: 'invalid_request' })
+  for (const url of ['/health', '/auth/me', '/nope', '/openapi.json', '/videos/%zz']) {
     const response = await app.inject({ url })
     t.equal(response.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'", url)
     t.equal(response.headers['x-frame-options'], 'DENY', url)

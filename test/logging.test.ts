@@ -38,25 +38,31 @@ t.test('logs carry security events with user and request ids, and never a secret
   }
 })
 
-t.test('secret fields are censored at the top of a log object and inside what handlers log whole', async (t) => {
+t.test('secret fields are censored wherever they sit in a log object, and the logged objects stay intact', async (t) => {
   const stream = new PassThrough()
   let text = ''
   stream.on('data', (chunk) => { text += chunk })
   const app = await buildApp(loadConfig({ ...TEST_ENV, LOG_LEVEL: 'info' }), { logStream: stream })
   t.teardown(() => app.close())
-  app.log.info({
+  const logged = {
     password: 'secret-top-level',
     body: { refresh_token: 'secret-in-body', email: 'kept@example.com' },
-    user: { passwordHash: 'secret-hash' },
-    headers: { authorization: 'Bearer secret-header' }
-  }, 'careless line')
+    input: { user: { passwordHash: 'secret-deep' } },
+    sessions: [{ access_token: 'secret-in-array' }],
+    headers: { authorization: 'Bearer secret-header', cookie: 'sid=secret-cookie' }
+  }
+  const before = JSON.stringify(logged)
+  app.log.info(logged, 'careless line')
   const line = JSON.parse(text.trim().split('\n').find((entry) => entry.includes('careless line'))!)
   t.equal(line.password, '[redacted]')
   t.equal(line.body.refresh_token, '[redacted]')
   t.equal(line.body.email, 'kept@example.com', 'other fields stay')
-  t.equal(line.user.passwordHash, '[redacted]')
+  t.equal(line.input.user.passwordHash, '[redacted]', 'two levels down')
+  t.equal(line.sessions[0].access_token, '[redacted]', 'inside an array')
   t.equal(line.headers.authorization, '[redacted]')
+  t.equal(line.headers.cookie, '[redacted]')
   t.notMatch(text, /secret-/)
+  t.equal(JSON.stringify(logged), before, 'the caller\'s object is not changed')
 })
 
 t.test('a failed query is logged without its parameters', async (t) => {

@@ -33,7 +33,7 @@ interface ErrorBody {
   code: string
 }
 
-function errorBody (statusCode: number, code: string, message: string): ErrorBody {
+export function errorBody (statusCode: number, code: string, message: string): ErrorBody {
   return { statusCode, error: STATUS_CODES[statusCode] ?? 'Error', message, code }
 }
 

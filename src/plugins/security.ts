@@ -14,6 +14,8 @@ export const API_HEADERS: HelmetOptions = {
   contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
   xFrameOptions: { action: 'deny' },
   crossOriginOpenerPolicy: false,
+  // A no-cors read from another origin cannot send the bearer token, so it only ever gets what
+  // an anonymous request gets: Cross-Origin-Resource-Policy would protect nothing here.
   crossOriginResourcePolicy: false,
   originAgentCluster: false,
   referrerPolicy: false,
@@ -44,6 +46,9 @@ export function helmetHeaders (options: HelmetOptions): Record<string, string> {
   return headers
 }
 
+/** What every API answer carries; also sent by the answers Fastify gives before routing. */
+export const API_RESPONSE_HEADERS = helmetHeaders(API_HEADERS)
+
 const isDocsPage = (url: string) => url === '/docs' || url.startsWith('/docs/') || url.startsWith('/docs?')
 
 /**
@@ -52,10 +57,9 @@ const isDocsPage = (url: string) => url === '/docs' || url.startsWith('/docs/') 
  * tokens, never cookies, so credentials stay off.
  */
 async function securityPlugin (app: FastifyInstance) {
-  const apiHeaders = helmetHeaders(API_HEADERS)
   const documentHeaders = helmetHeaders(DOCUMENT_HEADERS)
   app.addHook('onRequest', (request, reply, done) => {
-    reply.headers(isDocsPage(request.url) ? documentHeaders : apiHeaders)
+    reply.headers(isDocsPage(request.url) ? documentHeaders : API_RESPONSE_HEADERS)
     done()
   })
 
