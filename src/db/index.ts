@@ -1,23 +1,17 @@
-import Sqlite from 'better-sqlite3'
-import { sql, type SQL } from 'drizzle-orm'
-import { drizzle as drizzleSqlite } from 'drizzle-orm/better-sqlite3'
-import { migrate as migrateSqlite } from 'drizzle-orm/better-sqlite3/migrator'
-import { drizzle as drizzlePostgres, type NodePgDatabase } from 'drizzle-orm/node-postgres'
-import { migrate as migratePostgres } from 'drizzle-orm/node-postgres/migrator'
+import type { NodePgDatabase } from 'drizzle-orm/node-postgres'
 import type { PgColumn } from 'drizzle-orm/pg-core'
-import { mkdirSync } from 'node:fs'
+import type { SQL } from 'drizzle-orm'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import pg from 'pg'
-import { isPostgresUrl, sqlitePath } from '../config.ts'
-import * as postgresSchema from './postgres/schema.ts'
-import * as sqliteSchema from './sqlite/schema.ts'
+import { isPostgresUrl } from '../config.ts'
+import type * as postgresSchema from './postgres/schema.ts'
 
 /**
  * The query builder the repositories use. Both dialects' Drizzle builders have the same shape for
  * what the repositories do (select, insert/update/delete … returning, joins, awaited), so the
  * repositories are written once, typed against the PostgreSQL tables, and SQLite's tables stand in
- * for them at run time. What differs between the dialects is in `Dialect` below, and nowhere else.
+ * for them at run time. What differs between the dialects is in `Dialect` below, implemented by
+ * sqlite/open.ts and postgres/open.ts, and nowhere else.
  */
 export type Db = NodePgDatabase<typeof postgresSchema>
 export type Tables = typeof postgresSchema
@@ -62,128 +56,18 @@ export interface Database {
   close (): Promise<void>
 }
 
-const MIGRATIONS = join(dirname(fileURLToPath(import.meta.url)), '../../migrations')
-/** pg_advisory_lock keys: the migration run, and the admin-change lock. */
-const ADVISORY_LOCKS = { migrations: 7_411_202_601, admins: 7_411_202_602 } as const
+/** Each dialect's migrations live in its own folder here. */
+export const MIGRATIONS = join(dirname(fileURLToPath(import.meta.url)), '../../migrations')
 
-const errorCode = (error: unknown): unknown =>
+/** The driver's error code, wherever Drizzle left it. */
+export const errorCode = (error: unknown): unknown =>
   (error as { code?: unknown }).code ?? (error as { cause?: { code?: unknown } }).cause?.code
 
-export function openDatabase (databaseUrl: string): Promise<Database> {
-  return isPostgresUrl(databaseUrl) ? openPostgres(databaseUrl) : Promise.resolve(openSqlite(databaseUrl))
-}
-
 /**
- * SQLite in WAL mode (readers never wait for the writer), with a busy timeout (another process
- * waits instead of failing with SQLITE_BUSY) and foreign keys enforced; migrations applied.
- *
- * better-sqlite3 is synchronous and one connection serves every request, so an atomic section
- * that awaits between its statements must not let another request's statement in: every
- * repository call runs through one queue (`serialise`), and `atomic` wraps its work in
- * BEGIN IMMEDIATE … COMMIT inside that queue. Each statement takes microseconds, so the queue
- * costs little; SQLite has a single writer anyway.
+ * Opens the database DATABASE_URL names. Each dialect's driver is loaded only when it is used, so
+ * a SQLite deployment never loads node-postgres (and the reverse): about 5 MiB of memory each.
  */
-function openSqlite (databaseUrl: string): Database {
-  const path = sqlitePath(databaseUrl)
-  if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
-  const sqlite = new Sqlite(path)
-  try {
-    sqlite.pragma('journal_mode = WAL')
-    sqlite.pragma('busy_timeout = 5000')
-    sqlite.pragma('foreign_keys = ON')
-    const drizzleDb = drizzleSqlite(sqlite, { schema: sqliteSchema })
-    migrateSqlite(drizzleDb, { migrationsFolder: join(MIGRATIONS, 'sqlite') })
-    const probe = sqlite.prepare('select 1')
-    let queue: Promise<unknown> = Promise.resolve()
-    const inTurn = <T>(call: () => Promise<T>): Promise<T> => {
-      const turn = queue.then(call, call)
-      queue = turn.catch(() => {})
-      return turn
-    }
-    return {
-      db: drizzleDb as unknown as Db,
-      tables: sqliteSchema as unknown as Tables,
-      serialise: (repository) => Object.fromEntries(Object.entries(repository).map(([name, method]) =>
-        [name, typeof method === 'function' ? (...args: unknown[]) => inTurn(() => method(...args)) : method]
-      )) as typeof repository,
-      dialect: {
-        name: 'sqlite',
-        async atomic (work) {
-          sqlite.exec('BEGIN IMMEDIATE')
-          try {
-            const result = await work(drizzleDb as unknown as Db)
-            sqlite.exec('COMMIT')
-            return result
-          } catch (error) {
-            if (sqlite.inTransaction) sqlite.exec('ROLLBACK')
-            throw error
-          }
-        },
-        forUpdate: (query) => query,
-        hasRole: (roles, role) => sql`exists (select 1 from json_each(${roles}) where value = ${role})`,
-        contains: (text, part) => sql`instr(${text}, ${part}) > 0`,
-        isUniqueViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_UNIQUE',
-        isForeignKeyViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_FOREIGNKEY'
-      },
-      async ping () { probe.get() },
-      async query (text, params = []) {
-        const statement = sqlite.prepare(text)
-        if (statement.reader) return statement.all(...params) as Array<Record<string, unknown>>
-        statement.run(...params)
-        return []
-      },
-      async close () { sqlite.close() }
-    }
-  } catch (error) {
-    sqlite.close()
-    throw error
-  }
-}
-
-/**
- * PostgreSQL through a node-postgres pool. Migrations run under an advisory lock, so instances
- * starting together apply them once; they go into the connection's current schema.
- */
-async function openPostgres (databaseUrl: string): Promise<Database> {
-  const pool = new pg.Pool({ connectionString: databaseUrl, max: 10 })
-  // An idle client losing its connection must not crash the process; the next query reports it.
-  pool.on('error', () => {})
-  try {
-    const client = await pool.connect()
-    try {
-      await client.query('select pg_advisory_lock($1)', [ADVISORY_LOCKS.migrations])
-      const { rows: [current] } = await client.query<{ schema: string }>('select current_schema() as schema')
-      await migratePostgres(drizzlePostgres(client), { migrationsFolder: join(MIGRATIONS, 'postgres'), migrationsSchema: current!.schema })
-    } finally {
-      await client.query('select pg_advisory_unlock($1)', [ADVISORY_LOCKS.migrations]).catch(() => {})
-      client.release()
-    }
-  } catch (error) {
-    await pool.end()
-    throw error
-  }
-  const db = drizzlePostgres(pool, { schema: postgresSchema })
-  return {
-    db,
-    tables: postgresSchema,
-    serialise: (repository) => repository,
-    dialect: {
-      name: 'postgres',
-      atomic: (work, lock) => db.transaction(async (tx) => {
-        if (lock) await tx.execute(sql`select pg_advisory_xact_lock(${ADVISORY_LOCKS[lock]})`)
-        return work(tx as unknown as Db)
-      }),
-      forUpdate: (query) => query.for('update') as typeof query,
-      hasRole: (roles, role) => sql`${roles} @> ${JSON.stringify([role])}::jsonb`,
-      contains: (text, part) => sql`strpos(${text}, ${part}) > 0`,
-      isUniqueViolation: (error) => errorCode(error) === '23505',
-      isForeignKeyViolation: (error) => errorCode(error) === '23503'
-    },
-    async ping () { await pool.query('select 1') },
-    async query (text, params = []) { return (await pool.query(text, params)).rows },
-    async close () {
-      // Like better-sqlite3's close, safe to call twice (pool.end() is not).
-      if (!pool.ended) await pool.end()
-    }
-  }
+export async function openDatabase (databaseUrl: string): Promise<Database> {
+  if (isPostgresUrl(databaseUrl)) return (await import('./postgres/open.ts')).openPostgres(databaseUrl)
+  return (await import('./sqlite/open.ts')).openSqlite(databaseUrl)
 }

@@ -1,7 +1,7 @@
 import rateLimit, { type FastifyRateLimitStore } from '@fastify/rate-limit'
 import type { FastifyBaseLogger, FastifyInstance, FastifyRequest, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
-import { Redis } from 'ioredis'
+import type { Redis } from 'ioredis'
 import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { apiError } from '../errors.ts'
@@ -151,8 +151,9 @@ async function rateLimitsPlugin (app: FastifyInstance) {
   const { rateLimit: limits, redisUrl } = app.config
   const outage = outageLog(app.log)
 
+  // ioredis is loaded only when Redis is configured: a single instance never needs its 5 MiB.
   const redis = redisUrl
-    ? new Redis(redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000 })
+    ? new (await import('ioredis')).Redis(redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000 })
     : undefined
   if (redis) {
     // Connection errors surface through outageLog when a limit is checked; ioredis stays quiet.

@@ -1,0 +1,76 @@
+import Sqlite from 'better-sqlite3'
+import { sql } from 'drizzle-orm'
+import { drizzle } from 'drizzle-orm/better-sqlite3'
+import { migrate } from 'drizzle-orm/better-sqlite3/migrator'
+import { mkdirSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { sqlitePath } from '../../config.ts'
+import { MIGRATIONS, errorCode, type Database, type Db, type Tables } from '../index.ts'
+import * as sqliteSchema from './schema.ts'
+
+/**
+ * SQLite in WAL mode (readers never wait for the writer), with a busy timeout (another process
+ * waits instead of failing with SQLITE_BUSY) and foreign keys enforced; migrations applied.
+ *
+ * better-sqlite3 is synchronous and one connection serves every request, so an atomic section
+ * that awaits between its statements must not let another request's statement in: every
+ * repository call runs through one queue (`serialise`), and `atomic` wraps its work in
+ * BEGIN IMMEDIATE … COMMIT inside that queue. Each statement takes microseconds, so the queue
+ * costs little; SQLite has a single writer anyway.
+ */
+export function openSqlite (databaseUrl: string): Database {
+  const path = sqlitePath(databaseUrl)
+  if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
+  const sqlite = new Sqlite(path)
+  try {
+    sqlite.pragma('journal_mode = WAL')
+    sqlite.pragma('busy_timeout = 5000')
+    sqlite.pragma('foreign_keys = ON')
+    const drizzleDb = drizzle(sqlite, { schema: sqliteSchema })
+    migrate(drizzleDb, { migrationsFolder: join(MIGRATIONS, 'sqlite') })
+    const probe = sqlite.prepare('select 1')
+    let queue: Promise<unknown> = Promise.resolve()
+    const inTurn = <T>(call: () => Promise<T>): Promise<T> => {
+      const turn = queue.then(call, call)
+      queue = turn.catch(() => {})
+      return turn
+    }
+    return {
+      db: drizzleDb as unknown as Db,
+      tables: sqliteSchema as unknown as Tables,
+      serialise: (repository) => Object.fromEntries(Object.entries(repository).map(([name, method]) =>
+        [name, typeof method === 'function' ? (...args: unknown[]) => inTurn(() => method(...args)) : method]
+      )) as typeof repository,
+      dialect: {
+        name: 'sqlite',
+        async atomic (work) {
+          sqlite.exec('BEGIN IMMEDIATE')
+          try {
+            const result = await work(drizzleDb as unknown as Db)
+            sqlite.exec('COMMIT')
+            return result
+          } catch (error) {
+            if (sqlite.inTransaction) sqlite.exec('ROLLBACK')
+            throw error
+          }
+        },
+        forUpdate: (query) => query,
+        hasRole: (roles, role) => sql`exists (select 1 from json_each(${roles}) where value = ${role})`,
+        contains: (text, part) => sql`instr(${text}, ${part}) > 0`,
+        isUniqueViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_UNIQUE',
+        isForeignKeyViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_FOREIGNKEY'
+      },
+      async ping () { probe.get() },
+      async query (text, params = []) {
+        const statement = sqlite.prepare(text)
+        if (statement.reader) return statement.all(...params) as Array<Record<string, unknown>>
+        statement.run(...params)
+        return []
+      },
+      async close () { sqlite.close() }
+    }
+  } catch (error) {
+    sqlite.close()
+    throw error
+  }
+}
