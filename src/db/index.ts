@@ -64,8 +64,8 @@ export const errorCode = (error: unknown): unknown =>
   (error as { code?: unknown }).code ?? (error as { cause?: { code?: unknown } }).cause?.code
 
 /**
- * Opens the database DATABASE_URL names. Each dialect's driver is loaded only when it is used, so
- * a SQLite deployment never loads node-postgres (and the reverse): about 5 MiB of memory each.
+ * Opens the database DATABASE_URL names. Each dialect's driver is loaded only when it is used: a
+ * SQLite deployment never loads node-postgres (about 5 MiB of memory), nor PostgreSQL better-sqlite3.
  */
 export async function openDatabase (databaseUrl: string): Promise<Database> {
   if (isPostgresUrl(databaseUrl)) return (await import('./postgres/open.ts')).openPostgres(databaseUrl)
