@@ -10,7 +10,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import jwt, { type GetPublicKeyOrSecret, type Jwt } from 'jsonwebtoken'
 import { createSecretKey, type KeyObject } from 'node:crypto'
 import pg from 'pg'
-import { hasPermission, permissionsOf } from '../../src/auth/permissions.ts'
+import { permissionsOf } from '../../src/auth/permissions.ts'
 import {
   ACCESS_TOKEN_ALG,
   ACCESS_TOKEN_TYP,
@@ -34,35 +34,23 @@ const audience = env('JWT_AUDIENCE', 'gatehouse')
 const secrets = [env('JWT_SECRET'), ...env('JWT_PREVIOUS_SECRETS', '').split(',').filter(Boolean)]
 const keysByKid = new Map<string, KeyObject>(secrets.map((secret) => [kidFor(secret), createSecretKey(Buffer.from(secret))]))
 
-interface Video { id: string, user_id: string | null, title: string, author: string, url: string, is_member_only: boolean, created_at: Date, updated_at: Date }
 interface User { id: string, email: string, name: string | null, roles: string[], disabled: boolean, created_at: Date, updated_at: Date }
 
-/** The two reads of the guarded routes, whichever database answers them. */
+/** The read of GET /auth/me, whichever database answers it. */
 interface Store {
-  memberVideos (): Promise<Video[]> | Video[]
   /** The user of the session, when the session is active. */
   account (sessionId: string): Promise<User | undefined> | User | undefined
 }
 
 function sqliteStore (path: string): Store {
-  interface VideoRow { id: string, user_id: string | null, title: string, author: string, url: string, is_member_only: number, created_at: number, updated_at: number }
   interface UserRow { id: string, email: string, name: string | null, roles: string, disabled: number, created_at: number, updated_at: number }
   const sqlite = new Database(path, { readonly: true, fileMustExist: true })
   sqlite.pragma('busy_timeout = 5000')
-  const memberVideos = sqlite.prepare(
-    'select id, user_id, title, author, url, is_member_only, created_at, updated_at from videos where is_member_only = 1 order by created_at desc'
-  )
   const accountBySession = sqlite.prepare(
     'select u.id, u.email, u.name, u.roles, u.disabled, u.created_at, u.updated_at from sessions s join users u on u.id = s.user_id ' +
     'where s.id = ? and s.revoked_at is null and s.expires_at > ?'
   )
   return {
-    memberVideos: () => (memberVideos.all() as VideoRow[]).map((video) => ({
-      ...video,
-      is_member_only: video.is_member_only === 1,
-      created_at: new Date(video.created_at),
-      updated_at: new Date(video.updated_at)
-    })),
     account (sessionId) {
       const user = accountBySession.get(sessionId, Date.now()) as UserRow | undefined
       return user && { ...user, roles: JSON.parse(user.roles) as string[], disabled: user.disabled === 1, created_at: new Date(user.created_at), updated_at: new Date(user.updated_at) }
@@ -74,12 +62,6 @@ function postgresStore (url: string): Store {
   const pool = new pg.Pool({ connectionString: url, max: 10 })
   pool.on('error', () => {})
   return {
-    async memberVideos () {
-      return (await pool.query<Video>({
-        name: 'member_videos',
-        text: 'select id, user_id, title, author, url, is_member_only, created_at, updated_at from videos where is_member_only = true order by created_at desc'
-      })).rows
-    },
     async account (sessionId) {
       const { rows: [user] } = await pool.query<User>({
         name: 'account_by_session',
@@ -139,24 +121,6 @@ app.get('/health', (_request, response) => { response.json({ status: 'ok' }) })
 app.get('/me/permissions', authenticate, (request, response) => {
   const { id, roles } = request.user!
   response.set('cache-control', 'no-store').json({ user_id: id, roles, permissions: permissionsOf(roles) })
-})
-
-app.get('/videos/member', authenticate, async (request, response) => {
-  if (!hasPermission(request.user!.roles, 'videos:watch-member')) {
-    response.status(403).json({ statusCode: 403, error: 'Forbidden', message: 'forbidden', code: 'forbidden' })
-    return
-  }
-  const rows = await store.memberVideos()
-  response.json(rows.map((video) => ({
-    id: video.id,
-    title: video.title,
-    author: video.author,
-    url: video.url,
-    is_member_only: video.is_member_only,
-    user_id: video.user_id,
-    created_at: video.created_at.toISOString(),
-    updated_at: video.updated_at.toISOString()
-  })))
 })
 
 app.get('/auth/me', authenticate, async (request, response) => {
