@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util'
 import { HASHERS, compatibility, hashWith, hasherInUse, measureVerify, type Compatibility, type HasherName, type HasherRound } from './lib/hasher.ts'
 import { inBatches, measure, openLoop, postJson, type Measurement, type Target } from './lib/load.ts'
 import { DEFAULT_POSTGRES_URL, isPostgresUrl, postgresInfo, redactUrl, type PostgresInfo } from './lib/postgres.ts'
-import { ROOT, peakRssBytes, rssBytes, startServer, waitIdle, type Server } from './lib/processes.ts'
+import { ROOT, rssBytes, startServer, waitIdle, type Server } from './lib/processes.ts'
 import {
   HASHER_HEADERS, RATIO_HEADERS, ROW_HEADERS, compatibilityLines, hasherCells, machine, markdownTable, median, ms,
   ratio, ratioCells, rowCells, spread, summarise, textTable, verdict, versions, type Machine, type Ratio, type Row
@@ -22,7 +22,8 @@ import {
 
 const HELP = `npm run bench [-- options]
 
-  (no option)        full run: 100,000 users, 3 interleaved rounds of 5 s per target; writes BENCHMARKS.md
+  (no option)        full run: 100,000 users, 5 interleaved rounds of 5 s per target (new server
+                     processes each round); writes BENCHMARKS.md
   --quick            CI smoke run: 1,000 users, 1 round of 1 s; prints only (--write: writes its results, marked quick)
   --database URL     Gatehouse (and the Express peer) on a fresh PostgreSQL database created on that server
                      for the run and dropped after (URL of any existing database there, used to create it);
@@ -85,7 +86,7 @@ const databaseName = DATABASE_NAMES[databaseChoice.kind]
 const scaleMode = args.users !== undefined && !quick && !args.suite
 const settings = {
   users: count(args.users, quick ? 1_000 : 100_000),
-  rounds: count(args.rounds, quick ? 1 : 3),
+  rounds: count(args.rounds, quick ? 1 : 5),
   // autocannon stops on its one-second tick: whole seconds only.
   seconds: Math.max(1, Math.round(count(args.duration, quick ? 1 : 5))),
   warmupSeconds: quick ? 0 : 1,
@@ -93,7 +94,9 @@ const settings = {
   tokenUsers: quick ? 10 : 50,
   hasherSeconds: quick ? 0.5 : 2,
   connections: count(args.connections, 50),
-  stormLoginsPerSecond: 20
+  stormLoginsPerSecond: 20,
+  /** Every server is a new process in every round (see runRounds). */
+  freshProcessesEachRound: true
 }
 const write = args['no-write'] ? false : args.write ?? !quick
 const RESULTS = join(ROOT, 'bench/results')
@@ -249,15 +252,25 @@ function refreshTarget (app: App): Target {
 const watchedPids = (servers: Server[], databases: SeededDatabase[]) => async () =>
   [...servers.map((server) => server.pid), ...(await Promise.all(databases.map((database) => database.cpu?.pids() ?? []))).flat()]
 
-async function runRounds (targets: Target[], pidsNow: () => Promise<number[]>, onRoundEnd?: (round: number) => Promise<void>): Promise<Measurement[]> {
+/**
+ * Every target once per round. From the second round on, every server first restarts as a new
+ * process: identical server processes measured here kept differences of up to 20% in CPU per
+ * request for as long as they lived, so one process per server would carry its luck into every
+ * round. Fresh processes turn that into round-to-round noise, which the medians absorb. Each
+ * round warms every target up first (the new processes' JIT and verified-token caches are cold).
+ */
+async function runRounds (targets: Target[], servers: Server[], pidsNow: () => Promise<number[]>, onRoundEnd?: (round: number) => Promise<void>): Promise<Measurement[]> {
   const measurements: Measurement[] = []
-  if (settings.warmupSeconds > 0) say(`warm-up: ${settings.warmupSeconds} s per target`)
-  for (const target of settings.warmupSeconds > 0 ? targets : []) {
-    await waitIdle(await pidsNow())
-    const warm = await measure(target, 0, settings.warmupSeconds, settings.connections)
-    say(`warm-up    ${target.label.padEnd(44)} ${Math.round(warm.rps).toString().padStart(6)} req/s`)
-  }
   for (let round = 1; round <= settings.rounds; round++) {
+    if (round > 1) {
+      say(`round ${round}/${settings.rounds}  restarting ${servers.length} servers`)
+      await Promise.all(servers.map((server) => server.restart()))
+    }
+    for (const target of settings.warmupSeconds > 0 ? targets : []) {
+      await waitIdle(await pidsNow())
+      const warm = await measure(target, 0, settings.warmupSeconds, settings.connections)
+      say(`warm-up    ${target.label.padEnd(44)} ${Math.round(warm.rps).toString().padStart(6)} req/s`)
+    }
     for (const target of targets) {
       await waitIdle(await pidsNow())
       const result = await measure(target, round, settings.seconds, settings.connections)
@@ -427,7 +440,7 @@ async function runSuite (): Promise<SuiteResult> {
       const targets = wanted ? all.filter((target) => wanted.includes(target.id)) : all
 
       const hashers: HasherRound[] = []
-      const measurements = await runRounds(targets, pidsNow, async (round) => {
+      const measurements = await runRounds(targets, servers, pidsNow, async (round) => {
         // The hashers' rounds, interleaved with the HTTP ones, while every server is idle.
         await waitIdle(await pidsNow())
         for (const hasher of HASHERS) {
@@ -436,7 +449,7 @@ async function runSuite (): Promise<SuiteResult> {
           say(`round ${round}/${settings.rounds}  raw verify ${hasher.padEnd(31)} ${result.perSecond.toFixed(1).padStart(6)} /s     alone ${ms(result.singleMs)} ms`)
         }
       })
-      const hwm = peakRssBytes(app.server.pid)
+      const hwm = app.server.peakRssBytes()
 
       const labels = new Map(targets.map((target) => [target.id, target.label]))
       const rows = summarise(measurements, labels, new Map(targets.filter((target) => !target.id.startsWith('bare')).map((target) => [target.id, databaseName])))
@@ -540,7 +553,7 @@ async function runScale (): Promise<ScaleResult> {
     ])
     // me, me, login, login: each pair back to back.
     targets.sort((a, b) => a.id.split('-')[0]!.localeCompare(b.id.split('-')[0]!) * -1)
-    const measurements = await runRounds(targets, watchedPids(servers, databases))
+    const measurements = await runRounds(targets, servers, watchedPids(servers, databases))
     const rows = summarise(measurements, new Map(targets.map((target) => [target.id, target.label])), new Map(targets.map((target) => [target.id, databaseName])))
     const checks: ScaleResult['checks'] = []
     for (const route of ['me', 'login']) {
@@ -562,7 +575,7 @@ async function runScale (): Promise<ScaleResult> {
       rows,
       checks,
       met: checks.filter((check) => check.name.includes('latency')).every((check) => check.within),
-      rssPeakMiB: Object.fromEntries(apps.map((app) => [name(app.users), MiB(peakRssBytes(app.server.pid))]))
+      rssPeakMiB: Object.fromEntries(apps.map((app) => [name(app.users), MiB(app.server.peakRssBytes())]))
     }
   })
 }
@@ -641,7 +654,8 @@ function suiteSection (suite: SuiteResult, scale: ScaleResult | undefined): stri
     ...databaseBullets(info),
     `- Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB memory, Linux ${m.kernel}`,
     `- Node ${m.node}; ${Object.entries(suite.versions).map(([name, version]) => `${name} ${version}`).join(', ')}`,
-    `- ${s.users.toLocaleString('en-US')} seeded users (seeded in ${suite.seedSeconds.toFixed(1)} s); autocannon -c ${s.connections}; ${s.rounds} interleaved round(s) of ${s.seconds} s per target after a ${s.warmupSeconds} s warm-up each`,
+    `- ${s.users.toLocaleString('en-US')} seeded users (seeded in ${suite.seedSeconds.toFixed(1)} s); autocannon -c ${s.connections}; ${s.rounds} interleaved round(s) of ${s.seconds} s per target after a ${s.warmupSeconds} s warm-up each` +
+      (s.freshProcessesEachRound ? ', every server a new process in each round' : ''),
     `- Gatehouse ran as \`npm start\` runs it: \`${suite.appCommand}\`, compiled by \`npm run build\``,
     ...(suite.appEnv.length > 0 ? [`- Extra app environment: ${suite.appEnv.join(' ')}`] : []),
     `- Machine load average (1 min) ${suite.load.start.toFixed(1)} at the start and ${suite.load.end.toFixed(1)} at the end: other work shared the ${m.cores} cores`,
@@ -726,14 +740,16 @@ function renderMarkdown (suites: Partial<Record<DatabaseKind, SuiteResult>>, sca
     '  multi-row inserts through `pg`, then VACUUM ANALYZE), bare Fastify (`bench/peers/bare-fastify.ts`) and Express 5 +',
     '  jsonwebtoken with a KeyObject secret and the same token checks and reads (`bench/peers/express-jsonwebtoken.ts`),',
     '  reading the same database as Gatehouse in each run.',
-    '- Targets run one after another in rounds (warm-up first); each round visits every target, so drift of the shared',
-    '  machine hits all of them alike. Before each target the bench waits until no server (and no PostgreSQL backend of',
-    '  the run\'s database) spends CPU.',
+    '- Targets run one after another in rounds; each round visits every target, so drift of the shared machine hits all',
+    '  of them alike. Before each round after the first, every server restarts as a new process: identical server',
+    '  processes measured here kept differences of up to 20% in CPU per request for as long as they lived, so one',
+    '  process per server would carry its luck into every round. Each round then warms every target up. Before each',
+    '  target the bench waits until no server (and no PostgreSQL backend of the run\'s database) spends CPU.',
     `- Guarded routes cycle through the access tokens of ${suites.sqlite?.settings.tokenUsers ?? suites.postgres?.settings.tokenUsers ?? 50} distinct users (their sessions exist). Logins pick a random`,
     '  seeded user per request; refreshes chain tokens (each answer\'s refresh token is presented next), starting',
     '  from tokens issued by logins and never presented.',
     '- The storm case is the guarded route under load while an open loop sends 20 logins/s to the same process.',
-    '- RSS is VmRSS of the app sampled every 200 ms while it is under load.',
+    '- RSS is VmRSS of the app sampled every 200 ms while it is under load; VmHWM is the highest of its processes.',
     '- The load generator (autocannon, in the runner process) shares the 2 cores with the server under test (and, on',
     '  PostgreSQL, with the database server), so absolute numbers are lower than on separate machines; the ratios are',
     '  what the targets are about.',

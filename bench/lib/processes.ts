@@ -54,9 +54,14 @@ export async function freePort (): Promise<number> {
 
 export interface Server {
   name: string
+  /** The running process's pid, port and URL: each restart changes them. */
   pid: number
   port: number
   url: string
+  /** The highest peak RSS (VmHWM) of all its processes so far, in bytes. */
+  peakRssBytes (): number
+  /** Stops the process and starts a new one with the same options. */
+  restart (): Promise<void>
   stop (): Promise<void>
 }
 
@@ -86,7 +91,14 @@ export interface StartOptions {
   nodeArgs?: string[]
 }
 
-export async function startServer ({ name, script, env, readyPath, nodeArgs = [] }: StartOptions): Promise<Server> {
+interface Running {
+  child: ChildProcess
+  port: number
+  exited: Promise<void>
+  output: () => string
+}
+
+async function launch ({ name, script, env, readyPath, nodeArgs = [] }: StartOptions): Promise<Running> {
   const port = await freePort()
   const loader = script.endsWith('.ts') ? ['--import', 'tsx'] : []
   const child = spawn(process.execPath, [...nodeArgs, ...loader, script], {
@@ -116,21 +128,38 @@ export async function startServer ({ name, script, env, readyPath, nodeArgs = []
     }
     await sleep(100)
   }
+  return { child, port, exited, output: () => output }
+}
 
-  return {
-    name,
-    pid: child.pid!,
-    port,
-    url,
-    async stop () {
-      if (child.exitCode !== null || child.signalCode !== null) return
-      child.kill('SIGTERM')
-      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
-      await exited
-      clearTimeout(timer)
-      if (output.trim() !== '' && process.env.BENCH_VERBOSE) console.error(`[${name}] ${output.trim()}`)
-    }
+async function terminate (name: string, { child, exited, output }: Running): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  child.kill('SIGTERM')
+  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
+  await exited
+  clearTimeout(timer)
+  if (output().trim() !== '' && process.env.BENCH_VERBOSE) console.error(`[${name}] ${output().trim()}`)
+}
+
+export async function startServer (options: StartOptions): Promise<Server> {
+  let running = await launch(options)
+  let pastPeak = 0
+  const server: Server = {
+    name: options.name,
+    pid: running.child.pid!,
+    port: running.port,
+    url: `http://127.0.0.1:${running.port}`,
+    peakRssBytes: () => Math.max(pastPeak, peakRssBytes(running.child.pid!)),
+    async restart () {
+      pastPeak = server.peakRssBytes()
+      await terminate(options.name, running)
+      running = await launch(options)
+      server.pid = running.child.pid!
+      server.port = running.port
+      server.url = `http://127.0.0.1:${running.port}`
+    },
+    stop: () => terminate(options.name, running)
   }
+  return server
 }
 
 /**
