@@ -22,7 +22,7 @@ import {
 
 const HELP = `npm run bench [-- options]
 
-  (no option)        full run: 100,000 users, 5 interleaved rounds of 5 s per target (new server
+  (no option)        full run: 100,000 users, 10 interleaved rounds of 5 s per target (new server
                      processes each round); writes BENCHMARKS.md
   --quick            CI smoke run: 1,000 users, 1 round of 1 s; prints only (--write: writes its results, marked quick)
   --database URL     Gatehouse (and the Express peer) on a fresh PostgreSQL database created on that server
@@ -86,7 +86,7 @@ const databaseName = DATABASE_NAMES[databaseChoice.kind]
 const scaleMode = args.users !== undefined && !quick && !args.suite
 const settings = {
   users: count(args.users, quick ? 1_000 : 100_000),
-  rounds: count(args.rounds, quick ? 1 : 5),
+  rounds: count(args.rounds, quick ? 1 : 10),
   // autocannon stops on its one-second tick: whole seconds only.
   seconds: Math.max(1, Math.round(count(args.duration, quick ? 1 : 5))),
   warmupSeconds: quick ? 0 : 1,
