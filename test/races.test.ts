@@ -1,5 +1,8 @@
+import { hash } from '@node-rs/argon2'
 import t from 'tap'
-import { TEST_PASSWORD, build, dbCount, signup, uniqueEmail } from './helper.ts'
+import { HASH_OPTIONS } from '../src/auth/passwords.ts'
+import type { App } from '../src/app.ts'
+import { TEST_PASSWORD, bearer, build, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail, type SessionBody } from './helper.ts'
 
 t.test('50 concurrent signups with one email produce exactly one user', async (t) => {
   const app = await build(t)
@@ -34,4 +37,80 @@ t.test('common passwords are refused with weak_password', async (t) => {
     t.equal(response.statusCode, 400, password)
     t.equal(response.json().code, 'weak_password', password)
   }
+})
+
+const NEW_PASSWORD = 'a brand new passphrase'
+const login = (app: App, email: string, password: string) =>
+  app.inject({ method: 'POST', url: '/auth/login', payload: { email, password } })
+const changePassword = (app: App, session: SessionBody) => app.inject({
+  method: 'POST',
+  url: '/auth/password',
+  headers: bearer(session.access_token),
+  payload: { current_password: TEST_PASSWORD, new_password: NEW_PASSWORD }
+})
+
+/**
+ * Runs `meanwhile` just before the repository method `name` of `repository` runs once: the moment
+ * a concurrent request would land between a sign-in's password check and its write.
+ */
+function before<R extends object> (repository: R, name: keyof R, meanwhile: () => Promise<unknown>) {
+  const original = repository[name] as (...args: unknown[]) => Promise<unknown>
+  let armed = true
+  Object.assign(repository, {
+    [name]: async (...args: unknown[]) => {
+      if (armed) {
+        armed = false
+        await meanwhile()
+      }
+      return original(...args)
+    }
+  })
+}
+
+t.test('a sign-in whose account changes after its password check opens no session', async (t) => {
+  const changes: Record<string, (app: App, session: SessionBody) => Promise<unknown>> = {
+    'the password is changed': async (app, session) => t.equal((await changePassword(app, session)).statusCode, 204),
+    'the user is disabled': (app, session) => dbRun(app, 'update users set disabled = ? where id = ?', true, session.user.id),
+    'the user is deleted': (app, session) => dbRun(app, 'delete from users where id = ?', session.user.id)
+  }
+  for (const [change, apply] of Object.entries(changes)) {
+    await t.test(change, async (t) => {
+      const app = await build(t)
+      const session = await signup(app)
+      before(app.sessionsRepository, 'open', () => apply(app, session))
+      const response = await login(app, session.user.email, TEST_PASSWORD)
+      t.equal(response.statusCode, 401, 'not a session, and not a 500')
+      t.equal(response.json().code, 'invalid_credentials')
+      const opened = await dbCount(app, 'select count(*) as n from sessions where user_id = ? and id <> ?',
+        session.user.id, tokenPayload(session.access_token).sid)
+      t.equal(opened, 0, 'no session besides the signup\'s')
+    })
+  }
+})
+
+t.test('the password change wins over a sign-in with the old password that checked it first', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  // The stored hash has weaker parameters, so the sign-in upgrades it after the password check.
+  await dbRun(app, 'update users set password_hash = ? where id = ?',
+    await hash(TEST_PASSWORD, { ...HASH_OPTIONS, memoryCost: 4096, timeCost: 1 }), session.user.id)
+  before(app.usersRepository, 'replacePasswordHash', async () => t.equal((await changePassword(app, session)).statusCode, 204))
+
+  const raced = await login(app, session.user.email, TEST_PASSWORD)
+  t.equal(raced.statusCode, 401, 'the old password opens no session')
+  t.equal((await login(app, session.user.email, TEST_PASSWORD)).statusCode, 401, 'the old password stays changed')
+  t.equal((await login(app, session.user.email, NEW_PASSWORD)).statusCode, 200, 'the new password works')
+  const stored = await dbGet(app, 'select password_hash from users where id = ?', session.user.id)
+  t.match(String(stored?.password_hash), /^\$argon2id\$v=19\$m=19456,t=2,p=1\$/, 'the new password\'s hash, at full strength')
+})
+
+t.test('of two password changes that both checked the current password, one wins', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  let second: Awaited<ReturnType<typeof changePassword>> | undefined
+  before(app.usersRepository, 'changePassword', async () => { second = await changePassword(app, session) })
+  const first = await changePassword(app, session)
+  t.equal(second?.statusCode, 204, 'the one that wrote first')
+  t.equal(first.statusCode, 401, 'the other finds the password changed')
+  t.equal(first.json().code, 'invalid_credentials')
 })

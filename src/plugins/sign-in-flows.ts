@@ -8,8 +8,12 @@ import type { User } from '../repositories/users.ts'
 import { presentUser, type SessionResponse } from '../schemas/common.ts'
 
 export interface SignInFlows {
-  /** Opens a session for a user who has just proved who they are. */
-  start (request: FastifyRequest, user: User): Promise<Static<typeof SessionResponse>>
+  /**
+   * Opens a session for a user who has just proved who they are, with the password hash they
+   * proved it against (none for a user created just now); 401 invalid_credentials when that hash,
+   * or the account, changed in the meantime.
+   */
+  start (request: FastifyRequest, user: User, passwordHash?: string): Promise<Static<typeof SessionResponse>>
   /** Email and password → a session; 401 invalid_credentials or 403 user_disabled. */
   signIn (request: FastifyRequest, email: string, password: string): Promise<Static<typeof SessionResponse>>
   /** Rotates a refresh token → a session response; 401 invalid_refresh_token. */
@@ -41,12 +45,16 @@ async function signInFlowsPlugin (app: FastifyInstance) {
   })
 
   const flows: SignInFlows = {
-    async start (request, user) {
-      const { session, refreshToken } = await app.sessionsRepository.open(
-        { userId: user.id, userAgent: request.headers['user-agent'], ip: request.ip },
+    async start (request, user, passwordHash) {
+      const opened = await app.sessionsRepository.open(
+        { userId: user.id, passwordHash, userAgent: request.headers['user-agent'], ip: request.ip },
         { now: new Date(), ttl }
       )
-      return respond(user, session.id, refreshToken)
+      if (!opened) {
+        request.log.info({ event: 'login_failed', userId: user.id, reason: 'account_changed' }, 'sign-in failed: the password or the account changed meanwhile')
+        throw invalidCredentials()
+      }
+      return respond(user, opened.session.id, opened.refreshToken)
     },
 
     async signIn (request, email, password) {
@@ -67,10 +75,12 @@ async function signInFlowsPlugin (app: FastifyInstance) {
       const { user, passwordHash } = found
       // Only after a correct password, so the answer tells a guesser nothing.
       if (user.disabled) throw apiError(403, 'user_disabled', 'This account is disabled.')
+      let verifiedHash = passwordHash
       if (needsRehash(passwordHash)) {
-        await app.usersRepository.updatePasswordHash(user.id, await hashPassword(password))
+        const upgraded = await hashPassword(password)
+        if (await app.usersRepository.replacePasswordHash(user.id, passwordHash, upgraded)) verifiedHash = upgraded
       }
-      const session = await flows.start(request, user)
+      const session = await flows.start(request, user, verifiedHash)
       request.log.info({ event: 'login', userId: user.id }, 'signed in')
       return session
     },

@@ -1,4 +1,4 @@
-import { and, desc, eq, gt, isNotNull, isNull, lt, ne, or, sql, type SQL } from 'drizzle-orm'
+import { and, desc, eq, gt, isNotNull, isNull, lt, or, sql, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
@@ -17,6 +17,14 @@ export interface SessionTimes {
 export interface RotationRules extends SessionTimes {
   /** Seconds after rotation in which the newest rotated token may be replayed (REFRESH_REUSE_GRACE). */
   grace: number
+}
+
+export interface OpenSession {
+  userId: string
+  /** The hash the sign-in verified the password against; none for a user created just now. */
+  passwordHash?: string | undefined
+  userAgent?: string | undefined
+  ip?: string | undefined
 }
 
 export type Rotation =
@@ -59,9 +67,21 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
     db.update(sessions).set({ revokedAt: now }).where(and(condition, isNull(sessions.revokedAt))).returning()
 
   return {
-    /** Opens a session for a sign-in and returns it with its first refresh token. */
-    async open (input: { userId: string, userAgent?: string | undefined, ip?: string | undefined }, times: SessionTimes) {
+    /**
+     * Opens a session for a sign-in and returns it with its first refresh token; undefined when the
+     * user is gone or disabled, or their password hash is no longer `passwordHash` (the one the
+     * sign-in verified). The check holds the user's row in the session's own transaction, so a
+     * password change, disable or delete that commits first refuses this session, and one that
+     * commits after it revokes or deletes it: none opened with an old password outlives a change.
+     */
+    async open (input: OpenSession, times: SessionTimes) {
       return dialect.atomic(async (tx) => {
+        const [holder] = await dialect.forUpdate(tx.select({ id: users.id }).from(users).where(and(
+          eq(users.id, input.userId),
+          eq(users.disabled, false),
+          input.passwordHash === undefined ? undefined : eq(users.passwordHash, input.passwordHash)
+        )))
+        if (!holder) return undefined
         const [session] = await tx.insert(sessions).values({
           id: randomUUID(),
           userId: input.userId,
@@ -140,12 +160,9 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
       return (await revokeWhere(and(eq(sessions.id, sessionId), eq(sessions.userId, userId)), now)).length > 0
     },
 
-    /** Revokes every session of the user but `keepSessionId`; returns how many. */
-    async revokeAllForUser (userId: string, now: Date, keepSessionId?: string): Promise<number> {
-      const condition = keepSessionId
-        ? and(eq(sessions.userId, userId), ne(sessions.id, keepSessionId))
-        : eq(sessions.userId, userId)
-      return (await revokeWhere(condition, now)).length
+    /** Revokes every session of the user; returns how many. */
+    async revokeAllForUser (userId: string, now: Date): Promise<number> {
+      return (await revokeWhere(eq(sessions.userId, userId), now)).length
     },
 
     /** Revokes the session a refresh token belongs to (logout without an access token). */

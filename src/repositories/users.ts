@@ -52,6 +52,10 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
   // Read on every refresh: built and prepared once, not per call.
   const byId = db.select(publicColumns).from(users).where(eq(users.id, sql.placeholder('id'))).prepare('users_by_id')
 
+  const replaceHash = (tx: Db, id: string, from: string, to: string, now: Date) =>
+    tx.update(users).set({ passwordHash: to, updatedAt: now })
+      .where(and(eq(users.id, id), eq(users.passwordHash, from))).returning({ id: users.id })
+
   const otherEnabledAdminExists = async (tx: Db, exceptId: string) =>
     (await tx.select({ id: users.id }).from(users).where(and(isEnabledAdmin, ne(users.id, exceptId))).limit(1)).length > 0
 
@@ -99,8 +103,28 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
       return user
     },
 
-    async updatePasswordHash (id: string, passwordHash: string): Promise<void> {
-      await db.update(users).set({ passwordHash, updatedAt: new Date() }).where(eq(users.id, id))
+    /**
+     * The stored hash becomes `to`, but only while it is still `from`, the one the caller just
+     * verified: a password changed in the meantime is never overwritten. False when it was.
+     */
+    async replacePasswordHash (id: string, from: string, to: string, now = new Date()): Promise<boolean> {
+      return (await replaceHash(db, id, from, to, now)).length > 0
+    },
+
+    /**
+     * A password change (ASVS 3.3.3): the new hash, on the terms of replacePasswordHash, and every
+     * session but `keepSessionId` revoked in the same transaction, so a session opened with the old
+     * password either sees the change (sessionsRepository.open) or is revoked by it. Returns how
+     * many sessions it revoked, or undefined when the hash had changed since it was verified.
+     */
+    async changePassword (id: string, { from, to }: { from: string, to: string }, keepSessionId: string, now: Date): Promise<number | undefined> {
+      return dialect.atomic(async (tx) => {
+        if ((await replaceHash(tx, id, from, to, now)).length === 0) return undefined
+        const revoked = await tx.update(sessions).set({ revokedAt: now })
+          .where(and(eq(sessions.userId, id), ne(sessions.id, keepSessionId), isNull(sessions.revokedAt)))
+          .returning({ id: sessions.id })
+        return revoked.length
+      })
     },
 
     /** One page in creation order (then id, so ties are stable); limit + 1 rows tell whether more follow. */

@@ -153,19 +153,21 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const { user, session } = request.account
     const { current_password: currentPassword, new_password: newPassword } = request.body
     // A stolen access token must not become a way to guess the password: same per-account limit.
-    const correct = await checkPasswordLimited(app.signInFailures, user.email, async () => {
-      const hash = await app.usersRepository.findPasswordHash(user.id)
-      return hash !== undefined && await verifyPassword(hash, currentPassword)
-    })
-    if (!correct) {
+    const currentHash = await app.usersRepository.findPasswordHash(user.id)
+    const correct = await checkPasswordLimited(app.signInFailures, user.email,
+      async () => currentHash !== undefined && await verifyPassword(currentHash, currentPassword))
+    const wrongPassword = () => {
       request.log.info({ event: 'password_change_failed', userId: user.id }, 'wrong current password')
-      throw apiError(401, 'invalid_credentials', 'The current password is wrong.')
+      return apiError(401, 'invalid_credentials', 'The current password is wrong.')
     }
+    if (!correct) throw wrongPassword()
     const problem = passwordProblem(newPassword, user.email)
     if (problem) throw apiError(400, 'weak_password', problem)
-    await app.usersRepository.updatePasswordHash(user.id, await hashPassword(newPassword))
-    // ASVS 3.3.3: a password change ends every other session.
-    const count = await app.sessionsRepository.revokeAllForUser(user.id, new Date(), session.id)
+    // ASVS 3.3.3: a password change ends every other session. Refused, like a wrong password,
+    // when the password changed since it was verified (another change won the race).
+    const count = await app.usersRepository.changePassword(user.id,
+      { from: currentHash!, to: await hashPassword(newPassword) }, session.id, new Date())
+    if (count === undefined) throw wrongPassword()
     request.log.info({ event: 'password_changed', userId: user.id, revokedSessions: count }, 'password changed')
     return reply.code(204).send(null)
   })
