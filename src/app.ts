@@ -26,8 +26,8 @@ import videoRoutes from './routes/videos.ts'
 
 /**
  * Secrets never reach the logs (ASVS 7.1.1): requests are logged without headers, secret-looking
- * fields are censored wherever they sit in a log object, query-string values that look like
- * secrets are masked, and failed queries lose their parameters.
+ * fields are censored wherever they sit in a log object, query-string values are masked, and
+ * failed queries lose their parameters.
  */
 const SECRET_FIELDS = new Set([
   'password', 'current_password', 'new_password', 'passwordHash', 'password_hash',
@@ -57,7 +57,11 @@ export function censorSecrets (value: unknown, depth = 0): unknown {
   }
   return copy ?? value
 }
-const SECRET_QUERY_VALUE = /([?&][^=&]*(?:token|password|secret|code)[^=&]*=)[^&]*/gi
+/**
+ * Every query value, not only those named like a secret: a client that puts its token under any
+ * name (`?authorization=`, `?jwt=`) must not get it logged, and the email filter is personal data.
+ */
+const QUERY_VALUE = /([?&][^=&]*=)[^&]*/g
 /** A failed query's error message lists its parameters (a password hash, a token hash): cut them. */
 const QUERY_PARAMETERS = /\nparams:.*$/gm
 
@@ -82,7 +86,7 @@ function loggerOptions (config: Config, { logStream }: BuildOptions): FastifySer
       err: serializeError,
       req: (request: { method: string, url: string, host?: string, ip?: string }) => ({
         method: request.method,
-        url: request.url.replace(SECRET_QUERY_VALUE, `$1${CENSORED}`),
+        url: request.url.replace(QUERY_VALUE, `$1${CENSORED}`),
         host: request.host,
         remoteAddress: request.ip
       })

@@ -17,6 +17,8 @@ t.test('logs carry security events with user and request ids, and never a secret
   await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: 'wrong password!' } })
   const login = (await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })).json()
   await app.inject({ url: `/auth/me?access_token=${login.access_token}&other=1`, headers: bearer(login.access_token) })
+  // A token under any name, where no bearer header carries it.
+  await app.inject({ url: `/auth/me?authorization=${login.access_token}&jwt=${login.access_token}` })
   await app.inject({ method: 'POST', url: '/auth/token', payload: `grant_type=password&username=${email}&password=${TEST_PASSWORD}`, headers: { 'content-type': 'application/x-www-form-urlencoded' } })
   await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
   await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
@@ -26,7 +28,8 @@ t.test('logs carry security events with user and request ids, and never a secret
   for (const secret of [TEST_PASSWORD, session.access_token, session.refresh_token, login.access_token, login.refresh_token, hash, TEST_ENV.JWT_SECRET]) {
     t.notOk(text.includes(secret), `log does not contain ${secret.slice(0, 12)}…`)
   }
-  t.match(text, /access_token=\[redacted\]&other=1/, 'secret query values are masked, others kept')
+  t.match(text, /access_token=\[redacted\]&other=\[redacted\]/, 'query values are masked, their names kept')
+  t.match(text, /authorization=\[redacted\]&jwt=\[redacted\]/, 'whatever the name')
 
   const lines = text.trim().split('\n').map((line) => JSON.parse(line))
   const event = (name: string) => lines.find((line) => line.event === name)
