@@ -31,12 +31,15 @@ t.test('every registered route is documented with its security requirement', asy
     if (route.access === 'guarded') {
       t.same(operation.security, BEARER, `${route.method} ${route.url} needs a bearer token`)
       t.ok(operation.responses['401'], `${route.method} ${route.url} documents 401`)
+      t.match(operation.responses['400']?.description, /invalid_request/, `${route.method} ${route.url} documents the malformed Authorization header`)
     } else if (route.url !== '/auth/logout') {
       t.same(operation.security, [], `${route.method} ${route.url} is public`)
     }
     t.ok(Object.keys(operation.responses).some((status) => status.startsWith('2')), `${route.method} ${route.url} documents its success`)
     if (route.url.startsWith('/auth')) t.ok(operation.responses['429'], `${route.method} ${route.url} documents 429`)
   }
+  t.equal(document.paths['/auth/logout'].post.requestBody.required, false, 'logout takes no body, or one')
+  t.equal(document.paths['/auth/signup'].post.requestBody.required, true)
   const documented = Object.entries(document.paths as Record<string, Record<string, unknown>>)
     .flatMap(([path, operations]) => Object.keys(operations).map((method) => `${method.toUpperCase()} ${path}`))
   const registered = new Set(apiRoutes.map((route) => `${route.method} ${toOpenApiPath(route.url)}`))

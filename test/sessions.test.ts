@@ -121,6 +121,30 @@ t.test('logout failure paths', async (t) => {
   t.equal(await meStatus(app, session.access_token), 200, 'a refused logout changes nothing')
 })
 
+t.test('an empty request with a JSON Content-Type is a bodiless call, as fetch() clients send them', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  const [first, second, third] = [await login(app, email), await login(app, email), await login(app, email)]
+  const json = (token: string) => ({ ...bearer(token), 'content-type': 'application/json' })
+
+  // Content-Length: 0, and no Content-Length at all (RFC 9112 §6.3: no body either way).
+  const deleted = await app.inject({ method: 'DELETE', url: `/auth/sessions/${tokenPayload(second.access_token).sid}`, headers: json(first.access_token), payload: '' })
+  t.equal(deleted.statusCode, 204, deleted.body)
+  t.equal(await meStatus(app, second.access_token), 401, 'that session ended')
+  const loggedOut = await app.inject({ method: 'POST', url: '/auth/logout', headers: json(third.access_token) })
+  t.equal(loggedOut.statusCode, 204, loggedOut.body)
+  t.equal(await meStatus(app, third.access_token), 401, 'logged out')
+
+  const anonymous = await app.inject({ method: 'POST', url: '/auth/logout', headers: { 'content-type': 'application/json' }, payload: '' })
+  t.equal(anonymous.statusCode, 401, 'still needs a bearer token or a refresh token')
+  t.equal(anonymous.json().code, 'missing_token')
+  const signupWithoutBody = await app.inject({ method: 'POST', url: '/auth/signup', headers: { 'content-type': 'application/json' }, payload: '' })
+  t.equal(signupWithoutBody.statusCode, 400, 'a route that needs a body still refuses the empty one')
+  t.equal(signupWithoutBody.json().code, 'invalid_body')
+  t.equal(await meStatus(app, first.access_token), 200)
+})
+
 t.test('password change needs the current password and keeps only the current session', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()

@@ -36,10 +36,16 @@ const BEARER_SECURITY = [{ bearerAuth: [] }, { oauth2: [] }]
  */
 function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean): Schema {
   const response = { ...schema.response }
+  // A route's own answer for the status keeps its schema; it gets this description unless it has one.
   const add = (status: number, description: string) => {
-    response[status] ??= { ...ErrorResponse, description }
+    const declared = response[status] as Record<string, unknown> | undefined
+    if (!declared?.description) response[status] = { ...(declared ?? ErrorResponse), description }
   }
-  if (schema.body || schema.params || schema.querystring) add(400, 'Invalid request: validation_error names the field')
+  const invalid = [
+    ...schema.body || schema.params || schema.querystring ? ['validation_error names the field'] : [],
+    ...isGuarded ? ['invalid_request for a malformed Authorization header'] : []
+  ]
+  if (invalid.length > 0) add(400, `Invalid request: ${invalid.join('; ')}`)
   if (schema.body) {
     add(413, 'Body over 8 KiB: payload_too_large')
     add(415, 'Not JSON: unsupported_media_type')
@@ -50,6 +56,8 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
 }
 
 async function docsPlugin (app: FastifyInstance) {
+  /** Routes whose body may be left out (config.bodyOptional), as the document is generated. */
+  const optionalBodies: Array<{ url: string, method: string }> = []
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
@@ -73,10 +81,20 @@ async function docsPlugin (app: FastifyInstance) {
         }
       }
     },
-    transform: ({ schema, url, route }) => ({
-      schema: documentShared((schema ?? {}) as Schema, route, isGuardedRoute(app, route)) as FastifySchema,
-      url
-    })
+    transform: ({ schema, url, route }) => {
+      if (route.config?.bodyOptional) for (const method of [route.method].flat()) optionalBodies.push({ url, method })
+      return { schema: documentShared((schema ?? {}) as Schema, route, isGuardedRoute(app, route)) as FastifySchema, url }
+    },
+    // @fastify/swagger marks every body it documents as required.
+    transformObject: (document) => {
+      if (!('openapiObject' in document)) return document.swaggerObject
+      const paths = document.openapiObject.paths as Record<string, Record<string, { requestBody?: { required?: boolean } }>>
+      for (const { url, method } of optionalBodies) {
+        const body = paths[url.replace(/:(\w+)/g, '{$1}')]?.[method.toLowerCase()]?.requestBody
+        if (body) body.required = false
+      }
+      return document.openapiObject
+    }
   })
 
   await app.register(swaggerUi, {

@@ -4,6 +4,13 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunc
 import fp from 'fastify-plugin'
 import { apiError } from '../errors.ts'
 
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The route's body schema applies when a body is sent; a request without one gets `{}`. */
+    bodyOptional?: true
+  }
+}
+
 const common = { useDefaults: true, removeAdditional: false, allErrors: false } as const
 
 /**
@@ -16,15 +23,40 @@ async function validationPlugin (app: FastifyInstance) {
   const textParts = addFormats.default(new Ajv({ ...common, coerceTypes: 'array' }))
   app.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodies : textParts).compile(schema))
-  // Where text can reach the database: request bodies, and the querystrings routes declare.
   app.addHook('onRoute', (route) => {
-    const methods = [route.method].flat()
-    if (!route.schema?.querystring && !methods.some((method) => BODY_METHODS.has(method))) return
-    route.preValidation = [refuseNul, ...[route.preValidation ?? []].flat()]
+    const takesBody = [route.method].flat().some((method) => BODY_METHODS.has(method))
+    if (takesBody && (!route.schema?.body || route.config?.bodyOptional)) {
+      route.onRequest = [emptyBodyIsNoBody, ...[route.onRequest ?? []].flat()]
+    }
+    if (takesBody && route.config?.bodyOptional) {
+      route.preValidation = [bodyOrEmptyObject, ...[route.preValidation ?? []].flat()]
+    }
+    // Where text can reach the database: request bodies, and the querystrings routes declare.
+    if (takesBody || route.schema?.querystring) {
+      route.preValidation = [refuseNul, ...[route.preValidation ?? []].flat()]
+    }
   })
 }
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
+
+/**
+ * A request with nothing in it has no body, whatever its Content-Type says: a fetch() client that
+ * sends `Content-Type: application/json` on every call must not get 400 "empty JSON body" from a
+ * DELETE or a logout, which need no body. Routes that need one still refuse the empty JSON.
+ * Nothing in it: no Transfer-Encoding, and a Content-Length of 0 or none (RFC 9112 §6.3).
+ */
+function emptyBodyIsNoBody (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
+  const { headers } = request
+  const length = headers['content-length']
+  if (headers['transfer-encoding'] === undefined && (length === undefined || length === '0')) delete headers['content-type']
+  done()
+}
+
+function bodyOrEmptyObject (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
+  request.body ??= {}
+  done()
+}
 
 /** The path of the first string holding a NUL character, or undefined. */
 function nulPath (value: unknown, path: string): string | undefined {

@@ -81,16 +81,19 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.post('/logout', {
     // Public so a client whose access token expired can still end its session with the refresh
     // token; without one, the handler authenticates the bearer token like any guarded route.
-    config: { access: 'public' },
     // A bodiless POST (the usual logout call) is an empty object, not a validation error.
-    preValidation: async (request) => { request.body ??= {} },
+    config: { access: 'public', bodyOptional: true },
     schema: {
       tags: ['auth'],
       summary: 'End this session, every session (scope: global), or the session of a refresh token',
       // Either a bearer token or, with refresh_token in the body, nothing.
       security: [{ bearerAuth: [] }, { oauth2: [] }, {}],
       body: Logout,
-      response: { 204: Type.Null(), 400: ErrorResponse, 401: ErrorResponse }
+      response: {
+        204: Type.Null(),
+        400: { ...ErrorResponse, description: 'validation_error names the field (also scope with refresh_token); invalid_request for a malformed Authorization header' },
+        401: { ...ErrorResponse, description: 'Neither a valid bearer token nor a refresh_token: missing_token, invalid_token, token_expired' }
+      }
     }
   }, async (request, reply) => {
     const now = new Date()

@@ -75,7 +75,13 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
       description: 'Accepts application/x-www-form-urlencoded or JSON. Errors follow RFC 6749 §5.2.',
       consumes: ['application/x-www-form-urlencoded', 'application/json'],
       body: TokenRequest,
-      response: { 200: SessionResponse, 400: OAuthError, 413: OAuthError, 415: OAuthError, 429: OAuthError }
+      response: {
+        200: SessionResponse,
+        400: { ...OAuthError, description: 'invalid_request, invalid_grant (also a disabled user) or unsupported_grant_type' },
+        413: { ...OAuthError, description: 'Body over 8 KiB: invalid_request' },
+        415: { ...OAuthError, description: 'Neither form-urlencoded nor JSON: invalid_request' },
+        429: { ...OAuthError, description: 'Too many requests: rate_limited, with Retry-After' }
+      }
     }
   }, async (request) => {
     const { grant_type: grantType, username, password, refresh_token: refreshToken } = request.body
