@@ -389,6 +389,10 @@ t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodi
     updated_at: Date.parse(video.updated_at)
   })
 
+  const upperCaseScheme = await app.inject({ method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: { ...valid, url: 'HTTPS://videos.example.com/a.mp4' } })
+  t.equal(upperCaseScheme.statusCode, 201, 'URL schemes are case-insensitive')
+  t.equal(upperCaseScheme.json().url, 'HTTPS://videos.example.com/a.mp4', 'stored as sent')
+
   const memberOnly = await app.inject({ method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: { ...valid, is_member_only: true } })
   t.equal(memberOnly.statusCode, 201)
   t.equal(memberOnly.json().is_member_only, true)

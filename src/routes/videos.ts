@@ -6,7 +6,8 @@ import { ErrorResponse, Timestamp, Uuid } from '../schemas/common.ts'
 
 const Title = Type.String({ minLength: 1, maxLength: 200 })
 const Author = Type.String({ minLength: 1, maxLength: 100 })
-const Url = Type.String({ format: 'uri', pattern: '^https?://', maxLength: 2048, examples: ['https://videos.example.com/intro.mp4'] })
+// Schemes are case-insensitive (RFC 3986 §3.1): HTTPS://… is as good as https://….
+const Url = Type.String({ format: 'uri', pattern: '^[Hh][Tt][Tt][Pp][Ss]?://', maxLength: 2048, examples: ['https://videos.example.com/intro.mp4'] })
 
 const VideoResponse = Type.Object({
   id: Uuid,
