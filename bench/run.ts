@@ -10,7 +10,8 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { HASHERS, compatibility, hashWith, hasherInUse, measureVerify, type Compatibility, type HasherName, type HasherRound } from './lib/hasher.ts'
 import { inBatches, measure, openLoop, percentile, postJson, type Measurement, type Target } from './lib/load.ts'
-import { DEFAULT_POSTGRES_URL, isPostgresUrl, postgresInfo, redactUrl, type PostgresInfo } from './lib/postgres.ts'
+import { isPostgresUrl, redactUrl } from '../src/config.ts'
+import { DEFAULT_POSTGRES_URL, postgresInfo, type PostgresInfo } from './lib/postgres.ts'
 import { ROOT, rssBytes, startServer, waitIdle, type Server } from './lib/processes.ts'
 import {
   HASHER_HEADERS, RATIO_HEADERS, ROW_HEADERS, compatibilityLines, hasherCells, machine, markdownTable, median, ms,

@@ -13,6 +13,7 @@ import security, { API_RESPONSE_HEADERS } from './plugins/security.ts'
 import signInFlows from './plugins/sign-in-flows.ts'
 import validation from './plugins/validation.ts'
 import errors, { errorBody } from './plugins/errors.ts'
+import { QUERY_PARAMETERS } from './errors.ts'
 import clothesRepository from './repositories/clothes.ts'
 import sessionsRepository from './repositories/sessions.ts'
 import usersRepository from './repositories/users.ts'
@@ -62,8 +63,6 @@ export function censorSecrets (value: unknown, depth = 0): unknown {
  * name (`?authorization=`, `?jwt=`) must not get it logged, and the email filter is personal data.
  */
 const QUERY_VALUE = /([?&][^=&]*=)[^&]*/g
-/** A failed query's error message lists its parameters (a password hash, a token hash): cut them. */
-const QUERY_PARAMETERS = /\nparams:.*$/gm
 
 export const serializeError = (error: Error & { code?: unknown }) => ({
   type: error.name,

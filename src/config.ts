@@ -4,6 +4,8 @@ import { isIP } from 'node:net'
 import { looksLikeEmail } from './auth/email.ts'
 import { dirname, join, resolve } from 'node:path'
 
+type Env = Record<string, string | undefined>
+
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
 
 export interface Config {
@@ -57,13 +59,39 @@ export function parseDuration (text: string): number | undefined {
 
 export const isPostgresUrl = (url: string) => /^postgres(ql)?:\/\//.test(url)
 
+/** The URL without its password, for messages and logs. */
+export const redactUrl = (url: string) => url.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1@')
+
+/** `scheme://…` of a URL whose scheme is not one of `allowed`, or undefined. */
+function foreignScheme (url: string, allowed: string[]): string | undefined {
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(url)?.[1]?.toLowerCase()
+  return scheme !== undefined && !allowed.includes(scheme) ? scheme : undefined
+}
+
+/**
+ * Why DATABASE_URL cannot be used, or undefined. A mistyped scheme (`postgress://`) must not
+ * quietly become a SQLite file of that name: each instance of a cluster would get its own.
+ */
+function databaseUrlProblem (url: string): string | undefined {
+  const scheme = foreignScheme(url, ['postgres', 'postgresql', 'file'])
+  return scheme === undefined
+    ? undefined
+    : `DATABASE_URL must be postgres://… (or postgresql://…) for PostgreSQL, or file:PATH or a path for SQLite (got a "${scheme}://" URL)`
+}
+
+/** DATABASE_URL, or the SQLite default; a ConfigError when it cannot be used. For the CLI tools. */
+export function databaseUrlFrom (env: Env = process.env): string {
+  const url = env.DATABASE_URL?.trim() || DEFAULT_DATABASE_URL
+  const problem = databaseUrlProblem(url)
+  if (problem) throw new ConfigError([problem])
+  return url
+}
+
 /** `file:PATH`, a bare path, or `:memory:` → what the SQLite driver opens. */
 export function sqlitePath (databaseUrl: string): string {
   if (databaseUrl === ':memory:' || databaseUrl === 'file::memory:') return ':memory:'
   return resolve(databaseUrl.startsWith('file:') ? databaseUrl.slice('file:'.length) : databaseUrl)
 }
-
-type Env = Record<string, string | undefined>
 
 const PROXY_KEYWORDS = new Set(['loopback', 'linklocal', 'uniquelocal'])
 
@@ -121,6 +149,11 @@ export function loadConfig (env: Env = process.env): Config {
 
   const production = env.NODE_ENV === 'production'
   const databaseUrl = text('DATABASE_URL', DEFAULT_DATABASE_URL)
+  const databaseProblem = databaseUrlProblem(databaseUrl)
+  if (databaseProblem) problems.push(databaseProblem)
+  const redisUrl = env.REDIS_URL?.trim()
+  const redisScheme = redisUrl ? foreignScheme(redisUrl, ['redis', 'rediss']) : undefined
+  if (redisScheme) problems.push(`REDIS_URL must be redis://… or rediss://… (got a "${redisScheme}://" URL)`)
 
   const logLevel = text('LOG_LEVEL', 'info') as LogLevel
   if (!LOG_LEVELS.includes(logLevel)) problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')} (got "${logLevel}")`)
@@ -164,7 +197,7 @@ export function loadConfig (env: Env = process.env): Config {
       ipMax: integer('RATE_LIMIT_IP_MAX', 30, 1, 1_000_000),
       accountMax: integer('RATE_LIMIT_ACCOUNT_MAX', 10, 1, 1_000_000)
     },
-    ...(env.REDIS_URL?.trim() ? { redisUrl: env.REDIS_URL.trim() } : {}),
+    ...(redisUrl ? { redisUrl } : {}),
     trustProxy: trustProxy ?? false,
     logLevel
   }

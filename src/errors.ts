@@ -13,3 +13,17 @@ export function apiError (
 ): HttpError {
   return httpErrors.createError(statusCode, message, { code, ...(headers ? { headers } : {}) })
 }
+
+/** A failed query's error message lists its parameters (a password hash, a token hash): cut them. */
+export const QUERY_PARAMETERS = /\nparams:.*$/gm
+
+/**
+ * Why start-up failed, in one line for the operator: the error's message without query
+ * parameters (an AggregateError's, such as a refused connection to each address of a host, joined).
+ */
+export function startupProblem (error: unknown): string {
+  if (error instanceof AggregateError && error.errors.length > 0) {
+    return [...new Set(error.errors.map(startupProblem))].join('; ')
+  }
+  return error instanceof Error ? error.message.replace(QUERY_PARAMETERS, '') : String(error)
+}

@@ -1,6 +1,7 @@
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.ts'
 import { ConfigError, loadConfig } from './config.ts'
+import { startupProblem } from './errors.ts'
 
 let config
 try {
@@ -11,7 +12,15 @@ try {
   process.exit(1)
 }
 
-const app = await buildApp(config)
+let app
+try {
+  app = await buildApp(config)
+} catch (error) {
+  // The database, the first admin (ADMIN_PASSWORD too weak), …: one line, not a stack trace.
+  console.error(`Gatehouse could not start: ${startupProblem(error)}`)
+  if (config.logLevel === 'debug' || config.logLevel === 'trace') console.error(error)
+  process.exit(1)
+}
 
 closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
   if (err) app.log.error({ err }, 'closing after an unexpected error')

@@ -12,14 +12,15 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url))
 interface Run { status: number | null, stdout: string, stderr: string }
 
 /**
- * Runs a CLI script as `npm run` would, against the given SQLite file, with `input` on stdin.
- * Asynchronous (not spawnSync) so independent runs can overlap: each pays tsx's start-up.
+ * Runs a CLI script as `npm run` would, against the given SQLite file (or database URL), with
+ * `input` on stdin. Asynchronous (not spawnSync) so independent runs can overlap: each pays tsx's
+ * start-up.
  */
-function runCli (script: string, databaseFile: string, args: string[] = [], input = ''): Promise<Run> {
+function runCli (script: string, database: string, args: string[] = [], input = ''): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', `src/cli/${script}.ts`, ...args], {
       cwd: ROOT,
-      env: { ...process.env, DATABASE_URL: `file:${databaseFile}` },
+      env: { ...process.env, DATABASE_URL: database.includes('://') ? database : `file:${database}` },
       timeout: 60_000
     })
     let stdout = ''
@@ -160,4 +161,21 @@ t.test('db:seed adds free and member-only videos and clothes once', async (t) =>
   t.equal(free.json().length, seeded.free, 'the API lists the seeded free videos')
   t.ok(free.json().every((video: { is_member_only: boolean, user_id: string | null }) => !video.is_member_only && video.user_id === null))
   await app.close()
+})
+
+t.test('the CLI tools say in one line why a database cannot be opened', async (t) => {
+  const runs = await Promise.all([
+    runCli('db-migrate', 'postgres://postgres:hunter2@127.0.0.1:1/gatehouse'),
+    runCli('user-create', 'postgres://postgres:hunter2@127.0.0.1:1/gatehouse', ['--email', 'ada@example.com'], `${TEST_PASSWORD}\n`),
+    runCli('db-seed', 'postgress://postgres@127.0.0.1:5432/gatehouse')
+  ])
+  for (const [index, run] of runs.entries()) {
+    t.equal(run.status, 1, `run ${index}`)
+    t.notMatch(run.stderr, /\n\s+at /, 'no stack trace')
+    t.notMatch(run.stderr, /hunter2/, 'no password')
+  }
+  t.match(runs[0]!.stderr, /^Cannot open the database at postgres:\/\/postgres@127\.0\.0\.1:1\/gatehouse: connect ECONNREFUSED/)
+  t.match(runs[1]!.stderr, /^Cannot open the database at postgres:\/\/postgres@127\.0\.0\.1:1\/gatehouse/)
+  t.match(runs[2]!.stderr, /DATABASE_URL must be postgres:\/\/… \(or postgresql:\/\/…\) for PostgreSQL, or file:PATH or a path for SQLite \(got a "postgress:\/\/" URL\)/)
+  t.notOk(existsSync(join(ROOT, 'postgress:')), 'no SQLite file named after the typo')
 })

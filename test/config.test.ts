@@ -90,6 +90,30 @@ t.test('npm start stops with a message naming the bad variable', async (t) => {
   t.notMatch(result.stderr, /\n\s+at /, 'no stack trace')
 })
 
+t.test('npm start says in one line why the database cannot be opened', async (t) => {
+  const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    env: { ...process.env, DATABASE_URL: 'postgres://postgres:hunter2@127.0.0.1:1/gatehouse', PORT: '0', JWT_SECRET: TEST_SECRET },
+    encoding: 'utf8',
+    timeout: 30_000
+  })
+  t.equal(result.status, 1)
+  t.match(result.stderr, /^Gatehouse could not start: Cannot open the database at postgres:\/\/postgres@127\.0\.0\.1:1\/gatehouse: connect ECONNREFUSED/)
+  t.notMatch(result.stderr, /\n\s+at /, 'no stack trace')
+  t.notMatch(result.stderr, /hunter2/, 'no password')
+})
+
+t.test('DATABASE_URL and REDIS_URL must name a scheme Gatehouse speaks', async (t) => {
+  const base = { JWT_SECRET: TEST_SECRET }
+  for (const bad of ['postgress://postgres@db:5432/gatehouse', 'mysql://root@db/gatehouse', 'http://db/gatehouse']) {
+    t.throws(() => loadConfig({ ...base, DATABASE_URL: bad }), /DATABASE_URL must be postgres:\/\/… \(or postgresql:\/\/…\)/, bad)
+  }
+  for (const good of ['postgres://postgres@db/gatehouse', 'postgresql://db/gatehouse', 'file:./data/g.db', 'file:///tmp/g.db', './data/g.db', ':memory:']) {
+    t.equal(loadConfig({ ...base, DATABASE_URL: good }).databaseUrl, good, good)
+  }
+  t.throws(() => loadConfig({ ...base, DATABASE_URL: ':memory:', REDIS_URL: 'http://cache:6379' }), /REDIS_URL must be redis:\/\/… or rediss:\/\/…/)
+  t.equal(loadConfig({ ...base, DATABASE_URL: ':memory:', REDIS_URL: 'rediss://cache:6380' }).redisUrl, 'rediss://cache:6380')
+})
+
 t.test('TRUST_PROXY and ADMIN_EMAIL are checked at start', async (t) => {
   const base = { DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET }
   t.equal(loadConfig({ ...base, TRUST_PROXY: 'TRUE' }).trustProxy, true)

@@ -10,11 +10,6 @@ import { cpuMicros } from './processes.ts'
 export const DEFAULT_POSTGRES_URL = 'postgres://postgres@127.0.0.1:5432/test'
 const PREFIX = 'gatehouse_bench_'
 
-export const isPostgresUrl = (url: string) => /^postgres(ql)?:\/\//.test(url)
-
-/** The URL without its password, for the report. */
-export const redactUrl = (url: string) => url.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1@')
-
 const databaseOf = (url: string) => decodeURIComponent(new URL(url).pathname.slice(1))
 
 function withDatabase (url: string, database: string): string {

@@ -1,7 +1,6 @@
 // npm run db:seed: demo videos and clothes, so a new user sees real lists. Adds nothing to a table
 // that already has rows, so it is safe to run twice. Seeded videos have no owner: admins manage them.
-import { DEFAULT_DATABASE_URL } from '../config.ts'
-import { openDatabase } from '../db/index.ts'
+import { openDatabaseOrExit } from './open-database.ts'
 import { createClothingRepository } from '../repositories/clothes.ts'
 import { createVideoRepository, type VideoFields } from '../repositories/videos.ts'
 
@@ -21,7 +20,7 @@ const CLOTHES = [
   { name: 'Key-rotation cap', color: null, size: null, price: 1500 }
 ]
 
-const database = await openDatabase(process.env.DATABASE_URL?.trim() || DEFAULT_DATABASE_URL)
+const database = await openDatabaseOrExit()
 try {
   const videos = createVideoRepository(database)
   const clothes = createClothingRepository(database)

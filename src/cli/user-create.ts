@@ -5,9 +5,8 @@ import { Writable } from 'node:stream'
 import { parseArgs } from 'node:util'
 import { ROLES, type Role } from '../auth/permissions.ts'
 import { registerUser } from '../auth/registration.ts'
-import { DEFAULT_DATABASE_URL } from '../config.ts'
-import { openDatabase } from '../db/index.ts'
 import { createUserRepository } from '../repositories/users.ts'
+import { openDatabaseOrExit } from './open-database.ts'
 
 const USAGE = `usage: npm run user:create -- --email EMAIL [--role ${ROLES.join('|')}]... [--name NAME] [--password PASSWORD]`
 
@@ -59,7 +58,7 @@ async function main (): Promise<number> {
   }
   const password = values.password ?? await askPassword('Password: ')
 
-  const database = await openDatabase(process.env.DATABASE_URL?.trim() || DEFAULT_DATABASE_URL)
+  const database = await openDatabaseOrExit()
   try {
     const registration = await registerUser(createUserRepository(database), {
       email: values.email,

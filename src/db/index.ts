@@ -3,7 +3,8 @@ import type { PgColumn } from 'drizzle-orm/pg-core'
 import type { SQL } from 'drizzle-orm'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { isPostgresUrl } from '../config.ts'
+import { isPostgresUrl, redactUrl } from '../config.ts'
+import { startupProblem } from '../errors.ts'
 import type * as postgresSchema from './postgres/schema.ts'
 
 /**
@@ -68,6 +69,11 @@ export const errorCode = (error: unknown): unknown =>
  * SQLite deployment never loads node-postgres (about 5 MiB of memory), nor PostgreSQL better-sqlite3.
  */
 export async function openDatabase (databaseUrl: string): Promise<Database> {
-  if (isPostgresUrl(databaseUrl)) return (await import('./postgres/open.ts')).openPostgres(databaseUrl)
-  return (await import('./sqlite/open.ts')).openSqlite(databaseUrl)
+  try {
+    if (isPostgresUrl(databaseUrl)) return await (await import('./postgres/open.ts')).openPostgres(databaseUrl)
+    return (await import('./sqlite/open.ts')).openSqlite(databaseUrl)
+  } catch (error) {
+    // Says which database, without its password: the server and the CLI tools print this line.
+    throw new Error(`Cannot open the database at ${redactUrl(databaseUrl)}: ${startupProblem(error)}`, { cause: error })
+  }
 }

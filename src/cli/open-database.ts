@@ -1,0 +1,16 @@
+import { databaseUrlFrom } from '../config.ts'
+import { openDatabase, type Database } from '../db/index.ts'
+import { startupProblem } from '../errors.ts'
+
+/**
+ * The database DATABASE_URL names, for a CLI tool. A bad URL, or a database that cannot be opened
+ * or migrated, ends the run here with one line saying why (exit 1), not a stack trace.
+ */
+export async function openDatabaseOrExit (): Promise<Database> {
+  try {
+    return await openDatabase(databaseUrlFrom())
+  } catch (error) {
+    console.error(startupProblem(error))
+    process.exit(1)
+  }
+}
