@@ -101,6 +101,9 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     trustProxy: config.trustProxy,
     // Every request body here is a few fields: 8 KiB is plenty, and more is refused with 413.
     bodyLimit: 8 * 1024,
+    // Start-up migrates the database, which may take as long as it needs; connecting is bounded by
+    // the driver's own timeout. Fastify's default 10 s would cut a long migration short.
+    pluginTimeout: 0,
     // A URL the router cannot decode (`/%zz`) is refused before any hook runs: answered in the
     // contract's shape, with the API's security headers.
     frameworkErrors: (_error, _request, reply) => (reply as FastifyReply).code(400).headers(API_RESPONSE_HEADERS)

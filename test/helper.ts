@@ -46,7 +46,7 @@ function filePostgresDatabase (serverUrl: string): Promise<string> {
   return postgresDatabase
 }
 
-async function freshPostgresUrl (serverUrl: string): Promise<string> {
+export async function freshPostgresUrl (serverUrl: string): Promise<string> {
   const url = await filePostgresDatabase(serverUrl)
   const client = new pg.Client({ connectionString: url })
   await client.connect()

@@ -43,6 +43,8 @@ export interface Dialect {
   isUniqueViolation (error: unknown): boolean
   /** A row points at one that no longer exists (e.g. a deleted user). */
   isForeignKeyViolation (error: unknown): boolean
+  /** The database cannot serve now (unreachable, timed out, locked by another process): 503. */
+  isUnavailable (error: unknown): boolean
 }
 
 export interface Database {
@@ -63,6 +65,10 @@ export const MIGRATIONS = join(dirname(fileURLToPath(import.meta.url)), '../../m
 /** The driver's error code, wherever Drizzle left it. */
 export const errorCode = (error: unknown): unknown =>
   (error as { code?: unknown }).code ?? (error as { cause?: { code?: unknown } }).cause?.code
+
+/** The error's message and its cause's (Drizzle wraps the driver's error), for matching. */
+export const errorMessages = (error: unknown): string =>
+  `${(error as { message?: unknown }).message}\n${(error as { cause?: { message?: unknown } }).cause?.message}`
 
 /**
  * Opens the database DATABASE_URL names. Each dialect's driver is loaded only when it is used: a

@@ -64,12 +64,19 @@ function toErrorBody (error: FastifyError): ErrorBody {
   return errorBody(statusCode, code, error.message)
 }
 
+/** What a request that met an unavailable database answers, besides its shape: retry in 5 s. */
+export const DATABASE_UNAVAILABLE = { message: 'The database is unavailable; try again shortly.', retryAfter: '5' }
+
 async function errorsPlugin (app: FastifyInstance) {
   app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {
-    const body = toErrorBody(error)
+    const unavailable = app.database?.dialect.isUnavailable(error) ?? false
+    const body = unavailable
+      ? errorBody(503, 'database_unavailable', DATABASE_UNAVAILABLE.message)
+      : toErrorBody(error)
     if (body.statusCode >= 500) {
       request.log.error({ err: error }, 'request failed')
     }
+    if (unavailable) reply.header('retry-after', DATABASE_UNAVAILABLE.retryAfter)
     if (error.headers) reply.headers(error.headers)
     // RFC 9110 §15.5.2: every 401 carries a challenge; token errors set their own, richer one.
     if (body.statusCode === 401 && !reply.hasHeader('www-authenticate')) reply.header('www-authenticate', bearerChallenge())

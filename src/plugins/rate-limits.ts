@@ -153,7 +153,8 @@ async function rateLimitsPlugin (app: FastifyInstance) {
 
   // ioredis is loaded only when Redis is configured: a single instance never needs its 5 MiB.
   const redis = redisUrl
-    ? new (await import('ioredis')).Redis(redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000 })
+    // A Redis that stops answering must fail fast too (commandTimeout), so the fallback takes over.
+    ? new (await import('ioredis')).Redis(redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000, commandTimeout: 500 })
     : undefined
   if (redis) {
     // Connection errors surface through outageLog when a limit is checked; ioredis stays quiet.

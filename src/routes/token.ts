@@ -6,6 +6,7 @@ import { Type } from 'typebox'
 import { normaliseEmail } from '../auth/email.ts'
 import { PASSWORD_MAX_LENGTH, characterCount } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
+import { DATABASE_UNAVAILABLE } from '../plugins/errors.ts'
 import { SessionResponse } from '../schemas/common.ts'
 
 const Parameter = Type.Optional(Type.String({ maxLength: 4096 }))
@@ -61,6 +62,11 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
   await app.register(formbody)
 
   app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {
+    if (app.database.dialect.isUnavailable(error)) {
+      request.log.error({ err: error }, 'token request failed')
+      return reply.code(503).header('retry-after', DATABASE_UNAVAILABLE.retryAfter)
+        .send({ error: 'temporarily_unavailable', error_description: DATABASE_UNAVAILABLE.message })
+    }
     const { status, body } = toOAuthError(error)
     if (status >= 500) request.log.error({ err: error }, 'token request failed')
     if (error.headers) reply.headers(error.headers)
@@ -80,7 +86,8 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
         400: { ...OAuthError, description: 'invalid_request, invalid_grant (also a disabled user) or unsupported_grant_type' },
         413: { ...OAuthError, description: 'Body over 8 KiB: invalid_request' },
         415: { ...OAuthError, description: 'Neither form-urlencoded nor JSON: invalid_request' },
-        429: { ...OAuthError, description: 'Too many requests: rate_limited, with Retry-After' }
+        429: { ...OAuthError, description: 'Too many requests: rate_limited, with Retry-After' },
+        503: { ...OAuthError, description: 'The database is unavailable: temporarily_unavailable, with Retry-After' }
       }
     }
   }, async (request) => {

@@ -3,34 +3,61 @@ import { drizzle } from 'drizzle-orm/node-postgres'
 import { migrate } from 'drizzle-orm/node-postgres/migrator'
 import { join } from 'node:path'
 import pg from 'pg'
-import { MIGRATIONS, errorCode, type Database, type Db } from '../index.ts'
+import { MIGRATIONS, errorCode, errorMessages, type Database, type Db } from '../index.ts'
 import * as postgresSchema from './schema.ts'
 
 /** pg_advisory_lock keys: the migration run, and the admin-change lock. */
 const ADVISORY_LOCKS = { migrations: 7_411_202_601, admins: 7_411_202_602 } as const
 
 /**
- * PostgreSQL through a node-postgres pool. Migrations run under an advisory lock, so instances
+ * A server that stops answering (a dropped route, a failover, a firewall forgetting the
+ * connection) must not hold requests forever: connecting, or waiting for a pooled connection,
+ * gives up after CONNECT_TIMEOUT_MS, and a request's query after QUERY_TIMEOUT_MS; both then
+ * answer 503 database_unavailable. /health gives up sooner.
+ */
+const CONNECT_TIMEOUT_MS = 5_000
+const QUERY_TIMEOUT_MS = 10_000
+const PING_TIMEOUT_MS = 2_000
+
+/** PostgreSQL's connection and availability failures: worth a retry, not a bug. */
+const UNAVAILABLE_CODES = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENOTFOUND', 'EAI_AGAIN',
+  '57P01', '57P02', '57P03', '53300' // shutdowns, cannot connect now, too many connections
+])
+const UNAVAILABLE_MESSAGE = /Query read timeout|timeout exceeded when trying to connect|Connection terminated|not queryable/i
+
+/**
+ * Migrations run on a connection of their own, without the query timeout (a migration or the
+ * wait for another instance's may take as long as it needs), under an advisory lock, so instances
  * starting together apply them once; they go into the connection's current schema.
  */
+async function migratePostgres (databaseUrl: string): Promise<void> {
+  const client = new pg.Client({ connectionString: databaseUrl, connectionTimeoutMillis: CONNECT_TIMEOUT_MS })
+  // A connection lost mid-migration fails the migration; it must not also crash the process.
+  client.on('error', () => {})
+  await client.connect()
+  try {
+    await client.query('select pg_advisory_lock($1)', [ADVISORY_LOCKS.migrations])
+    const { rows: [current] } = await client.query<{ schema: string }>('select current_schema() as schema')
+    await migrate(drizzle(client), { migrationsFolder: join(MIGRATIONS, 'postgres'), migrationsSchema: current!.schema })
+  } finally {
+    // Ending the session releases the advisory lock.
+    await client.end().catch(() => {})
+  }
+}
+
+/** PostgreSQL through a node-postgres pool, after migrating. */
 export async function openPostgres (databaseUrl: string): Promise<Database> {
-  const pool = new pg.Pool({ connectionString: databaseUrl, max: 10 })
+  await migratePostgres(databaseUrl)
+  const pool = new pg.Pool({
+    connectionString: databaseUrl,
+    max: 10,
+    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    query_timeout: QUERY_TIMEOUT_MS,
+    keepAlive: true
+  })
   // An idle client losing its connection must not crash the process; the next query reports it.
   pool.on('error', () => {})
-  try {
-    const client = await pool.connect()
-    try {
-      await client.query('select pg_advisory_lock($1)', [ADVISORY_LOCKS.migrations])
-      const { rows: [current] } = await client.query<{ schema: string }>('select current_schema() as schema')
-      await migrate(drizzle(client), { migrationsFolder: join(MIGRATIONS, 'postgres'), migrationsSchema: current!.schema })
-    } finally {
-      await client.query('select pg_advisory_unlock($1)', [ADVISORY_LOCKS.migrations]).catch(() => {})
-      client.release()
-    }
-  } catch (error) {
-    await pool.end()
-    throw error
-  }
   const db = drizzle(pool, { schema: postgresSchema })
   return {
     db,
@@ -46,9 +73,15 @@ export async function openPostgres (databaseUrl: string): Promise<Database> {
       hasRole: (roles, role) => sql`${roles} @> ${JSON.stringify([role])}::jsonb`,
       contains: (text, part) => sql`strpos(${text}, ${part}) > 0`,
       isUniqueViolation: (error) => errorCode(error) === '23505',
-      isForeignKeyViolation: (error) => errorCode(error) === '23503'
+      isForeignKeyViolation: (error) => errorCode(error) === '23503',
+      isUnavailable: (error) => {
+        const code = errorCode(error)
+        return (typeof code === 'string' && (UNAVAILABLE_CODES.has(code) || code.startsWith('08'))) ||
+          UNAVAILABLE_MESSAGE.test(errorMessages(error))
+      }
     },
-    async ping () { await pool.query('select 1') },
+    // node-postgres reads query_timeout from a query's config too; its types leave it out.
+    async ping () { await pool.query({ text: 'select 1', query_timeout: PING_TIMEOUT_MS } as pg.QueryConfig) },
     async query (text, params = []) { return (await pool.query(text, params)).rows },
     async close () {
       // Like better-sqlite3's close, safe to call twice (pool.end() is not).

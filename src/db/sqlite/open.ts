@@ -9,8 +9,9 @@ import { MIGRATIONS, errorCode, type Database, type Db, type Tables } from '../i
 import * as sqliteSchema from './schema.ts'
 
 /**
- * SQLite in WAL mode (readers never wait for the writer), with a busy timeout (another process
- * waits instead of failing with SQLITE_BUSY) and foreign keys enforced; migrations applied.
+ * SQLite in WAL mode (readers never wait for the writer), with a busy timeout (a write waits a
+ * moment for another process's instead of failing at once) and foreign keys enforced; migrations
+ * applied.
  *
  * better-sqlite3 is synchronous and one connection serves every request, so an atomic section
  * that awaits between its statements must not let another request's statement in: every
@@ -24,7 +25,9 @@ export function openSqlite (databaseUrl: string): Database {
   const sqlite = new Sqlite(path)
   try {
     sqlite.pragma('journal_mode = WAL')
-    sqlite.pragma('busy_timeout = 5000')
+    // better-sqlite3 waits synchronously, stopping every request meanwhile: wait 1 s at most
+    // (ample for the CLI tools' writes), then answer 503 database_unavailable.
+    sqlite.pragma('busy_timeout = 1000')
     sqlite.pragma('foreign_keys = ON')
     const drizzleDb = drizzle(sqlite, { schema: sqliteSchema })
     migrate(drizzleDb, { migrationsFolder: join(MIGRATIONS, 'sqlite') })
@@ -58,7 +61,9 @@ export function openSqlite (databaseUrl: string): Database {
         hasRole: (roles, role) => sql`exists (select 1 from json_each(${roles}) where value = ${role})`,
         contains: (text, part) => sql`instr(${text}, ${part}) > 0`,
         isUniqueViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_UNIQUE',
-        isForeignKeyViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_FOREIGNKEY'
+        isForeignKeyViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_FOREIGNKEY',
+        // Another process held the write lock past the busy timeout (SQLITE_BUSY, SQLITE_BUSY_*).
+        isUnavailable: (error) => /^SQLITE_(BUSY|LOCKED)/.test(String(errorCode(error)))
       },
       async ping () { probe.get() },
       async query (text, params = []) {

@@ -1,0 +1,114 @@
+// When a database or Redis stops serving, requests end in bounded time with a clear answer (503
+// database_unavailable, or the rate limits' memory fallback), and service resumes with them.
+import Database from 'better-sqlite3'
+import { createConnection, createServer, type Socket } from 'node:net'
+import { join } from 'node:path'
+import t, { type Test } from 'tap'
+import type { App } from '../src/app.ts'
+import { TEST_PASSWORD, build, freshPostgresUrl, signup } from './helper.ts'
+import { POSTGRES_URL, REDIS_URL, postgresReachable, redisReachable } from './services.ts'
+
+/**
+ * A TCP proxy to `target` that can stall: while stalled it keeps every connection open but moves
+ * no byte either way, as a dropped route or a failing-over server does; resumed, bytes flow again.
+ */
+async function stallableProxy (t: Test, target: string) {
+  const { hostname, port } = new URL(target)
+  const pairs = new Set<[Socket, Socket]>()
+  let stalled = false
+  const server = createServer((client) => {
+    const upstream = createConnection({ host: hostname, port: Number(port) })
+    const pair: [Socket, Socket] = [client, upstream]
+    pairs.add(pair)
+    client.pipe(upstream).pipe(client)
+    if (stalled) pair.forEach((socket) => socket.pause())
+    const end = () => { pairs.delete(pair); pair.forEach((socket) => socket.destroy()) }
+    client.on('error', end).on('close', end)
+    upstream.on('error', end).on('close', end)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    for (const pair of pairs) pair.forEach((socket) => socket.destroy())
+    server.close()
+  })
+  const url = new URL(target)
+  url.hostname = '127.0.0.1'
+  url.port = String((server.address() as { port: number }).port)
+  return {
+    url: url.toString(),
+    stall () {
+      stalled = true
+      for (const pair of pairs) pair.forEach((socket) => socket.pause())
+    },
+    resume () {
+      stalled = false
+      for (const pair of pairs) pair.forEach((socket) => socket.resume())
+    }
+  }
+}
+
+const login = (app: App, email: string) =>
+  app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
+
+t.test('SQLite: a write another process holds the lock against answers 503, then works again', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  const app = await build(t, { DATABASE_URL: `file:${file}` })
+  const session = await signup(app)
+  const other = new Database(file)
+  t.teardown(() => other.close())
+  other.exec('BEGIN IMMEDIATE')
+
+  const refused = await login(app, session.user.email)
+  t.equal(refused.statusCode, 503)
+  t.equal(refused.json().code, 'database_unavailable')
+  t.equal(refused.headers['retry-after'], '5')
+  const token = await app.inject({
+    method: 'POST',
+    url: '/auth/token',
+    payload: { grant_type: 'password', username: session.user.email, password: TEST_PASSWORD }
+  })
+  t.equal(token.statusCode, 503, 'the token endpoint too, in its own shape')
+  t.same(token.json(), { error: 'temporarily_unavailable', error_description: 'The database is unavailable; try again shortly.' })
+  const me = await app.inject({ url: '/auth/me', headers: { authorization: `Bearer ${session.access_token}` } })
+  t.equal(me.statusCode, 200, 'reads go on (WAL)')
+
+  other.exec('ROLLBACK')
+  t.equal((await login(app, session.user.email)).statusCode, 200)
+})
+
+t.test('PostgreSQL that stops answering: 503 in bounded time, then service again', {
+  skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`,
+  timeout: 60_000
+}, async (t) => {
+  const proxy = await stallableProxy(t, await freshPostgresUrl(POSTGRES_URL))
+  const app = await build(t, { DATABASE_URL: proxy.url })
+  const session = await signup(app)
+  proxy.stall()
+
+  const health = await app.inject({ url: '/health' })
+  t.equal(health.statusCode, 503)
+  t.equal(health.json().code, 'database_unavailable')
+  // A pooled connection's query times out; so does waiting for a new connection.
+  const refused = await Promise.all([login(app, session.user.email), login(app, session.user.email)])
+  t.same(refused.map((response) => response.statusCode), [503, 503])
+  t.same(refused.map((response) => response.json().code), ['database_unavailable', 'database_unavailable'])
+  t.equal(refused[0]!.headers['retry-after'], '5')
+
+  proxy.resume()
+  t.equal((await app.inject({ url: '/health' })).statusCode, 200)
+  t.equal((await login(app, session.user.email)).statusCode, 200)
+})
+
+t.test('Redis that stops answering: sign-ins go on under the per-instance limits', {
+  skip: await redisReachable() ? false : `Redis is not reachable at ${REDIS_URL}`,
+  timeout: 30_000
+}, async (t) => {
+  const proxy = await stallableProxy(t, REDIS_URL)
+  const app = await build(t, { REDIS_URL: proxy.url })
+  const session = await signup(app)
+  t.equal((await login(app, session.user.email)).statusCode, 200, 'through Redis')
+  proxy.stall()
+  t.equal((await login(app, session.user.email)).statusCode, 200, 'on the memory fallback')
+  proxy.resume()
+  t.equal((await login(app, session.user.email)).statusCode, 200)
+})
