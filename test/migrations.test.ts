@@ -1,0 +1,49 @@
+// Migrations follow the connection's schema on PostgreSQL (README "Database"), so an operator can
+// give Gatehouse a schema of its own in a shared database.
+import { randomBytes } from 'node:crypto'
+import { readdirSync, readFileSync } from 'node:fs'
+import pg from 'pg'
+import t from 'tap'
+import { TEST_PASSWORD, build, dbCount, freshPostgresUrl, signup } from './helper.ts'
+import { POSTGRES_URL, postgresReachable } from './services.ts'
+
+const MIGRATIONS = new URL('../migrations/', import.meta.url)
+
+t.test('no migration names a schema (drizzle-kit writes "public". into foreign keys: remove it)', async (t) => {
+  for (const dialect of ['postgres', 'sqlite']) {
+    for (const file of readdirSync(new URL(`${dialect}/`, MIGRATIONS)).filter((name) => name.endsWith('.sql'))) {
+      t.notMatch(readFileSync(new URL(`${dialect}/${file}`, MIGRATIONS), 'utf8'), /"public"\./, `${dialect}/${file}`)
+    }
+  }
+})
+
+t.test('on PostgreSQL the tables go into the connection\'s schema, beside unrelated tables of the same names', {
+  skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`
+}, async (t) => {
+  const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
+  const schema = `gatehouse_${randomBytes(4).toString('hex')}`
+  const admin = new pg.Client({ connectionString: databaseUrl })
+  await admin.connect()
+  t.teardown(() => admin.end())
+  // Another application's users and sessions in public, which Gatehouse must not touch.
+  await admin.query(`create schema ${schema}; create table public.users (id int); create table public.sessions (id int)`)
+  const url = new URL(databaseUrl)
+  url.searchParams.set('options', `-c search_path=${schema}`)
+
+  const app = await build(t, { DATABASE_URL: url.toString() })
+  const session = await signup(app)
+  const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: session.user.email, password: TEST_PASSWORD } })
+  t.equal(login.statusCode, 200)
+  t.equal(await dbCount(app, 'select count(*) from users'), 1)
+  const { rows } = await admin.query<{ table: string, references: string }>(
+    `select tc.table_name as table, ccu.table_schema || '.' || ccu.table_name as references
+       from information_schema.table_constraints tc
+       join information_schema.constraint_column_usage ccu using (constraint_schema, constraint_name)
+      where tc.constraint_type = 'FOREIGN KEY' and tc.table_schema = $1 order by 1, 2`, [schema])
+  t.same(rows, [
+    { table: 'refresh_tokens', references: `${schema}.sessions` },
+    { table: 'sessions', references: `${schema}.users` },
+    { table: 'videos', references: `${schema}.users` }
+  ], 'every foreign key points into Gatehouse\'s schema')
+  t.equal(Number((await admin.query('select count(*) from public.users')).rows[0].count), 0, 'the other users table is untouched')
+})
