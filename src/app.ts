@@ -64,11 +64,18 @@ export function censorSecrets (value: unknown, depth = 0): unknown {
  */
 const QUERY_VALUE = /([?&][^=&]*=)[^&]*/g
 
-export const serializeError = (error: Error & { code?: unknown }) => ({
+/**
+ * An error for the log, with the error that caused it: Drizzle's "Failed query" alone cannot tell
+ * an outage (ECONNRESET, a timeout) from a constraint or a bug; its cause can.
+ */
+type LoggedError = { type: string, message: string, stack: string, code: unknown, cause?: LoggedError }
+
+export const serializeError = (error: Error & { code?: unknown }, depth = 0): LoggedError => ({
   type: error.name,
   message: error.message.replace(QUERY_PARAMETERS, `\nparams: ${CENSORED}`),
   stack: (error.stack ?? '').replace(QUERY_PARAMETERS, `\nparams: ${CENSORED}`),
-  code: error.code
+  code: error.code,
+  ...(error.cause instanceof Error && depth < 3 ? { cause: serializeError(error.cause, depth + 1) } : {})
 })
 
 export interface BuildOptions {
@@ -82,7 +89,7 @@ function loggerOptions (config: Config, { logStream }: BuildOptions): FastifySer
     level: config.logLevel,
     formatters: { log: (object: Record<string, unknown>) => censorSecrets(object) as Record<string, unknown> },
     serializers: {
-      err: serializeError,
+      err: (error: Error) => serializeError(error),
       req: (request: { method: string, url: string, host?: string, ip?: string }) => ({
         method: request.method,
         url: request.url.replace(QUERY_VALUE, `$1${CENSORED}`),

@@ -70,11 +70,13 @@ t.test('secret fields are censored wherever they sit in a log object, and the lo
 
 t.test('a failed query is logged without its parameters', async (t) => {
   // node-postgres errors arrive wrapped by Drizzle, their message listing the query's parameters.
-  const failure = new Error('Failed query: insert into "users" values ($1, $2)\nparams: ada@example.com,$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA')
+  const failure = new Error('Failed query: insert into "users" values ($1, $2)\nparams: ada@example.com,$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA',
+    { cause: Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }) })
   const logged = serializeError(failure)
   t.equal(logged.message, 'Failed query: insert into "users" values ($1, $2)\nparams: [redacted]')
   t.notMatch(logged.stack, '$argon2')
   t.notMatch(logged.stack, 'ada@example.com')
+  t.match(logged.cause, { type: 'Error', message: 'read ECONNRESET', code: 'ECONNRESET' }, 'with its cause: an outage, not a bug')
 
   // And a real failure on the way to the database is logged, and answered with nothing inside.
   const stream = new PassThrough()
@@ -89,4 +91,11 @@ t.test('a failed query is logged without its parameters', async (t) => {
   t.same(response.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Something went wrong on our side.', code: 'internal_error' })
   t.match(text, /refused by test/, 'the failure is logged')
   t.notMatch(text, '$argon2', 'without the password hash it tried to store')
+
+  text = ''
+  await app.database.close()
+  t.equal((await app.inject({ url: '/health' })).statusCode, 503)
+  const lines = text.trim().split('\n').map((line) => JSON.parse(line))
+  t.same(lines.map((line) => line.msg), ['database health check failed'], 'one line for one failed health check')
+  t.match(lines[0].err, { type: 'TypeError', message: /database connection is not open/ })
 })

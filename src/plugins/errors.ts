@@ -51,13 +51,14 @@ function validationMessage (error: FastifyError): string {
   return `${where} ${first.message ?? 'is invalid'}`
 }
 
+/** Ours (errors.ts apiError): status, code and message were written for the client. */
+const isApiError = (error: FastifyError): error is FastifyError & HttpError =>
+  error instanceof HttpError && CONTRACT_CODE.test(error.code ?? '')
+
 /** Maps any thrown error to the contract's shape; 5xx answers never carry internals. */
 function toErrorBody (error: FastifyError): ErrorBody {
   if (error.validation) return errorBody(400, 'validation_error', validationMessage(error))
-  // Ours (errors.ts apiError): status, code and message were written for the client.
-  if (error instanceof HttpError && CONTRACT_CODE.test(error.code ?? '')) {
-    return errorBody(error.statusCode, error.code, error.message)
-  }
+  if (isApiError(error)) return errorBody(error.statusCode, error.code, error.message)
   const statusCode = error.statusCode && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
   if (statusCode >= 500) return errorBody(500, 'internal_error', 'Something went wrong on our side.')
   const code = FASTIFY_CODES[error.code] ?? STATUS_FALLBACK_CODES[statusCode] ?? 'bad_request'
@@ -73,7 +74,8 @@ async function errorsPlugin (app: FastifyInstance) {
     const body = unavailable
       ? errorBody(503, 'database_unavailable', DATABASE_UNAVAILABLE.message)
       : toErrorBody(error)
-    if (body.statusCode >= 500) {
+    // A 5xx we answer on purpose (503 from /health) was logged, with its cause, where it was raised.
+    if (body.statusCode >= 500 && !isApiError(error)) {
       request.log.error({ err: error }, 'request failed')
     }
     if (unavailable) reply.header('retry-after', DATABASE_UNAVAILABLE.retryAfter)
