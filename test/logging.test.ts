@@ -2,7 +2,7 @@ import { PassThrough } from 'node:stream'
 import t from 'tap'
 import { buildApp, serializeError } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
-import { TEST_ENV, TEST_PASSWORD, bearer, dbGet, signup, uniqueEmail } from './helper.ts'
+import { TEST_ENV, TEST_PASSWORD, bearer, dbGet, signup, tokenPayload, uniqueEmail } from './helper.ts'
 
 t.test('logs carry security events with user and request ids, and never a secret', async (t) => {
   const stream = new PassThrough()
@@ -39,6 +39,27 @@ t.test('logs carry security events with user and request ids, and never a secret
     t.equal(line?.userId, session.user.id, `${name} names the user`)
     t.match(line?.reqId, /^req-/, `${name} names the request`)
   }
+})
+
+t.test('a refresh token superseded by a grace-window retry is refused with a warning, the session kept', async (t) => {
+  const stream = new PassThrough()
+  let text = ''
+  stream.on('data', (chunk) => { text += chunk })
+  const app = await buildApp(loadConfig({ ...TEST_ENV, LOG_LEVEL: 'warn' }), { logStream: stream })
+  t.teardown(() => app.close())
+  await app.ready()
+  const refresh = (token: string) => app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })
+
+  const session = await signup(app)
+  const first = (await refresh(session.refresh_token)).json()
+  const retry = (await refresh(session.refresh_token)).json()
+  t.ok(retry.refresh_token, 'the retry within the window gets a new pair')
+  const superseded = await refresh(first.refresh_token)
+  t.equal(superseded.statusCode, 401)
+  t.equal(superseded.json().code, 'invalid_refresh_token')
+  const lines = text.trim().split('\n').map((line) => JSON.parse(line))
+  t.match(lines, [{ level: 40, event: 'refresh_token_superseded', userId: session.user.id, sessionId: tokenPayload(session.access_token).sid }])
+  t.equal((await refresh(retry.refresh_token)).statusCode, 200, 'the session goes on')
 })
 
 t.test('secret fields are censored wherever they sit in a log object, and the logged objects stay intact', async (t) => {

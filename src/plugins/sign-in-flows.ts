@@ -88,6 +88,16 @@ async function signInFlowsPlugin (app: FastifyInstance) {
     async refresh (request, refreshToken) {
       const rotation = await app.sessionsRepository.rotate(refreshToken, { now: new Date(), ttl, grace })
       if (rotation.outcome === 'invalid') throw invalidRefreshToken()
+      if (rotation.outcome === 'superseded') {
+        // Usually two refreshes of one token raced (two tabs); but it is also what the rightful
+        // client sees when someone else replayed its token within the grace window, so say so.
+        request.log.warn({
+          event: 'refresh_token_superseded',
+          userId: rotation.session.userId,
+          sessionId: rotation.session.id
+        }, 'refresh token superseded by a grace-window retry: refused, session kept')
+        throw invalidRefreshToken()
+      }
       if (rotation.outcome === 'reused') {
         request.log.warn({
           event: 'refresh_token_reuse',

@@ -30,6 +30,7 @@ export interface OpenSession {
 export type Rotation =
   | { outcome: 'rotated', session: Session, refreshToken: string }
   | { outcome: 'invalid' }
+  | { outcome: 'superseded', session: Session }
   | { outcome: 'reused', session: Session }
 
 const plus = (at: Date, seconds: number) => new Date(at.getTime() + seconds * 1000)
@@ -103,7 +104,7 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
      * - never used: mark it used and issue its child in the same session;
      * - used, but it is the parent of the session's live token and was rotated within the grace
      *   window: the client lost our answer; replace that live token with a new one (which makes
-     *   the replaced one merely invalid, never theft);
+     *   the replaced one superseded: refused, but never taken for theft);
      * - any other reuse is theft: revoke the whole session.
      */
     async rotate (presented: string, rules: RotationRules): Promise<Rotation> {
@@ -118,8 +119,8 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
         if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now) return { outcome: 'invalid' }
 
         // Superseded by a grace-window retry before it was ever used: two refreshes raced, and
-        // this one's answer lost. Dead, but no sign of theft.
-        if (token.revokedAt && !token.usedAt) return { outcome: 'invalid' }
+        // this one's answer lost. Dead, but not proof of theft.
+        if (token.revokedAt && !token.usedAt) return { outcome: 'superseded', session }
 
         if (!token.usedAt) {
           await tx.update(refreshTokens).set({ usedAt: now }).where(eq(refreshTokens.id, token.id))
