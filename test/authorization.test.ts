@@ -506,3 +506,32 @@ t.test('deny by default: a route without an access policy stops the start', asyn
   t.equal(signedIn.body, 'x')
   t.equal((await guarded.app.inject({ url: '/open' })).body, 'open')
 })
+
+t.test('who may ask is answered before whether the request is well-formed: 401, then 403, then 400', async (t) => {
+  const app = await build(t)
+  const user = await signup(app)
+  const developer = await signupWithRoles(app, ['user', 'developer'])
+  const admin = await signupWithRoles(app, ['user', 'admin'])
+  const call = (method: 'GET' | 'POST' | 'PATCH' | 'DELETE', url: string, token?: string, payload?: unknown) =>
+    app.inject({ method, url, ...(token ? { headers: bearer(token) } : {}), ...(payload !== undefined ? { payload } : {}) })
+  const cases: Array<[string, () => Promise<LightMyRequestResponse>, number, string]> = [
+    ['anonymous, invalid body', () => call('POST', '/videos', undefined, { title: '' }), 401, 'missing_token'],
+    ['anonymous, malformed id', () => call('DELETE', '/auth/sessions/not-a-uuid'), 401, 'missing_token'],
+    ['anonymous, NUL in the body', () => call('PATCH', '/auth/me', undefined, { name: 'a\u0000b' }), 401, 'missing_token'],
+    ['anonymous, malformed query', () => call('GET', '/admin/users?limit=abc'), 401, 'missing_token'],
+    ['invalid token, invalid body', () => call('POST', '/clothes', 'not.a.token', { price: 'free' }), 401, 'invalid_token'],
+    ['not allowed, invalid body', () => call('POST', '/videos', user.access_token, { title: '' }), 403, 'forbidden'],
+    ['not allowed, malformed query', () => call('GET', '/admin/users?limit=abc', user.access_token), 403, 'forbidden'],
+    ['allowed, invalid body', () => call('POST', '/videos', developer.access_token, { title: '' }), 400, 'validation_error'],
+    ['allowed, malformed query', () => call('GET', '/admin/users?limit=abc', admin.access_token), 400, 'validation_error'],
+    ['allowed, NUL in the body', () => call('PATCH', '/auth/me', user.access_token, { name: 'a\u0000b' }), 400, 'validation_error'],
+    // Ownership needs the validated id, so it comes after: a malformed id is 400, not a failed lookup.
+    ['owner check, malformed id', () => call('PATCH', '/videos/not-a-uuid', developer.access_token, { title: 'x' }), 400, 'validation_error']
+  ]
+  for (const [label, send, status, code] of cases) {
+    const response = await send()
+    t.equal(response.statusCode, status, label)
+    t.equal(response.json().code, code, label)
+    if (status === 401) t.match(response.headers['www-authenticate'], /^Bearer realm="gatehouse"/, `${label}: a challenge`)
+  }
+})

@@ -17,6 +17,7 @@ import {
   type AuthenticatedUser
 } from '../auth/tokens.ts'
 import { apiError } from '../errors.ts'
+import { accessCheck } from './validation.ts'
 import type { Session } from '../repositories/sessions.ts'
 import type { User } from '../repositories/users.ts'
 
@@ -146,7 +147,7 @@ async function authPlugin (app: FastifyInstance) {
    */
   const verified = new Map<string, { user: AuthenticatedUser, expiresAt: number }>()
 
-  app.decorate('authenticate', async (request: FastifyRequest) => {
+  app.decorate('authenticate', accessCheck(async (request: FastifyRequest) => {
     const token = bearerToken(request.headers.authorization)
     const cached = verified.get(token)
     if (cached && cached.expiresAt > Date.now()) {
@@ -172,16 +173,16 @@ async function authPlugin (app: FastifyInstance) {
     request.user = Object.freeze(user)
     verified.set(token, { user: request.user, expiresAt: ((payload.exp as number) + CLOCK_TOLERANCE_SECONDS) * 1000 })
     if (verified.size > VERIFIED_TOKENS_CACHED) verified.delete(verified.keys().next().value!)
-  })
+  }))
 
   app.decorateRequest('account', null as unknown as FastifyRequest['account'])
-  app.decorate('loadAccount', async (request: FastifyRequest) => {
+  app.decorate('loadAccount', accessCheck(async (request: FastifyRequest) => {
     const account = await app.sessionsRepository.findActiveAccount(request.user.sid, new Date())
     if (!account || account.user.disabled || account.user.id !== request.user.id) {
       throw invalidToken('The session behind this access token has ended.')
     }
     request.account = account
-  })
+  }))
 }
 
 export default fp(authPlugin, { name: 'auth', dependencies: ['config', 'sessions-repository'] })

@@ -3,6 +3,7 @@ import fp from 'fastify-plugin'
 import { hasPermission, type Permission } from '../auth/permissions.ts'
 import { apiError } from '../errors.ts'
 import { bearerChallenge } from './auth.ts'
+import { accessCheck } from './validation.ts'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -62,9 +63,9 @@ async function authorizationPlugin (app: FastifyInstance) {
   // The freshly read roles when loadAccount ran, else the token's (stateless routes).
   const rolesOf = (request: FastifyRequest) => request.account?.user.roles ?? request.user.roles
 
-  app.decorate('requirePermission', (permission: Permission) => async (request: FastifyRequest) => {
+  app.decorate('requirePermission', (permission: Permission) => accessCheck(async (request: FastifyRequest) => {
     if (!hasPermission(rolesOf(request), permission)) throw forbidden()
-  })
+  }))
 
   app.decorate('requireOwnerOr', (
     permission: Permission,

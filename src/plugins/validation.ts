@@ -31,11 +31,29 @@ async function validationPlugin (app: FastifyInstance) {
     if (takesBody && route.config?.bodyOptional) {
       route.preValidation = [bodyOrEmptyObject, ...[route.preValidation ?? []].flat()]
     }
-    // Where text can reach the database: request bodies, and the querystrings routes declare.
-    if (takesBody || route.schema?.querystring) {
-      route.preValidation = [refuseNul, ...[route.preValidation ?? []].flat()]
+    if (takesBody || route.schema?.querystring || route.schema?.params) {
+      // Fastify validates before any preHandler: keep its verdict and give it after the access
+      // checks, so a caller who may not ask gets 401 or 403, never a lesson in the schema.
+      route.attachValidation = true
+      const handlers = [route.preHandler ?? []].flat()
+      let accessChecks = 0
+      while (accessChecks < handlers.length && ACCESS_CHECKS.has(handlers[accessChecks]!)) accessChecks++
+      route.preHandler = [...handlers.slice(0, accessChecks), rejectInvalidRequest, ...handlers.slice(accessChecks)]
     }
   })
+}
+
+const ACCESS_CHECKS = new WeakSet<object>()
+
+/**
+ * Marks a preHandler that reads nothing the request schema checks (the bearer token, the caller's
+ * account and roles): at the start of a route's preHandler list, it runs before the request's
+ * validation error is answered. Checks that need the validated request (ownership of `:id`) come
+ * after it.
+ */
+export function accessCheck<T extends object> (handler: T): T {
+  ACCESS_CHECKS.add(handler)
+  return handler
 }
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
@@ -70,10 +88,12 @@ function nulPath (value: unknown, path: string): string | undefined {
 }
 
 /**
- * No text field takes a NUL character: PostgreSQL cannot store one, and nothing legitimate sends
- * it. Refused alike on both databases, as a validation error naming the field.
+ * preHandler: 400 for the schema's validation error, or for a NUL character in the body or
+ * querystring (PostgreSQL cannot store one, and nothing legitimate sends it; refused alike on
+ * both databases), as a validation error naming the field.
  */
-function refuseNul (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
+function rejectInvalidRequest (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
+  if (request.validationError) return done(request.validationError)
   const found = nulPath(request.body, 'body') ?? nulPath(request.query, 'querystring')
   done(found ? apiError(400, 'validation_error', `${found} must not contain NUL characters`) : undefined)
 }
