@@ -512,7 +512,7 @@ t.test('who may ask is answered before whether the request is well-formed: 401, 
   const user = await signup(app)
   const developer = await signupWithRoles(app, ['user', 'developer'])
   const admin = await signupWithRoles(app, ['user', 'admin'])
-  const call = (method: 'GET' | 'POST' | 'PATCH' | 'DELETE', url: string, token?: string, payload?: unknown) =>
+  const call = (method: 'GET' | 'POST' | 'PATCH' | 'DELETE', url: string, token?: string, payload?: object) =>
     app.inject({ method, url, ...(token ? { headers: bearer(token) } : {}), ...(payload !== undefined ? { payload } : {}) })
   const cases: Array<[string, () => Promise<LightMyRequestResponse>, number, string]> = [
     ['anonymous, invalid body', () => call('POST', '/videos', undefined, { title: '' }), 401, 'missing_token'],

@@ -79,23 +79,25 @@ t.test('the app starts on an empty data folder and migrates', async (t) => {
   t.equal(signup.statusCode, 201)
 })
 
-t.test('npm start stops with a message naming the bad variable', async (t) => {
+/** `npm start` with this environment, expected to refuse to start: its exit status and stderr. */
+function failedStart (env: Record<string, string>) {
   const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-    env: { ...process.env, DATABASE_URL: ':memory:', PORT: '99999', JWT_SECRET: TEST_SECRET },
+    env: { ...process.env, JWT_SECRET: TEST_SECRET, ...env },
     encoding: 'utf8',
     timeout: 30_000
   })
+  return { status: result.status, stderr: result.stderr }
+}
+
+t.test('npm start stops with a message naming the bad variable', async (t) => {
+  const result = failedStart({ DATABASE_URL: ':memory:', PORT: '99999' })
   t.equal(result.status, 1)
   t.match(result.stderr, /PORT must be a whole number/)
   t.notMatch(result.stderr, /\n\s+at /, 'no stack trace')
 })
 
 t.test('npm start says in one line why the database cannot be opened', async (t) => {
-  const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-    env: { ...process.env, DATABASE_URL: 'postgres://postgres:hunter2@127.0.0.1:1/gatehouse', PORT: '0', JWT_SECRET: TEST_SECRET },
-    encoding: 'utf8',
-    timeout: 30_000
-  })
+  const result = failedStart({ DATABASE_URL: 'postgres://postgres:hunter2@127.0.0.1:1/gatehouse', PORT: '0' })
   t.equal(result.status, 1)
   t.match(result.stderr, /^Gatehouse could not start: Cannot open the database at postgres:\/\/postgres@127\.0\.0\.1:1\/gatehouse: connect ECONNREFUSED/)
   t.notMatch(result.stderr, /\n\s+at /, 'no stack trace')

@@ -1,16 +1,22 @@
 import { PassThrough } from 'node:stream'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { buildApp, serializeError } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { TEST_ENV, TEST_PASSWORD, bearer, dbGet, signup, tokenPayload, uniqueEmail } from './helper.ts'
 
-t.test('logs carry security events with user and request ids, and never a secret', async (t) => {
+/** A ready app whose JSON log lines are kept: `log.text` is everything written so far. */
+async function appWithLog (t: Test, env: Record<string, string>) {
+  const log = { text: '' }
   const stream = new PassThrough()
-  let text = ''
-  stream.on('data', (chunk) => { text += chunk })
-  const app = await buildApp(loadConfig({ ...TEST_ENV, LOG_LEVEL: 'info', REFRESH_REUSE_GRACE: '0' }), { logStream: stream })
+  stream.on('data', (chunk) => { log.text += chunk })
+  const app = await buildApp(loadConfig({ ...TEST_ENV, ...env }), { logStream: stream })
   t.teardown(() => app.close())
   await app.ready()
+  return { app, log }
+}
+
+t.test('logs carry security events with user and request ids, and never a secret', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', REFRESH_REUSE_GRACE: '0' })
 
   const email = uniqueEmail()
   const session = await signup(app, email)
@@ -26,12 +32,12 @@ t.test('logs carry security events with user and request ids, and never a secret
 
   const { password_hash: hash } = await dbGet(app, 'select password_hash from users') as { password_hash: string }
   for (const secret of [TEST_PASSWORD, session.access_token, session.refresh_token, login.access_token, login.refresh_token, hash, TEST_ENV.JWT_SECRET]) {
-    t.notOk(text.includes(secret), `log does not contain ${secret.slice(0, 12)}…`)
+    t.notOk(log.text.includes(secret), `log does not contain ${secret.slice(0, 12)}…`)
   }
-  t.match(text, /access_token=\[redacted\]&other=\[redacted\]/, 'query values are masked, their names kept')
-  t.match(text, /authorization=\[redacted\]&jwt=\[redacted\]/, 'whatever the name')
+  t.match(log.text, /access_token=\[redacted\]&other=\[redacted\]/, 'query values are masked, their names kept')
+  t.match(log.text, /authorization=\[redacted\]&jwt=\[redacted\]/, 'whatever the name')
 
-  const lines = text.trim().split('\n').map((line) => JSON.parse(line))
+  const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
   const event = (name: string) => lines.find((line) => line.event === name)
   for (const name of ['signup', 'login_failed', 'login', 'refresh_token_reuse', 'session_revoked']) {
     const line = event(name)
@@ -42,12 +48,7 @@ t.test('logs carry security events with user and request ids, and never a secret
 })
 
 t.test('a refresh token superseded by a grace-window retry is refused with a warning, the session kept', async (t) => {
-  const stream = new PassThrough()
-  let text = ''
-  stream.on('data', (chunk) => { text += chunk })
-  const app = await buildApp(loadConfig({ ...TEST_ENV, LOG_LEVEL: 'warn' }), { logStream: stream })
-  t.teardown(() => app.close())
-  await app.ready()
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'warn' })
   const refresh = (token: string) => app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })
 
   const session = await signup(app)
@@ -57,17 +58,13 @@ t.test('a refresh token superseded by a grace-window retry is refused with a war
   const superseded = await refresh(first.refresh_token)
   t.equal(superseded.statusCode, 401)
   t.equal(superseded.json().code, 'invalid_refresh_token')
-  const lines = text.trim().split('\n').map((line) => JSON.parse(line))
+  const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
   t.match(lines, [{ level: 40, event: 'refresh_token_superseded', userId: session.user.id, sessionId: tokenPayload(session.access_token).sid }])
   t.equal((await refresh(retry.refresh_token)).statusCode, 200, 'the session goes on')
 })
 
 t.test('secret fields are censored wherever they sit in a log object, and the logged objects stay intact', async (t) => {
-  const stream = new PassThrough()
-  let text = ''
-  stream.on('data', (chunk) => { text += chunk })
-  const app = await buildApp(loadConfig({ ...TEST_ENV, LOG_LEVEL: 'info' }), { logStream: stream })
-  t.teardown(() => app.close())
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
   const logged = {
     password: 'secret-top-level',
     body: { refresh_token: 'secret-in-body', email: 'kept@example.com' },
@@ -77,7 +74,7 @@ t.test('secret fields are censored wherever they sit in a log object, and the lo
   }
   const before = JSON.stringify(logged)
   app.log.info(logged, 'careless line')
-  const line = JSON.parse(text.trim().split('\n').find((entry) => entry.includes('careless line'))!)
+  const line = JSON.parse(log.text.trim().split('\n').find((entry) => entry.includes('careless line'))!)
   t.equal(line.password, '[redacted]')
   t.equal(line.body.refresh_token, '[redacted]')
   t.equal(line.body.email, 'kept@example.com', 'other fields stay')
@@ -85,7 +82,7 @@ t.test('secret fields are censored wherever they sit in a log object, and the lo
   t.equal(line.sessions[0].access_token, '[redacted]', 'inside an array')
   t.equal(line.headers.authorization, '[redacted]')
   t.equal(line.headers.cookie, '[redacted]')
-  t.notMatch(text, /secret-/)
+  t.notMatch(log.text, /secret-/)
   t.equal(JSON.stringify(logged), before, 'the caller\'s object is not changed')
 })
 
@@ -100,23 +97,18 @@ t.test('a failed query is logged without its parameters', async (t) => {
   t.match(logged.cause, { type: 'Error', message: 'read ECONNRESET', code: 'ECONNRESET' }, 'with its cause: an outage, not a bug')
 
   // And a real failure on the way to the database is logged, and answered with nothing inside.
-  const stream = new PassThrough()
-  let text = ''
-  stream.on('data', (chunk) => { text += chunk })
-  const app = await buildApp(loadConfig({ ...TEST_ENV, LOG_LEVEL: 'error' }), { logStream: stream })
-  t.teardown(() => app.close())
-  await app.ready()
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'error' })
   await app.database.query("create trigger refuse before insert on users begin select raise(abort, 'refused by test'); end")
   const response = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: TEST_PASSWORD } })
   t.equal(response.statusCode, 500)
   t.same(response.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Something went wrong on our side.', code: 'internal_error' })
-  t.match(text, /refused by test/, 'the failure is logged')
-  t.notMatch(text, '$argon2', 'without the password hash it tried to store')
+  t.match(log.text, /refused by test/, 'the failure is logged')
+  t.notMatch(log.text, '$argon2', 'without the password hash it tried to store')
 
-  text = ''
+  log.text = ''
   await app.database.close()
   t.equal((await app.inject({ url: '/health' })).statusCode, 503)
-  const lines = text.trim().split('\n').map((line) => JSON.parse(line))
+  const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
   t.same(lines.map((line) => line.msg), ['database health check failed'], 'one line for one failed health check')
   t.match(lines[0].err, { type: 'TypeError', message: /database connection is not open/ })
 })
