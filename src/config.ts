@@ -202,6 +202,10 @@ export function loadConfig (env: Env = process.env): Config {
     logLevel
   }
 
+  if (config.accessTokenTtl > config.refreshTokenTtl) {
+    // An access token would outlive the session it belongs to on every stateless route.
+    problems.push(`ACCESS_TOKEN_TTL (${config.accessTokenTtl}s) must not be longer than REFRESH_TOKEN_TTL (${config.refreshTokenTtl}s)`)
+  }
   const secret = resolveSecret(env.JWT_SECRET, production, databaseUrl, problems)
   if (problems.length > 0) throw new ConfigError(problems)
   return { ...config, jwt: { ...config.jwt, ...secret! } }

@@ -42,6 +42,9 @@ t.test('every invalid variable is named in one error', async (t) => {
   t.type(error, ConfigError)
   t.equal(error.problems.length, 4)
   t.throws(() => loadConfig({ DATABASE_URL: ':memory:', REFRESH_TOKEN_TTL: '999999999d' }), /REFRESH_TOKEN_TTL/)
+  t.throws(() => loadConfig({ DATABASE_URL: ':memory:', ACCESS_TOKEN_TTL: '2h', REFRESH_TOKEN_TTL: '1h' }),
+    /ACCESS_TOKEN_TTL \(7200s\) must not be longer than REFRESH_TOKEN_TTL \(3600s\)/)
+  t.equal(loadConfig({ DATABASE_URL: ':memory:', ACCESS_TOKEN_TTL: '1h', REFRESH_TOKEN_TTL: '1h' }).accessTokenTtl, 3600)
   for (const name of ['PORT', 'ACCESS_TOKEN_TTL', 'JWT_SECRET', 'LOG_LEVEL']) t.match(error.message, name)
 })
 

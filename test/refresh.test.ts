@@ -116,7 +116,7 @@ t.test('20 parallel refreshes of one token with grace 0 yield exactly one succes
 })
 
 t.test('an expired refresh token is refused', async (t) => {
-  const app = await build(t, { REFRESH_TOKEN_TTL: '1' })
+  const app = await build(t, { ACCESS_TOKEN_TTL: '1', REFRESH_TOKEN_TTL: '1' })
   const first = await signup(app)
   await sleep(1100)
   const response = await refresh(app, first.refresh_token)
