@@ -1,6 +1,7 @@
 // When a database or Redis stops serving, requests end in bounded time with a clear answer (503
 // database_unavailable, or the rate limits' memory fallback), and service resumes with them.
 import Database from 'better-sqlite3'
+import pg from 'pg'
 import { createConnection, createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
@@ -76,27 +77,65 @@ t.test('SQLite: a write another process holds the lock against answers 503, then
   t.equal((await login(app, session.user.email)).statusCode, 200)
 })
 
-t.test('PostgreSQL that stops answering: 503 in bounded time, then service again', {
-  skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`,
-  timeout: 60_000
-}, async (t) => {
+const onPostgres = { skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`, timeout: 60_000 }
+const refresh = (app: App, token: string) =>
+  app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })
+
+t.test('PostgreSQL that stops answering: 503 in bounded time, then service again', onPostgres, async (t) => {
   const proxy = await stallableProxy(t, await freshPostgresUrl(POSTGRES_URL))
   const app = await build(t, { DATABASE_URL: proxy.url })
   const session = await signup(app)
+  // Ten pooled connections (the pool's size), open before the database stops answering.
+  await Promise.all(Array.from({ length: 10 }, () => app.database.query('select pg_sleep(0.05)')))
   proxy.stall()
 
   const health = await app.inject({ url: '/health' })
   t.equal(health.statusCode, 503)
   t.equal(health.json().code, 'database_unavailable')
-  // A pooled connection's query times out; so does waiting for a new connection.
-  const refused = await Promise.all([login(app, session.user.email), login(app, session.user.email)])
-  t.same(refused.map((response) => response.statusCode), [503, 503])
-  t.same(refused.map((response) => response.json().code), ['database_unavailable', 'database_unavailable'])
+  // A plain query (the login's read) and transactions (each refresh's rotation) time out alike.
+  const refused = await Promise.all([
+    login(app, session.user.email),
+    ...Array.from({ length: 8 }, () => refresh(app, session.refresh_token))
+  ])
+  t.same(refused.map((response) => response.statusCode), Array(9).fill(503))
+  t.same(refused.map((response) => response.json().code), Array(9).fill('database_unavailable'))
   t.equal(refused[0]!.headers['retry-after'], '5')
 
+  // None of those connections went back to the pool stuck: the service is whole again.
   proxy.resume()
   t.equal((await app.inject({ url: '/health' })).statusCode, 200)
   t.equal((await login(app, session.user.email)).statusCode, 200)
+  t.equal((await refresh(app, session.refresh_token)).statusCode, 200)
+})
+
+t.test('PostgreSQL: a transaction that waits too long for a lock is cancelled, and leaves nothing open', onPostgres, async (t) => {
+  const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
+  const app = await build(t, { DATABASE_URL: databaseUrl })
+  const session = await signup(app)
+  const other = new pg.Client({ connectionString: databaseUrl })
+  await other.connect()
+  t.teardown(() => other.end())
+
+  // Another session holds the user's row, as a long admin transaction could.
+  await other.query('begin')
+  await other.query('select id from users where id = $1 for update', [session.user.id])
+  const refused = await login(app, session.user.email)
+  t.equal(refused.statusCode, 503, 'the session insert waited past the statement timeout')
+  t.equal(refused.json().code, 'database_unavailable')
+  await other.query('commit')
+
+  const renamed = await app.inject({ method: 'PATCH', url: '/auth/me', headers: { authorization: `Bearer ${session.access_token}` }, payload: { name: 'Ada' } })
+  t.equal(renamed.statusCode, 200)
+  const { rows: [row] } = await other.query('select name from users where id = $1', [session.user.id])
+  t.equal(row.name, 'Ada', 'the next write is committed, not left in a transaction nobody ends')
+  const { rows: [stuck] } = await other.query(
+    "select count(*)::int as n from pg_stat_activity where datname = current_database() and state like 'idle in transaction%'")
+  t.equal(stuck.n, 0, 'no connection idles inside a transaction')
+
+  // Only the driver's own error decides: Drizzle's wrapper lists the query's parameters, client text.
+  const wrapped = new Error('Failed query: insert into "users" …\nparams: Connection terminated,abc',
+    { cause: Object.assign(new Error('duplicate key value violates unique constraint'), { code: '23505' }) })
+  t.equal(app.database.dialect.isUnavailable(wrapped), false, 'a unique violation is not an outage, whatever the parameters say')
 })
 
 t.test('Redis that stops answering: sign-ins go on under the per-instance limits', {

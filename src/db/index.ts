@@ -66,9 +66,14 @@ export const MIGRATIONS = join(dirname(fileURLToPath(import.meta.url)), '../../m
 export const errorCode = (error: unknown): unknown =>
   (error as { code?: unknown }).code ?? (error as { cause?: { code?: unknown } }).cause?.code
 
-/** The error's message and its cause's (Drizzle wraps the driver's error), for matching. */
-export const errorMessages = (error: unknown): string =>
-  `${(error as { message?: unknown }).message}\n${(error as { cause?: { message?: unknown } }).cause?.message}`
+/**
+ * The driver's own message, wherever Drizzle left it; never Drizzle's "Failed query" wrapper,
+ * whose parameters are client text.
+ */
+export const driverMessage = (error: unknown): string => {
+  const { message, cause } = error as { message?: unknown, cause?: { message?: unknown } }
+  return String(cause instanceof Error ? cause.message : message)
+}
 
 /**
  * Opens the database DATABASE_URL names. Each dialect's driver is loaded only when it is used: a

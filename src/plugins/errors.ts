@@ -68,9 +68,13 @@ function toErrorBody (error: FastifyError): ErrorBody {
 /** What a request that met an unavailable database answers, besides its shape: retry in 5 s. */
 export const DATABASE_UNAVAILABLE = { message: 'The database is unavailable; try again shortly.', retryAfter: '5' }
 
+/** The database could not serve this request (an error of its driver, never one of ours). */
+export const isDatabaseUnavailable = (app: FastifyInstance, error: FastifyError) =>
+  !(error instanceof HttpError) && !error.validation && (app.database?.dialect.isUnavailable(error) ?? false)
+
 async function errorsPlugin (app: FastifyInstance) {
   app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {
-    const unavailable = app.database?.dialect.isUnavailable(error) ?? false
+    const unavailable = isDatabaseUnavailable(app, error)
     const body = unavailable
       ? errorBody(503, 'database_unavailable', DATABASE_UNAVAILABLE.message)
       : toErrorBody(error)

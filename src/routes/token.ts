@@ -6,7 +6,7 @@ import { Type } from 'typebox'
 import { normaliseEmail } from '../auth/email.ts'
 import { PASSWORD_MAX_LENGTH, characterCount } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
-import { DATABASE_UNAVAILABLE } from '../plugins/errors.ts'
+import { DATABASE_UNAVAILABLE, isDatabaseUnavailable } from '../plugins/errors.ts'
 import { SessionResponse } from '../schemas/common.ts'
 
 const Parameter = Type.Optional(Type.String({ maxLength: 4096 }))
@@ -62,7 +62,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
   await app.register(formbody)
 
   app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {
-    if (app.database.dialect.isUnavailable(error)) {
+    if (isDatabaseUnavailable(app, error)) {
       request.log.error({ err: error }, 'token request failed')
       return reply.code(503).header('retry-after', DATABASE_UNAVAILABLE.retryAfter)
         .send({ error: 'temporarily_unavailable', error_description: DATABASE_UNAVAILABLE.message })

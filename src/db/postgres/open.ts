@@ -3,26 +3,31 @@ import { drizzle } from 'drizzle-orm/node-postgres'
 import { migrate } from 'drizzle-orm/node-postgres/migrator'
 import { join } from 'node:path'
 import pg from 'pg'
-import { MIGRATIONS, errorCode, errorMessages, type Database, type Db } from '../index.ts'
+import { MIGRATIONS, driverMessage, errorCode, type Database, type Db } from '../index.ts'
 import * as postgresSchema from './schema.ts'
 
 /** pg_advisory_lock keys: the migration run, and the admin-change lock. */
 const ADVISORY_LOCKS = { migrations: 7_411_202_601, admins: 7_411_202_602 } as const
 
 /**
- * A server that stops answering (a dropped route, a failover, a firewall forgetting the
- * connection) must not hold requests forever: connecting, or waiting for a pooled connection,
- * gives up after CONNECT_TIMEOUT_MS, and a request's query after QUERY_TIMEOUT_MS; both then
- * answer 503 database_unavailable. /health gives up sooner.
+ * No request waits on the database for long; each case then answers 503 database_unavailable.
+ * - Connecting, or waiting for a pooled connection: CONNECT_TIMEOUT_MS.
+ * - A statement (lock waits included): the server cancels it after STATEMENT_TIMEOUT_MS, and
+ *   the connection stays usable.
+ * - A server that stops answering (a dropped route, a failover): the client gives up after
+ *   QUERY_TIMEOUT_MS, later than the server's own timeout.
+ * /health gives up sooner.
  */
 const CONNECT_TIMEOUT_MS = 5_000
+const STATEMENT_TIMEOUT_MS = 8_000
 const QUERY_TIMEOUT_MS = 10_000
 const PING_TIMEOUT_MS = 2_000
 
 /** PostgreSQL's connection and availability failures: worth a retry, not a bug. */
 const UNAVAILABLE_CODES = new Set([
   'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENOTFOUND', 'EAI_AGAIN',
-  '57P01', '57P02', '57P03', '53300' // shutdowns, cannot connect now, too many connections
+  '57P01', '57P02', '57P03', '53300', // shutdowns, cannot connect now, too many connections
+  '57014', '55P03' // statement_timeout, lock_timeout
 ])
 const UNAVAILABLE_MESSAGE = /Query read timeout|timeout exceeded when trying to connect|Connection terminated|not queryable/i
 
@@ -53,6 +58,7 @@ export async function openPostgres (databaseUrl: string): Promise<Database> {
     connectionString: databaseUrl,
     max: 10,
     connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    statement_timeout: STATEMENT_TIMEOUT_MS,
     query_timeout: QUERY_TIMEOUT_MS,
     keepAlive: true
   })
@@ -65,10 +71,24 @@ export async function openPostgres (databaseUrl: string): Promise<Database> {
     serialise: (repository) => repository,
     dialect: {
       name: 'postgres',
-      atomic: (work, lock) => db.transaction(async (tx) => {
-        if (lock) await tx.execute(sql`select pg_advisory_xact_lock(${ADVISORY_LOCKS[lock]})`)
-        return work(tx as unknown as Db)
-      }),
+      // On a client of its own rather than through db.transaction, which releases its client to
+      // the pool whatever happened: after a timeout the server may still be inside the
+      // transaction (or a failed BEGIN kept the client checked out for good). A transaction that
+      // failed destroys its connection instead (release with the error).
+      async atomic (work, lock) {
+        const client = await pool.connect()
+        try {
+          const result = await drizzle(client).transaction(async (tx) => {
+            if (lock) await tx.execute(sql`select pg_advisory_xact_lock(${ADVISORY_LOCKS[lock]})`)
+            return work(tx as unknown as Db)
+          })
+          client.release()
+          return result
+        } catch (error) {
+          client.release(error as Error)
+          throw error
+        }
+      },
       forUpdate: (query) => query.for('update') as typeof query,
       hasRole: (roles, role) => sql`${roles} @> ${JSON.stringify([role])}::jsonb`,
       contains: (text, part) => sql`strpos(${text}, ${part}) > 0`,
@@ -77,7 +97,7 @@ export async function openPostgres (databaseUrl: string): Promise<Database> {
       isUnavailable: (error) => {
         const code = errorCode(error)
         return (typeof code === 'string' && (UNAVAILABLE_CODES.has(code) || code.startsWith('08'))) ||
-          UNAVAILABLE_MESSAGE.test(errorMessages(error))
+          UNAVAILABLE_MESSAGE.test(driverMessage(error))
       }
     },
     // node-postgres reads query_timeout from a query's config too; its types leave it out.
