@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { isIP } from 'node:net'
 import { looksLikeEmail } from './auth/email.ts'
 import { dirname, join, resolve } from 'node:path'
@@ -237,22 +237,50 @@ function resolveSecret (
   if (path === ':memory:') return { secret: randomBytes(48).toString('base64url') }
   const secretFile = join(dirname(path), 'jwt-secret')
   try {
-    const kept = readFileSync(secretFile, 'utf8').trim()
-    if (Buffer.byteLength(kept) >= MIN_SECRET_BYTES) return { secret: kept, secretFile }
+    return { secret: readKeptSecret(secretFile) ?? keepSecret(secretFile, randomBytes(48).toString('base64url')), secretFile }
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
-      problems.push(`JWT_SECRET is not set and ${secretFile} cannot be read: ${(error as Error).message}`)
-      return undefined
-    }
-  }
-  const secret = randomBytes(48).toString('base64url')
-  try {
-    mkdirSync(dirname(secretFile), { recursive: true })
-    writeFileSync(secretFile, secret + '\n', { mode: 0o600 })
-    chmodSync(secretFile, 0o600)
-  } catch (error) {
-    problems.push(`JWT_SECRET is not set and ${secretFile} cannot be written: ${(error as Error).message}`)
+    problems.push(`JWT_SECRET is not set and ${(error as Error).message}`)
     return undefined
   }
-  return { secret, secretFile }
+}
+
+/** The secret kept in `secretFile`, or undefined when there is none yet. */
+function readKeptSecret (secretFile: string): string | undefined {
+  let kept: string
+  try {
+    kept = readFileSync(secretFile, 'utf8').trim()
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+    throw new Error(`${secretFile} cannot be read: ${(error as Error).message}`)
+  }
+  // Never replaced silently: tokens signed with what it held would stop verifying.
+  if (Buffer.byteLength(kept) < MIN_SECRET_BYTES) {
+    throw new Error(`${secretFile} holds fewer than ${MIN_SECRET_BYTES} bytes: delete it to generate a new secret, or set JWT_SECRET`)
+  }
+  return kept
+}
+
+/**
+ * Keeps `secret` in `secretFile` (mode 0600) unless another process starting at the same moment
+ * kept its own first, and returns the secret that is kept, so every process signs with the same
+ * one. The file appears whole or not at all: it is written under a draft name, then hard-linked
+ * into place, which fails when the name is taken.
+ */
+export function keepSecret (secretFile: string, secret: string): string {
+  const draft = `${secretFile}.${process.pid}-${randomBytes(6).toString('hex')}`
+  try {
+    mkdirSync(dirname(secretFile), { recursive: true })
+    writeFileSync(draft, secret + '\n', { mode: 0o600, flag: 'wx' })
+    linkSync(draft, secretFile)
+    return secret
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') {
+      throw new Error(`${secretFile} cannot be written: ${(error as Error).message}`)
+    }
+    const kept = readKeptSecret(secretFile)
+    if (kept === undefined) throw new Error(`${secretFile} vanished while it was being created`)
+    return kept
+  } finally {
+    rmSync(draft, { force: true })
+  }
 }

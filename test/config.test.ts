@@ -1,9 +1,9 @@
 import { spawnSync } from 'node:child_process'
-import { existsSync, readFileSync, statSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { buildApp } from '../src/app.ts'
-import { ConfigError, loadConfig, parseDuration } from '../src/config.ts'
+import { ConfigError, keepSecret, loadConfig, parseDuration } from '../src/config.ts'
 import { TEST_SECRET } from './helper.ts'
 
 t.test('defaults match the contract', async (t) => {
@@ -64,6 +64,21 @@ t.test('outside production a missing secret is generated once, kept 0600, and re
   t.equal(statSync(file).mode & 0o777, 0o600)
   t.equal(readFileSync(file, 'utf8').trim(), first.jwt.secret)
   t.equal(loadConfig(env).jwt.secret, first.jwt.secret, 'tokens survive a restart')
+})
+
+t.test('a secret another process kept first wins over the one generated here', async (t) => {
+  const dir = t.testdir({ 'jwt-secret': `${'a'.repeat(40)}\n` })
+  const file = join(dir, 'jwt-secret')
+  t.equal(keepSecret(file, 'b'.repeat(40)), 'a'.repeat(40))
+  t.equal(readFileSync(file, 'utf8'), `${'a'.repeat(40)}\n`, 'the kept file is not overwritten')
+  t.same(readdirSync(dir), ['jwt-secret'], 'the draft is removed')
+})
+
+t.test('a kept secret file that is too short stops the start instead of being replaced', async (t) => {
+  const dir = t.testdir({ data: { 'jwt-secret': 'too short\n' } })
+  t.throws(() => loadConfig({ DATABASE_URL: `file:${join(dir, 'data', 'g.db')}` }),
+    /jwt-secret holds fewer than 32 bytes: delete it to generate a new secret, or set JWT_SECRET/)
+  t.equal(readFileSync(join(dir, 'data', 'jwt-secret'), 'utf8'), 'too short\n', 'the file is left as it was')
 })
 
 t.test('the app starts on an empty data folder and migrates', async (t) => {
