@@ -136,6 +136,8 @@ t.test('PostgreSQL: a transaction that waits too long for a lock is cancelled, a
   const wrapped = new Error('Failed query: insert into "users" …\nparams: Connection terminated,abc',
     { cause: Object.assign(new Error('duplicate key value violates unique constraint'), { code: '23505' }) })
   t.equal(app.database.dialect.isUnavailable(wrapped), false, 'a unique violation is not an outage, whatever the parameters say')
+  const deadlocked = new Error('Failed query: update "refresh_tokens" …', { cause: Object.assign(new Error('deadlock detected'), { code: '40P01' }) })
+  t.equal(app.database.dialect.isUnavailable(deadlocked), true, 'a deadlock victim was rolled back whole: 503, worth a retry')
 })
 
 t.test('Redis that stops answering: sign-ins go on under the per-instance limits', {

@@ -1,4 +1,4 @@
-import { and, desc, eq, gt, isNotNull, isNull, lt, or, sql, type SQL } from 'drizzle-orm'
+import { and, desc, eq, gt, inArray, isNotNull, isNull, lt, or, sql, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
@@ -98,7 +98,7 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
 
     /**
      * The one place that decides whether a refresh token is good (RFC 9700 §4.14.2), in one
-     * transaction that holds the token's and its session's rows (SQLite: the write lock), so
+     * transaction that holds its session's row (SQLite: the write lock), so
      * concurrent refreshes in a session, on any instance, are decided one after another:
      * - unknown, expired, or of a revoked or expired session: invalid;
      * - never used: mark it used and issue its child in the same session;
@@ -110,12 +110,15 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
     async rotate (presented: string, rules: RotationRules): Promise<Rotation> {
       const { now, grace } = rules
       return dialect.atomic(async (tx): Promise<Rotation> => {
-        const [found] = await dialect.forUpdate(tx.select({ token: refreshTokens, session: sessions })
-          .from(refreshTokens)
-          .innerJoin(sessions, eq(sessions.id, refreshTokens.sessionId))
-          .where(eq(refreshTokens.tokenHash, hashRefreshToken(presented))))
-        if (!found) return { outcome: 'invalid' }
-        const { token, session } = found
+        const tokenHash = hashRefreshToken(presented)
+        // The session's row first, then its tokens: the order every writer here and every delete
+        // cascading from users takes, so two of them never wait on each other (a deadlock on
+        // PostgreSQL). The token is read after the lock, so it is what the last holder left.
+        const [session] = await dialect.forUpdate(tx.select().from(sessions).where(inArray(sessions.id,
+          tx.select({ id: refreshTokens.sessionId }).from(refreshTokens).where(eq(refreshTokens.tokenHash, tokenHash)))))
+        if (!session) return { outcome: 'invalid' }
+        const [token] = await tx.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, tokenHash))
+        if (!token) return { outcome: 'invalid' }
         if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now) return { outcome: 'invalid' }
 
         // Superseded by a grace-window retry before it was ever used: two refreshes raced, and

@@ -27,7 +27,10 @@ const PING_TIMEOUT_MS = 2_000
 const UNAVAILABLE_CODES = new Set([
   'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENOTFOUND', 'EAI_AGAIN',
   '57P01', '57P02', '57P03', '53300', // shutdowns, cannot connect now, too many connections
-  '57014', '55P03' // statement_timeout, lock_timeout
+  '57014', '55P03', // statement_timeout, lock_timeout
+  // A deadlock victim or a serialization failure was rolled back whole: a retry can succeed. Writers
+  // lock in one order (sessionsRepository.rotate), so this is a backstop; the error log still shows it.
+  '40P01', '40001'
 ])
 const UNAVAILABLE_MESSAGE = /Query read timeout|timeout exceeded when trying to connect|Connection terminated|not queryable/i
 
