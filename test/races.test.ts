@@ -68,19 +68,21 @@ function before<R extends object> (repository: R, name: keyof R, meanwhile: () =
 }
 
 t.test('a sign-in whose account changes after its password check opens no session', async (t) => {
-  const changes: Record<string, (app: App, session: SessionBody) => Promise<unknown>> = {
-    'the password is changed': async (app, session) => t.equal((await changePassword(app, session)).statusCode, 204),
-    'the user is disabled': (app, session) => dbRun(app, 'update users set disabled = ? where id = ?', true, session.user.id),
-    'the user is deleted': (app, session) => dbRun(app, 'delete from users where id = ?', session.user.id)
+  // What a sign-in started after the change would answer: the disabled user's password is still
+  // right, so it learns the account is disabled (403), as the contract says.
+  const changes: Record<string, [(app: App, session: SessionBody) => Promise<unknown>, number, string]> = {
+    'the password is changed': [async (app, session) => t.equal((await changePassword(app, session)).statusCode, 204), 401, 'invalid_credentials'],
+    'the user is disabled': [(app, session) => dbRun(app, 'update users set disabled = ? where id = ?', true, session.user.id), 403, 'user_disabled'],
+    'the user is deleted': [(app, session) => dbRun(app, 'delete from users where id = ?', session.user.id), 401, 'invalid_credentials']
   }
-  for (const [change, apply] of Object.entries(changes)) {
+  for (const [change, [apply, status, code]] of Object.entries(changes)) {
     await t.test(change, async (t) => {
       const app = await build(t)
       const session = await signup(app)
       before(app.sessionsRepository, 'open', () => apply(app, session))
       const response = await login(app, session.user.email, TEST_PASSWORD)
-      t.equal(response.statusCode, 401, 'not a session, and not a 500')
-      t.equal(response.json().code, 'invalid_credentials')
+      t.equal(response.statusCode, status, 'not a session, and not a 500')
+      t.equal(response.json().code, code)
       const opened = await dbCount(app, 'select count(*) as n from sessions where user_id = ? and id <> ?',
         session.user.id, tokenPayload(session.access_token).sid)
       t.equal(opened, 0, 'no session besides the signup\'s')

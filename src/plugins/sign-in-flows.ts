@@ -27,6 +27,7 @@ declare module 'fastify' {
 }
 
 const invalidCredentials = () => apiError(401, 'invalid_credentials', 'The email or password is wrong.')
+const userDisabled = () => apiError(403, 'user_disabled', 'This account is disabled.')
 const invalidRefreshToken = () =>
   apiError(401, 'invalid_refresh_token', 'The refresh token is invalid, expired or revoked.')
 
@@ -51,8 +52,13 @@ async function signInFlowsPlugin (app: FastifyInstance) {
         { now: new Date(), ttl }
       )
       if (!opened) {
-        request.log.info({ event: 'login_failed', userId: user.id, reason: 'account_changed' }, 'sign-in failed: the password or the account changed meanwhile')
-        throw invalidCredentials()
+        // Disabled since its password was checked, and that password is still its own: the answer a
+        // sign-in after the disable gets. A changed password or a deleted user: wrong credentials.
+        const current = passwordHash === undefined ? undefined : await app.usersRepository.findCredentialsByEmail(user.email)
+        const disabled = current !== undefined && current.user.disabled && current.passwordHash === passwordHash
+        request.log.info({ event: 'login_failed', userId: user.id, reason: disabled ? 'account_disabled' : 'account_changed' },
+          'sign-in failed: the password or the account changed meanwhile')
+        throw disabled ? userDisabled() : invalidCredentials()
       }
       return respond(user, opened.session.id, opened.refreshToken)
     },
@@ -74,7 +80,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
       }
       const { user, passwordHash } = found
       // Only after a correct password, so the answer tells a guesser nothing.
-      if (user.disabled) throw apiError(403, 'user_disabled', 'This account is disabled.')
+      if (user.disabled) throw userDisabled()
       let verifiedHash = passwordHash
       if (needsRehash(passwordHash)) {
         const upgraded = await hashPassword(password)
