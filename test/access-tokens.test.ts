@@ -54,6 +54,10 @@ t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => 
     ['typ JWT instead of at+jwt', forgeToken(claims, { header: { typ: 'JWT' } })],
     ['wrong issuer', forgeToken({ ...claims, iss: 'someone-else' })],
     ['wrong audience', forgeToken({ ...claims, aud: 'another-api' })],
+    ['no iss', forgeToken({ ...claims, iss: undefined })],
+    ['no aud', forgeToken({ ...claims, aud: undefined })],
+    ['no jti', forgeToken({ ...claims, jti: undefined })],
+    ['no iat', forgeToken({ ...claims, iat: undefined })],
     ['no exp', forgeToken({ ...claims, exp: undefined })],
     ['no sub', forgeToken({ ...claims, sub: undefined })],
     ['no sid', forgeToken({ ...claims, sid: undefined })],
@@ -81,6 +85,16 @@ t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => 
     t.equal(response.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_token", error_description="' +
       response.json().message + '"', label)
   }
+})
+
+t.test('a token naming another user\'s session gets nothing from the account routes', async (t) => {
+  const app = await build(t)
+  const [owner, other] = [await signup(app), await signup(app)]
+  const crossed = forgeToken(validClaims(other, { sid: validClaims(owner).sid }))
+  const response = await app.inject({ url: '/auth/me', headers: bearer(crossed) })
+  t.equal(response.statusCode, 401)
+  t.equal(response.json().code, 'invalid_token')
+  t.notMatch(response.body, owner.user.email)
 })
 
 t.test('an expired token gets 401 token_expired; the clock tolerance is 10 s', async (t) => {

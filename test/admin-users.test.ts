@@ -32,13 +32,25 @@ function assertNoSecrets (t: Test, response: LightMyRequestResponse) {
   t.notMatch(response.body, /password_hash|passwordHash|\$argon2/, 'no password hash in the response')
 }
 
-function assertRevoked (t: Test, app: App, session: SessionBody) {
-  return Promise.all([refresh(app, session.refresh_token), me(app, session.access_token)]).then(([refreshed, current]) => {
-    t.equal(refreshed.statusCode, 401, 'their refresh token no longer works')
-    t.equal(refreshed.json().code, 'invalid_refresh_token')
-    t.equal(current.statusCode, 401, 'their access token no longer reaches /auth/me')
-  })
+async function assertRevoked (t: Test, app: App, session: SessionBody) {
+  // Counted first: a refresh of a disabled user's token revokes its session itself.
+  t.equal(await activeSessions(app, session.user.id), 0, 'the change itself revoked every session of theirs')
+  const [refreshed, current] = await Promise.all([refresh(app, session.refresh_token), me(app, session.access_token)])
+  t.equal(refreshed.statusCode, 401, 'their refresh token no longer works')
+  t.equal(refreshed.json().code, 'invalid_refresh_token')
+  t.equal(current.statusCode, 401, 'their access token no longer reaches /auth/me')
 }
+
+t.test('admin routes decide on the roles read from the database, not the token\'s', async (t) => {
+  const app = await build(t)
+  const admin = await asAdmin(app)
+  // Demoted outside the API (SQL, a script): the session stays open, the token still says admin.
+  await dbRun(app, 'update users set roles = ? where id = ?', ['user'], admin.user.id)
+  t.same(tokenPayload(admin.access_token).roles, ['user', 'admin'])
+  const response = await app.inject({ url: '/admin/users', headers: bearer(admin.access_token) })
+  t.equal(response.statusCode, 403)
+  t.equal(response.json().code, 'forbidden')
+})
 
 t.test('GET /admin/users pages through every user once, in creation then id order', async (t) => {
   const app = await build(t)

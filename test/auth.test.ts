@@ -84,6 +84,8 @@ t.test('wrong password and unknown email get the same 401', async (t) => {
   t.equal(unknown.statusCode, 401)
   t.same(wrong.json(), unknown.json())
   t.equal(wrong.json().code, 'invalid_credentials')
+  // RFC 9110 §15.5.2: every 401 carries a challenge.
+  for (const answer of [wrong, unknown]) t.equal(answer.headers['www-authenticate'], 'Bearer realm="gatehouse"')
 })
 
 t.test('a disabled user gets 403 only after a correct password', async (t) => {

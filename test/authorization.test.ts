@@ -1,4 +1,5 @@
 import type { LightMyRequestResponse } from 'fastify'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
@@ -314,6 +315,7 @@ t.test('developers edit and delete only their own videos; admins anyone\'s', asy
   }
   t.match(await videoRow(app, video.id), { title: 'Alice intro', user_id: alice.user.id }, 'another developer changed nothing')
 
+  await sleep(5)
   const edited = await app.inject({
     method: 'PATCH',
     url: `/videos/${video.id}`,
@@ -322,7 +324,7 @@ t.test('developers edit and delete only their own videos; admins anyone\'s', asy
   })
   t.equal(edited.statusCode, 200)
   t.match(edited.json(), { id: video.id, title: 'Alice intro, v2', is_member_only: true, user_id: alice.user.id, author: 'Alice' })
-  t.ok(edited.json().updated_at >= video.updated_at)
+  t.ok(edited.json().updated_at > video.updated_at, 'updated_at moves on')
   t.match(await videoRow(app, video.id), { title: 'Alice intro, v2', is_member_only: 1 })
   const memberList = (await app.inject({ url: '/videos/member', headers: bearer(alice.access_token) })).json()
   t.ok(memberList.some((item: { id: string }) => item.id === video.id), 'moved to the member-only list')

@@ -70,7 +70,9 @@ t.test('secret fields are censored wherever they sit in a log object, and the lo
     body: { refresh_token: 'secret-in-body', email: 'kept@example.com' },
     input: { user: { passwordHash: 'secret-deep' } },
     sessions: [{ access_token: 'secret-in-array' }],
-    headers: { authorization: 'Bearer secret-header', cookie: 'sid=secret-cookie' }
+    headers: { authorization: 'Bearer secret-header', cookie: 'sid=secret-cookie' },
+    form: { client_secret: 'secret-client', token: 'secret-token' },
+    change: { current_password: 'secret-current', new_password: 'secret-new', password_hash: 'secret-column' }
   }
   const before = JSON.stringify(logged)
   app.log.info(logged, 'careless line')
@@ -82,6 +84,8 @@ t.test('secret fields are censored wherever they sit in a log object, and the lo
   t.equal(line.sessions[0].access_token, '[redacted]', 'inside an array')
   t.equal(line.headers.authorization, '[redacted]')
   t.equal(line.headers.cookie, '[redacted]')
+  t.same(line.form, { client_secret: '[redacted]', token: '[redacted]' })
+  t.same(line.change, { current_password: '[redacted]', new_password: '[redacted]', password_hash: '[redacted]' })
   t.notMatch(log.text, /secret-/)
   t.equal(JSON.stringify(logged), before, 'the caller\'s object is not changed')
 })

@@ -68,6 +68,12 @@ t.test('grace 0 turns any reuse into theft', async (t) => {
   t.equal((await refresh(app, first.refresh_token)).statusCode, 200)
   t.equal((await refresh(app, first.refresh_token)).statusCode, 401)
   t.ok((await sessionRow(app, tokenPayload(first.access_token).sid)).revoked_at)
+
+  // Even a replay stamped with the very moment of the rotation (or queued behind its lock).
+  const second = await signup(app)
+  const rules = { now: new Date(), ttl: 3600, grace: 0 }
+  t.equal((await app.sessionsRepository.rotate(second.refresh_token, rules)).outcome, 'rotated')
+  t.equal((await app.sessionsRepository.rotate(second.refresh_token, rules)).outcome, 'reused')
 })
 
 t.test('a replay inside the grace window succeeds for the same session', async (t) => {
@@ -122,6 +128,7 @@ t.test('an expired refresh token is refused', async (t) => {
   const response = await refresh(app, first.refresh_token)
   t.equal(response.statusCode, 401)
   t.equal(response.json().code, 'invalid_refresh_token')
+  t.equal(response.headers['www-authenticate'], 'Bearer realm="gatehouse"')
 })
 
 t.test('refresh re-reads the user: roles and disabled take effect at the next refresh', async (t) => {
@@ -136,6 +143,25 @@ t.test('refresh re-reads the user: roles and disabled take effect at the next re
   const refused = await refresh(app, promoted.refresh_token)
   t.equal(refused.statusCode, 401)
   t.equal(refused.json().code, 'invalid_refresh_token')
+  t.ok((await sessionRow(app, tokenPayload(first.access_token).sid)).revoked_at, 'the refusal ended the session')
+  // Enabled again (outside the API, which would have revoked it): the old session stays over.
+  await dbRun(app, 'update users set disabled = ? where id = ?', false, first.user.id)
+  t.equal((await me(app, promoted.access_token)).statusCode, 401)
+  t.equal((await refresh(app, promoted.refresh_token)).statusCode, 401)
+})
+
+t.test('each refresh moves the session\'s end a full REFRESH_TOKEN_TTL on', async (t) => {
+  const app = await build(t, { REFRESH_TOKEN_TTL: '1h' })
+  const first = await signup(app)
+  const sid = tokenPayload(first.access_token).sid
+  const endOf = async () => new Date((await dbGet(app, 'select expires_at from sessions where id = ?', sid))!.expires_at as string | number).getTime()
+  const opened = await endOf()
+  await sleep(50)
+  const started = Date.now()
+  t.equal((await refresh(app, first.refresh_token)).statusCode, 200)
+  const moved = await endOf()
+  t.ok(moved > opened, 'later than the end set at sign-in')
+  t.ok(moved >= started + 3600_000, 'an hour from the refresh')
 })
 
 t.test('refresh and access tokens cannot stand in for each other', async (t) => {

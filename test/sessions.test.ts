@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { App } from '../src/app.ts'
 import { TEST_PASSWORD, type SessionBody, bearer, build, signup, tokenPayload, uniqueEmail } from './helper.ts'
@@ -178,10 +179,11 @@ t.test('password change needs the current password and keeps only the current se
 t.test('PATCH /auth/me changes the name', async (t) => {
   const app = await build(t)
   const session = await signup(app)
+  await sleep(5)
   const renamed = await app.inject({ method: 'PATCH', url: '/auth/me', headers: bearer(session.access_token), payload: { name: 'Grace Hopper' } })
   t.equal(renamed.statusCode, 200)
   t.equal(renamed.json().name, 'Grace Hopper')
-  t.ok(renamed.json().updated_at >= session.user.updated_at)
+  t.ok(renamed.json().updated_at > session.user.updated_at, 'updated_at moves on')
   t.equal((await app.inject({ url: '/auth/me', headers: bearer(session.access_token) })).json().name, 'Grace Hopper')
 
   const cleared = await app.inject({ method: 'PATCH', url: '/auth/me', headers: bearer(session.access_token), payload: { name: null } })

@@ -108,3 +108,15 @@ t.test('password length counts characters alike on /auth/login and /auth/token',
   const response = await postForm(app, { grant_type: 'password', username: email, password })
   t.equal(response.statusCode, 200, '100 emoji are 100 characters, though 200 UTF-16 units')
 })
+
+t.test('an over-long password grant is refused before hashing and is not counted against the account', async (t) => {
+  const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '2' })
+  const email = uniqueEmail()
+  await signup(app, email)
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const response = await postForm(app, { grant_type: 'password', username: email, password: 'x'.repeat(4000) })
+    t.equal(response.statusCode, 400)
+    t.same(response.json(), { error: 'invalid_grant', error_description: 'The email or password is wrong.' })
+  }
+  t.equal((await postForm(app, { grant_type: 'password', username: email, password: TEST_PASSWORD })).statusCode, 200)
+})
