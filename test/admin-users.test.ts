@@ -52,6 +52,15 @@ t.test('admin routes decide on the roles read from the database, not the token\'
   t.equal(response.json().code, 'forbidden')
 })
 
+t.test('admin answers hold other people\'s data: never cached', async (t) => {
+  const app = await build(t)
+  const admin = await asAdmin(app)
+  for (const url of ['/admin/users', `/admin/users/${admin.user.id}`, '/admin/users?cursor=nonsense']) {
+    const response = await app.inject({ url, headers: bearer(admin.access_token) })
+    t.equal(response.headers['cache-control'], 'no-store', `${url}: ${response.statusCode}`)
+  }
+})
+
 t.test('GET /admin/users pages through every user once, in creation then id order', async (t) => {
   const app = await build(t)
   const admin = await asAdmin(app)

@@ -61,4 +61,5 @@ t.test('GET /me/permissions refuses missing, forged, expired and wrong-secret to
   const malformed = await app.inject({ url: '/me/permissions', headers: { authorization: 'Bearer one two' } })
   t.equal(malformed.statusCode, 400)
   t.equal(malformed.json().code, 'invalid_request')
+  for (const refused of [missing, forged, late, malformed]) t.equal(refused.headers['cache-control'], 'no-store', 'errors are not cached either')
 })

@@ -1,5 +1,5 @@
 import cors from '@fastify/cors'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import helmet, { type HelmetOptions } from 'helmet'
 import type { IncomingMessage, ServerResponse } from 'node:http'
@@ -48,6 +48,16 @@ export function helmetHeaders (options: HelmetOptions): Record<string, string> {
 
 /** What every API answer carries; also sent by the answers Fastify gives before routing. */
 export const API_RESPONSE_HEADERS = helmetHeaders(API_HEADERS)
+
+/**
+ * onRequest hook of the route modules whose answers carry tokens or personal data: no cache may
+ * keep them, error answers included (RFC 9111 §5.2.2.5; RFC 6749 §5.1 for token responses).
+ */
+export const noStore: onRequestHookHandler = (_request, reply, done) => {
+  reply.header('cache-control', 'no-store')
+  reply.header('pragma', 'no-cache')
+  done()
+}
 
 const isDocsPage = (url: string) => url === '/docs' || url.startsWith('/docs/') || url.startsWith('/docs?')
 

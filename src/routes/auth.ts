@@ -6,6 +6,7 @@ import { hashPassword, passwordProblem, verifyPassword } from '../auth/passwords
 import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
 import { checkPasswordLimited } from '../plugins/rate-limits.ts'
+import { noStore } from '../plugins/security.ts'
 import { Email, ErrorResponse, Name, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
 import sessionRoutes from './sessions.ts'
 import tokenRoutes from './token.ts'
@@ -27,12 +28,7 @@ async function normaliseBodyEmail (request: FastifyRequest) {
 }
 
 const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
-  // Nothing a client gets from /auth may be cached: tokens and personal data (RFC 6749 §5.1).
-  app.addHook('onRequest', (_request, reply, done) => {
-    reply.header('cache-control', 'no-store')
-    reply.header('pragma', 'no-cache')
-    done()
-  })
+  app.addHook('onRequest', noStore)
   app.addHook('onRequest', app.limitPerIp)
   await app.register(sessionRoutes)
   await app.register(tokenRoutes)

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { PERMISSIONS, permissionsOf } from '../auth/permissions.ts'
+import { noStore } from '../plugins/security.ts'
 import { ErrorResponse, RoleName, Uuid } from '../schemas/common.ts'
 
 const PermissionsResponse = Type.Object({
@@ -15,6 +16,7 @@ const PermissionsResponse = Type.Object({
  * client refreshes, at the latest one access-token lifetime later.
  */
 const meRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  app.addHook('onRequest', noStore)
   app.get('/permissions', {
     preHandler: app.authenticate,
     schema: {
@@ -22,9 +24,7 @@ const meRoutes: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'The caller\'s roles and the permissions they grant, from the access token (no database read)',
       response: { 200: PermissionsResponse, 401: ErrorResponse }
     }
-  }, async (request, reply) => {
-    // Derived from the bearer's token: personal, so never cached (RFC 9111 §5.2.2.5).
-    reply.header('cache-control', 'no-store')
+  }, async (request) => {
     const { id, roles } = request.user
     return { user_id: id, roles, permissions: permissionsOf(roles) }
   })

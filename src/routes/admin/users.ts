@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { normaliseEmail } from '../../auth/email.ts'
 import { apiError } from '../../errors.ts'
+import { noStore } from '../../plugins/security.ts'
 import type { User } from '../../repositories/users.ts'
 import { ErrorResponse, Name, RoleName, UserResponse, Uuid, presentUser } from '../../schemas/common.ts'
 
@@ -44,6 +45,8 @@ const lastAdmin = () => apiError(409, 'last_admin', 'The last enabled admin cann
 const notFound = () => apiError(404, 'not_found', 'No such user.')
 
 const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  // Other people's personal data.
+  app.addHook('onRequest', noStore)
   // Admin endpoints act on accounts: the caller's user and session are re-read on every call.
   const adminOnly = [app.authenticate, app.loadAccount, app.requirePermission('users:manage')]
   const guardedErrors = { 401: ErrorResponse, 403: ErrorResponse }
