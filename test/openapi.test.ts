@@ -37,7 +37,30 @@ t.test('every registered route is documented with its security requirement', asy
     }
     t.ok(Object.keys(operation.responses).some((status) => status.startsWith('2')), `${route.method} ${route.url} documents its success`)
     if (route.url.startsWith('/auth')) t.ok(operation.responses['429'], `${route.method} ${route.url} documents 429`)
+    for (const [status, answer] of Object.entries(operation.responses as Record<string, { description: string }>)) {
+      if (Number(status) >= 400) t.match(answer.description, /\b[a-z]+_[a-z_]+\b/, `${route.method} ${route.url} ${status} names its error codes`)
+    }
   }
+  // The codes a client of each route has to tell apart (contract: Endpoints).
+  const described = (path: string, method: string, status: number) => document.paths[path][method].responses[status].description
+  t.match(described('/auth/signup', 'post', 400), /weak_password.*validation_error/)
+  t.match(described('/auth/signup', 'post', 409), /email_taken/)
+  t.match(described('/auth/login', 'post', 401), /invalid_credentials/)
+  t.match(described('/auth/login', 'post', 403), /user_disabled/)
+  t.match(described('/auth/refresh', 'post', 401), /invalid_refresh_token/)
+  t.match(described('/auth/password', 'post', 401), /invalid_credentials.*invalid_token/)
+  t.match(described('/admin/users', 'get', 400), /invalid_cursor/)
+  t.match(described('/admin/users/{id}', 'delete', 409), /last_admin/)
+  t.match(described('/videos/{id}', 'patch', 403), /forbidden/)
+  t.match(described('/videos/{id}', 'patch', 404), /not_found/)
+  t.match(described('/auth/token', 'post', 413), /invalid_request/, 'the token endpoint keeps its RFC 6749 codes')
+  t.notMatch(described('/auth/token', 'post', 413), /payload_too_large/)
+  // The policy is for passwords being set; a password presented to sign in is only length-checked.
+  const passwordOf = (path: string) => document.paths[path].post.requestBody.content['application/json'].schema.properties
+  t.match(passwordOf('/auth/signup').password.description, /common password/)
+  t.notMatch(passwordOf('/auth/login').password.description, /common password/)
+  t.notMatch(passwordOf('/auth/password').current_password.description, /common password/)
+  t.match(passwordOf('/auth/password').new_password.description, /common password/)
   t.equal(document.paths['/auth/logout'].post.requestBody.required, false, 'logout takes no body, or one')
   t.equal(document.paths['/auth/signup'].post.requestBody.required, true)
   const documented = Object.entries(document.paths as Record<string, Record<string, unknown>>)

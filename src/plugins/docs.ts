@@ -14,7 +14,9 @@ Sign in with **Authorize → oauth2 (password)**: your email as username, your p
 then sends the access token as \`Authorization: Bearer …\` on every "Try it out".
 
 Errors have the shape \`{"statusCode", "error", "message", "code"}\`; \`code\` is stable. The
-token endpoint alone answers RFC 6749 errors: \`{"error", "error_description"}\`.`
+token endpoint alone answers RFC 6749 errors: \`{"error", "error_description"}\`. Any route that
+reads or writes the database may answer 503 \`database_unavailable\` with \`Retry-After\` while it
+cannot be reached (the token endpoint: \`temporarily_unavailable\`).`
 
 const SWAGGER_LOGO_STYLE_HASH = 'sha256-RL3ie0nH+Lzz2YNqQN83mnU0J1ot4QL7b99vMdIX99w='
 
@@ -24,6 +26,11 @@ type Schema = Record<string, unknown> & {
   params?: unknown
   querystring?: unknown
   security?: unknown
+}
+
+const GENERIC_ERRORS: Record<number, string> = {
+  403: 'Not allowed for the caller\'s roles: forbidden, with WWW-Authenticate: Bearer error="insufficient_scope"',
+  404: 'No such resource: not_found'
 }
 
 /** Guarded routes take a bearer token, which Swagger UI gets from the oauth2 password flow. */
@@ -36,10 +43,12 @@ const BEARER_SECURITY = [{ bearerAuth: [] }, { oauth2: [] }]
  */
 function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean): Schema {
   const response = { ...schema.response }
-  // A route's own answer for the status keeps its schema; it gets this description unless it has one.
+  // A route's own answer for the status keeps its schema and its description, and gets this one
+  // added, unless it answers in a shape of its own (the token endpoint's RFC 6749 errors).
   const add = (status: number, description: string) => {
-    const declared = response[status] as Record<string, unknown> | undefined
-    if (!declared?.description) response[status] = { ...(declared ?? ErrorResponse), description }
+    const declared = response[status] as { description?: string, properties?: object } | undefined
+    if (declared && !(declared.properties && 'code' in declared.properties)) return
+    response[status] = { ...(declared ?? ErrorResponse), description: declared?.description ? `${declared.description}; ${description}` : description }
   }
   const invalid = [
     ...schema.body || schema.params || schema.querystring ? ['validation_error names the field'] : [],
@@ -52,6 +61,10 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
   }
   if (isGuarded) add(401, 'No, invalid or expired bearer token: missing_token, invalid_token, token_expired')
   if (route.url.startsWith('/auth')) add(429, 'Too many requests: rate_limited, with Retry-After')
+  // Declared without a word of their own: what they mean on every route.
+  for (const [status, description] of Object.entries(GENERIC_ERRORS)) {
+    if (response[status] && !(response[status] as { description?: string }).description) add(Number(status), description)
+  }
   return { ...schema, response, security: schema.security ?? (isGuarded ? BEARER_SECURITY : []) }
 }
 

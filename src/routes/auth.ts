@@ -7,18 +7,18 @@ import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
 import { checkPasswordLimited } from '../plugins/rate-limits.ts'
 import { noStore } from '../plugins/security.ts'
-import { Email, ErrorResponse, Name, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
+import { Email, ErrorResponse, Name, NewPassword, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
 import sessionRoutes from './sessions.ts'
 import tokenRoutes from './token.ts'
 
 const Credentials = Type.Object({ email: Email, password: Password }, { additionalProperties: false })
-const Signup = Type.Object({ email: Email, password: Password, name: Type.Optional(Name) }, { additionalProperties: false })
+const Signup = Type.Object({ email: Email, password: NewPassword, name: Type.Optional(Name) }, { additionalProperties: false })
 const RefreshToken = Type.String({ minLength: 1, maxLength: 512 })
 const Logout = Type.Object({
   scope: Type.Optional(Type.Enum(['local', 'global'], { description: 'With a bearer token: this session or every session' })),
   refresh_token: Type.Optional(RefreshToken)
 }, { additionalProperties: false })
-const PasswordChange = Type.Object({ current_password: Password, new_password: Password }, { additionalProperties: false })
+const PasswordChange = Type.Object({ current_password: Password, new_password: NewPassword }, { additionalProperties: false })
 const ProfileChange = Type.Object({ name: Type.Union([Name, Type.Null()]) }, { additionalProperties: false })
 
 /** Emails are normalised before validation, storage and comparison (contract). */
@@ -40,7 +40,11 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['auth'],
       summary: 'Create an account and start a session',
       body: Signup,
-      response: { 201: SessionResponse, 400: ErrorResponse, 409: ErrorResponse }
+      response: {
+        201: SessionResponse,
+        400: errorResponse('A password the policy refuses (common, or the email): weak_password'),
+        409: errorResponse('An account with this email exists: email_taken')
+      }
     }
   }, async (request, reply) => {
     const registration = await registerUser(app.usersRepository, request.body)
@@ -59,7 +63,12 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['auth'],
       summary: 'Sign in with email and password',
       body: Credentials,
-      response: { 200: SessionResponse, 400: ErrorResponse, 401: ErrorResponse, 403: ErrorResponse }
+      response: {
+        200: SessionResponse,
+        400: ErrorResponse,
+        401: errorResponse('Unknown email or wrong password (one answer for both): invalid_credentials'),
+        403: errorResponse('The right password for a disabled account: user_disabled')
+      }
     }
   }, async (request) => app.signInFlows.signIn(request, request.body.email, request.body.password))
 
@@ -70,7 +79,11 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'Exchange a refresh token for a new pair (rotation)',
       description: 'The presented token is used up. Presenting it again after the retry grace window revokes the session.',
       body: Type.Object({ refresh_token: RefreshToken }, { additionalProperties: false }),
-      response: { 200: SessionResponse, 400: ErrorResponse, 401: ErrorResponse }
+      response: {
+        200: SessionResponse,
+        400: ErrorResponse,
+        401: errorResponse('Unknown, expired, revoked or already used refresh token: invalid_refresh_token')
+      }
     }
   }, async (request) => app.signInFlows.refresh(request, request.body.refresh_token))
 
@@ -87,8 +100,8 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       body: Logout,
       response: {
         204: Type.Null(),
-        400: { ...ErrorResponse, description: 'validation_error names the field (also scope with refresh_token); invalid_request for a malformed Authorization header' },
-        401: { ...ErrorResponse, description: 'Neither a valid bearer token nor a refresh_token: missing_token, invalid_token, token_expired' }
+        400: errorResponse('scope together with refresh_token: validation_error; a malformed Authorization header: invalid_request'),
+        401: errorResponse('Neither a valid bearer token nor a refresh_token: missing_token, invalid_token, token_expired')
       }
     }
   }, async (request, reply) => {
@@ -146,7 +159,11 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['auth'],
       summary: 'Change the password; every other session is revoked',
       body: PasswordChange,
-      response: { 204: Type.Null(), 400: ErrorResponse, 401: ErrorResponse }
+      response: {
+        204: Type.Null(),
+        400: errorResponse('A new password the policy refuses: weak_password'),
+        401: errorResponse('Wrong current password: invalid_credentials')
+      }
     }
   }, async (request, reply) => {
     const { user, session } = request.account

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { apiError } from '../errors.ts'
-import { ErrorResponse } from '../schemas/common.ts'
+import { errorResponse } from '../schemas/common.ts'
 
 const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/health', {
@@ -9,7 +9,7 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['health'],
       summary: 'Liveness and database check',
-      response: { 200: Type.Object({ status: Type.Literal('ok') }), 503: ErrorResponse }
+      response: { 200: Type.Object({ status: Type.Literal('ok') }), 503: errorResponse('The database cannot be reached: database_unavailable, with Retry-After') }
     }
   }, async (request) => {
     try {

@@ -5,11 +5,14 @@ import type { User } from '../repositories/users.ts'
 
 /** Normalised (trimmed, lower-cased) by the route before validation. RFC 5321 caps a path at 254. */
 export const Email = Type.String({ format: 'email', maxLength: 254, examples: ['ada@example.com'] })
-export const Password = Type.String({
-  minLength: PASSWORD_MIN_LENGTH,
-  maxLength: PASSWORD_MAX_LENGTH,
+const passwordLength = { minLength: PASSWORD_MIN_LENGTH, maxLength: PASSWORD_MAX_LENGTH }
+/** A password being set (signup, the new one of a change): the whole policy applies. */
+export const NewPassword = Type.String({
+  ...passwordLength,
   description: `${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters; not the email, not a common password`
 })
+/** A password presented to prove who the caller is: only its length is checked before hashing. */
+export const Password = Type.String({ ...passwordLength, description: 'The account\'s current password' })
 export const Uuid = Type.String({ format: 'uuid' })
 export const Name = Type.String({ minLength: 1, maxLength: 100 })
 export const RoleName = Type.Enum(ROLES)
@@ -21,6 +24,11 @@ export const ErrorResponse = Type.Object({
   message: Type.String(),
   code: Type.String({ description: 'Stable machine-readable error code' })
 })
+/**
+ * An error answer of one route, described by its codes. The OpenAPI document adds what every
+ * route of its kind may answer besides (plugins/docs.ts).
+ */
+export const errorResponse = (description: string) => ({ ...ErrorResponse, description })
 
 export const UserResponse = Type.Object({
   id: Uuid,

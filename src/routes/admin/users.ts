@@ -4,7 +4,7 @@ import { normaliseEmail } from '../../auth/email.ts'
 import { apiError } from '../../errors.ts'
 import { noStore } from '../../plugins/security.ts'
 import type { User } from '../../repositories/users.ts'
-import { ErrorResponse, Name, RoleName, UserResponse, Uuid, presentUser } from '../../schemas/common.ts'
+import { ErrorResponse, Name, errorResponse, RoleName, UserResponse, Uuid, presentUser } from '../../schemas/common.ts'
 
 const AdminUserResponse = Type.Object({ ...UserResponse.properties, disabled: Type.Boolean() })
 const UserList = Type.Object({
@@ -50,6 +50,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
   // Admin endpoints act on accounts: the caller's user and session are re-read on every call.
   const adminOnly = [app.authenticate, app.loadAccount, app.requirePermission('users:manage')]
   const guardedErrors = { 401: ErrorResponse, 403: ErrorResponse }
+  const lastAdminResponse = errorResponse('It would leave no enabled admin: last_admin')
 
   app.get('/users', {
     preHandler: adminOnly,
@@ -57,7 +58,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['admin'],
       summary: 'Users in creation order, paginated by cursor',
       querystring: ListQuery,
-      response: { 200: UserList, 400: ErrorResponse, ...guardedErrors }
+      response: { 200: UserList, 400: errorResponse('A cursor this API did not return: invalid_cursor'), ...guardedErrors }
     }
   }, async (request) => {
     const { limit = 20, cursor, email } = request.query
@@ -94,7 +95,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'Change roles, disabled or name; a role change or disable revokes the user\'s sessions',
       params: UserParams,
       body: UserChange,
-      response: { 200: AdminUserResponse, 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse, 409: ErrorResponse }
+      response: { 200: AdminUserResponse, 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse, 409: lastAdminResponse }
     }
   }, async (request) => {
     const result = await app.usersRepository.adminUpdate(request.params.id, request.body)
@@ -116,7 +117,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['admin'],
       summary: 'Delete a user and their sessions',
       params: UserParams,
-      response: { 204: Type.Null(), 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse, 409: ErrorResponse }
+      response: { 204: Type.Null(), 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse, 409: lastAdminResponse }
     }
   }, async (request, reply) => {
     const outcome = await app.usersRepository.adminDelete(request.params.id)
