@@ -141,6 +141,8 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
   const cases: Array<[string, string | undefined, string, number, string]> = [
     ['broken JSON', 'application/json', '{"email":', 400, 'invalid_body'],
     ['empty JSON body', 'application/json', '', 400, 'invalid_body'],
+    ['__proto__ key', 'application/json', '{"email":"a@example.com","password":"long enough!","__proto__":{"roles":["admin"]}}', 400, 'invalid_body'],
+    ['constructor.prototype key', 'application/json', '{"email":"a@example.com","password":"long enough!","constructor":{"prototype":{}}}', 400, 'invalid_body'],
     ['JSON array', 'application/json', '[]', 400, 'validation_error'],
     ['text body', 'text/plain', 'hello', 415, 'unsupported_media_type']
   ]
