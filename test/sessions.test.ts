@@ -176,6 +176,23 @@ t.test('password change needs the current password and keeps only the current se
   t.equal((await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: newPassword } })).statusCode, 200)
 })
 
+t.test('a password change that fails halfway changes nothing', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const current = await signup(app, email)
+  const other = await login(app, email)
+  // Revoking the other sessions, the change's second write, fails.
+  await app.database.query(app.database.dialect.name === 'postgres'
+    ? "create function refuse() returns trigger language plpgsql as $$ begin raise exception 'refused by test'; end $$; " +
+      'create trigger refuse before update on sessions for each row execute function refuse()'
+    : "create trigger refuse before update on sessions begin select raise(abort, 'refused by test'); end")
+  const failed = await app.inject({ method: 'POST', url: '/auth/password', headers: bearer(current.access_token), payload: { current_password: TEST_PASSWORD, new_password: 'a brand new passphrase' } })
+  t.equal(failed.statusCode, 500)
+  await app.database.query('drop trigger refuse' + (app.database.dialect.name === 'postgres' ? ' on sessions' : ''))
+  t.equal((await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })).statusCode, 200, 'the old password still works')
+  t.equal(await refreshStatus(app, other.refresh_token), 200, 'the other session is still open')
+})
+
 t.test('PATCH /auth/me changes the name', async (t) => {
   const app = await build(t)
   const session = await signup(app)
