@@ -88,6 +88,22 @@ t.test('wrong password and unknown email get the same 401', async (t) => {
   for (const answer of [wrong, unknown]) t.equal(answer.headers['www-authenticate'], 'Bearer realm="gatehouse"')
 })
 
+t.test('an unknown email costs a password hash, as a known one does', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  // CPU time of the whole process (the hashing threads included), not wall time: steady on a busy machine.
+  const cpuOf = async (logins: () => Promise<unknown>) => {
+    const before = process.cpuUsage()
+    for (let attempt = 0; attempt < 4; attempt++) await logins()
+    const { user, system } = process.cpuUsage(before)
+    return user + system
+  }
+  const known = await cpuOf(() => app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: 'wrong password!' } }))
+  const unknown = await cpuOf(() => app.inject({ method: 'POST', url: '/auth/login', payload: { email: uniqueEmail('nobody'), password: 'wrong password!' } }))
+  t.ok(unknown > known / 2, `unknown emails ${Math.round(unknown / 4000)} ms of CPU per login, known ${Math.round(known / 4000)} ms`)
+})
+
 t.test('a disabled user gets 403 only after a correct password', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()
