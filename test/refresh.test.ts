@@ -144,7 +144,7 @@ t.test('refresh re-reads the user: roles and disabled take effect at the next re
   t.equal(refused.statusCode, 401)
   t.equal(refused.json().code, 'invalid_refresh_token')
   t.ok((await sessionRow(app, tokenPayload(first.access_token).sid)).revoked_at, 'the refusal ended the session')
-  // Enabled again (outside the API, which would have revoked it): the old session stays over.
+  // Enabled again (outside the API, which would have revoked it): the old session stays ended.
   await dbRun(app, 'update users set disabled = ? where id = ?', false, first.user.id)
   t.equal((await me(app, promoted.access_token)).statusCode, 401)
   t.equal((await refresh(app, promoted.refresh_token)).statusCode, 401)
