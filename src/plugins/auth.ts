@@ -16,6 +16,7 @@ import {
   type AccessTokenPayload,
   type AuthenticatedUser
 } from '../auth/tokens.ts'
+import { verifiedTokenCache } from '../auth/verified-tokens.ts'
 import { apiError } from '../errors.ts'
 import { accessCheck } from './validation.ts'
 import type { Session } from '../repositories/sessions.ts'
@@ -140,21 +141,15 @@ async function authPlugin (app: FastifyInstance) {
     expires_in: accessTokenTtl
   }))
 
-  /**
-   * Tokens already verified, until they expire. Verification depends only on the token and the
-   * configured secrets (which change only with a restart), so a repeat token costs one lookup
-   * instead of a decode, an HMAC and the claim checks. Oldest entries go first past the bound.
-   */
-  const verified = new Map<string, { user: AuthenticatedUser, expiresAt: number }>()
+  const verified = verifiedTokenCache(VERIFIED_TOKENS_CACHED)
 
   app.decorate('authenticate', accessCheck(async (request: FastifyRequest) => {
     const token = bearerToken(request.headers.authorization)
-    const cached = verified.get(token)
-    if (cached && cached.expiresAt > Date.now()) {
-      request.user = cached.user
+    const cached = verified.get(token, Date.now())
+    if (cached) {
+      request.user = cached
       return
     }
-    verified.delete(token)
 
     let payload: Record<string, unknown>
     try {
@@ -171,8 +166,7 @@ async function authPlugin (app: FastifyInstance) {
     const user = readAccessClaims(payload, Math.floor(Date.now() / 1000))
     if (!user || !hasCanonicalJson(token)) throw invalidToken('The access token is invalid.')
     request.user = Object.freeze(user)
-    verified.set(token, { user: request.user, expiresAt: ((payload.exp as number) + CLOCK_TOLERANCE_SECONDS) * 1000 })
-    if (verified.size > VERIFIED_TOKENS_CACHED) verified.delete(verified.keys().next().value!)
+    verified.remember(token, request.user, ((payload.exp as number) + CLOCK_TOLERANCE_SECONDS) * 1000)
   }))
 
   app.decorateRequest('account', null as unknown as FastifyRequest['account'])
