@@ -180,8 +180,8 @@ let built: { script: string, nodeArgs: string[] } | undefined
 function builtServer (): { script: string, nodeArgs: string[] } {
   if (!built) {
     const start = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.start ?? ''
-    const command = /^node((?:\s+--\S+)*)\s+(dist\/\S+\.js)$/.exec(start.trim())
-    if (!command) throw new Error(`package.json's start script is not "node [--flags] dist/<file>.js": ${start}`)
+    const command = /^(?:exec\s+)?node((?:\s+--\S+)*)\s+(dist\/\S+\.js)$/.exec(start.trim())
+    if (!command) throw new Error(`package.json's start script is not "[exec] node [--flags] dist/<file>.js": ${start}`)
     execFileSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' })
     built = { script: command[2]!, nodeArgs: command[1]!.trim().split(/\s+/).filter(Boolean) }
   }

@@ -13,6 +13,7 @@ import security, { API_RESPONSE_HEADERS } from './plugins/security.ts'
 import signInFlows from './plugins/sign-in-flows.ts'
 import validation from './plugins/validation.ts'
 import errors, { errorBody } from './plugins/errors.ts'
+import gracefulClose from './plugins/graceful-close.ts'
 import { QUERY_PARAMETERS } from './errors.ts'
 import clothesRepository from './repositories/clothes.ts'
 import sessionsRepository from './repositories/sessions.ts'
@@ -111,6 +112,9 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     // Start-up migrates the database, which may take as long as it needs; connecting is bounded by
     // the driver's own timeout. Fastify's default 10 s would cut a long migration short.
     pluginTimeout: 0,
+    // A request arriving on an open connection while the server closes is answered, not refused
+    // with a bare 503: its answer tells the client to close the connection (graceful-close.ts).
+    return503OnClosing: false,
     // A URL the router cannot decode (`/%zz`) is refused before any hook runs: answered in the
     // contract's shape, with the API's security headers.
     frameworkErrors: (_error, _request, reply) => (reply as FastifyReply).code(400).headers(API_RESPONSE_HEADERS)
@@ -125,6 +129,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(validation)
   await app.register(errors)
   await app.register(security)
+  await app.register(gracefulClose)
   await app.register(database)
   await app.register(usersRepository)
   await app.register(sessionsRepository)

@@ -22,19 +22,6 @@ try {
   process.exit(1)
 }
 
-// Fastify closes the connections that are idle when closing starts; one busy then (a load
-// balancer's keep-alive connection mid-request) goes idle afterwards and would hold the close open
-// until its keep-alive timeout, past close-with-grace's delay. Close those as they go idle.
-let closeIdle: NodeJS.Timeout | undefined
-app.addHook('preClose', (done) => {
-  closeIdle = setInterval(() => app.server.closeIdleConnections(), 100).unref()
-  done()
-})
-app.addHook('onClose', (_instance, done) => {
-  clearInterval(closeIdle)
-  done()
-})
-
 closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
   if (err) app.log.error({ err }, 'closing after an unexpected error')
   else app.log.info(`${signal} received, closing`)

@@ -1,12 +1,13 @@
-// The real server as a child process (`node --import tsx src/server.ts`), for tests that crash,
-// restart or multiply it. Killed at the end of the test that started it, whatever happened.
+// The real server as a child process (`node --import tsx src/server.ts`, or `npm start`), for
+// tests that crash, restart or multiply it. Killed at the end of the test that started it, whatever happened.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import type { Test } from 'tap'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
-const LISTEN_TIMEOUT_MS = 20_000
+/** `npm start` compiles first. */
+const LISTEN_TIMEOUT_MS = 60_000
 
 export interface ServerProcess {
   child: ChildProcess
@@ -24,9 +25,11 @@ export function withTimeout<T> (promise: Promise<T>, ms: number, what: () => str
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
+const FROM_SOURCE = [process.execPath, '--import', 'tsx', 'src/server.ts']
+
 /** Starts the server on a free loopback port and resolves once it logs that it listens. */
-export async function startServer (t: Test, env: Record<string, string>): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+export async function startServer (t: Test, env: Record<string, string>, [command, ...args] = FROM_SOURCE): Promise<ServerProcess> {
+  const child = spawn(command!, args, {
     cwd: ROOT,
     env: { ...process.env, NODE_ENV: 'test', PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe']

@@ -47,3 +47,60 @@ t.test('SIGTERM with busy keep-alive connections: every request answered, exit 0
   t.same(stopped, { code: 0, signal: null }, `exit 0, not the forced exit (${Date.now() - stopping} ms)`)
   t.notMatch(server.log.join('\n'), /killed by timeout/)
 })
+
+/** One keep-alive connection asking GET /health back to back until the server is gone. */
+async function askUntilRefused (agent: Agent, origin: string) {
+  const answers: Array<{ status?: number, connection?: string, error?: string }> = []
+  for (;;) {
+    const answer = await new Promise<{ status?: number, connection?: string, error?: string }>((resolve) => {
+      const req = request(origin + '/health', { agent }, (res) => {
+        res.resume()
+        res.on('end', () => resolve({ status: res.statusCode, connection: res.headers.connection }))
+      })
+      req.on('error', (error: NodeJS.ErrnoException) => resolve({ error: error.code }))
+      req.end()
+    })
+    answers.push(answer)
+    if (answer.error) return answers
+  }
+}
+
+t.test('SIGTERM under keep-alive load: no connection is reset, each is told to close', async (t) => {
+  const server = await startServer(t, {
+    DATABASE_URL: `file:${join(t.testdir(), 'gatehouse.db')}`,
+    JWT_SECRET: randomBytes(48).toString('base64url'),
+    RATE_LIMIT_IP_MAX: '1000000'
+  })
+  // Clients that reuse their connection at once: most of the time the server sees each one idle,
+  // its next request not read yet. Dropping idle connections at the close reset every one of them.
+  const clients = Array.from({ length: 6 }, () => new Agent({ keepAlive: true, maxSockets: 1 }))
+  t.teardown(() => clients.forEach((agent) => agent.destroy()))
+  const asking = clients.map((agent) => askUntilRefused(agent, server.origin))
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  server.child.kill('SIGTERM')
+
+  for (const answers of await Promise.all(asking)) {
+    const last = answers.at(-1)!
+    const beforeLast = answers.at(-2)!
+    t.equal(last.error, 'ECONNREFUSED', 'the client learns the server is gone from a refused new connection')
+    t.same(beforeLast, { status: 200, connection: 'close' }, 'its last answer closed the connection')
+    t.ok(answers.slice(0, -1).every((answer) => answer.status === 200), 'no reset, no 503 before it')
+  }
+  const stopped = await withTimeout(server.exited, 20_000, () => server.log.join('\n'))
+  t.same(stopped, { code: 0, signal: null })
+})
+
+t.test('SIGTERM to `npm start` (as a supervisor sends it) stops the server, not only npm', async (t) => {
+  const server = await startServer(t, {
+    DATABASE_URL: `file:${join(t.testdir(), 'gatehouse.db')}`,
+    JWT_SECRET: randomBytes(48).toString('base64url')
+  }, ['npm', 'start'])
+  server.child.kill('SIGTERM')
+  await withTimeout(server.exited, 20_000, () => server.log.join('\n'))
+  t.match(server.log.join('\n'), /SIGTERM received, closing/, 'the signal reached the server')
+  const refused = await new Promise<string | undefined>((resolve) => {
+    request(server.origin + '/health', (res) => { res.resume(); resolve(undefined) })
+      .on('error', (error: NodeJS.ErrnoException) => resolve(error.code)).end()
+  })
+  t.equal(refused, 'ECONNREFUSED', 'nothing listens any more')
+})
