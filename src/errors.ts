@@ -17,13 +17,19 @@ export function apiError (
 /** A failed query's error message lists its parameters (a password hash, a token hash): cut them. */
 export const QUERY_PARAMETERS = /\nparams:.*$/gm
 
+/** How Drizzle words a failed statement (its SQL follows); the driver's reason is the cause. */
+const DRIZZLE_FAILED_QUERY = /^Failed (query:|to run the query )/
+
 /**
  * Why start-up failed, in one line for the operator: the error's message without query
  * parameters (an AggregateError's, such as a refused connection to each address of a host, joined).
+ * A failed query (a migration's) says why the database refused it, not which statement it was.
  */
 export function startupProblem (error: unknown): string {
   if (error instanceof AggregateError && error.errors.length > 0) {
     return [...new Set(error.errors.map(startupProblem))].join('; ')
   }
-  return error instanceof Error ? error.message.replace(QUERY_PARAMETERS, '') : String(error)
+  if (!(error instanceof Error)) return String(error)
+  if (DRIZZLE_FAILED_QUERY.test(error.message) && error.cause !== undefined) return startupProblem(error.cause)
+  return error.message.replace(QUERY_PARAMETERS, '')
 }

@@ -31,6 +31,7 @@ closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
 try {
   await app.listen({ port: config.port, host: config.host })
 } catch (error) {
-  app.log.error({ err: error }, 'could not start listening')
+  // A port in use, a host that does not resolve: the same one line as any other start-up failure.
+  console.error(`Gatehouse could not start: ${startupProblem(error)}`)
   process.exit(1)
 }

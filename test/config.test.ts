@@ -146,3 +146,28 @@ t.test('TRUST_PROXY and ADMIN_EMAIL are checked at start', async (t) => {
   }
   t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: 'Ops Team', ADMIN_PASSWORD: 'a long admin password' }), /ADMIN_EMAIL is not an email address/)
 })
+
+t.test('a port already in use stops the start with one line on stderr, whatever the log level', async (t) => {
+  const { createServer } = await import('node:net')
+  const taken = createServer()
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => taken.close())
+  const port = String((taken.address() as { port: number }).port)
+  for (const level of ['info', 'silent']) {
+    const result = failedStart({ DATABASE_URL: ':memory:', HOST: '127.0.0.1', PORT: port, LOG_LEVEL: level })
+    t.equal(result.status, 1, level)
+    t.match(result.stderr, new RegExp(`^Gatehouse could not start: listen EADDRINUSE: address already in use 127\\.0\\.0\\.1:${port}\\n$`), level)
+  }
+})
+
+t.test('a migration the database refuses is reported with the database\'s reason, not the statement', async (t) => {
+  const file = join(t.testdir(), 'foreign.db')
+  const Sqlite = (await import('better-sqlite3')).default
+  const foreign = new Sqlite(file)
+  foreign.exec('create table users (id integer primary key, login text)')
+  foreign.close()
+  const result = failedStart({ DATABASE_URL: `file:${file}`, PORT: '0' })
+  t.equal(result.status, 1)
+  t.match(result.stderr, /^Gatehouse could not start: Cannot open the database at file:.*foreign\.db: table `users` already exists\n$/)
+  t.notMatch(result.stderr, /CREATE TABLE|Failed query/)
+})
