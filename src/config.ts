@@ -62,21 +62,42 @@ export const isPostgresUrl = (url: string) => /^postgres(ql)?:\/\//.test(url)
 /** The URL without its password, for messages and logs. */
 export const redactUrl = (url: string) => url.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1@')
 
-/** `scheme://…` of a URL whose scheme is not one of `allowed`, or undefined. */
-function foreignScheme (url: string, allowed: string[]): string | undefined {
-  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(url)?.[1]?.toLowerCase()
-  return scheme !== undefined && !allowed.includes(scheme) ? scheme : undefined
+/**
+ * Why DATABASE_URL cannot be used, or undefined. A mistyped scheme (`postgress://`, `mysql://`,
+ * `postgres:/db` with one slash) must not quietly become a SQLite file of that name: each instance
+ * of a cluster would get its own. A one-letter "scheme" is a Windows drive.
+ */
+function databaseUrlProblem (url: string): string | undefined {
+  const scheme = /^([a-z][a-z0-9+.-]+):/i.exec(url)?.[1]?.toLowerCase()
+  if (scheme === undefined || scheme === 'file' || isPostgresUrl(url)) return undefined
+  return `DATABASE_URL must be postgres://… (or postgresql://…) for PostgreSQL, or file:PATH or a path for SQLite (got a "${scheme}:" URL that is neither)`
+}
+
+/** Why REDIS_URL cannot be used, or undefined: ioredis would crash on a bad database number. */
+function redisUrlProblem (url: string): string | undefined {
+  let parsed: URL | undefined
+  try {
+    parsed = new URL(url)
+  } catch {}
+  if (!parsed || !['redis:', 'rediss:'].includes(parsed.protocol) || parsed.hostname === '' ||
+    !/^(\/\d*)?$/.test(parsed.pathname)) {
+    return `REDIS_URL must be redis://[user:password@]host[:port][/database number], or rediss://… for TLS (got "${redactUrl(url)}")`
+  }
+  return undefined
 }
 
 /**
- * Why DATABASE_URL cannot be used, or undefined. A mistyped scheme (`postgress://`) must not
- * quietly become a SQLite file of that name: each instance of a cluster would get its own.
+ * Why a CORS_ORIGINS entry is not an origin, or undefined. Browsers send `Origin` as scheme, host
+ * and port only, compared exactly: `http://localhost:5173/` or `*` would silently match nothing.
  */
-function databaseUrlProblem (url: string): string | undefined {
-  const scheme = foreignScheme(url, ['postgres', 'postgresql', 'file'])
-  return scheme === undefined
-    ? undefined
-    : `DATABASE_URL must be postgres://… (or postgresql://…) for PostgreSQL, or file:PATH or a path for SQLite (got a "${scheme}://" URL)`
+function corsOriginProblem (entry: string): string | undefined {
+  let origin: string | undefined
+  try {
+    origin = new URL(entry).origin
+  } catch {}
+  if (origin === entry) return undefined
+  const hint = origin && origin !== 'null' ? `; the origin of that URL is "${origin}"` : ''
+  return `CORS_ORIGINS must list origins such as https://app.example.com, without a path or a trailing slash (got "${entry}"${hint})`
 }
 
 /** DATABASE_URL, or the SQLite default; a ConfigError when it cannot be used. For the CLI tools. */
@@ -152,8 +173,13 @@ export function loadConfig (env: Env = process.env): Config {
   const databaseProblem = databaseUrlProblem(databaseUrl)
   if (databaseProblem) problems.push(databaseProblem)
   const redisUrl = env.REDIS_URL?.trim()
-  const redisScheme = redisUrl ? foreignScheme(redisUrl, ['redis', 'rediss']) : undefined
-  if (redisScheme) problems.push(`REDIS_URL must be redis://… or rediss://… (got a "${redisScheme}://" URL)`)
+  const redisProblem = redisUrl ? redisUrlProblem(redisUrl) : undefined
+  if (redisProblem) problems.push(redisProblem)
+  const corsOrigins = list('CORS_ORIGINS')
+  for (const origin of corsOrigins) {
+    const problem = corsOriginProblem(origin)
+    if (problem) problems.push(problem)
+  }
 
   const logLevel = text('LOG_LEVEL', 'info') as LogLevel
   if (!LOG_LEVELS.includes(logLevel)) problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')} (got "${logLevel}")`)
@@ -192,7 +218,7 @@ export function loadConfig (env: Env = process.env): Config {
     refreshTokenTtl: duration('REFRESH_TOKEN_TTL', '30d', 1),
     refreshReuseGrace: duration('REFRESH_REUSE_GRACE', '10s', 0),
     ...(adminEmail && adminPassword ? { admin: { email: adminEmail, password: adminPassword } } : {}),
-    corsOrigins: list('CORS_ORIGINS'),
+    corsOrigins,
     rateLimit: {
       ipMax: integer('RATE_LIMIT_IP_MAX', 30, 1, 1_000_000),
       accountMax: integer('RATE_LIMIT_ACCOUNT_MAX', 10, 1, 1_000_000)
@@ -222,7 +248,8 @@ function resolveSecret (
   problems: string[]
 ): { secret: string, secretFile?: string } | undefined {
   if (configured) {
-    if (Buffer.byteLength(configured) < MIN_SECRET_BYTES) {
+    // Spaces around it do not count: `JWT_SECRET="$(…)"` gone wrong must not pass as a secret.
+    if (Buffer.byteLength(configured.trim()) < MIN_SECRET_BYTES) {
       problems.push(`JWT_SECRET must be at least ${MIN_SECRET_BYTES} bytes`)
       return undefined
     }
@@ -232,6 +259,8 @@ function resolveSecret (
     problems.push(`JWT_SECRET is required in production (at least ${MIN_SECRET_BYTES} bytes)`)
     return undefined
   }
+  // A refused configuration leaves nothing behind: no folder, no secret file named after a typo.
+  if (problems.length > 0) return undefined
   // Beside the SQLite file, or in ./data for PostgreSQL.
   const path = isPostgresUrl(databaseUrl) ? resolve('data', 'gatehouse.db') : sqlitePath(databaseUrl)
   if (path === ':memory:') return { secret: randomBytes(48).toString('base64url') }

@@ -122,16 +122,47 @@ t.test('npm start says in one line why the database cannot be opened', async (t)
   t.notMatch(result.stderr, /hunter2/, 'no password')
 })
 
-t.test('DATABASE_URL and REDIS_URL must name a scheme Gatehouse speaks', async (t) => {
+t.test('DATABASE_URL and REDIS_URL must be URLs Gatehouse can use', async (t) => {
   const base = { JWT_SECRET: TEST_SECRET }
-  for (const bad of ['postgress://postgres@db:5432/gatehouse', 'mysql://root@db/gatehouse', 'http://db/gatehouse']) {
+  for (const bad of ['postgress://postgres@db:5432/gatehouse', 'mysql://root@db/gatehouse', 'http://db/gatehouse',
+    'postgres:/postgres@db:5432/gatehouse', 'sqlite:///tmp/g.db']) {
     t.throws(() => loadConfig({ ...base, DATABASE_URL: bad }), /DATABASE_URL must be postgres:\/\/… \(or postgresql:\/\/…\)/, bad)
   }
   for (const good of ['postgres://postgres@db/gatehouse', 'postgresql://db/gatehouse', 'file:./data/g.db', 'file:///tmp/g.db', './data/g.db', ':memory:']) {
     t.equal(loadConfig({ ...base, DATABASE_URL: good }).databaseUrl, good, good)
   }
-  t.throws(() => loadConfig({ ...base, DATABASE_URL: ':memory:', REDIS_URL: 'http://cache:6379' }), /REDIS_URL must be redis:\/\/… or rediss:\/\/…/)
-  t.equal(loadConfig({ ...base, DATABASE_URL: ':memory:', REDIS_URL: 'rediss://cache:6380' }).redisUrl, 'rediss://cache:6380')
+  for (const bad of ['http://cache:6379', 'garbage', 'cache:6379', 'redis://cache:6379/abc', 'redis:///0', 'redis://u:hunter2@cache/x']) {
+    const problem = t.throws(() => loadConfig({ ...base, DATABASE_URL: ':memory:', REDIS_URL: bad }),
+      /REDIS_URL must be redis:\/\/\[user:password@\]host\[:port\]\[\/database number\], or rediss:\/\/… for TLS/, bad)
+    t.notMatch((problem as Error).message, /hunter2/, 'never the password')
+  }
+  for (const good of ['rediss://cache:6380', 'redis://cache:6379/2', 'redis://u:p@cache', 'redis://cache/']) {
+    t.equal(loadConfig({ ...base, DATABASE_URL: ':memory:', REDIS_URL: good }).redisUrl, good, good)
+  }
+})
+
+t.test('CORS_ORIGINS must list origins, which browsers compare exactly', async (t) => {
+  const base = { DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET }
+  t.same(loadConfig({ ...base, CORS_ORIGINS: 'http://localhost:5173, https://app.example.com' }).corsOrigins,
+    ['http://localhost:5173', 'https://app.example.com'])
+  t.throws(() => loadConfig({ ...base, CORS_ORIGINS: 'http://localhost:5173/' }),
+    /CORS_ORIGINS must list origins .*\(got "http:\/\/localhost:5173\/"; the origin of that URL is "http:\/\/localhost:5173"\)/)
+  for (const bad of ['localhost:5173', '*', 'https://app.example.com/spa']) {
+    t.throws(() => loadConfig({ ...base, CORS_ORIGINS: bad }), /CORS_ORIGINS must list origins/, bad)
+  }
+})
+
+t.test('a JWT_SECRET of spaces is no secret', async (t) => {
+  t.throws(() => loadConfig({ DATABASE_URL: ':memory:', JWT_SECRET: ' '.repeat(40) }), /JWT_SECRET must be at least 32 bytes/)
+  t.throws(() => loadConfig({ DATABASE_URL: ':memory:', JWT_SECRET: ` ${'x'.repeat(30)} ` }), /JWT_SECRET must be at least 32 bytes/)
+})
+
+t.test('a refused configuration leaves no folder and no secret behind', async (t) => {
+  const folder = join(t.testdir(), 'data')
+  t.throws(() => loadConfig({ DATABASE_URL: `file:${join(folder, 'gatehouse.db')}`, PORT: 'eighty' }), /PORT/)
+  t.notOk(existsSync(folder))
+  t.ok(loadConfig({ DATABASE_URL: `file:${join(folder, 'gatehouse.db')}` }).jwt.secretFile, 'a good one does keep its secret')
+  t.ok(existsSync(join(folder, 'jwt-secret')))
 })
 
 t.test('TRUST_PROXY and ADMIN_EMAIL are checked at start', async (t) => {
