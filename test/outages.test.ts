@@ -92,6 +92,7 @@ t.test('PostgreSQL that stops answering: 503 in bounded time, then service again
   const health = await app.inject({ url: '/health' })
   t.equal(health.statusCode, 503)
   t.equal(health.json().code, 'database_unavailable')
+  t.equal(health.headers['retry-after'], '5')
   // A plain query (the login's read) and transactions (each refresh's rotation) time out alike.
   const refused = await Promise.all([
     login(app, session.user.email),

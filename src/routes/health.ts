@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { apiError } from '../errors.ts'
+import { DATABASE_UNAVAILABLE } from '../plugins/errors.ts'
 import { errorResponse } from '../schemas/common.ts'
 
 const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
@@ -16,7 +17,7 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
       await app.database.ping()
     } catch (error) {
       request.log.error({ err: error }, 'database health check failed')
-      throw apiError(503, 'database_unavailable', 'The database is unreachable.')
+      throw apiError(503, 'database_unavailable', DATABASE_UNAVAILABLE.message, { 'retry-after': DATABASE_UNAVAILABLE.retryAfter })
     }
     return { status: 'ok' as const }
   })
