@@ -109,6 +109,18 @@ t.test('password length counts characters alike on /auth/login and /auth/token',
   t.equal(response.statusCode, 200, '100 emoji are 100 characters, though 200 UTF-16 units')
 })
 
+t.test('a password grant whose username is no email is refused before hashing and counts against nothing', async (t) => {
+  const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '1' })
+  // Each distinct username would otherwise hold a window of the per-account limit in memory.
+  for (const username of ['x'.repeat(4000), 'not an email', `${'a'.repeat(250)}@example.com`]) {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const response = await postForm(app, { grant_type: 'password', username, password: TEST_PASSWORD })
+      t.equal(response.statusCode, 400, `${username.slice(0, 20)}…, attempt ${attempt + 1}: not 429`)
+      t.same(response.json(), { error: 'invalid_grant', error_description: 'The email or password is wrong.' })
+    }
+  }
+})
+
 t.test('an over-long password grant is refused before hashing and is not counted against the account', async (t) => {
   const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '2' })
   const email = uniqueEmail()

@@ -39,16 +39,23 @@ const KEY_PREFIX = 'gatehouse:'
 const rateLimited = (retryAfterSeconds: number) => apiError(429, 'rate_limited',
   `Too many attempts. Try again in ${retryAfterSeconds} seconds.`, { 'retry-after': String(retryAfterSeconds) })
 
+/**
+ * What the counters key an account by: a digest of the email, so a store never holds an email
+ * and every key has one small size, however long the name it was asked about.
+ */
+const accountDigest = (account: string) => createHash('sha256').update(account).digest('base64url')
+
 /** In one process: a fixed window per account, started by its first attempt. */
 function memoryFailureCounter (max: number): FailureCounter {
   const windows = new Map<string, { count: number, endsAt: number }>()
   return {
     async attempt (account) {
       const now = Date.now()
-      let window = windows.get(account)
+      const key = accountDigest(account)
+      let window = windows.get(key)
       if (!window || window.endsAt <= now) {
         window = { count: 0, endsAt: now + ACCOUNT_WINDOW_MS }
-        windows.set(account, window)
+        windows.set(key, window)
         // Bounded memory: a flood of distinct emails evicts the oldest windows first.
         if (windows.size > 100_000) windows.delete(windows.keys().next().value!)
       }
@@ -56,14 +63,14 @@ function memoryFailureCounter (max: number): FailureCounter {
       return window.count > max ? Math.ceil((window.endsAt - now) / 1000) : 0
     },
     async reset (account) {
-      windows.delete(account)
+      windows.delete(accountDigest(account))
     }
   }
 }
 
-/** Shared by every instance through Redis; keys hold a digest of the email, not the email. */
+/** Shared by every instance through Redis. */
 function redisFailureCounter (redis: Redis, max: number): FailureCounter {
-  const key = (account: string) => `${KEY_PREFIX}signin-failures:${createHash('sha256').update(account).digest('base64url')}`
+  const key = (account: string) => `${KEY_PREFIX}signin-failures:${accountDigest(account)}`
   return {
     async attempt (account) {
       // One round trip, atomic: count, start the window on the first attempt, read what is left.

@@ -3,7 +3,7 @@ import { HttpError } from '@fastify/sensible'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyError } from 'fastify'
 import { Type } from 'typebox'
-import { normaliseEmail } from '../auth/email.ts'
+import { looksLikeEmail, normaliseEmail } from '../auth/email.ts'
 import { PASSWORD_MAX_LENGTH, characterCount } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import { DATABASE_UNAVAILABLE, isDatabaseUnavailable } from '../plugins/errors.ts'
@@ -95,9 +95,13 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
     switch (grantType) {
       case 'password':
         if (!username || !password) throw invalidRequest('The password grant needs username and password.')
-        // Refused before hashing, as on /auth/login.
-        if (characterCount(password) > PASSWORD_MAX_LENGTH) throw apiError(400, 'invalid_grant', 'The email or password is wrong.')
-        return app.signInFlows.signIn(request, normaliseEmail(username), password)
+        const email = normaliseEmail(username)
+        // Refused before hashing and before counting, as /auth/login refuses them in its schema: no
+        // account has such an email, and each distinct one would hold a window of the account limit.
+        if (!looksLikeEmail(email) || characterCount(password) > PASSWORD_MAX_LENGTH) {
+          throw apiError(400, 'invalid_grant', 'The email or password is wrong.')
+        }
+        return app.signInFlows.signIn(request, email, password)
       case 'refresh_token':
         if (!refreshToken) throw invalidRequest('The refresh_token grant needs refresh_token.')
         return app.signInFlows.refresh(request, refreshToken)
