@@ -16,7 +16,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { ACCESS_TOKEN_TYP, REQUIRED_CLAIMS, hasCanonicalJson, kidFor } from '../src/auth/tokens.ts'
+import { ACCESS_TOKEN_TYP, REQUIRED_CLAIMS, isCanonicalToken, kidFor } from '../src/auth/tokens.ts'
 import { ROOT } from './lib/processes.ts'
 
 const { values } = parseArgs({ options: { users: { type: 'string', default: '100000' } } })
@@ -116,7 +116,7 @@ const token = (index: number) => tokens[index % tokens.length]!
 time('fast-jwt verifier built once (it turns the key into a KeyObject once)', (index) => verifyString(token(index)))
 time('fast-jwt verifier per call (string key)', (index) => createVerifier({ ...options, key: secret })(token(index)))
 time('fast-jwt verifier with its own cache (50 tokens)', (index) => verifyCached(token(index)))
-time('hasCanonicalJson(token)', (index) => hasCanonicalJson(token(index)))
+time('isCanonicalToken(token)', (index) => isCanonicalToken(token(index)))
 const keyObject = createSecretKey(Buffer.from(secret))
 time('jsonwebtoken.verify, KeyObject', (index) => jwt.verify(token(index), keyObject, { algorithms: ['HS256'], issuer: 'gatehouse', audience: 'gatehouse', complete: true }))
 time('jsonwebtoken.verify, string secret', (index) => jwt.verify(token(index), secret, { algorithms: ['HS256'], issuer: 'gatehouse', audience: 'gatehouse', complete: true }), 200)

@@ -31,6 +31,18 @@ t.test('a forged token built like ours is accepted, so the refusals below are ab
   t.equal(response.statusCode, 200)
 })
 
+/**
+ * A base64url segment with the unused low bits of its last character set: another spelling of the
+ * same bytes (segments whose length is a multiple of 4 have no such bits, and none is needed here).
+ */
+function respelled (segment: string): string {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+  if (segment.length % 4 === 0) throw new Error('this segment has no unused bits')
+  const other = segment.slice(0, -1) + alphabet[alphabet.indexOf(segment.at(-1)!) ^ 1]
+  if (!Buffer.from(other, 'base64url').equals(Buffer.from(segment, 'base64url'))) throw new Error('not the same bytes')
+  return other
+}
+
 t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => {
   const app = await build(t)
   const session = await signup(app)
@@ -76,7 +88,10 @@ t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => 
       JSON.stringify(claims).replace(/}$/, ',"roles":["user","admin"]}'))],
     ['whitespace in the JSON', signRaw(
       JSON.stringify({ alg: 'HS256', typ: 'at+jwt', kid: kidFor(TEST_SECRET) }, null, 1), JSON.stringify(claims))],
-    ['10 KB token', forgeToken({ ...claims, padding: 'x'.repeat(10_000) })]
+    ['10 KB token', forgeToken({ ...claims, padding: 'x'.repeat(10_000) })],
+    // The same bytes, so the same valid HMAC: only the last character's unused bits differ.
+    ['the signature spelled a second way', `${realHeader}.${realPayload}.${respelled(realSignature!)}`],
+    ['the payload spelled a second way', `${realHeader}.${respelled(realPayload!)}.${realSignature}`]
   ]
   for (const [label, token] of cases) {
     const response = await app.inject({ url: '/auth/me', headers: bearer(token) })

@@ -17,7 +17,7 @@ import {
   CLOCK_TOLERANCE_SECONDS,
   MAX_ACCESS_TOKEN_LENGTH,
   REQUIRED_CLAIMS,
-  hasCanonicalJson,
+  isCanonicalToken,
   kidFor,
   readAccessClaims,
   type AuthenticatedUser
@@ -106,7 +106,7 @@ function authenticate (request: Request, response: Response, next: NextFunction)
     const user = REQUIRED_CLAIMS.every((claim) => payload[claim] !== undefined)
       ? readAccessClaims(payload, Math.floor(Date.now() / 1000))
       : undefined
-    if (!user || !hasCanonicalJson(token)) return refuse(response, 401, 'invalid_token')
+    if (!user || !isCanonicalToken(token)) return refuse(response, 401, 'invalid_token')
     request.user = user
     next()
   })

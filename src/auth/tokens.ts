@@ -39,13 +39,19 @@ export function accessTokenPayload (user: { id: string, roles: Role[] }, session
 export const MAX_ACCESS_TOKEN_LENGTH = 4096
 
 /**
- * True when header and payload are exactly what JSON.stringify writes, as our signer does. This
- * refuses duplicate claim names (RFC 7519 §4 asks to reject them or take the last; a verifier
- * and a logger taking different ones is an attack) along with any other hand-made encoding.
+ * True when the token is spelled exactly as our signer spells it: each segment canonical base64url
+ * (the last character's unused bits zero, so no token has a second spelling that verifies alike:
+ * RFC 7515 §2, RFC 4648 §3.5), and header and payload exactly what JSON.stringify writes. The JSON
+ * check refuses duplicate claim names (RFC 7519 §4 asks to reject them or take the last; a
+ * verifier and a logger taking different ones is an attack) with any other hand-made encoding.
  */
-export function hasCanonicalJson (token: string): boolean {
-  return token.split('.', 2).every((segment) => {
-    const text = Buffer.from(segment, 'base64url').toString()
+export function isCanonicalToken (token: string): boolean {
+  const segments = token.split('.')
+  return segments.length === 3 && segments.every((segment, index) => {
+    const bytes = Buffer.from(segment, 'base64url')
+    if (bytes.toString('base64url') !== segment) return false
+    if (index === 2) return true
+    const text = bytes.toString()
     try {
       return JSON.stringify(JSON.parse(text)) === text
     } catch {

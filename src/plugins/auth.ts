@@ -10,7 +10,7 @@ import {
   MAX_ACCESS_TOKEN_LENGTH,
   REQUIRED_CLAIMS,
   accessTokenPayload,
-  hasCanonicalJson,
+  isCanonicalToken,
   kidFor,
   readAccessClaims,
   type AccessTokenPayload,
@@ -164,7 +164,7 @@ async function authPlugin (app: FastifyInstance) {
       throw invalidToken('The access token is invalid.')
     }
     const user = readAccessClaims(payload, Math.floor(Date.now() / 1000))
-    if (!user || !hasCanonicalJson(token)) throw invalidToken('The access token is invalid.')
+    if (!user || !isCanonicalToken(token)) throw invalidToken('The access token is invalid.')
     request.user = Object.freeze(user)
     verified.remember(token, request.user, ((payload.exp as number) + CLOCK_TOLERANCE_SECONDS) * 1000)
   }))

@@ -93,7 +93,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const { grant_type: grantType, username, password, refresh_token: refreshToken } = request.body
     switch (grantType) {
-      case 'password':
+      case 'password': {
         if (!username || !password) throw invalidRequest('The password grant needs username and password.')
         const email = normaliseEmail(username)
         // Refused before hashing and before counting, as /auth/login refuses them in its schema: no
@@ -102,6 +102,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
           throw apiError(400, 'invalid_grant', 'The email or password is wrong.')
         }
         return app.signInFlows.signIn(request, email, password)
+      }
       case 'refresh_token':
         if (!refreshToken) throw invalidRequest('The refresh_token grant needs refresh_token.')
         return app.signInFlows.refresh(request, refreshToken)
