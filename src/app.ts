@@ -61,9 +61,17 @@ export function censorSecrets (value: unknown, depth = 0): unknown {
 }
 /**
  * Every query value, not only those named like a secret: a client that puts its token under any
- * name (`?authorization=`, `?jwt=`) must not get it logged, and the email filter is personal data.
+ * name (`?authorization=`, `?jwt=`) or under none (`?eyJ…`) must not get it logged, and the email
+ * filter is personal data. Names are kept; a part without `=` is all value.
  */
-const QUERY_VALUE = /([?&][^=&]*=)[^&]*/g
+const QUERY_PART = /([?&])([^=&]*=)?[^&]*/g
+function maskQuery (url: string): string {
+  const start = url.indexOf('?')
+  return start === -1
+    ? url
+    : url.slice(0, start) + url.slice(start).replace(QUERY_PART,
+      (part: string, separator: string, name = '') => part.length > 1 ? `${separator}${name}${CENSORED}` : part)
+}
 
 /**
  * An error for the log, with the error that caused it: Drizzle's "Failed query" alone cannot tell
@@ -93,7 +101,7 @@ function loggerOptions (config: Config, { logStream }: BuildOptions): FastifySer
       err: (error: Error) => serializeError(error),
       req: (request: { method: string, url: string, host?: string, ip?: string }) => ({
         method: request.method,
-        url: request.url.replace(QUERY_VALUE, `$1${CENSORED}`),
+        url: maskQuery(request.url),
         host: request.host,
         remoteAddress: request.ip
       })

@@ -25,6 +25,8 @@ t.test('logs carry security events with user and request ids, and never a secret
   await app.inject({ url: `/auth/me?access_token=${login.access_token}&other=1`, headers: bearer(login.access_token) })
   // A token under any name, where no bearer header carries it.
   await app.inject({ url: `/auth/me?authorization=${login.access_token}&jwt=${login.access_token}` })
+  // And under no name at all, after a named one.
+  await app.inject({ url: `/me/permissions?x=1&${session.access_token}` })
   await app.inject({ method: 'POST', url: '/auth/token', payload: `grant_type=password&username=${email}&password=${TEST_PASSWORD}`, headers: { 'content-type': 'application/x-www-form-urlencoded' } })
   await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
   await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
@@ -36,6 +38,7 @@ t.test('logs carry security events with user and request ids, and never a secret
   }
   t.match(log.text, /access_token=\[redacted\]&other=\[redacted\]/, 'query values are masked, their names kept')
   t.match(log.text, /authorization=\[redacted\]&jwt=\[redacted\]/, 'whatever the name')
+  t.match(log.text, /"url":"\/me\/permissions\?x=\[redacted\]&\[redacted\]"/, 'or with no name')
 
   const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
   const event = (name: string) => lines.find((line) => line.event === name)
