@@ -298,7 +298,7 @@ function readKeptSecret (secretFile: string): string | undefined {
 export function keepSecret (secretFile: string, secret: string): string {
   const draft = `${secretFile}.${process.pid}-${randomBytes(6).toString('hex')}`
   try {
-    mkdirSync(dirname(secretFile), { recursive: true })
+    mkdirSync(dirname(secretFile), { recursive: true, mode: 0o700 })
     writeFileSync(draft, secret + '\n', { mode: 0o600, flag: 'wx' })
     linkSync(draft, secretFile)
     return secret

@@ -95,6 +95,11 @@ t.test('the app starts on an empty data folder and migrates', async (t) => {
   t.same(await app.database.query('pragma foreign_keys'), [{ foreign_keys: 1 }])
   const signup = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email: 'a@example.com', password: 'a long enough password' } })
   t.equal(signup.statusCode, 201)
+  // Password hashes and emails live here: no other local user may read them, whatever the umask.
+  t.equal(statSync(join(dir, 'fresh')).mode & 0o777, 0o700, 'the folder it created')
+  for (const file of [dbFile, `${dbFile}-wal`, `${dbFile}-shm`, join(dir, 'fresh', 'jwt-secret')]) {
+    t.equal(statSync(file).mode & 0o777, 0o600, file.slice(dir.length))
+  }
 })
 
 /** `npm start` with this environment, expected to refuse to start: its exit status and stderr. */

@@ -2,7 +2,7 @@ import Sqlite from 'better-sqlite3'
 import { sql } from 'drizzle-orm'
 import { drizzle } from 'drizzle-orm/better-sqlite3'
 import { migrate } from 'drizzle-orm/better-sqlite3/migrator'
-import { mkdirSync } from 'node:fs'
+import { closeSync, mkdirSync, openSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { sqlitePath } from '../../config.ts'
 import { MIGRATIONS, errorCode, type Database, type Db, type Tables } from '../index.ts'
@@ -21,7 +21,12 @@ import * as sqliteSchema from './schema.ts'
  */
 export function openSqlite (databaseUrl: string): Database {
   const path = sqlitePath(databaseUrl)
-  if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
+  if (path !== ':memory:') {
+    // It holds password hashes and emails: only the server's user may read it. SQLite gives the
+    // -wal and -shm files the database file's mode; an existing file keeps the mode it has.
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
+    closeSync(openSync(path, 'a', 0o600))
+  }
   const sqlite = new Sqlite(path)
   try {
     sqlite.pragma('journal_mode = WAL')
