@@ -6,6 +6,7 @@ import { createConnection, createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
+import { refuseReadOnly } from '../src/db/sqlite/open.ts'
 import { TEST_PASSWORD, build, freshPostgresUrl, signup } from './helper.ts'
 import { POSTGRES_URL, REDIS_URL, postgresReachable, redisReachable } from './services.ts'
 
@@ -75,6 +76,34 @@ t.test('SQLite: a write another process holds the lock against answers 503, then
 
   other.exec('ROLLBACK')
   t.equal((await login(app, session.user.email)).statusCode, 200)
+})
+
+t.test('SQLite: a database that turns read-only answers 503, and one that is read-only at start stops it', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  const app = await build(t, { DATABASE_URL: `file:${file}` })
+  const session = await signup(app)
+  // What a remount read-only does to the open connection.
+  await app.database.query('pragma query_only = 1')
+  const refused = await login(app, session.user.email)
+  t.equal(refused.statusCode, 503, 'not 500: the request may be retried')
+  t.equal(refused.json().code, 'database_unavailable')
+  t.equal(refused.headers['retry-after'], '5')
+  await app.database.query('pragma query_only = 0')
+  t.equal((await login(app, session.user.email)).statusCode, 200)
+
+  // The start's probe: a connection that may only read is refused, one whose writer is busy is not.
+  const readOnly = new Database(file, { readonly: true })
+  t.teardown(() => readOnly.close())
+  t.throws(() => refuseReadOnly(readOnly), /this process may read the database but not write it \(attempt to write a readonly database\)/)
+  t.equal(readOnly.inTransaction, false, 'and leaves no transaction open')
+  const writer = new Database(file)
+  const other = new Database(file)
+  t.teardown(() => { writer.close(); other.close() })
+  other.pragma('busy_timeout = 10')
+  writer.exec('BEGIN IMMEDIATE')
+  t.doesNotThrow(() => refuseReadOnly(other), 'another process holding the write lock proves nothing')
+  writer.exec('ROLLBACK')
+  t.doesNotThrow(() => refuseReadOnly(other))
 })
 
 const onPostgres = { skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`, timeout: 60_000 }

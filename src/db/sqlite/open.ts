@@ -19,13 +19,43 @@ import * as sqliteSchema from './schema.ts'
  * BEGIN IMMEDIATE … COMMIT inside that queue. Each statement takes microseconds, so the queue
  * costs little; SQLite has a single writer anyway.
  */
+/**
+ * Errors of the database's state, not of the request (with their extended codes): another process
+ * held the write lock past the busy timeout, the file became read-only (a remount), the disk is
+ * full or failing, the file is gone. The request answers 503 and may be retried.
+ */
+const UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|READONLY|FULL|IOERR|CANTOPEN)/
+
+/**
+ * Stops the start when this process may read the database but not write it (a file of another
+ * user, mode 0444): migrations write nothing once the schema is current, so the server would
+ * otherwise start healthy and fail every signup and sign-in. The probe rewrites a header field
+ * with its own value and rolls back; another process holding the write lock proves nothing.
+ */
+export function refuseReadOnly (sqlite: Sqlite.Database): void {
+  const version = sqlite.pragma('user_version', { simple: true }) as number
+  try {
+    sqlite.exec(`BEGIN IMMEDIATE; PRAGMA user_version = ${version}; ROLLBACK`)
+  } catch (error) {
+    if (sqlite.inTransaction) sqlite.exec('ROLLBACK')
+    if (/^SQLITE_READONLY/.test(String(errorCode(error)))) {
+      throw new Error(`this process may read the database but not write it (${(error as Error).message})`)
+    }
+    if (!/^SQLITE_BUSY/.test(String(errorCode(error)))) throw error
+  }
+}
+
 export function openSqlite (databaseUrl: string): Database {
   const path = sqlitePath(databaseUrl)
   if (path !== ':memory:') {
     // It holds password hashes and emails: only the server's user may read it. SQLite gives the
     // -wal and -shm files the database file's mode; an existing file keeps the mode it has.
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
-    closeSync(openSync(path, 'a', 0o600))
+    try {
+      closeSync(openSync(path, 'wx', 0o600))
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
+    }
   }
   const sqlite = new Sqlite(path)
   try {
@@ -36,6 +66,7 @@ export function openSqlite (databaseUrl: string): Database {
     sqlite.pragma('foreign_keys = ON')
     const drizzleDb = drizzle(sqlite, { schema: sqliteSchema })
     migrate(drizzleDb, { migrationsFolder: join(MIGRATIONS, 'sqlite') })
+    refuseReadOnly(sqlite)
     const probe = sqlite.prepare('select 1')
     let queue: Promise<unknown> = Promise.resolve()
     const inTurn = <T>(call: () => Promise<T>): Promise<T> => {
@@ -67,8 +98,7 @@ export function openSqlite (databaseUrl: string): Database {
         contains: (text, part) => sql`instr(${text}, ${part}) > 0`,
         isUniqueViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_UNIQUE',
         isForeignKeyViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_FOREIGNKEY',
-        // Another process held the write lock past the busy timeout (SQLITE_BUSY, SQLITE_BUSY_*).
-        isUnavailable: (error) => /^SQLITE_(BUSY|LOCKED)/.test(String(errorCode(error)))
+        isUnavailable: (error) => UNAVAILABLE.test(String(errorCode(error)))
       },
       async ping () { probe.get() },
       async query (text, params = []) {
