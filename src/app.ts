@@ -12,7 +12,7 @@ import rateLimits from './plugins/rate-limits.ts'
 import security, { API_RESPONSE_HEADERS } from './plugins/security.ts'
 import signInFlows from './plugins/sign-in-flows.ts'
 import validation from './plugins/validation.ts'
-import errors, { errorBody } from './plugins/errors.ts'
+import errors, { clientErrorHandler, errorBody } from './plugins/errors.ts'
 import gracefulClose from './plugins/graceful-close.ts'
 import { QUERY_PARAMETERS } from './errors.ts'
 import clothesRepository from './repositories/clothes.ts'
@@ -125,6 +125,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     return503OnClosing: false,
     // A URL the router cannot decode (`/%zz`) is refused before any hook runs: answered in the
     // contract's shape, with the API's security headers.
+    clientErrorHandler,
     frameworkErrors: (_error, _request, reply) => (reply as FastifyReply).code(400).headers(API_RESPONSE_HEADERS)
       .send(errorBody(400, 'invalid_request', 'The URL cannot be decoded.'))
   }).withTypeProvider<TypeBoxTypeProvider>()

@@ -2,7 +2,9 @@ import { HttpError } from '@fastify/sensible'
 import type { FastifyError, FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
 import { bearerChallenge } from './auth.ts'
+import { API_RESPONSE_HEADERS } from './security.ts'
 
 /** The contract's code for errors Fastify raises itself; anything else falls back by status. */
 const FASTIFY_CODES: Record<string, string> = {
@@ -71,6 +73,36 @@ export const DATABASE_UNAVAILABLE = { message: 'The database is unavailable; try
 /** The database could not serve this request (an error of its driver, never one of ours). */
 export const isDatabaseUnavailable = (app: FastifyInstance, error: FastifyError) =>
   !(error instanceof HttpError) && !error.validation && (app.database?.dialect.isUnavailable(error) ?? false)
+
+/** Node's HTTP parser refused the request before Fastify saw it: which answer that gets. */
+function clientErrorAnswer (error: Error & { code?: string }): ErrorBody {
+  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') return errorBody(408, 'request_timeout', 'The request took too long to arrive.')
+  if (error.code === 'HPE_HEADER_OVERFLOW') return errorBody(431, 'headers_too_large', 'The request headers are too large.')
+  return errorBody(400, 'invalid_request', 'The request is not valid HTTP (a malformed header or Content-Length, say).')
+}
+
+/**
+ * Fastify's clientErrorHandler: the same shape and security headers as every other answer, where
+ * Fastify's default writes `{"message":"Client Error"}` with neither. The connection then closes,
+ * as after any request the parser could not read.
+ */
+export function clientErrorHandler (error: Error & { code?: string }, socket: Socket): void {
+  // A reset connection has nobody left to answer.
+  if (error.code === 'ECONNRESET' || socket.destroyed) return
+  if (socket.writable) {
+    const body = clientErrorAnswer(error)
+    const payload = JSON.stringify(body)
+    const headers = {
+      ...API_RESPONSE_HEADERS,
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': String(Buffer.byteLength(payload)),
+      connection: 'close'
+    }
+    const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}`).join('\r\n')
+    socket.write(`HTTP/1.1 ${body.statusCode} ${body.error}\r\n${head}\r\n\r\n${payload}`)
+  }
+  socket.destroy()
+}
 
 async function errorsPlugin (app: FastifyInstance) {
   app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {

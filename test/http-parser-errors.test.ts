@@ -1,0 +1,53 @@
+// Requests Node's HTTP parser refuses before Fastify sees them still get the contract's shape and
+// the API's security headers, over a real socket (app.inject() never goes through the parser).
+import { connect } from 'node:net'
+import t from 'tap'
+import { build } from './helper.ts'
+
+/** Sends raw bytes and resolves with everything the server writes before closing. */
+function exchange (port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => socket.write(request))
+    let answer = ''
+    socket.setEncoding('utf8')
+    socket.on('data', (chunk: string) => { answer += chunk })
+    socket.on('close', () => resolve(answer))
+    socket.on('error', reject)
+  })
+}
+
+function parse (answer: string) {
+  const [head = '', body = ''] = answer.split('\r\n\r\n')
+  const [statusLine, ...lines] = head.split('\r\n')
+  const headers = Object.fromEntries(lines.map((line) => {
+    const colon = line.indexOf(':')
+    return [line.slice(0, colon).toLowerCase(), line.slice(colon + 1).trim()]
+  }))
+  return { statusLine, headers, body: JSON.parse(body) as unknown }
+}
+
+t.test('requests the HTTP parser refuses answer in the contract\'s shape, with the security headers', async (t) => {
+  const app = await build(t)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+
+  const cases: Array<[string, string, number, string]> = [
+    ['a Content-Length that is no number',
+      'POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: abc\r\n\r\n{}', 400, 'invalid_request'],
+    ['a header line that is no header', 'GET /health HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n', 400, 'invalid_request'],
+    ['headers past the 16 KiB limit (a huge Authorization)',
+      `GET /me/permissions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large']
+  ]
+  for (const [name, request, status, code] of cases) {
+    const answer = parse(await exchange(port, request))
+    t.match(answer.statusLine, new RegExp(`^HTTP/1\\.1 ${status} `), name)
+    t.match(answer.body, { statusCode: status, code }, name)
+    t.same(Object.keys(answer.body as object).sort(), ['code', 'error', 'message', 'statusCode'], `${name}: nothing else`)
+    t.equal(answer.headers['x-content-type-options'], 'nosniff', `${name}: security headers`)
+    t.equal(answer.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'", name)
+    t.equal(answer.headers.connection, 'close', name)
+    t.equal(Number(answer.headers['content-length']), Buffer.byteLength(JSON.stringify(answer.body)), `${name}: exact length`)
+  }
+  // The server goes on serving.
+  t.match(await exchange(port, 'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /)
+})
