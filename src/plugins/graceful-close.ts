@@ -14,21 +14,15 @@ const openConnections = (server: Server) =>
  * SIGTERM while a load balancer's connections are busy). It stops accepting connections but,
  * unlike http.Server.close(), does not drop the idle ones at once: an idle connection's next
  * request may already be on its way, and dropping it answers that client ECONNRESET, with no way
- * to know whether its request ran. Instead every answer given from then on says
- * `Connection: close` (a request arriving meanwhile is answered, not refused: buildApp turns
- * Fastify's 503 off), so each client moves to a new connection, to another instance. After
+ * to know whether its request ran. Instead each request arriving on an open connection meanwhile
+ * is answered (buildApp turns Fastify's bare 503 off) with `Connection: close`, which Fastify adds
+ * once closing has begun, so each client moves to a new connection, to another instance. After
  * DRAIN_MS the connections still open are closed as soon as they are idle, so none holds the
  * close open until its keep-alive timeout.
  */
 async function gracefulClosePlugin (app: FastifyInstance) {
-  let closing = false
   let closeIdle: NodeJS.Timeout | undefined
-  app.addHook('onSend', (_request, reply, _payload, done) => {
-    if (closing) reply.header('connection', 'close')
-    done()
-  })
   app.addHook('preClose', async () => {
-    closing = true
     if (!app.server.listening) return
     Server.prototype.close.call(app.server)
     const until = Date.now() + DRAIN_MS
