@@ -176,6 +176,6 @@ t.test('the CLI tools say in one line why a database cannot be opened', async (t
   }
   t.match(runs[0]!.stderr, /^Cannot open the database at postgres:\/\/postgres@127\.0\.0\.1:1\/gatehouse: connect ECONNREFUSED/)
   t.match(runs[1]!.stderr, /^Cannot open the database at postgres:\/\/postgres@127\.0\.0\.1:1\/gatehouse/)
-  t.match(runs[2]!.stderr, /DATABASE_URL must be postgres:\/\/… \(or postgresql:\/\/…\) for PostgreSQL, or file:PATH or a path for SQLite \(got a "postgress:\/\/" URL\)/)
+  t.match(runs[2]!.stderr, /DATABASE_URL must be postgres:\/\/… \(or postgresql:\/\/…\) for PostgreSQL, or file:PATH or a path for SQLite \(got a "postgress:" URL that is neither\)/)
   t.notOk(existsSync(join(ROOT, 'postgress:')), 'no SQLite file named after the typo')
 })
