@@ -123,8 +123,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     // A request arriving on an open connection while the server closes is answered, not refused
     // with a bare 503: its answer tells the client to close the connection (graceful-close.ts).
     return503OnClosing: false,
-    // A URL the router cannot decode (`/%zz`) is refused before any hook runs: answered in the
-    // contract's shape, with the API's security headers.
+    // A request Node's HTTP parser refuses, and a URL the router cannot decode (`/%zz`), are
+    // answered before any hook runs: in the contract's shape, with the API's security headers.
     clientErrorHandler,
     frameworkErrors: (_error, _request, reply) => (reply as FastifyReply).code(400).headers(API_RESPONSE_HEADERS)
       .send(errorBody(400, 'invalid_request', 'The URL cannot be decoded.'))

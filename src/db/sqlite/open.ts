@@ -9,17 +9,6 @@ import { MIGRATIONS, errorCode, type Database, type Db, type Tables } from '../i
 import * as sqliteSchema from './schema.ts'
 
 /**
- * SQLite in WAL mode (readers never wait for the writer), with a busy timeout (a write waits a
- * moment for another process's instead of failing at once) and foreign keys enforced; migrations
- * applied.
- *
- * better-sqlite3 is synchronous and one connection serves every request, so an atomic section
- * that awaits between its statements must not let another request's statement in: every
- * repository call runs through one queue (`serialise`), and `atomic` wraps its work in
- * BEGIN IMMEDIATE … COMMIT inside that queue. Each statement takes microseconds, so the queue
- * costs little; SQLite has a single writer anyway.
- */
-/**
  * Errors of the database's state, not of the request (with their extended codes): another process
  * held the write lock past the busy timeout, the file became read-only (a remount), the disk is
  * full or failing, the file is gone. The request answers 503 and may be retried.
@@ -45,6 +34,17 @@ export function refuseReadOnly (sqlite: Sqlite.Database): void {
   }
 }
 
+/**
+ * SQLite in WAL mode (readers never wait for the writer), with a busy timeout (a write waits a
+ * moment for another process's instead of failing at once) and foreign keys enforced; migrations
+ * applied.
+ *
+ * better-sqlite3 is synchronous and one connection serves every request, so an atomic section
+ * that awaits between its statements must not let another request's statement in: every
+ * repository call runs through one queue (`serialise`), and `atomic` wraps its work in
+ * BEGIN IMMEDIATE … COMMIT inside that queue. Each statement takes microseconds, so the queue
+ * costs little; SQLite has a single writer anyway.
+ */
 export function openSqlite (databaseUrl: string): Database {
   const path = sqlitePath(databaseUrl)
   if (path !== ':memory:') {
