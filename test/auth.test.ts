@@ -154,12 +154,14 @@ t.test('no response body contains a password or its hash', async (t) => {
 
 t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
   const app = await build(t)
-  const cases: Array<[string, string | undefined, string, number, string]> = [
+  const cases: Array<[string, string | undefined, string | Buffer, number, string]> = [
     ['broken JSON', 'application/json', '{"email":', 400, 'invalid_body'],
     ['empty JSON body', 'application/json', '', 400, 'invalid_body'],
     ['__proto__ key', 'application/json', '{"email":"a@example.com","password":"long enough!","__proto__":{"roles":["admin"]}}', 400, 'invalid_body'],
     ['constructor.prototype key', 'application/json', '{"email":"a@example.com","password":"long enough!","constructor":{"prototype":{}}}', 400, 'invalid_body'],
     ['JSON array', 'application/json', '[]', 400, 'validation_error'],
+    // Node would decode the Latin-1 é to U+FFFD, and the account's password would be another.
+    ['not UTF-8', 'application/json', Buffer.from('{"email":"latin1@example.com","password":"caf\xe9 au lait!"}', 'latin1'), 400, 'invalid_body'],
     ['text body', 'text/plain', 'hello', 415, 'unsupported_media_type']
   ]
   for (const [label, contentType, body, status, code] of cases) {
@@ -176,6 +178,24 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
   const unknownRoute = await app.inject({ method: 'GET', url: '/nope' })
   t.equal(unknownRoute.statusCode, 404)
   t.equal(unknownRoute.json().code, 'not_found')
+})
+
+t.test('a signup body that is not UTF-8 stores nothing; UTF-8 names and passwords arrive intact', async (t) => {
+  const app = await build(t)
+  const latin1 = (text: string) => Buffer.from(JSON.stringify({ email: 'zoe@example.com', password: 'crème brûlée 42', ...JSON.parse(text) }), 'latin1')
+  for (const [label, payload] of [['Latin-1 password', latin1('{}')], ['Latin-1 name', latin1('{"password":"long enough!!","name":"Zoë"}')]] as const) {
+    const response = await app.inject({ method: 'POST', url: '/auth/signup', headers: { 'content-type': 'application/json' }, payload })
+    t.equal(response.statusCode, 400, label)
+    t.same(response.json(), { statusCode: 400, error: 'Bad Request', message: 'The body is not valid UTF-8.', code: 'invalid_body' }, label)
+  }
+  t.equal(await dbCount(app, 'select count(*) as n from users where email = ?', 'zoe@example.com'), 0, 'no account was made')
+
+  const utf8 = Buffer.from(JSON.stringify({ email: 'zoe@example.com', password: 'crème brûlée 42', name: 'Zoë' }))
+  const created = await app.inject({ method: 'POST', url: '/auth/signup', headers: { 'content-type': 'application/json' }, payload: utf8 })
+  t.equal(created.statusCode, 201)
+  t.equal(created.json().user.name, 'Zoë')
+  const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: 'zoe@example.com', password: 'crème brûlée 42' } })
+  t.equal(login.statusCode, 200)
 })
 
 t.test('GET /health checks the database', async (t) => {

@@ -109,6 +109,31 @@ t.test('password length counts characters alike on /auth/login and /auth/token',
   t.equal(response.statusCode, 200, '100 emoji are 100 characters, though 200 UTF-16 units')
 })
 
+t.test('a form body must be UTF-8, raw or escaped: never decoded into another password', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const password = 'pässwörd über alles'
+  await signup(app, email, password)
+  const head = `grant_type=password&username=${encodeURIComponent(email)}&password=`
+  const utf8 = await app.inject({ method: 'POST', url: '/auth/token', headers: FORM, payload: head + encodeURIComponent(password) })
+  t.equal(utf8.statusCode, 200, 'escaped UTF-8 is the password')
+  const raw = await app.inject({ method: 'POST', url: '/auth/token', headers: FORM, payload: Buffer.from(head + password) })
+  t.equal(raw.statusCode, 200, 'unescaped UTF-8 (curl --data) is the password too')
+
+  const latin1 = Buffer.from(password, 'latin1')
+  const cases: Array<[string, string | Buffer]> = [
+    ['a Latin-1 escape (%E4)', head + [...latin1].map((byte) => `%${byte.toString(16).padStart(2, '0')}`).join('')],
+    ['a raw Latin-1 byte', Buffer.concat([Buffer.from(head), latin1])],
+    ['a broken escape', `${head}100%`]
+  ]
+  for (const [label, payload] of cases) {
+    const response = await app.inject({ method: 'POST', url: '/auth/token', headers: FORM, payload })
+    t.equal(response.statusCode, 400, label)
+    t.equal(response.json().error, 'invalid_request', label)
+    t.match(response.json().error_description, /UTF-8/, label)
+  }
+})
+
 t.test('a password grant whose username is no email is refused before hashing and counts against nothing', async (t) => {
   const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '1' })
   // Each distinct username would otherwise hold a window of the per-account limit in memory.

@@ -1,7 +1,8 @@
 import { Ajv } from 'ajv'
 import addFormats from 'ajv-formats'
-import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import type { FastifyBodyParser, FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import fp from 'fastify-plugin'
+import { isUtf8 } from 'node:buffer'
 import { apiError } from '../errors.ts'
 
 declare module 'fastify' {
@@ -23,6 +24,8 @@ async function validationPlugin (app: FastifyInstance) {
   const textParts = addFormats.default(new Ajv({ ...common, coerceTypes: 'array' }))
   app.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodies : textParts).compile(schema))
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Body(app.getDefaultJsonParser('error', 'error')))
   app.addHook('onRoute', (route) => {
     const takesBody = [route.method].flat().some((method) => BODY_METHODS.has(method))
     if (takesBody && (!route.schema?.body || route.config?.bodyOptional)) {
@@ -54,6 +57,17 @@ const ACCESS_CHECKS = new WeakSet<object>()
 export function accessCheck<T extends object> (handler: T): T {
   ACCESS_CHECKS.add(handler)
   return handler
+}
+
+/**
+ * A body parser that first refuses a body which is not UTF-8 (JSON: RFC 8259 §8.1; forms: the
+ * WHATWG URL standard). Node's decoding would quietly turn each bad byte into U+FFFD, and a name
+ * or password would be stored or hashed as something the client never sent.
+ */
+export function utf8Body (parse: FastifyBodyParser<string>): FastifyBodyParser<Buffer> {
+  return (request, body, done) => isUtf8(body)
+    ? parse(request, body.toString(), done)
+    : done(apiError(400, 'invalid_body', 'The body is not valid UTF-8.'), undefined)
 }
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])

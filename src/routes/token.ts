@@ -1,12 +1,13 @@
-import formbody from '@fastify/formbody'
 import { HttpError } from '@fastify/sensible'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import type { FastifyError } from 'fastify'
+import { parse as parseQuerystring } from 'fast-querystring'
+import type { FastifyBodyParser, FastifyError } from 'fastify'
 import { Type } from 'typebox'
 import { looksLikeEmail, normaliseEmail } from '../auth/email.ts'
 import { PASSWORD_MAX_LENGTH, characterCount } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import { DATABASE_UNAVAILABLE, isDatabaseUnavailable } from '../plugins/errors.ts'
+import { utf8Body } from '../plugins/validation.ts'
 import { SessionResponse } from '../schemas/common.ts'
 
 const Parameter = Type.Optional(Type.String({ maxLength: 4096 }))
@@ -57,9 +58,23 @@ function toOAuthError (error: FastifyError): { status: number, body: { error: st
 
 const invalidRequest = (description: string) => apiError(400, 'invalid_request', description)
 
+/**
+ * application/x-www-form-urlencoded, parsed as @fastify/formbody does (fast-querystring) but
+ * strictly: an escape that is not UTF-8 (`%E9`, a Latin-1 é) is refused, where fast-querystring
+ * would keep the three characters `%E9` as the password.
+ */
+const parseForm: FastifyBodyParser<string> = (_request, text, done) => {
+  try {
+    decodeURIComponent(text.replaceAll('+', ' '))
+  } catch {
+    return done(apiError(400, 'invalid_body', 'The form body has an escape that is not UTF-8.'), undefined)
+  }
+  done(null, parseQuerystring(text))
+}
+
 const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
   // Only the token endpoint takes form bodies (what Postman and Swagger UI send).
-  await app.register(formbody)
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'buffer' }, utf8Body(parseForm))
 
   app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {
     if (isDatabaseUnavailable(app, error)) {
