@@ -5,6 +5,7 @@ import t from 'tap'
 import { buildApp } from '../src/app.ts'
 import { ConfigError, keepSecret, loadConfig, parseDuration } from '../src/config.ts'
 import { TEST_SECRET } from './helper.ts'
+import { REDIS_URL, redisReachable } from './services.ts'
 
 t.test('defaults match the contract', async (t) => {
   const dir = t.testdir()
@@ -194,6 +195,16 @@ t.test('a port already in use stops the start with one line on stderr, whatever 
     t.equal(result.status, 1, level)
     t.match(result.stderr, new RegExp(`^Gatehouse could not start: listen EADDRINUSE: address already in use 127\\.0\\.0\\.1:${port}\\n$`), level)
   }
+})
+
+t.test('a REDIS_URL that Redis refuses (a database number it does not have) stops the start', {
+  skip: await redisReachable() ? false : `Redis is not reachable at ${REDIS_URL} (.ci/run starts it)`
+}, async (t) => {
+  const missingDatabase = new URL(REDIS_URL)
+  missingDatabase.pathname = '/99' // Redis has 16 by default: ioredis would quietly use database 0
+  const result = failedStart({ DATABASE_URL: ':memory:', PORT: '0', REDIS_URL: missingDatabase.href })
+  t.equal(result.status, 1)
+  t.equal(result.stderr, 'Gatehouse could not start: Redis refused REDIS_URL: ERR DB index is out of range\n')
 })
 
 t.test('a migration the database refuses is reported with the database\'s reason, not the statement', async (t) => {

@@ -154,6 +154,24 @@ function storeWithFallback (primary: FastifyRateLimitStore, fallback: FastifyRat
   }
 }
 
+/**
+ * Waits for Redis's first answer (at most its connect timeout). A Redis that cannot be reached is
+ * no reason not to start (the limits fall back to memory until it can), but one that refuses
+ * REDIS_URL is: a database number it does not have is only an 'error' event to ioredis, which then
+ * shares database 0 with whatever else uses it.
+ */
+function refuseRedisReply (redis: Redis): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const settle = (error?: Error) => {
+      redis.off('ready', settle).off('error', settle)
+      if (error?.name !== 'ReplyError') return resolve()
+      redis.disconnect()
+      reject(new Error(`Redis refused REDIS_URL: ${error.message}`))
+    }
+    redis.on('ready', settle).on('error', settle)
+  })
+}
+
 async function rateLimitsPlugin (app: FastifyInstance) {
   const { rateLimit: limits, redisUrl } = app.config
   const outage = outageLog(app.log)
@@ -164,6 +182,7 @@ async function rateLimitsPlugin (app: FastifyInstance) {
     ? new (await import('ioredis')).Redis(redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000, commandTimeout: 500 })
     : undefined
   if (redis) {
+    await refuseRedisReply(redis)
     // Connection errors surface through outageLog when a limit is checked; ioredis stays quiet.
     redis.on('error', () => {})
     app.addHook('onClose', async () => { redis.disconnect() })
