@@ -36,7 +36,15 @@ t.test('every registered route is documented with its security requirement', asy
       t.same(operation.security, [], `${route.method} ${route.url} is public`)
     }
     t.ok(Object.keys(operation.responses).some((status) => status.startsWith('2')), `${route.method} ${route.url} documents its success`)
-    if (route.url.startsWith('/auth')) t.ok(operation.responses['429'], `${route.method} ${route.url} documents 429`)
+    if (route.url.startsWith('/auth')) t.ok(operation.responses['429']?.headers?.['Retry-After'], `${route.method} ${route.url} documents 429 and its Retry-After`)
+    if (operation.responses['401']) t.ok(operation.responses['401'].headers?.['WWW-Authenticate'], `${route.method} ${route.url} documents the 401 challenge`)
+    // Only the stateless route never reads the database (its answer comes from the token alone).
+    if (route.url === '/me/permissions') t.notOk(operation.responses['503'], `${route.method} ${route.url} never answers 503`)
+    else t.ok(operation.responses['503']?.headers?.['Retry-After'], `${route.method} ${route.url} documents 503 and its Retry-After`)
+    t.match(operation.operationId, /^[a-z]+[A-Za-z]+$/, `${route.method} ${route.url} has an operationId`)
+    for (const [status, answer] of Object.entries(operation.responses as Record<string, { description: string }>)) {
+      t.not(answer.description, 'Default Response', `${route.method} ${route.url} ${status} says what it is`)
+    }
     for (const [status, answer] of Object.entries(operation.responses as Record<string, { description: string }>)) {
       if (Number(status) >= 400) t.match(answer.description, /\b[a-z]+_[a-z_]+\b/, `${route.method} ${route.url} ${status} names its error codes`)
     }
@@ -52,6 +60,8 @@ t.test('every registered route is documented with its security requirement', asy
   t.match(described('/admin/users', 'get', 400), /invalid_cursor/)
   t.match(described('/admin/users/{id}', 'delete', 409), /last_admin/)
   t.match(described('/videos/{id}', 'patch', 403), /forbidden/)
+  t.ok(document.paths['/videos/{id}'].patch.responses['403'].headers['WWW-Authenticate'], 'forbidden comes with insufficient_scope')
+  t.notOk(document.paths['/auth/login'].post.responses['403'].headers, 'user_disabled comes with no challenge')
   t.match(described('/videos/{id}', 'patch', 404), /not_found/)
   t.match(described('/auth/token', 'post', 413), /invalid_request/, 'the token endpoint keeps its RFC 6749 codes')
   t.notMatch(described('/auth/token', 'post', 413), /payload_too_large/)
@@ -67,6 +77,11 @@ t.test('every registered route is documented with its security requirement', asy
     .flatMap(([path, operations]) => Object.keys(operations).map((method) => `${method.toUpperCase()} ${path}`))
   const registered = new Set(apiRoutes.map((route) => `${route.method} ${toOpenApiPath(route.url)}`))
   t.same(documented.filter((operation) => !registered.has(operation)), [], 'nothing documented that does not exist')
+  const operationIds = Object.values(document.paths as Record<string, Record<string, { operationId: string }>>)
+    .flatMap((operations) => Object.values(operations).map((operation) => operation.operationId))
+  t.equal(new Set(operationIds).size, operationIds.length, 'operationIds are unique')
+  t.equal(document.paths['/admin/users/{id}'].patch.operationId, 'patchAdminUsersById')
+  t.same(document.servers, [{ url: '/' }], 'generated clients call the server that serves the document')
 })
 
 t.test('Swagger UI is served at /docs', async (t) => {

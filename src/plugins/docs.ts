@@ -2,9 +2,17 @@ import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import type { FastifyInstance, FastifySchema, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
+import { STATUS_CODES } from 'node:http'
 import { createRequire } from 'node:module'
 import { ErrorResponse } from '../schemas/common.ts'
 import { isGuardedRoute } from './authorization.ts'
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Declares a route that never reads the database: the OpenAPI document lists no 503 for it. */
+    database?: false
+  }
+}
 
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string }
 
@@ -21,6 +29,7 @@ cannot be reached (the token endpoint: \`temporarily_unavailable\`).`
 const SWAGGER_LOGO_STYLE_HASH = 'sha256-RL3ie0nH+Lzz2YNqQN83mnU0J1ot4QL7b99vMdIX99w='
 
 type Schema = Record<string, unknown> & {
+  operationId?: string
   response?: Record<string, unknown>
   body?: unknown
   params?: unknown
@@ -33,13 +42,31 @@ const GENERIC_ERRORS: Record<number, string> = {
   404: 'No such resource: not_found'
 }
 
+const challenge = (description: string) => ({ 'WWW-Authenticate': { type: 'string', description } })
+const retryAfter = (description: string) => ({ 'Retry-After': { type: 'integer', description } })
+/** Headers the contract puts on an answer of this status, wherever it comes from. */
+const STATUS_HEADERS: Record<number, Record<string, unknown>> = {
+  401: challenge('Bearer challenge (RFC 6750 §3), with error= for a token that failed'),
+  429: retryAfter('Seconds until a request may succeed'),
+  503: retryAfter('Seconds until the database is worth trying again')
+}
+const GUARDED_HEADERS: Record<number, Record<string, unknown>> = {
+  403: challenge('Bearer error="insufficient_scope": the roles do not grant it')
+}
+
+/** `POST /admin/users/:id` → `postAdminUsersById`: a name for generated clients' methods. */
+const operationIdOf = (method: string, url: string) => method.toLowerCase() + url.split('/').filter(Boolean)
+  .map((part) => part.startsWith(':') ? `By${part[1]!.toUpperCase()}${part.slice(2)}` : part[0]!.toUpperCase() + part.slice(1))
+  .join('')
+
 /** Guarded routes take a bearer token, which Swagger UI gets from the oauth2 password flow. */
 const BEARER_SECURITY = [{ bearerAuth: [] }, { oauth2: [] }]
 
 /**
  * What every route shares, documented once from its access policy rather than repeated in each
- * route: its security requirement, and the answers it can give besides its own (validation 400,
- * 413/415 for bodies, 401 when guarded, 429 under /auth).
+ * route: its security requirement, its operationId, and the answers it can give besides its own
+ * (validation 400, 413/415 for bodies, 401 when guarded, 429 under /auth, 503 when it reads the
+ * database), with the headers that come with them.
  */
 function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean): Schema {
   const response = { ...schema.response }
@@ -61,11 +88,22 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
   }
   if (isGuarded) add(401, 'No, invalid or expired bearer token: missing_token, invalid_token, token_expired')
   if (route.url.startsWith('/auth')) add(429, 'Too many requests: rate_limited, with Retry-After')
+  if (route.config?.database !== false) add(503, 'The database is unavailable: database_unavailable, with Retry-After')
   // Declared without a word of their own: what they mean on every route.
   for (const [status, description] of Object.entries(GENERIC_ERRORS)) {
     if (response[status] && !(response[status] as { description?: string }).description) add(Number(status), description)
   }
-  return { ...schema, response, security: schema.security ?? (isGuarded ? BEARER_SECURITY : []) }
+  for (const [status, answer] of Object.entries(response) as Array<[string, { description?: string }]>) {
+    const headers = STATUS_HEADERS[Number(status)] ?? (isGuarded ? GUARDED_HEADERS[Number(status)] : undefined)
+    response[status] = { ...answer, description: answer.description ?? STATUS_CODES[status], ...headers ? { headers } : {} }
+  }
+  const method = [route.method].flat()[0]!
+  return {
+    ...schema,
+    operationId: schema.operationId ?? operationIdOf(method, route.url),
+    response,
+    security: schema.security ?? (isGuarded ? BEARER_SECURITY : [])
+  }
 }
 
 async function docsPlugin (app: FastifyInstance) {
@@ -75,6 +113,8 @@ async function docsPlugin (app: FastifyInstance) {
     openapi: {
       openapi: '3.1.0',
       info: { title: 'Gatehouse', version, description: DESCRIPTION },
+      // The API is served where this document is.
+      servers: [{ url: '/' }],
       tags: [
         { name: 'auth', description: 'Sign-up, sign-in, tokens and the signed-in account' },
         { name: 'sessions', description: 'The signed-in user\'s sessions' },

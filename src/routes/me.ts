@@ -18,6 +18,7 @@ const PermissionsResponse = Type.Object({
 const meRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.addHook('onRequest', noStore)
   app.get('/permissions', {
+    config: { database: false },
     preHandler: app.authenticate,
     schema: {
       tags: ['auth'],
