@@ -24,6 +24,20 @@ t.test('CORS: allowed origins get a preflight answer that permits Authorization'
   t.match(String(me.headers.vary), /Origin/)
 })
 
+t.test('CORS: a script can read what a 429 says about retrying', async (t) => {
+  const app = await build(t, { CORS_ORIGINS: SPA, RATE_LIMIT_IP_MAX: '1' })
+  const refresh = () => app.inject({ method: 'POST', url: '/auth/refresh', headers: { origin: SPA }, payload: { refresh_token: 'x' } })
+  t.equal((await refresh()).statusCode, 401)
+  const limited = await refresh()
+  t.equal(limited.statusCode, 429)
+  t.equal(limited.headers['access-control-allow-origin'], SPA)
+  const exposed = String(limited.headers['access-control-expose-headers']).toLowerCase().split(/,\s*/)
+  for (const name of ['retry-after', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset']) {
+    t.ok(limited.headers[name] !== undefined, `the 429 carries ${name}`)
+    t.ok(exposed.includes(name), `and exposes ${name} to the script`)
+  }
+})
+
 t.test('CORS: other origins, and every origin by default, get no CORS headers', async (t) => {
   const configured = await build(t, { CORS_ORIGINS: SPA })
   const stranger = await configured.inject({ method: 'OPTIONS', url: '/auth/me', headers: { origin: 'https://evil.example', 'access-control-request-method': 'GET' } })

@@ -79,7 +79,8 @@ async function securityPlugin (app: FastifyInstance) {
     origin: (origin, callback) => callback(null, origin !== undefined && allowed.has(origin)),
     methods: ['GET', 'POST', 'PATCH', 'DELETE'],
     allowedHeaders: ['Authorization', 'Content-Type'],
-    exposedHeaders: ['WWW-Authenticate', 'Retry-After'],
+    // What a client script acts on: the 401/403 challenge, and when and how it may retry a 429/503.
+    exposedHeaders: ['WWW-Authenticate', 'Retry-After', 'X-RateLimit-Limit', 'X-RateLimit-Remaining', 'X-RateLimit-Reset'],
     credentials: false,
     maxAge: 600
   })
