@@ -357,7 +357,24 @@ t.test('developers edit and delete only their own videos; admins anyone\'s', asy
     t.equal(byAdmin.json().title, 'Moderated')
     t.equal(byAdmin.json().user_id, item.userId, 'an admin edit keeps the owner')
   }
-  for (const item of [bobs, bobsMember, ownerless]) {
+  // A DELETE takes no body: one it is sent is refused, not ignored, and nothing is deleted.
+  const withBody: Array<[string, unknown, string]> = [
+    ['an unknown property', { dry_run: true }, 'body/dry_run is not allowed'],
+    ['an array', [], 'body must be empty: this endpoint takes none'],
+    ['null', null, 'body must be empty: this endpoint takes none']
+  ]
+  for (const [label, body, message] of withBody) {
+    const refused = await app.inject({ method: 'DELETE', url: `/videos/${bobs.id}`, headers: { ...bearer(admin.access_token), 'content-type': 'application/json' }, payload: JSON.stringify(body) })
+    t.equal(refused.statusCode, 400, label)
+    t.same(refused.json(), { statusCode: 400, error: 'Bad Request', message, code: 'validation_error' }, label)
+    t.ok(await videoRow(app, bobs.id), `${label}: the video is still there`)
+  }
+  const anonymousWithBody = await app.inject({ method: 'DELETE', url: `/videos/${bobs.id}`, payload: { dry_run: true } })
+  assertUnauthenticated(t, anonymousWithBody)
+  const emptyObject = await app.inject({ method: 'DELETE', url: `/videos/${bobsMember.id}`, headers: bearer(admin.access_token), payload: {} })
+  t.equal(emptyObject.statusCode, 204, '{} is no body')
+  t.equal(await videoRow(app, bobsMember.id), undefined)
+  for (const item of [bobs, ownerless]) {
     const byAdmin = await app.inject({ method: 'DELETE', url: `/videos/${item.id}`, headers: bearer(admin.access_token) })
     t.equal(byAdmin.statusCode, 204)
     t.equal(await videoRow(app, item.id), undefined)

@@ -55,6 +55,11 @@ t.test('DELETE /auth/sessions/:id revokes own sessions only; others answer 404',
   t.equal(malformed.statusCode, 400)
   t.equal(malformed.json().code, 'validation_error')
 
+  const withBody = await app.inject({ method: 'DELETE', url: `/auth/sessions/${tokenPayload(second.access_token).sid}`, headers: bearer(first.access_token), payload: { all: true } })
+  t.equal(withBody.statusCode, 400, 'a body the route does not take is refused')
+  t.equal(withBody.json().message, 'body/all is not allowed')
+  t.equal(await meStatus(app, second.access_token), 200, 'and the session was not revoked')
+
   const own = await app.inject({ method: 'DELETE', url: `/auth/sessions/${tokenPayload(second.access_token).sid}`, headers: bearer(first.access_token) })
   t.equal(own.statusCode, 204)
   t.equal(await refreshStatus(app, second.refresh_token), 401)

@@ -41,7 +41,8 @@ async function validationPlugin (app: FastifyInstance) {
       const handlers = [route.preHandler ?? []].flat()
       let accessChecks = 0
       while (accessChecks < handlers.length && ACCESS_CHECKS.has(handlers[accessChecks]!)) accessChecks++
-      route.preHandler = [...handlers.slice(0, accessChecks), rejectInvalidRequest, ...handlers.slice(accessChecks)]
+      const checks = takesBody && !route.schema?.body ? [rejectInvalidRequest, rejectBody] : [rejectInvalidRequest]
+      route.preHandler = [...handlers.slice(0, accessChecks), ...checks, ...handlers.slice(accessChecks)]
     }
   })
 }
@@ -111,5 +112,20 @@ function rejectInvalidRequest (request: FastifyRequest, _reply: FastifyReply, do
   const found = nulPath(request.body, 'body') ?? nulPath(request.query, 'querystring')
   done(found ? apiError(400, 'validation_error', `${found} must not contain NUL characters`) : undefined)
 }
+
+/**
+ * preHandler of a route that takes no body (a DELETE, say): a body it was sent is refused, not
+ * ignored, as unknown properties are everywhere (`{"dry_run": true}` must not delete anything).
+ * `{}` is no body: some clients send it with every request.
+ */
+function rejectBody (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
+  const { body } = request
+  if (body === undefined || (isPlainObject(body) && Object.keys(body).length === 0)) return done()
+  const first = isPlainObject(body) ? Object.keys(body)[0] : undefined
+  done(apiError(400, 'validation_error', first === undefined ? 'body must be empty: this endpoint takes none' : `body/${first} is not allowed`))
+}
+
+const isPlainObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value)
 
 export default fp(validationPlugin, { name: 'validation' })
