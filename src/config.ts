@@ -69,8 +69,11 @@ export const redactUrl = (url: string) => url.replace(/\/\/([^:@/]*):[^@/]*@/, '
  */
 function databaseUrlProblem (url: string): string | undefined {
   const scheme = /^([a-z][a-z0-9+.-]+):/i.exec(url)?.[1]?.toLowerCase()
-  if (scheme === undefined || scheme === 'file' || isPostgresUrl(url)) return undefined
-  return `DATABASE_URL must be postgres://… (or postgresql://…) for PostgreSQL, or file:PATH or a path for SQLite (got a "${scheme}:" URL that is neither)`
+  // `postgres//db/x` is a relative path to SQLite, but surely a URL that lost its colon.
+  const got = scheme === undefined
+    ? /^(postgres(ql)?|file)\/\//i.test(url) ? 'a URL without the colon after its scheme' : undefined
+    : scheme === 'file' || isPostgresUrl(url) ? undefined : `a "${scheme}:" URL that is neither`
+  return got && `DATABASE_URL must be postgres://… (or postgresql://…) for PostgreSQL, or file:PATH or a path for SQLite (got ${got})`
 }
 
 /** Why REDIS_URL cannot be used, or undefined: ioredis would crash on a bad database number. */

@@ -131,10 +131,10 @@ t.test('npm start says in one line why the database cannot be opened', async (t)
 t.test('DATABASE_URL and REDIS_URL must be URLs Gatehouse can use', async (t) => {
   const base = { JWT_SECRET: TEST_SECRET }
   for (const bad of ['postgress://postgres@db:5432/gatehouse', 'mysql://root@db/gatehouse', 'http://db/gatehouse',
-    'postgres:/postgres@db:5432/gatehouse', 'sqlite:///tmp/g.db']) {
+    'postgres:/postgres@db:5432/gatehouse', 'sqlite:///tmp/g.db', 'postgres//postgres@db:5432/gatehouse', 'file//tmp/g.db']) {
     t.throws(() => loadConfig({ ...base, DATABASE_URL: bad }), /DATABASE_URL must be postgres:\/\/… \(or postgresql:\/\/…\)/, bad)
   }
-  for (const good of ['postgres://postgres@db/gatehouse', 'postgresql://db/gatehouse', 'file:./data/g.db', 'file:///tmp/g.db', './data/g.db', ':memory:']) {
+  for (const good of ['postgres://postgres@db/gatehouse', 'postgresql://db/gatehouse', 'file:./data/g.db', 'file:///tmp/g.db', './data/g.db', 'postgres/g.db', ':memory:']) {
     t.equal(loadConfig({ ...base, DATABASE_URL: good }).databaseUrl, good, good)
   }
   for (const bad of ['http://cache:6379', 'garbage', 'cache:6379', 'redis://cache:6379/abc', 'redis:///0', 'redis://u:hunter2@cache/x']) {
