@@ -1,6 +1,6 @@
 import sensible from '@fastify/sensible'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import Fastify, { type FastifyReply, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyServerOptions } from 'fastify'
 import type { Config } from './config.ts'
 import auth from './plugins/auth.ts'
 import authorization from './plugins/authorization.ts'
@@ -9,10 +9,10 @@ import configPlugin from './plugins/config.ts'
 import database from './plugins/database.ts'
 import docs from './plugins/docs.ts'
 import rateLimits from './plugins/rate-limits.ts'
-import security, { API_RESPONSE_HEADERS } from './plugins/security.ts'
+import security from './plugins/security.ts'
 import signInFlows from './plugins/sign-in-flows.ts'
 import validation from './plugins/validation.ts'
-import errors, { clientErrorHandler, errorBody } from './plugins/errors.ts'
+import errors, { clientErrorHandler, frameworkErrorHandler } from './plugins/errors.ts'
 import gracefulClose from './plugins/graceful-close.ts'
 import { QUERY_PARAMETERS } from './errors.ts'
 import clothesRepository from './repositories/clothes.ts'
@@ -123,11 +123,10 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     // A request arriving on an open connection while the server closes is answered, not refused
     // with a bare 503: its answer tells the client to close the connection (graceful-close.ts).
     return503OnClosing: false,
-    // A request Node's HTTP parser refuses, and a URL the router cannot decode (`/%zz`), are
-    // answered before any hook runs: in the contract's shape, with the API's security headers.
+    // A request Node's HTTP parser refuses, and a URL the router refuses (`/%zz`), are answered
+    // before any hook runs: in the contract's shape, with the API's security headers.
     clientErrorHandler,
-    frameworkErrors: (_error, _request, reply) => (reply as FastifyReply).code(400).headers(API_RESPONSE_HEADERS)
-      .send(errorBody(400, 'invalid_request', 'The URL cannot be decoded.'))
+    frameworkErrors: frameworkErrorHandler
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   // No route reads plain text: such bodies get 415 instead of reaching a JSON schema.

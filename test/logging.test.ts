@@ -50,6 +50,27 @@ t.test('logs carry security events with user and request ids, and never a secret
   }
 })
 
+t.test('a URL the router refuses is answered in the contract\'s shape and logged as completed', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
+  const cases: Array<[string, string, string]> = [
+    ['/videos/%zz', 'invalid_request', 'The URL cannot be decoded.'],
+    [`/admin/users/${'a'.repeat(101)}`, 'validation_error', 'A path parameter is over 100 characters.']
+  ]
+  for (const [url, code, message] of cases) {
+    const response = await app.inject({ url })
+    t.equal(response.statusCode, 400, url)
+    t.same(response.json(), { statusCode: 400, error: 'Bad Request', message, code }, url)
+    t.equal(response.headers['x-content-type-options'], 'nosniff', `${url}: the API's headers`)
+  }
+  const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
+  for (const [url] of cases) {
+    const incoming = lines.find((line) => line.msg === 'incoming request' && line.req.url === url)
+    t.ok(incoming, `${url} is logged as incoming`)
+    const completed = lines.find((line) => line.msg === 'request completed' && line.reqId === incoming?.reqId)
+    t.equal(completed?.res.statusCode, 400, `${url} is logged as completed, with its status`)
+  }
+})
+
 t.test('a refresh token superseded by a grace-window retry is refused with a warning, the session kept', async (t) => {
   const { app, log } = await appWithLog(t, { LOG_LEVEL: 'warn' })
   const refresh = (token: string) => app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })

@@ -1,5 +1,5 @@
 import { HttpError } from '@fastify/sensible'
-import type { FastifyError, FastifyInstance } from 'fastify'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
@@ -102,6 +102,19 @@ export function clientErrorHandler (error: Error & { code?: string }, socket: So
     socket.write(`HTTP/1.1 ${body.statusCode} ${body.error}\r\n${head}\r\n\r\n${payload}`)
   }
   socket.destroy()
+}
+
+/**
+ * Fastify's frameworkErrors: a URL its router refuses (`/%zz`, or a path parameter over 100
+ * characters) before any route or hook runs. Fastify logs such a request as incoming but never as
+ * completed (it watches no response there), so the completion is logged here.
+ */
+export function frameworkErrorHandler (error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  const body = error.code === 'FST_ERR_MAX_PARAM_LENGTH'
+    ? errorBody(400, 'validation_error', 'A path parameter is over 100 characters.')
+    : errorBody(400, 'invalid_request', 'The URL cannot be decoded.')
+  reply.raw.once('finish', () => request.log.info({ res: reply }, 'request completed'))
+  reply.code(body.statusCode).headers(API_RESPONSE_HEADERS).send(body)
 }
 
 async function errorsPlugin (app: FastifyInstance) {
