@@ -82,6 +82,17 @@ t.test('every registered route is documented with its security requirement', asy
   t.equal(new Set(operationIds).size, operationIds.length, 'operationIds are unique')
   t.equal(document.paths['/admin/users/{id}'].patch.operationId, 'patchAdminUsersById')
   t.same(document.servers, [{ url: '/' }], 'generated clients call the server that serves the document')
+
+  // Shared shapes are named components, so generated clients get a User type, not copies.
+  const schemaOf = (path: string, method: string, status: number) => document.paths[path][method].responses[status].content['application/json'].schema
+  t.match(schemaOf('/auth/login', 'post', 200), { $ref: '#/components/schemas/Session' })
+  t.match(schemaOf('/auth/signup', 'post', 201), { $ref: '#/components/schemas/Session' })
+  t.match(schemaOf('/auth/me', 'get', 200), { $ref: '#/components/schemas/User' })
+  t.match(schemaOf('/auth/login', 'post', 401), { $ref: '#/components/schemas/Error', description: /invalid_credentials/ })
+  t.match(schemaOf('/auth/token', 'post', 400), { $ref: '#/components/schemas/OAuthError' })
+  t.same(document.components.schemas.Session.properties.user, { $ref: '#/components/schemas/User' })
+  t.same(document.components.schemas.User.required, ['id', 'email', 'name', 'roles', 'created_at', 'updated_at'])
+  t.notMatch(JSON.stringify(document.paths), /"required":\["id","email","name","roles"/, 'no inlined copy of User left')
 })
 
 t.test('Swagger UI is served at /docs', async (t) => {

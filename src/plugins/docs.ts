@@ -106,6 +106,27 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
   }
 }
 
+/**
+ * Every object schema with a title (`{ title: 'User' }` on its TypeBox definition) becomes a named
+ * component, referenced wherever @fastify/swagger inlined it: a generated client gets one `User`
+ * type, not an anonymous copy per route. The description an answer gave it stays beside the
+ * reference. Two different schemas under one title are a mistake, refused here.
+ */
+function nameTitledSchemas (paths: unknown): { paths: unknown, schemas: Record<string, object> } {
+  const schemas: Record<string, object> = {}
+  const visit = (node: unknown): unknown => {
+    if (Array.isArray(node)) return node.map(visit)
+    if (node === null || typeof node !== 'object') return node
+    const visited = Object.fromEntries(Object.entries(node).map(([key, value]) => [key, visit(value)]))
+    const { description, ...schema } = visited
+    if (typeof schema.title !== 'string' || schema.type !== 'object') return visited
+    const known = schemas[schema.title] ??= schema
+    if (JSON.stringify(known) !== JSON.stringify(schema)) throw new Error(`Two different schemas are titled ${schema.title}`)
+    return { $ref: `#/components/schemas/${schema.title}`, ...description === undefined ? {} : { description } }
+  }
+  return { paths: visit(paths), schemas }
+}
+
 async function docsPlugin (app: FastifyInstance) {
   /** Routes whose body may be left out (config.bodyOptional), as the document is generated. */
   const optionalBodies: Array<{ url: string, method: string }> = []
@@ -146,7 +167,12 @@ async function docsPlugin (app: FastifyInstance) {
         const body = paths[url.replace(/:(\w+)/g, '{$1}')]?.[method.toLowerCase()]?.requestBody
         if (body) body.required = false
       }
-      return document.openapiObject
+      const named = nameTitledSchemas(paths)
+      return {
+        ...document.openapiObject,
+        paths: named.paths as typeof paths,
+        components: { ...document.openapiObject.components, schemas: named.schemas }
+      }
     }
   })
 

@@ -13,7 +13,7 @@ const ClothingResponse = Type.Object({
   price: Price,
   created_at: Timestamp,
   updated_at: Timestamp
-})
+}, { title: 'Clothing' })
 const NewClothing = Type.Object({
   name: Type.String({ minLength: 1, maxLength: 200 }),
   color: Type.Optional(Type.String({ minLength: 1, maxLength: 50 })),

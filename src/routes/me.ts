@@ -8,7 +8,7 @@ const PermissionsResponse = Type.Object({
   user_id: Uuid,
   roles: Type.Array(RoleName),
   permissions: Type.Array(Type.Enum(PERMISSIONS))
-})
+}, { title: 'Permissions' })
 
 /**
  * What the caller may do, read from the access token alone: a client shows only the actions the

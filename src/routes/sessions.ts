@@ -10,7 +10,7 @@ const SessionView = Type.Object({
   user_agent: Type.Union([Type.String(), Type.Null()]),
   ip: Type.Union([Type.String(), Type.Null()]),
   current: Type.Boolean({ description: 'The session of the access token making this request' })
-})
+}, { title: 'SessionSummary' })
 
 const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/sessions', {

@@ -30,7 +30,7 @@ const TokenRequest = Type.Object({
 const OAuthError = Type.Object({
   error: Type.String({ description: 'RFC 6749 §5.2 error code' }),
   error_description: Type.String()
-})
+}, { title: 'OAuthError' })
 
 /** Contract codes from the shared sign-in flows, as RFC 6749 §5.2 names them. */
 const OAUTH_ERRORS: Record<string, [number, string]> = {

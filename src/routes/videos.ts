@@ -18,7 +18,7 @@ const VideoResponse = Type.Object({
   user_id: Type.Union([Uuid, Type.Null()], { description: 'The publisher; null once their account is deleted' }),
   created_at: Timestamp,
   updated_at: Timestamp
-})
+}, { title: 'Video' })
 const NewVideo = Type.Object({
   title: Title,
   author: Author,

@@ -23,7 +23,7 @@ export const ErrorResponse = Type.Object({
   error: Type.String(),
   message: Type.String(),
   code: Type.String({ description: 'Stable machine-readable error code' })
-})
+}, { title: 'Error' })
 /**
  * An error answer of one route, described by its codes. The OpenAPI document adds what every
  * route of its kind may answer besides (plugins/docs.ts).
@@ -37,7 +37,7 @@ export const UserResponse = Type.Object({
   roles: Type.Array(RoleName),
   created_at: Timestamp,
   updated_at: Timestamp
-})
+}, { title: 'User' })
 
 export const SessionResponse = Type.Object({
   access_token: Type.String(),
@@ -45,7 +45,7 @@ export const SessionResponse = Type.Object({
   expires_in: Type.Integer({ description: 'Access token lifetime in seconds' }),
   refresh_token: Type.String({ description: 'Opaque, single use: each refresh returns a new one' }),
   user: UserResponse
-})
+}, { title: 'Session' })
 
 export function presentUser (user: User): Static<typeof UserResponse> {
   return {

@@ -6,11 +6,11 @@ import { noStore } from '../../plugins/security.ts'
 import type { User } from '../../repositories/users.ts'
 import { ErrorResponse, Name, errorResponse, RoleName, UserResponse, Uuid, presentUser } from '../../schemas/common.ts'
 
-const AdminUserResponse = Type.Object({ ...UserResponse.properties, disabled: Type.Boolean() })
+const AdminUserResponse = Type.Object({ ...UserResponse.properties, disabled: Type.Boolean() }, { title: 'AdminUser' })
 const UserList = Type.Object({
   users: Type.Array(AdminUserResponse),
   next_cursor: Type.Union([Type.String(), Type.Null()], { description: 'Pass as cursor for the next page; null on the last page' })
-})
+}, { title: 'UserList' })
 const ListQuery = Type.Object({
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 20 })),
   cursor: Type.Optional(Type.String({ maxLength: 200 })),
