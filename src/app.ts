@@ -3,7 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Fastify, { type FastifyServerOptions } from 'fastify'
 import type { Config } from './config.ts'
 import auth from './plugins/auth.ts'
-import authorization from './plugins/authorization.ts'
+import authorization, { accessAudit } from './plugins/authorization.ts'
 import bootstrapAdmin from './plugins/bootstrap-admin.ts'
 import configPlugin from './plugins/config.ts'
 import database from './plugins/database.ts'
@@ -132,6 +132,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   // No route reads plain text: such bodies get 415 instead of reaching a JSON schema.
   app.removeContentTypeParser('text/plain')
 
+  // First, so that it sees every route, whichever plugin adds it (deny by default).
+  await app.register(accessAudit)
   await app.register(configPlugin, config)
   await app.register(sensible)
   await app.register(validation)
@@ -147,7 +149,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   await app.register(rateLimits)
   await app.register(auth)
   await app.register(signInFlows)
-  // Before the routes (it documents each as it is added) and before the audit (its UI is public).
+  // Before the routes: it documents each as it is added.
   await app.register(docs)
   await app.register(authorization)
 

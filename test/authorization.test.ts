@@ -1,9 +1,11 @@
-import type { LightMyRequestResponse } from 'fastify'
+import Fastify, { type LightMyRequestResponse } from 'fastify'
+import fp from 'fastify-plugin'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
+import { accessAudit } from '../src/plugins/authorization.ts'
 import { TEST_ENV, type SessionBody, bearer, build, dbCount, dbGet, signup, uniqueEmail, signupWithRoles } from './helper.ts'
 
 type Caller = 'anonymous' | 'user' | 'member' | 'developer' | 'admin'
@@ -524,6 +526,23 @@ t.test('deny by default: a route without an access policy stops the start', asyn
   t.equal(signedIn.statusCode, 200)
   t.equal(signedIn.body, 'x')
   t.equal((await guarded.app.inject({ url: '/open' })).body, 'open')
+})
+
+t.test('deny by default holds for routes added before the authorization plugin, in any plugin', async (t) => {
+  // A fork that bundles a repository and its routes in one plugin, registered early.
+  const early = Fastify()
+  t.teardown(() => early.close())
+  await early.register(accessAudit)
+  await early.register(fp(async (scope) => { scope.get('/notes', async () => 'open?') }))
+  early.decorate('authenticate', async () => {})
+  await t.rejects(async () => { await early.ready() }, /Route GET \/notes must declare one access policy/)
+
+  // Gatehouse's own early routes: the docs pages and the CORS preflight are declared public.
+  const app = await build(t, { CORS_ORIGINS: 'https://app.example.com' })
+  const policyOf = (method: string, url: string) => app.accessPolicies.find((route) => route.method === method && route.url === url)?.access
+  t.equal(policyOf('GET', '/docs/json'), 'public', 'the docs, added before the authorization plugin, were audited')
+  t.equal(policyOf('OPTIONS', '*'), 'public', 'and so was the CORS preflight route')
+  t.equal(policyOf('GET', '/auth/me'), 'guarded')
 })
 
 t.test('who may ask is answered before whether the request is well-formed: 401, then 403, then 400', async (t) => {

@@ -32,7 +32,8 @@ const forbidden = () => apiError(403, 'forbidden', 'You are not allowed to do th
 
 /** A guarded route is one whose preHandler list starts with authenticate. */
 export function isGuardedRoute (app: FastifyInstance, route: Pick<RouteOptions, 'preHandler'>): boolean {
-  return [route.preHandler ?? []].flat()[0] === app.authenticate
+  const first = [route.preHandler ?? []].flat()[0]
+  return first !== undefined && first === app.authenticate
 }
 
 /**
@@ -52,14 +53,26 @@ function auditAccessPolicy (app: FastifyInstance, route: RouteOptions): 'public'
   return guarded ? 'guarded' : 'public'
 }
 
-async function authorizationPlugin (app: FastifyInstance) {
+/**
+ * The audit of every route's access policy. buildApp registers it before anything else, so it
+ * sees every route, whichever plugin adds it; it judges them once all are added (app.ready), when
+ * app.authenticate exists.
+ */
+export const accessAudit = fp(async (app: FastifyInstance) => {
+  const routes: RouteOptions[] = []
   const policies: Array<{ method: string, url: string, access: 'public' | 'guarded' }> = []
   app.decorate('accessPolicies', policies)
-  app.addHook('onRoute', (route) => {
-    const access = auditAccessPolicy(app, route)
-    for (const method of [route.method].flat()) policies.push({ method, url: route.url, access })
+  // The options object that later onRoute hooks may still amend (validation.ts): read when ready.
+  app.addHook('onRoute', (route) => { routes.push(route) })
+  app.addHook('onReady', async () => {
+    for (const route of routes) {
+      const access = auditAccessPolicy(app, route)
+      for (const method of [route.method].flat()) policies.push({ method, url: route.url, access })
+    }
   })
+}, { name: 'access-audit' })
 
+async function authorizationPlugin (app: FastifyInstance) {
   // The freshly read roles when loadAccount ran, else the token's (stateless routes).
   const rolesOf = (request: FastifyRequest) => request.account?.user.roles ?? request.user.roles
 
@@ -77,4 +90,4 @@ async function authorizationPlugin (app: FastifyInstance) {
   })
 }
 
-export default fp(authorizationPlugin, { name: 'authorization', dependencies: ['auth'] })
+export default fp(authorizationPlugin, { name: 'authorization', dependencies: ['auth', 'access-audit'] })

@@ -176,17 +176,21 @@ async function docsPlugin (app: FastifyInstance) {
     }
   })
 
-  await app.register(swaggerUi, {
-    routePrefix: '/docs',
-    uiConfig: { persistAuthorization: false, tryItOutEnabled: true },
-    // Swagger UI's own CSP (hashes of its inline scripts), plus the hash of the inline <style> in
-    // swagger-ui-dist's default top-bar logo, drawn for a moment before ours replaces it; without
-    // upgrade-insecure-requests so the docs also work over plain http on a developer's machine.
-    // test/swagger-ui.test.ts fails on any CSP violation, so an upgrade that changes it shows.
-    staticCSP: true,
-    transformStaticCSP: (header) => header
-      .replace(/\s*upgrade-insecure-requests;?/, '')
-      .replace("style-src 'self'", `style-src 'self' '${SWAGGER_LOGO_STYLE_HASH}'`)
+  // Its pages are public: declared so for the access audit, in a scope of their own.
+  await app.register(async (ui) => {
+    ui.addHook('onRoute', (route) => { route.config = { ...route.config, access: 'public' } })
+    await ui.register(swaggerUi, {
+      routePrefix: '/docs',
+      uiConfig: { persistAuthorization: false, tryItOutEnabled: true },
+      // Swagger UI's own CSP (hashes of its inline scripts), plus the hash of the inline <style> in
+      // swagger-ui-dist's default top-bar logo, drawn for a moment before ours replaces it; without
+      // upgrade-insecure-requests so the docs also work over plain http on a developer's machine.
+      // test/swagger-ui.test.ts fails on any CSP violation, so an upgrade that changes it shows.
+      staticCSP: true,
+      transformStaticCSP: (header) => header
+        .replace(/\s*upgrade-insecure-requests;?/, '')
+        .replace("style-src 'self'", `style-src 'self' '${SWAGGER_LOGO_STYLE_HASH}'`)
+    })
   })
 
   app.get('/openapi.json', {
