@@ -5,6 +5,7 @@ import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
+import { apiError } from '../src/errors.ts'
 import { accessAudit } from '../src/plugins/authorization.ts'
 import { TEST_ENV, type SessionBody, bearer, build, dbCount, dbGet, signup, uniqueEmail, signupWithRoles } from './helper.ts'
 
@@ -543,6 +544,27 @@ t.test('deny by default holds for routes added before the authorization plugin, 
   t.equal(policyOf('GET', '/docs/json'), 'public', 'the docs, added before the authorization plugin, were audited')
   t.equal(policyOf('OPTIONS', '*'), 'public', 'and so was the CORS preflight route')
   t.equal(policyOf('GET', '/auth/me'), 'guarded')
+})
+
+t.test('errors a route module throws its own way keep the contract\'s shape, code and challenge', async (t) => {
+  const app = await buildApp(loadConfig(TEST_ENV))
+  t.teardown(() => app.close())
+  const guard = { preHandler: [app.authenticate] }
+  app.get('/sensible-forbidden', guard, async () => { throw app.httpErrors.forbidden() })
+  app.get('/own-code', guard, async () => { throw apiError(409, 'note_v2_conflict', 'That note changed meanwhile.') })
+  app.get('/no-code', guard, async () => { throw app.httpErrors.unprocessableEntity('Not like this.') })
+  await app.ready()
+  const session = await signup(app)
+  const get = (url: string) => app.inject({ url, headers: bearer(session.access_token) })
+
+  const forbidden = await get('/sensible-forbidden')
+  assertForbidden(t, forbidden)
+  const own = await get('/own-code')
+  t.equal(own.statusCode, 409)
+  t.same(own.json(), { statusCode: 409, error: 'Conflict', message: 'That note changed meanwhile.', code: 'note_v2_conflict' })
+  const named = await get('/no-code')
+  t.equal(named.statusCode, 422)
+  t.same(named.json(), { statusCode: 422, error: 'Unprocessable Entity', message: 'Not like this.', code: 'unprocessable_entity' })
 })
 
 t.test('who may ask is answered before whether the request is well-formed: 401, then 403, then 400', async (t) => {

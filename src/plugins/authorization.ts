@@ -2,7 +2,6 @@ import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { hasPermission, type Permission } from '../auth/permissions.ts'
 import { apiError } from '../errors.ts'
-import { bearerChallenge } from './auth.ts'
 import { accessCheck } from './validation.ts'
 
 declare module 'fastify' {
@@ -26,9 +25,8 @@ declare module 'fastify' {
   }
 }
 
-const forbidden = () => apiError(403, 'forbidden', 'You are not allowed to do this.', {
-  'www-authenticate': bearerChallenge('insufficient_scope')
-})
+/** Its `insufficient_scope` challenge is added where every error is answered (errors.ts). */
+const forbidden = () => apiError(403, 'forbidden', 'You are not allowed to do this.')
 
 /** A guarded route is one whose preHandler list starts with authenticate. */
 export function isGuardedRoute (app: FastifyInstance, route: Pick<RouteOptions, 'preHandler'>): boolean {

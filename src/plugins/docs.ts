@@ -38,7 +38,7 @@ type Schema = Record<string, unknown> & {
 }
 
 const GENERIC_ERRORS: Record<number, string> = {
-  403: 'Not allowed for the caller\'s roles: forbidden, with WWW-Authenticate: Bearer error="insufficient_scope"',
+  403: 'Not allowed (the roles do not grant it, or the resource is not the caller\'s): forbidden, with WWW-Authenticate: Bearer error="insufficient_scope"',
   404: 'No such resource: not_found'
 }
 
@@ -51,7 +51,7 @@ const STATUS_HEADERS: Record<number, Record<string, unknown>> = {
   503: retryAfter('Seconds until the database is worth trying again')
 }
 const GUARDED_HEADERS: Record<number, Record<string, unknown>> = {
-  403: challenge('Bearer error="insufficient_scope": the roles do not grant it')
+  403: challenge('Bearer error="insufficient_scope" with forbidden')
 }
 
 /** `POST /admin/users/:id` → `postAdminUsersById`: a name for generated clients' methods. */

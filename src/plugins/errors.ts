@@ -14,19 +14,12 @@ const FASTIFY_CODES: Record<string, string> = {
   FST_ERR_CTP_INVALID_JSON_BODY: 'invalid_body',
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'invalid_body'
 }
-const STATUS_FALLBACK_CODES: Record<number, string> = {
-  400: 'bad_request',
-  401: 'unauthorized',
-  403: 'forbidden',
-  404: 'not_found',
-  405: 'method_not_allowed',
-  406: 'not_acceptable',
-  413: 'payload_too_large',
-  415: 'unsupported_media_type',
-  429: 'rate_limited'
-}
+/** An error without a contract code gets its status's name: 409 `conflict`, 422 `unprocessable_entity`. */
+const fallbackCode = (statusCode: number) => statusCode === 429
+  ? 'rate_limited'
+  : (STATUS_CODES[statusCode] ?? 'error').toLowerCase().replace(/[^a-z]+/g, '_')
 /** Contract codes are snake_case; library codes (FST_..., SQLITE_...) are not. */
-const CONTRACT_CODE = /^[a-z][a-z_]*$/
+const CONTRACT_CODE = /^[a-z][a-z0-9_]*$/
 
 interface ErrorBody {
   statusCode: number
@@ -63,7 +56,7 @@ function toErrorBody (error: FastifyError): ErrorBody {
   if (isApiError(error)) return errorBody(error.statusCode, error.code, error.message)
   const statusCode = error.statusCode && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
   if (statusCode >= 500) return errorBody(500, 'internal_error', 'Something went wrong on our side.')
-  const code = FASTIFY_CODES[error.code] ?? STATUS_FALLBACK_CODES[statusCode] ?? 'bad_request'
+  const code = FASTIFY_CODES[error.code] ?? fallbackCode(statusCode)
   return errorBody(statusCode, code, error.message)
 }
 
@@ -130,7 +123,11 @@ async function errorsPlugin (app: FastifyInstance) {
     if (unavailable) reply.header('retry-after', DATABASE_UNAVAILABLE.retryAfter)
     if (error.headers) reply.headers(error.headers)
     // RFC 9110 §15.5.2: every 401 carries a challenge; token errors set their own, richer one.
-    if (body.statusCode === 401 && !reply.hasHeader('www-authenticate')) reply.header('www-authenticate', bearerChallenge())
+    // RFC 6750 §3.1: a token without the rights gets insufficient_scope, whoever threw the 403.
+    if (!reply.hasHeader('www-authenticate')) {
+      if (body.statusCode === 401) reply.header('www-authenticate', bearerChallenge())
+      if (body.code === 'forbidden') reply.header('www-authenticate', bearerChallenge('insufficient_scope'))
+    }
     return reply.code(body.statusCode).send(body)
   })
 
