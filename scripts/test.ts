@@ -1,13 +1,23 @@
 // npm test: the whole suite on SQLite; then the database-backed files again on PostgreSQL when
 // one is reachable (TEST_DATABASE_URL, or the local default), saying clearly which ran.
 import { spawnSync } from 'node:child_process'
+import { readdirSync } from 'node:fs'
 import { POSTGRES_URL as postgresUrl, postgresReachable } from '../test/services.ts'
 
-/** The route and repository tests: everything that reads or writes through the database. */
-const DATABASE_TESTS = [
-  'access-tokens', 'admin-users', 'auth', 'authorization', 'logging', 'passwords', 'races',
-  'rate-limits', 'refresh', 'sessions', 'token-endpoint'
-].map((name) => `test/${name}.test.ts`)
+/**
+ * Files the PostgreSQL pass leaves out: they choose their databases themselves (migrations,
+ * multi-instance, outages), test processes, sockets or the browser rather than the database, or
+ * restore SQLite's state with raw SQL (fuzz). Every other file runs again on PostgreSQL, so a
+ * new test file is run on both databases unless it is named here.
+ */
+const SQLITE_PASS_ONLY = new Set([
+  'cli', 'config', 'crash', 'driver-loading', 'fuzz', 'http-parser-errors', 'migrations',
+  'multi-instance', 'outages', 'shutdown', 'swagger-ui', 'verified-tokens'
+])
+const DATABASE_TESTS = readdirSync(new URL('../test/', import.meta.url))
+  .filter((file) => file.endsWith('.test.ts') && !SQLITE_PASS_ONLY.has(file.slice(0, -'.test.ts'.length)))
+  .sort()
+  .map((file) => `test/${file}`)
 
 function tap (files: string[], env: Record<string, string | undefined>): boolean {
   const { TEST_DATABASE_URL: _ignored, ...inherited } = process.env

@@ -40,10 +40,9 @@ t.test('on PostgreSQL the tables go into the connection\'s schema, beside unrela
        from information_schema.table_constraints tc
        join information_schema.constraint_column_usage ccu using (constraint_schema, constraint_name)
       where tc.constraint_type = 'FOREIGN KEY' and tc.table_schema = $1 order by 1, 2`, [schema])
-  t.same(rows, [
-    { table: 'refresh_tokens', references: `${schema}.sessions` },
-    { table: 'sessions', references: `${schema}.users` },
-    { table: 'videos', references: `${schema}.users` }
-  ], 'every foreign key points into Gatehouse\'s schema')
+  t.same(rows.filter((row) => !row.references.startsWith(`${schema}.`)), [], 'every foreign key points into Gatehouse\'s schema')
+  for (const expected of [['refresh_tokens', 'sessions'], ['sessions', 'users'], ['videos', 'users']]) {
+    t.ok(rows.some((row) => row.table === expected[0] && row.references === `${schema}.${expected[1]}`), `${expected[0]} → ${expected[1]}`)
+  }
   t.equal(Number((await admin.query('select count(*) from public.users')).rows[0].count), 0, 'the other users table is untouched')
 })

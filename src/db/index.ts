@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { isPostgresUrl, redactUrl } from '../config.ts'
 import { startupProblem } from '../errors.ts'
 import type * as postgresSchema from './postgres/schema.ts'
+import type * as sqliteSchema from './sqlite/schema.ts'
 
 /**
  * The query builder the repositories use. Both dialects' Drizzle builders have the same shape for
@@ -17,6 +18,19 @@ import type * as postgresSchema from './postgres/schema.ts'
 export type Db = NodePgDatabase<typeof postgresSchema>
 export type Tables = typeof postgresSchema
 type Column = PgColumn
+
+/**
+ * That SQLite's tables can stand in: both dialects have the same tables with the same row types.
+ * A table or column missing from one, or typed differently, fails `npm run typecheck`, naming it.
+ */
+type RowsOf<Schema> = { [Table in keyof Schema]: Schema[Table] extends { $inferSelect: infer Row } ? Row : never }
+type Differences<A, B> = {
+  [Table in keyof A | keyof B]: Table extends keyof A & keyof B
+    ? [A[Table]] extends [B[Table]] ? [B[Table]] extends [A[Table]] ? never : Table : Table
+    : Table
+}[keyof A | keyof B]
+type None<Found extends never> = Found
+export type DialectSchemasAgree = None<Differences<RowsOf<Tables>, RowsOf<typeof sqliteSchema>>>
 
 export type UserRow = Tables['users']['$inferSelect']
 export type SessionRow = Tables['sessions']['$inferSelect']
