@@ -546,6 +546,23 @@ t.test('deny by default holds for routes added before the authorization plugin, 
   t.equal(policyOf('GET', '/auth/me'), 'guarded')
 })
 
+t.test('every guarded answer is kept by no cache, errors included; public ones may be', async (t) => {
+  const app = await build(t)
+  const member = await signupWithRoles(app, ['user', 'member'])
+  for (const [url, token, status] of [
+    ['/clothes', member.access_token, 200], ['/videos/member', member.access_token, 200],
+    ['/clothes', undefined, 401], ['/admin/users', member.access_token, 403]
+  ] as const) {
+    const response = await app.inject({ url, headers: token ? bearer(token) : {} })
+    t.equal(response.statusCode, status, url)
+    t.equal(response.headers['cache-control'], 'no-store', `${url}: ${status}`)
+    t.equal(response.headers.pragma, 'no-cache', `${url}: ${status}`)
+  }
+  const catalogue = await app.inject({ url: '/videos' })
+  t.equal(catalogue.statusCode, 200)
+  t.equal(catalogue.headers['cache-control'], undefined, 'the public video list says nothing against caching')
+})
+
 t.test('errors a route module throws its own way keep the contract\'s shape, code and challenge', async (t) => {
   const app = await buildApp(loadConfig(TEST_ENV))
   t.teardown(() => app.close())

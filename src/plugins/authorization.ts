@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { hasPermission, type Permission } from '../auth/permissions.ts'
 import { apiError } from '../errors.ts'
+import { noStore } from './security.ts'
 import { accessCheck } from './validation.ts'
 
 declare module 'fastify' {
@@ -60,8 +61,12 @@ export const accessAudit = fp(async (app: FastifyInstance) => {
   const routes: RouteOptions[] = []
   const policies: Array<{ method: string, url: string, access: 'public' | 'guarded' }> = []
   app.decorate('accessPolicies', policies)
-  // The options object that later onRoute hooks may still amend (validation.ts): read when ready.
-  app.addHook('onRoute', (route) => { routes.push(route) })
+  app.addHook('onRoute', (route) => {
+    // The options object that later onRoute hooks may still amend (validation.ts): read when ready.
+    routes.push(route)
+    // An answer for one signed-in caller is kept by no cache (ASVS 8.2.1), errors included.
+    if (isGuardedRoute(app, route)) route.onRequest = [...[route.onRequest ?? []].flat(), noStore]
+  })
   app.addHook('onReady', async () => {
     for (const route of routes) {
       const access = auditAccessPolicy(app, route)

@@ -50,8 +50,9 @@ export function helmetHeaders (options: HelmetOptions): Record<string, string> {
 export const API_RESPONSE_HEADERS = helmetHeaders(API_HEADERS)
 
 /**
- * onRequest hook of the route modules whose answers carry tokens or personal data: no cache may
- * keep them, error answers included (RFC 9111 §5.2.2.5; RFC 6749 §5.1 for token responses).
+ * onRequest hook for answers that carry tokens or personal data: every guarded route's (added by
+ * the access audit) and `/auth`'s. No cache may keep them, error answers included
+ * (RFC 9111 §5.2.2.5; RFC 6749 §5.1 for token responses).
  */
 export const noStore: onRequestHookHandler = (_request, reply, done) => {
   reply.header('cache-control', 'no-store')

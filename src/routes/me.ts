@@ -1,7 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { PERMISSIONS, permissionsOf } from '../auth/permissions.ts'
-import { noStore } from '../plugins/security.ts'
 import { ErrorResponse, RoleName, Uuid } from '../schemas/common.ts'
 
 const PermissionsResponse = Type.Object({
@@ -16,7 +15,6 @@ const PermissionsResponse = Type.Object({
  * client refreshes, at the latest one access-token lifetime later.
  */
 const meRoutes: FastifyPluginAsyncTypebox = async (app) => {
-  app.addHook('onRequest', noStore)
   app.get('/permissions', {
     config: { database: false },
     preHandler: app.authenticate,

@@ -2,7 +2,6 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { normaliseEmail } from '../../auth/email.ts'
 import { apiError } from '../../errors.ts'
-import { noStore } from '../../plugins/security.ts'
 import type { User } from '../../repositories/users.ts'
 import { ErrorResponse, Name, errorResponse, RoleName, UserResponse, Uuid, presentUser } from '../../schemas/common.ts'
 
@@ -46,7 +45,6 @@ const notFound = () => apiError(404, 'not_found', 'No such user.')
 
 const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
   // Other people's personal data.
-  app.addHook('onRequest', noStore)
   // Admin endpoints act on accounts: the caller's user and session are re-read on every call.
   const adminOnly = [app.authenticate, app.loadAccount, app.requirePermission('users:manage')]
   const guardedErrors = { 401: ErrorResponse, 403: ErrorResponse }
