@@ -197,14 +197,19 @@ t.test('a port already in use stops the start with one line on stderr, whatever 
   }
 })
 
-t.test('a REDIS_URL that Redis refuses (a database number it does not have) stops the start', {
+t.test('a REDIS_URL that Redis refuses (a database number it does not have, a wrong password) stops the start', {
   skip: await redisReachable() ? false : `Redis is not reachable at ${REDIS_URL} (.ci/run starts it)`
 }, async (t) => {
   const missingDatabase = new URL(REDIS_URL)
   missingDatabase.pathname = '/99' // Redis has 16 by default: ioredis would quietly use database 0
-  const result = failedStart({ DATABASE_URL: ':memory:', PORT: '0', REDIS_URL: missingDatabase.href })
-  t.equal(result.status, 1)
-  t.equal(result.stderr, 'Gatehouse could not start: Redis refused REDIS_URL: ERR DB index is out of range\n')
+  const wrongPassword = new URL(REDIS_URL)
+  wrongPassword.username = 'nobody'
+  wrongPassword.password = 'hunter2'
+  for (const [url, reason] of [[missingDatabase, 'ERR DB index is out of range'], [wrongPassword, 'WRONGPASS invalid username-password pair or user is disabled.']] as const) {
+    const result = failedStart({ DATABASE_URL: ':memory:', PORT: '0', REDIS_URL: url.href })
+    t.equal(result.status, 1, reason)
+    t.equal(result.stderr, `Gatehouse could not start: Redis refused REDIS_URL: ${reason}\n`)
+  }
 })
 
 t.test('a migration the database refuses is reported with the database\'s reason, not the statement', async (t) => {

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
-import t from 'tap'
+import { createServer, type AddressInfo } from 'node:net'
+import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
 import { TEST_PASSWORD, bearer, build, signup, uniqueEmail } from './helper.ts'
 import { REDIS_URL, redisReachable } from './services.ts'
@@ -94,7 +95,9 @@ t.test('with REDIS_URL the limits are shared between instances', { skip: redisSk
   const second = await build(t, env)
   // Redis outlives this run: fresh emails and addresses keep reruns from meeting old counts.
   const email = uniqueEmail(`redis-${randomBytes(4).toString('hex')}`)
-  await signup(first, email)
+  // From an address of its own too: an earlier run's signups from 127.0.0.1 still count.
+  const created = await first.inject({ method: 'POST', url: '/auth/signup', payload: { email, password: TEST_PASSWORD }, remoteAddress: randomIp() })
+  t.equal(created.statusCode, 201)
 
   t.equal((await login(first, email, 'wrong password!', randomIp())).statusCode, 401)
   t.equal((await login(second, email, 'wrong password!', randomIp())).statusCode, 401)
@@ -123,6 +126,30 @@ t.test('when Redis is unreachable, limits fall back to each instance and request
   }
   const limited = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
   t.equal(limited.statusCode, 429, 'and so does the IP limit')
+})
+
+/** A fake Redis on loopback answering every command with `reply` (RESP), for states a real one is rarely in. */
+async function fakeRedis (t: Test, reply: (command: string) => string): Promise<string> {
+  const server = createServer((socket) => socket.on('data', (data) => socket.write(reply(String(data)))))
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => { server.close(() => resolve()); server.unref() }))
+  return `redis://127.0.0.1:${(server.address() as AddressInfo).port}`
+}
+
+t.test('a Redis that is full or still loading does not stop the start: limits fall back to memory', async (t) => {
+  const full = await fakeRedis(t, () => '-ERR max number of clients reached\r\n')
+  const info = '# Persistence\r\nloading:1\r\nloading_eta_seconds:60\r\n'
+  const loading = await fakeRedis(t, (command) => /info/i.test(command)
+    ? `$${Buffer.byteLength(info)}\r\n${info}\r\n`
+    : '-LOADING Redis is loading the dataset in memory\r\n')
+  // With a database number, ioredis's first command is SELECT, which a full Redis refuses.
+  for (const [label, url] of [['full', `${full}/2`], ['loading', loading]] as const) {
+    const app = await build(t, { REDIS_URL: url, RATE_LIMIT_ACCOUNT_MAX: '1' })
+    const email = uniqueEmail()
+    await signup(app, email)
+    t.equal((await login(app, email, 'wrong password!')).statusCode, 401, `${label}: served`)
+    t.equal((await login(app, email, TEST_PASSWORD)).statusCode, 429, `${label}: and limited, in memory`)
+  }
 })
 
 t.test('per account: 30 parallel guesses cannot get past the limit together', async (t) => {

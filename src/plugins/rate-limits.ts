@@ -154,19 +154,29 @@ function storeWithFallback (primary: FastifyRateLimitStore, fallback: FastifyRat
   }
 }
 
+/** Replies that say REDIS_URL itself is wrong, as opposed to a Redis that is busy or full. */
+const REFUSES_URL = /^(WRONGPASS|NOAUTH|ERR DB index is out of range|ERR invalid DB index|ERR SELECT is not allowed in cluster mode)/
+const REDIS_OPTIONS = { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000, commandTimeout: 500 }
+/** How long start-up waits for Redis's first answer before starting without it. */
+const FIRST_ANSWER_MS = REDIS_OPTIONS.connectTimeout + REDIS_OPTIONS.commandTimeout
+
 /**
- * Waits for Redis's first answer (at most its connect timeout). A Redis that cannot be reached is
- * no reason not to start (the limits fall back to memory until it can), but one that refuses
- * REDIS_URL is: a database number it does not have is only an 'error' event to ioredis, which then
- * shares database 0 with whatever else uses it.
+ * Waits a moment for Redis's first answer. A Redis that cannot be reached, is loading or busy is
+ * no reason not to start (the limits fall back to memory until it answers), but one that refuses
+ * REDIS_URL is: a wrong password, or a database number it does not have, which is only an
+ * 'error' event to ioredis before it shares database 0 with whatever else uses it.
  */
-function refuseRedisReply (redis: Redis): Promise<void> {
+function refuseRedisUrl (redis: Redis): Promise<void> {
   return new Promise((resolve, reject) => {
-    const settle = (error?: Error) => {
+    const timer = setTimeout(settle, FIRST_ANSWER_MS)
+    function settle (error?: Error) {
+      clearTimeout(timer)
       redis.off('ready', settle).off('error', settle)
-      if (error?.name !== 'ReplyError') return resolve()
-      redis.disconnect()
-      reject(new Error(`Redis refused REDIS_URL: ${error.message}`))
+      if (error?.name === 'ReplyError' && REFUSES_URL.test(error.message)) {
+        redis.disconnect()
+        return reject(new Error(`Redis refused REDIS_URL: ${error.message}`))
+      }
+      resolve()
     }
     redis.on('ready', settle).on('error', settle)
   })
@@ -179,12 +189,12 @@ async function rateLimitsPlugin (app: FastifyInstance) {
   // ioredis is loaded only when Redis is configured: a single instance never needs its 5 MiB.
   const redis = redisUrl
     // A Redis that stops answering must fail fast too (commandTimeout), so the fallback takes over.
-    ? new (await import('ioredis')).Redis(redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 2000, commandTimeout: 500 })
+    ? new (await import('ioredis')).Redis(redisUrl, REDIS_OPTIONS)
     : undefined
   if (redis) {
-    await refuseRedisReply(redis)
     // Connection errors surface through outageLog when a limit is checked; ioredis stays quiet.
     redis.on('error', () => {})
+    await refuseRedisUrl(redis)
     app.addHook('onClose', async () => { redis.disconnect() })
   }
 
