@@ -198,6 +198,30 @@ t.test('a signup body that is not UTF-8 stores nothing; UTF-8 names and password
   t.equal(login.statusCode, 200)
 })
 
+t.test('lone surrogates (JSON \\ud800 escapes) are refused, so passwords that differ cannot match', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  // Escaped in the JSON text: well-formed JSON, but no Unicode text. Stored or hashed as UTF-8,
+  // each would become U+FFFD, and "\ud801" or a real U+FFFD would then be the same password.
+  const json = (body: string) => ({ method: 'POST' as const, url: '/auth/signup', headers: { 'content-type': 'application/json' }, payload: body })
+  const cases: Array<[string, string, string]> = [
+    ['password', `{"email":"${email}","password":"correct horse \\ud800 staple"}`, 'body/password must not contain lone surrogates'],
+    ['name', `{"email":"${email}","password":"${TEST_PASSWORD}","name":"Zo\\udc00"}`, 'body/name must not contain lone surrogates']
+  ]
+  for (const [label, body, message] of cases) {
+    const response = await app.inject(json(body))
+    t.equal(response.statusCode, 400, label)
+    t.same(response.json(), { statusCode: 400, error: 'Bad Request', message, code: 'validation_error' }, label)
+  }
+  t.equal(await dbCount(app, 'select count(*) as n from users where email = ?', email), 0, 'no account was made')
+
+  const paired = await app.inject(json(`{"email":"${email}","password":"pair \\ud83d\\ude00 emoji"}`))
+  t.equal(paired.statusCode, 201, 'a surrogate pair is a character like any other')
+  const token = await app.inject({ method: 'POST', url: '/auth/token', headers: { 'content-type': 'application/json' }, payload: `{"grant_type":"password","username":"${email}","password":"pair \\ud83d emoji"}` })
+  t.equal(token.statusCode, 400)
+  t.same(token.json(), { error: 'invalid_request', error_description: 'body/password must not contain lone surrogates' })
+})
+
 t.test('GET /health checks the database', async (t) => {
   const app = await build(t)
   const ok = await app.inject({ method: 'GET', url: '/health' })

@@ -61,9 +61,10 @@ export function accessCheck<T extends object> (handler: T): T {
 }
 
 /**
- * A body parser that first refuses a body which is not UTF-8 (JSON: RFC 8259 §8.1; forms: the
- * WHATWG URL standard). Node's decoding would quietly turn each bad byte into U+FFFD, and a name
- * or password would be stored or hashed as something the client never sent.
+ * A body parser that first refuses a body which is not UTF-8 (JSON must be, RFC 8259 §8.1; form
+ * bodies are held to it too, stricter than the WHATWG decoding). Node's decoding would quietly
+ * turn each bad byte into U+FFFD, and a name or password would be stored or hashed as something
+ * the client never sent.
  */
 export function utf8Body (parse: FastifyBodyParser<string>): FastifyBodyParser<Buffer> {
   return (request, body, done) => isUtf8(body)
@@ -91,26 +92,34 @@ function bodyOrEmptyObject (request: FastifyRequest, _reply: FastifyReply, done:
   done()
 }
 
-/** The path of the first string holding a NUL character, or undefined. */
-function nulPath (value: unknown, path: string): string | undefined {
-  if (typeof value === 'string') return value.includes('\u0000') ? path : undefined
+/**
+ * What is wrong with the first string that cannot be stored as sent, or undefined: a NUL
+ * character (PostgreSQL cannot store one, and nothing legitimate sends it), or a lone surrogate
+ * (`"\ud800"` in JSON: well-formed JSON, but no Unicode text; stored or hashed, it would become
+ * U+FFFD, and passwords that differ would match).
+ */
+function textProblem (value: unknown, path: string): string | undefined {
+  if (typeof value === 'string') {
+    if (value.includes('\u0000')) return `${path} must not contain NUL characters`
+    return value.isWellFormed() ? undefined : `${path} must not contain lone surrogates`
+  }
   if (value === null || typeof value !== 'object') return undefined
   for (const [key, item] of Object.entries(value)) {
-    const found = nulPath(item, `${path}/${key}`)
+    const found = textProblem(item, `${path}/${key}`)
     if (found) return found
   }
   return undefined
 }
 
 /**
- * preHandler: 400 for the schema's validation error, or for a NUL character in the body or
- * querystring (PostgreSQL cannot store one, and nothing legitimate sends it; refused alike on
- * both databases), as a validation error naming the field.
+ * preHandler: 400 for the schema's validation error, or for text in the body or querystring that
+ * cannot be stored as sent (textProblem; refused alike on both databases), as a validation error
+ * naming the field.
  */
 function rejectInvalidRequest (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
   if (request.validationError) return done(request.validationError)
-  const found = nulPath(request.body, 'body') ?? nulPath(request.query, 'querystring')
-  done(found ? apiError(400, 'validation_error', `${found} must not contain NUL characters`) : undefined)
+  const found = textProblem(request.body, 'body') ?? textProblem(request.query, 'querystring')
+  done(found ? apiError(400, 'validation_error', found) : undefined)
 }
 
 /**
