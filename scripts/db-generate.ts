@@ -15,15 +15,16 @@ for (const dialect of ['sqlite', 'postgres']) {
   if (status !== 0) process.exit(status ?? 1)
 }
 
-// drizzle-kit names the schema in every foreign key it writes (`REFERENCES "public"."users"`),
-// but the tables live in the connection's current schema, whichever that is (README, Database).
+// drizzle-kit names the schema in what it writes (`REFERENCES "public"."users"`, an enum's
+// `"public"."role"`), but the tables live in the connection's current schema, whichever that is
+// (README, Database).
 for (const file of sqlFiles()) {
   if (before.has(file)) continue
   const url = new URL(file, POSTGRES_MIGRATIONS)
   const sql = readFileSync(url, 'utf8')
-  const unqualified = sql.replaceAll('REFERENCES "public".', 'REFERENCES ')
+  const unqualified = sql.replaceAll('"public".', '')
   if (unqualified !== sql) {
     writeFileSync(url, unqualified)
-    console.log(`migrations/postgres/${file}: foreign keys no longer name the "public" schema`)
+    console.log(`migrations/postgres/${file}: no longer names the "public" schema`)
   }
 }

@@ -1,6 +1,9 @@
 import { Validator } from '@seriousme/openapi-schema-validator'
 import t from 'tap'
-import { build } from './helper.ts'
+import { Type } from 'typebox'
+import { buildApp } from '../src/app.ts'
+import { loadConfig } from '../src/config.ts'
+import { TEST_ENV, build } from './helper.ts'
 
 const BEARER = [{ bearerAuth: [] }, { oauth2: [] }]
 const toOpenApiPath = (url: string) => url.replace(/:(\w+)/g, '{$1}')
@@ -93,6 +96,30 @@ t.test('every registered route is documented with its security requirement', asy
   t.same(document.components.schemas.Session.properties.user, { $ref: '#/components/schemas/User' })
   t.same(document.components.schemas.User.required, ['id', 'email', 'name', 'roles', 'created_at', 'updated_at'])
   t.notMatch(JSON.stringify(document.paths), /"required":\["id","email","name","roles"/, 'no inlined copy of User left')
+})
+
+t.test('a fork\'s routes get usable operationIds, and the document is checked at start', async (t) => {
+  const app = await buildApp(loadConfig(TEST_ENV))
+  t.teardown(() => app.close())
+  const Note = Type.Object({ id: Type.String() }, { title: 'Note' })
+  app.route({ method: ['GET', 'POST'], url: '/password-reset/:token_id', config: { access: 'public' }, handler: async () => ({}) })
+  app.get('/notes', {
+    config: { access: 'public' },
+    schema: { response: { 200: { ...Note, examples: [{ title: 'An example, not a schema', type: 'object' }] } } }
+  }, async () => ({ id: 'n' }))
+  await app.ready()
+  const document = (await app.inject({ url: '/openapi.json' })).json()
+  t.equal(document.paths['/password-reset/{token_id}'].get.operationId, 'getPasswordResetByTokenId')
+  t.equal(document.paths['/password-reset/{token_id}'].post.operationId, 'postPasswordResetByTokenId', 'one per method')
+  t.same(Object.keys(document.components.schemas).filter((name) => !/^[A-Z]\w*$/.test(name)), [])
+  t.notOk(document.components.schemas['An example, not a schema'], 'examples are not hoisted')
+  t.ok(document.components.schemas.Note)
+
+  const clash = await buildApp(loadConfig(TEST_ENV))
+  t.teardown(() => clash.close())
+  clash.get('/a', { config: { access: 'public' }, schema: { response: { 200: Type.Object({ a: Type.String() }, { title: 'Thing' }) } } }, async () => ({ a: '' }))
+  clash.get('/b', { config: { access: 'public' }, schema: { response: { 200: Type.Object({ b: Type.String() }, { title: 'Thing' }) } } }, async () => ({ b: '' }))
+  await t.rejects(async () => { await clash.ready() }, /Two different schemas are titled Thing/, 'a title on two shapes stops the start')
 })
 
 t.test('Swagger UI is served at /docs', async (t) => {

@@ -6,6 +6,7 @@ import { STATUS_CODES } from 'node:http'
 import { createRequire } from 'node:module'
 import { ErrorResponse } from '../schemas/common.ts'
 import { isGuardedRoute } from './authorization.ts'
+import { BODY_METHODS } from './validation.ts'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -54,19 +55,20 @@ const GUARDED_HEADERS: Record<number, Record<string, unknown>> = {
   403: challenge('Bearer error="insufficient_scope" with forbidden')
 }
 
-/** `POST /admin/users/:id` → `postAdminUsersById`: a name for generated clients' methods. */
-const operationIdOf = (method: string, url: string) => method.toLowerCase() + url.split('/').filter(Boolean)
-  .map((part) => part.startsWith(':') ? `By${part[1]!.toUpperCase()}${part.slice(2)}` : part[0]!.toUpperCase() + part.slice(1))
-  .join('')
+const pascalCase = (text: string) => text.split(/[^A-Za-z0-9]+/).filter(Boolean)
+  .map((word) => word[0]!.toUpperCase() + word.slice(1)).join('')
+/** `patch /admin/users/{id}` → `patchAdminUsersById`: a name for generated clients' methods. */
+const operationIdOf = (method: string, path: string) => method + path.split('/')
+  .map((part) => part.startsWith('{') ? `By${pascalCase(part)}` : pascalCase(part)).join('')
 
 /** Guarded routes take a bearer token, which Swagger UI gets from the oauth2 password flow. */
 const BEARER_SECURITY = [{ bearerAuth: [] }, { oauth2: [] }]
 
 /**
  * What every route shares, documented once from its access policy rather than repeated in each
- * route: its security requirement, its operationId, and the answers it can give besides its own
- * (validation 400, 413/415 for bodies, 401 when guarded, 429 under /auth, 503 when it reads the
- * database), with the headers that come with them.
+ * route: its security requirement, and the answers it can give besides its own (validation 400,
+ * 413/415 for bodies, 401 when guarded, 429 under /auth, 503 when it reads the database), with the
+ * headers that come with them.
  */
 function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean): Schema {
   const response = { ...schema.response }
@@ -77,18 +79,20 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
     if (declared && !(declared.properties && 'code' in declared.properties)) return
     response[status] = { ...(declared ?? ErrorResponse), description: declared?.description ? `${declared.description}; ${description}` : description }
   }
+  const takesBody = [route.method].flat().some((method) => BODY_METHODS.has(method))
   const invalid = [
     ...schema.body || schema.params || schema.querystring ? ['validation_error names the field'] : [],
+    ...takesBody && !schema.body ? ['validation_error for a body, which it takes none of'] : [],
     ...isGuarded ? ['invalid_request for a malformed Authorization header'] : []
   ]
   if (invalid.length > 0) add(400, `Invalid request: ${invalid.join('; ')}`)
-  if (schema.body) {
+  if (takesBody) {
     add(413, 'Body over 8 KiB: payload_too_large')
     add(415, 'Not JSON: unsupported_media_type')
   }
   if (isGuarded) add(401, 'No, invalid or expired bearer token: missing_token, invalid_token, token_expired')
   if (route.url.startsWith('/auth')) add(429, 'Too many requests: rate_limited, with Retry-After')
-  if (route.config?.database !== false) add(503, 'The database is unavailable: database_unavailable, with Retry-After')
+  if (route.config?.database !== false && !response[503]) add(503, 'The database is unavailable: database_unavailable, with Retry-After')
   // Declared without a word of their own: what they mean on every route.
   for (const [status, description] of Object.entries(GENERIC_ERRORS)) {
     if (response[status] && !(response[status] as { description?: string }).description) add(Number(status), description)
@@ -97,10 +101,8 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
     const headers = STATUS_HEADERS[Number(status)] ?? (isGuarded ? GUARDED_HEADERS[Number(status)] : undefined)
     response[status] = { ...answer, description: answer.description ?? STATUS_CODES[status], ...headers ? { headers } : {} }
   }
-  const method = [route.method].flat()[0]!
   return {
     ...schema,
-    operationId: schema.operationId ?? operationIdOf(method, route.url),
     response,
     security: schema.security ?? (isGuarded ? BEARER_SECURITY : [])
   }
@@ -112,12 +114,15 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
  * type, not an anonymous copy per route. The description an answer gave it stays beside the
  * reference. Two different schemas under one title are a mistake, refused here.
  */
+const EXAMPLE_KEYS = new Set(['example', 'examples'])
+
 function nameTitledSchemas (paths: unknown): { paths: unknown, schemas: Record<string, object> } {
   const schemas: Record<string, object> = {}
   const visit = (node: unknown): unknown => {
     if (Array.isArray(node)) return node.map(visit)
     if (node === null || typeof node !== 'object') return node
-    const visited = Object.fromEntries(Object.entries(node).map(([key, value]) => [key, visit(value)]))
+    // Examples are data, not schemas, whatever keys they hold.
+    const visited = Object.fromEntries(Object.entries(node).map(([key, value]) => [key, EXAMPLE_KEYS.has(key) ? value : visit(value)]))
     const { description, ...schema } = visited
     if (typeof schema.title !== 'string' || schema.type !== 'object') return visited
     const known = schemas[schema.title] ??= schema
@@ -159,13 +164,19 @@ async function docsPlugin (app: FastifyInstance) {
       if (route.config?.bodyOptional) for (const method of [route.method].flat()) optionalBodies.push({ url, method })
       return { schema: documentShared((schema ?? {}) as Schema, route, isGuardedRoute(app, route)) as FastifySchema, url }
     },
-    // @fastify/swagger marks every body it documents as required.
     transformObject: (document) => {
       if (!('openapiObject' in document)) return document.swaggerObject
-      const paths = document.openapiObject.paths as Record<string, Record<string, { requestBody?: { required?: boolean } }>>
+      const paths = document.openapiObject.paths as Record<string, Record<string, { requestBody?: { required?: boolean }, operationId?: string }>>
+      // @fastify/swagger marks every body it documents as required.
       for (const { url, method } of optionalBodies) {
         const body = paths[url.replace(/:(\w+)/g, '{$1}')]?.[method.toLowerCase()]?.requestBody
         if (body) body.required = false
+      }
+      // One per operation: the methods of one route share an operation object, so each gets a copy.
+      for (const [path, operations] of Object.entries(paths)) {
+        for (const [method, operation] of Object.entries(operations)) {
+          operations[method] = { ...operation, operationId: operation.operationId ?? operationIdOf(method, path) }
+        }
       }
       const named = nameTitledSchemas(paths)
       return {
@@ -192,6 +203,10 @@ async function docsPlugin (app: FastifyInstance) {
         .replace("style-src 'self'", `style-src 'self' '${SWAGGER_LOGO_STYLE_HASH}'`)
     })
   })
+
+  // Built once at start (it is cached): a mistake in it, such as one title on two schemas, stops
+  // the start instead of failing the first request for the document.
+  app.addHook('onReady', async () => { app.swagger() })
 
   app.get('/openapi.json', {
     config: { access: 'public' },

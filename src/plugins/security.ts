@@ -77,9 +77,13 @@ async function securityPlugin (app: FastifyInstance) {
   if (app.config.corsOrigins.length === 0) return
   const allowed = new Set(app.config.corsOrigins)
   // @fastify/cors answers preflights on a route of its own: public for the access audit, as a
-  // preflight never carries credentials (Fetch standard, CORS protocol).
+  // preflight never carries credentials (Fetch standard, CORS protocol). Only that one route.
+  let preflightRoutePending = true
   app.addHook('onRoute', (route) => {
-    if (route.method === 'OPTIONS' && route.url === '*') route.config = { ...route.config, access: 'public' }
+    if (preflightRoutePending && route.method === 'OPTIONS' && route.url === '*') {
+      route.config = { ...route.config, access: 'public' }
+      preflightRoutePending = false
+    }
   })
   await app.register(cors, {
     origin: (origin, callback) => callback(null, origin !== undefined && allowed.has(origin)),

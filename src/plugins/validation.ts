@@ -72,7 +72,7 @@ export function utf8Body (parse: FastifyBodyParser<string>): FastifyBodyParser<B
     : done(apiError(400, 'invalid_body', 'The body is not valid UTF-8.'), undefined)
 }
 
-const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
+export const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
 
 /**
  * A request with nothing in it has no body, whatever its Content-Type says: a fetch() client that
