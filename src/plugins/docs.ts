@@ -30,7 +30,6 @@ cannot be reached (the token endpoint: \`temporarily_unavailable\`).`
 const SWAGGER_LOGO_STYLE_HASH = 'sha256-RL3ie0nH+Lzz2YNqQN83mnU0J1ot4QL7b99vMdIX99w='
 
 type Schema = Record<string, unknown> & {
-  operationId?: string
   response?: Record<string, unknown>
   body?: unknown
   params?: unknown
@@ -108,14 +107,14 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
   }
 }
 
+const EXAMPLE_KEYS = new Set(['example', 'examples'])
+
 /**
  * Every object schema with a title (`{ title: 'User' }` on its TypeBox definition) becomes a named
  * component, referenced wherever @fastify/swagger inlined it: a generated client gets one `User`
  * type, not an anonymous copy per route. The description an answer gave it stays beside the
  * reference. Two different schemas under one title are a mistake, refused here.
  */
-const EXAMPLE_KEYS = new Set(['example', 'examples'])
-
 function nameTitledSchemas (paths: unknown): { paths: unknown, schemas: Record<string, object> } {
   const schemas: Record<string, object> = {}
   const visit = (node: unknown): unknown => {
