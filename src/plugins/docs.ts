@@ -6,7 +6,7 @@ import { STATUS_CODES } from 'node:http'
 import { createRequire } from 'node:module'
 import { ErrorResponse } from '../schemas/common.ts'
 import { isGuardedRoute } from './authorization.ts'
-import { BODY_METHODS } from './validation.ts'
+import { takesBodyMethod } from './validation.ts'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -78,7 +78,7 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
     if (declared && !(declared.properties && 'code' in declared.properties)) return
     response[status] = { ...(declared ?? ErrorResponse), description: declared?.description ? `${declared.description}; ${description}` : description }
   }
-  const takesBody = [route.method].flat().some((method) => BODY_METHODS.has(method))
+  const takesBody = takesBodyMethod(route)
   const invalid = [
     ...schema.body || schema.params || schema.querystring ? ['validation_error names the field'] : [],
     ...takesBody && !schema.body ? ['validation_error for a body, which it takes none of'] : [],

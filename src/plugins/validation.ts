@@ -1,6 +1,6 @@
 import { Ajv } from 'ajv'
 import addFormats from 'ajv-formats'
-import type { FastifyBodyParser, FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import type { FastifyBodyParser, FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { isUtf8 } from 'node:buffer'
 import { apiError } from '../errors.ts'
@@ -27,7 +27,7 @@ async function validationPlugin (app: FastifyInstance) {
   app.removeContentTypeParser('application/json')
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Body(app.getDefaultJsonParser('error', 'error')))
   app.addHook('onRoute', (route) => {
-    const takesBody = [route.method].flat().some((method) => BODY_METHODS.has(method))
+    const takesBody = takesBodyMethod(route)
     if (takesBody && (!route.schema?.body || route.config?.bodyOptional)) {
       route.onRequest = [emptyBodyIsNoBody, ...[route.onRequest ?? []].flat()]
     }
@@ -72,7 +72,9 @@ export function utf8Body (parse: FastifyBodyParser<string>): FastifyBodyParser<B
     : done(apiError(400, 'invalid_body', 'The body is not valid UTF-8.'), undefined)
 }
 
-export const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
+const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
+/** Whether a route has a method that may carry a body. */
+export const takesBodyMethod = (route: Pick<RouteOptions, 'method'>) => [route.method].flat().some((method) => BODY_METHODS.has(method))
 
 /**
  * A request with nothing in it has no body, whatever its Content-Type says: a fetch() client that

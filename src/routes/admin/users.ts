@@ -44,7 +44,6 @@ const lastAdmin = () => apiError(409, 'last_admin', 'The last enabled admin cann
 const notFound = () => apiError(404, 'not_found', 'No such user.')
 
 const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
-  // Other people's personal data.
   // Admin endpoints act on accounts: the caller's user and session are re-read on every call.
   const adminOnly = [app.authenticate, app.loadAccount, app.requirePermission('users:manage')]
   const guardedErrors = { 401: ErrorResponse, 403: ErrorResponse }
