@@ -1,4 +1,5 @@
 import type { InjectOptions } from 'fastify'
+import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { TEST_PASSWORD, bearer, build, dbCount, dbGet, dbRun, signup, signupWithRoles, uniqueEmail } from './helper.ts'
 
@@ -178,6 +179,37 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
   const unknownRoute = await app.inject({ method: 'GET', url: '/nope' })
   t.equal(unknownRoute.statusCode, 404)
   t.equal(unknownRoute.json().code, 'not_found')
+})
+
+t.test('a path served under other methods answers 405 with Allow; an unknown path 404 without it', async (t) => {
+  const app = await build(t)
+  const allowOf = (response: { headers: Record<string, unknown> }) => String(response.headers.allow).split(', ').sort()
+  const cases = [
+    ['POST', '/auth/me', ['GET', 'HEAD', 'PATCH']],
+    ['GET', '/auth/login?next=1', ['POST']],
+    ['GET', `/videos/${randomUUID()}`, ['DELETE', 'PATCH']],
+    ['DELETE', '/clothes', ['GET', 'HEAD', 'POST']],
+    ['OPTIONS', '/health', ['GET', 'HEAD']]
+  ] as const
+  for (const [method, url, allowed] of cases) {
+    const response = await app.inject({ method, url })
+    const path = url.split('?')[0]
+    t.equal(response.statusCode, 405, `${method} ${url}`)
+    t.same(allowOf(response), allowed, `${method} ${url}: Allow`)
+    t.same(response.json(), {
+      statusCode: 405,
+      error: 'Method Not Allowed',
+      message: `Route ${method} ${path} not found; ${path} answers ${response.headers.allow}`,
+      code: 'method_not_allowed'
+    }, `${method} ${url}: body`)
+    t.equal(response.headers['x-content-type-options'], 'nosniff', `${method} ${url}: the API's headers`)
+  }
+  for (const url of ['/nope', '/auth/me/more', '/videos/a/b', '/auth/me/']) {
+    const response = await app.inject({ method: 'PUT', url })
+    t.equal(response.statusCode, 404, `PUT ${url}`)
+    t.equal(response.headers.allow, undefined, `PUT ${url}: no Allow`)
+    t.equal(response.json().code, 'not_found', `PUT ${url}`)
+  }
 })
 
 t.test('a signup body that is not UTF-8 stores nothing; UTF-8 names and passwords arrive intact', async (t) => {

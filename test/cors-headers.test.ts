@@ -78,3 +78,14 @@ t.test('the docs pages get helmet\'s full document headers', async (t) => {
   t.equal(page.headers['referrer-policy'], 'no-referrer')
   t.equal(page.headers['x-content-type-options'], 'nosniff')
 })
+
+t.test('CORS: the preflight route, which matches every path, turns no 404 into a 405', async (t) => {
+  const app = await build(t, { CORS_ORIGINS: SPA })
+  const unknown = await app.inject({ method: 'GET', url: '/nope', headers: { origin: SPA } })
+  t.equal(unknown.statusCode, 404)
+  t.equal(unknown.headers.allow, undefined)
+  const wrongMethod = await app.inject({ method: 'POST', url: '/auth/me', headers: { origin: SPA } })
+  t.equal(wrongMethod.statusCode, 405)
+  t.equal(wrongMethod.headers.allow, 'GET, HEAD, PATCH')
+  t.equal(wrongMethod.headers['access-control-allow-origin'], SPA)
+})

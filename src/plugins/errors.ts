@@ -1,6 +1,7 @@
 import { HttpError } from '@fastify/sensible'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
+import FindMyWay, { type HTTPMethod } from 'find-my-way'
 import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import { bearerChallenge } from './auth.ts'
@@ -131,8 +132,27 @@ async function errorsPlugin (app: FastifyInstance) {
     return reply.code(body.statusCode).send(body)
   })
 
+  // RFC 9110 §15.5.6: a path that another method serves answers 405 with Allow, not 404. Fastify's
+  // router answers neither question, so the routes are mirrored into one that can (matching only).
+  const routes = FindMyWay()
+  const methods = new Set<HTTPMethod>()
+  app.addHook('onRoute', (route) => {
+    // @fastify/cors's preflight route matches every path: it would turn every 404 into a 405.
+    if (route.url === '*') return
+    for (const method of [route.method].flat() as HTTPMethod[]) {
+      methods.add(method)
+      if (!routes.hasRoute(method, route.url)) routes.on(method, route.url, () => {})
+    }
+  })
+
   app.setNotFoundHandler((request, reply) => {
-    return reply.code(404).send(errorBody(404, 'not_found', `Route ${request.method} ${request.url.split('?')[0]} not found`))
+    const path = request.url.split('?')[0]
+    const allowed = [...methods].filter((method) => routes.find(method, request.url) !== null)
+    if (allowed.length > 0) {
+      return reply.code(405).header('allow', allowed.join(', '))
+        .send(errorBody(405, 'method_not_allowed', `Route ${request.method} ${path} not found; ${path} answers ${allowed.join(', ')}`))
+    }
+    return reply.code(404).send(errorBody(404, 'not_found', `Route ${request.method} ${path} not found`))
   })
 }
 
