@@ -1,11 +1,15 @@
 import argon2 from 'argon2'
 import Database from 'better-sqlite3'
 import { spawn } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import pg from 'pg'
 import t, { type Test } from 'tap'
-import { TEST_PASSWORD, build } from './helper.ts'
+import { ADVISORY_LOCKS } from '../src/db/postgres/open.ts'
+import { TEST_PASSWORD, build, freshPostgresUrl } from './helper.ts'
+import { POSTGRES_URL, postgresReachable } from './services.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 
@@ -178,4 +182,69 @@ t.test('the CLI tools say in one line why a database cannot be opened', async (t
   t.match(runs[1]!.stderr, /^Cannot open the database at postgres:\/\/postgres@127\.0\.0\.1:1\/gatehouse/)
   t.match(runs[2]!.stderr, /DATABASE_URL must be postgres:\/\/… \(or postgresql:\/\/…\) for PostgreSQL, or file:PATH or a path for SQLite \(got a "postgress:" URL that is neither\)/)
   t.notOk(existsSync(join(ROOT, 'postgress:')), 'no SQLite file named after the typo')
+})
+
+t.test('db:seed runs at the same moment seed once, on SQLite and on PostgreSQL', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  const databases: Array<[string, string, (sql: string) => Promise<number>]> = [
+    ['SQLite', file, async (sql) => query<{ n: number }>(t, file, sql)[0]!.n]
+  ]
+  if (await postgresReachable()) {
+    const url = await freshPostgresUrl(POSTGRES_URL)
+    databases.push(['PostgreSQL', url, async (sql) => {
+      const client = new pg.Client({ connectionString: url })
+      await client.connect()
+      try {
+        return Number((await client.query(sql)).rows[0].n)
+      } finally {
+        await client.end()
+      }
+    }])
+  } else {
+    t.comment('PostgreSQL not reachable: SQLite only')
+  }
+  for (const [label, database, count] of databases) {
+    const runs = await Promise.all(Array.from({ length: 4 }, () => runCli('db-seed', database)))
+    for (const run of runs) t.equal(run.status, 0, `${label}: ${run.stderr}`)
+    t.equal(runs.filter((run) => /videos: \d+ added; clothes: \d+ added/.test(run.stdout)).length, 1, `${label}: one run seeded`)
+    t.equal(await count('select count(*) as n from videos'), 5, `${label}: the videos once`)
+    t.equal(await count('select count(*) as n from clothes'), 5, `${label}: the clothes once`)
+  }
+})
+
+t.test('on PostgreSQL, db:seed waits for a seed in progress elsewhere and then adds only what is missing', { skip: !await postgresReachable() && 'PostgreSQL not reachable' }, async (t) => {
+  const url = await freshPostgresUrl(POSTGRES_URL)
+  const migrated = await runCli('db-migrate', url)
+  t.equal(migrated.status, 0, migrated.stderr)
+  const other = new pg.Client({ connectionString: url })
+  const observer = new pg.Client({ connectionString: url })
+  await Promise.all([other.connect(), observer.connect()])
+  t.teardown(() => Promise.all([other.end(), observer.end()]))
+
+  // Another seed, midway: it holds the seed lock and has written a video, not yet committed.
+  await other.query('begin')
+  await other.query('select pg_advisory_xact_lock($1)', [ADVISORY_LOCKS.seed])
+  await other.query(`insert into videos (id, title, author, url, created_at, updated_at)
+    values ($1, 'Seeded elsewhere', 'Someone', 'https://videos.example.com/x.mp4', now(), now())`, [randomUUID()])
+
+  const child = { exited: false }
+  const seed = runCli('db-seed', url).finally(() => { child.exited = true })
+  const lockWaits = async () => Number((await observer.query(
+    "select count(*) as n from pg_locks where locktype = 'advisory' and not granted and database = (select oid from pg_database where datname = current_database())"
+  )).rows[0].n)
+  const deadline = Date.now() + 30_000
+  let waited = false
+  while (!child.exited && !waited && Date.now() < deadline) {
+    waited = await lockWaits() > 0
+    if (!waited) await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  t.ok(waited, 'the seed waits for the lock instead of reading the tables as empty')
+  await other.query('commit')
+
+  const run = await seed
+  t.equal(run.status, 0, run.stderr)
+  t.match(run.stdout, /videos: already present; clothes: 5 added/)
+  const count = async (table: string) => Number((await observer.query(`select count(*) as n from ${table}`)).rows[0].n)
+  t.equal(await count('videos'), 1, 'no video added beside the other seed\'s')
+  t.equal(await count('clothes'), 5)
 })

@@ -1,5 +1,5 @@
 // npm run db:seed: demo videos and clothes, so a new user sees real lists. Adds nothing to a table
-// that already has rows, so it is safe to run twice. Seeded videos have no owner: admins manage them.
+// that already has rows, so it is safe to run twice, even at once. Seeded videos have no owner: admins manage them.
 import { openDatabaseOrExit } from './open-database.ts'
 import { createClothingRepository } from '../repositories/clothes.ts'
 import { createVideoRepository, type VideoFields } from '../repositories/videos.ts'
@@ -22,12 +22,17 @@ const CLOTHES = [
 
 const database = await openDatabaseOrExit()
 try {
-  const videos = createVideoRepository(database)
-  const clothes = createClothingRepository(database)
-  const hasVideos = (await videos.list(false)).length + (await videos.list(true)).length > 0
-  const hasClothes = (await clothes.list()).length > 0
-  if (!hasVideos) for (const video of VIDEOS) await videos.create(null, video)
-  if (!hasClothes) for (const item of CLOTHES) await clothes.create(item)
+  // Checked and written in one transaction under the seed lock: two runs at once (two instances'
+  // start scripts, say) cannot both find the tables empty and seed them twice.
+  const { hasVideos, hasClothes } = await database.dialect.atomic(async (db) => {
+    const videos = createVideoRepository({ ...database, db })
+    const clothes = createClothingRepository({ ...database, db })
+    const hasVideos = (await videos.list(false)).length + (await videos.list(true)).length > 0
+    const hasClothes = (await clothes.list()).length > 0
+    if (!hasVideos) for (const video of VIDEOS) await videos.create(null, video)
+    if (!hasClothes) for (const item of CLOTHES) await clothes.create(item)
+    return { hasVideos, hasClothes }
+  }, 'seed')
   console.log(`videos: ${hasVideos ? 'already present' : `${VIDEOS.length} added`}; clothes: ${hasClothes ? 'already present' : `${CLOTHES.length} added`}`)
 } finally {
   await database.close()

@@ -37,8 +37,8 @@ export type SessionRow = Tables['sessions']['$inferSelect']
 export type VideoRow = Tables['videos']['$inferSelect']
 export type ClothingRow = Tables['clothes']['$inferSelect']
 
-/** Serialises a group of writers across instances: one lock for the last-admin guard. */
-export type AtomicLock = 'admins'
+/** Serialises a group of writers across instances: the last-admin guard, and db:seed runs. */
+export type AtomicLock = 'admins' | 'seed'
 
 export interface Dialect {
   name: 'sqlite' | 'postgres'

@@ -6,8 +6,8 @@ import pg from 'pg'
 import { MIGRATIONS, driverMessage, errorCode, type Database, type Db } from '../index.ts'
 import * as postgresSchema from './schema.ts'
 
-/** pg_advisory_lock keys: the migration run, and the admin-change lock. */
-const ADVISORY_LOCKS = { migrations: 7_411_202_601, admins: 7_411_202_602 } as const
+/** pg_advisory_lock keys: the migration run, and each AtomicLock. */
+export const ADVISORY_LOCKS = { migrations: 7_411_202_601, admins: 7_411_202_602, seed: 7_411_202_603 } as const
 
 /**
  * No request waits on the database for long; each case then answers 503 database_unavailable.
