@@ -612,3 +612,39 @@ t.test('who may ask is answered before whether the request is well-formed: 401, 
     if (status === 401) t.match(response.headers['www-authenticate'], /^Bearer realm="gatehouse"/, `${label}: a challenge`)
   }
 })
+
+t.test('requireOwnerOr: someone else\'s resource is 403, or with othersSee: not_found the same 404 as none', async (t) => {
+  const app = await buildApp(loadConfig(TEST_ENV))
+  t.teardown(() => app.close())
+  // A fork's resource: note id → owner id.
+  const owners = new Map<string, string>()
+  const ownerOf = async (request: { params: unknown }) => {
+    const ownerId = owners.get((request.params as { id: string }).id)
+    return ownerId === undefined ? undefined : { ownerId }
+  }
+  for (const othersSee of ['forbidden', 'not_found'] as const) {
+    app.delete(`/${othersSee}/:id`, {
+      preHandler: [app.authenticate, app.requireOwnerOr('videos:manage-any', ownerOf, { othersSee })]
+    }, async (_request, reply) => reply.code(204).send())
+  }
+  await app.ready()
+  const [alice, bob, admin] = [await signup(app), await signup(app), await signupWithRoles(app, ['user', 'admin'])]
+  owners.set('alices', alice.user.id)
+
+  const remove = (othersSee: string, id: string, session: SessionBody) =>
+    app.inject({ method: 'DELETE', url: `/${othersSee}/${id}`, headers: bearer(session.access_token) })
+  const forbidden = await remove('forbidden', 'alices', bob)
+  t.equal(forbidden.statusCode, 403)
+  t.equal(forbidden.json().code, 'forbidden')
+  t.equal((await remove('forbidden', 'missing', bob)).statusCode, 404)
+
+  const hidden = await remove('not_found', 'alices', bob)
+  const missing = await remove('not_found', 'missing', bob)
+  t.equal(hidden.statusCode, 404)
+  t.same(hidden.json(), missing.json(), 'someone else\'s note reads exactly as no note')
+  t.equal(hidden.headers['www-authenticate'], undefined, 'and carries no insufficient_scope challenge')
+  for (const othersSee of ['forbidden', 'not_found']) {
+    t.equal((await remove(othersSee, 'alices', alice)).statusCode, 204, `${othersSee}: the owner may`)
+    t.equal((await remove(othersSee, 'alices', admin)).statusCode, 204, `${othersSee}: so may a holder of the permission`)
+  }
+})

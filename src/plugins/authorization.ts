@@ -17,17 +17,20 @@ declare module 'fastify' {
     requirePermission (permission: Permission): (request: FastifyRequest) => Promise<void>
     /**
      * preHandler after authenticate for one resource: 404 when `ownerOf` finds none, 403 unless
-     * the caller owns it or holds `permission`.
+     * the caller owns it or holds `permission`; with `{ othersSee: 'not_found' }`, 404 for
+     * someone else's too, where whether an id exists must stay private.
      */
     requireOwnerOr (
       permission: Permission,
-      ownerOf: (request: FastifyRequest) => Promise<{ ownerId: string | null } | undefined>
+      ownerOf: (request: FastifyRequest) => Promise<{ ownerId: string | null } | undefined>,
+      options?: { othersSee: 'forbidden' | 'not_found' }
     ): (request: FastifyRequest) => Promise<void>
   }
 }
 
 /** Its `insufficient_scope` challenge is added where every error is answered (errors.ts). */
 const forbidden = () => apiError(403, 'forbidden', 'You are not allowed to do this.')
+const notFound = () => apiError(404, 'not_found', 'No such resource.')
 
 /** A guarded route is one whose preHandler list starts with authenticate. */
 export function isGuardedRoute (app: FastifyInstance, route: Pick<RouteOptions, 'preHandler'>): boolean {
@@ -85,11 +88,15 @@ async function authorizationPlugin (app: FastifyInstance) {
 
   app.decorate('requireOwnerOr', (
     permission: Permission,
-    ownerOf: (request: FastifyRequest) => Promise<{ ownerId: string | null } | undefined>
+    ownerOf: (request: FastifyRequest) => Promise<{ ownerId: string | null } | undefined>,
+    { othersSee }: { othersSee: 'forbidden' | 'not_found' } = { othersSee: 'forbidden' }
   ) => async (request: FastifyRequest) => {
     const resource = await ownerOf(request)
-    if (!resource) throw apiError(404, 'not_found', 'No such resource.')
-    if (resource.ownerId !== request.user.id && !hasPermission(rolesOf(request), permission)) throw forbidden()
+    if (!resource) throw notFound()
+    if (resource.ownerId !== request.user.id && !hasPermission(rolesOf(request), permission)) {
+      // OWASP ASVS 4.2.1 (IDOR): the same answer as for no such resource reveals nothing.
+      throw othersSee === 'not_found' ? notFound() : forbidden()
+    }
   })
 }
 
