@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { isIP } from 'node:net'
-import { looksLikeEmail } from './auth/email.ts'
+import { looksLikeEmail, normaliseEmail } from './auth/email.ts'
+import { passwordProblem } from './auth/passwords.ts'
 import { dirname, join, resolve } from 'node:path'
 
 type Env = Record<string, string | undefined>
@@ -200,6 +201,9 @@ export function loadConfig (env: Env = process.env): Config {
     problems.push('ADMIN_EMAIL and ADMIN_PASSWORD must be set together')
   }
   if (adminEmail && !looksLikeEmail(adminEmail)) problems.push(`ADMIN_EMAIL is not an email address (got "${adminEmail}")`)
+  // The password policy of every sign-up, checked here so that a refused one opens no database.
+  const adminPasswordProblem = adminEmail && adminPassword ? passwordProblem(adminPassword, normaliseEmail(adminEmail)) : undefined
+  if (adminPasswordProblem) problems.push(`ADMIN_PASSWORD is refused: ${adminPasswordProblem}`)
 
   const trustProxyText = text('TRUST_PROXY', 'false')
   const trustProxy = parseTrustProxy(trustProxyText)

@@ -167,6 +167,11 @@ t.test('a refused configuration leaves no folder and no secret behind', async (t
   const folder = join(t.testdir(), 'data')
   t.throws(() => loadConfig({ DATABASE_URL: `file:${join(folder, 'gatehouse.db')}`, PORT: 'eighty' }), /PORT/)
   t.notOk(existsSync(folder))
+  for (const [label, password] of [['too short', 'short'], ['common', 'password123'], ['the email', 'Boss@Example.com']]) {
+    t.throws(() => loadConfig({ DATABASE_URL: `file:${join(folder, 'gatehouse.db')}`, ADMIN_EMAIL: 'boss@example.com', ADMIN_PASSWORD: password! }),
+      /^Invalid configuration:[^]*ADMIN_PASSWORD is refused: /, `a weak ADMIN_PASSWORD (${label}) is a configuration error`)
+    t.notOk(existsSync(folder), `${label}: no folder`)
+  }
   t.ok(loadConfig({ DATABASE_URL: `file:${join(folder, 'gatehouse.db')}` }).jwt.secretFile, 'a good one does keep its secret')
   t.ok(existsSync(join(folder, 'jwt-secret')))
 })

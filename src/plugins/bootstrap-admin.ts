@@ -15,9 +15,10 @@ async function bootstrapAdminPlugin (app: FastifyInstance) {
     case 'created':
       app.log.info({ event: 'admin_bootstrapped', userId: registration.user.id }, 'created the first admin from ADMIN_EMAIL')
       return
+    case 'invalid_email':
     case 'weak_password':
-      throw new Error(`ADMIN_PASSWORD is refused: ${registration.message}`)
-    case 'invalid_email': // loadConfig already refused it
+      // loadConfig refuses both before any database is opened.
+      throw new Error('ADMIN_EMAIL or ADMIN_PASSWORD is refused')
     case 'email_taken':
       // Another instance starting at the same moment may have just created this very admin.
       if (!await app.usersRepository.hasEnabledAdmin()) {
