@@ -151,6 +151,26 @@ t.test('an empty request with a JSON Content-Type is a bodiless call, as fetch()
   t.equal(await meStatus(app, first.access_token), 200)
 })
 
+t.test('an empty request to a route that needs a body is invalid_body, whatever Content-Type it names', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  for (const contentType of [undefined, 'application/json', 'text/plain', 'application/x-www-form-urlencoded']) {
+    const headers = contentType ? { 'content-type': contentType } : {}
+    for (const [method, url, token] of [['POST', '/auth/login', undefined], ['PATCH', '/auth/me', session.access_token]] as const) {
+      const response = await app.inject({ method, url, headers: { ...headers, ...token ? bearer(token) : {} }, payload: '' })
+      t.equal(response.statusCode, 400, `${method} ${url}, ${contentType}`)
+      t.same(response.json(), { statusCode: 400, error: 'Bad Request', message: 'This endpoint needs a body.', code: 'invalid_body' }, `${method} ${url}, ${contentType}`)
+    }
+    const anonymous = await app.inject({ method: 'PATCH', url: '/auth/me', headers, payload: '' })
+    t.equal(anonymous.json().code, 'missing_token', `${contentType}: who asks is answered first`)
+    const token = await app.inject({ method: 'POST', url: '/auth/token', headers, payload: '' })
+    t.equal(token.statusCode, 400, `token endpoint, ${contentType}`)
+    t.same(token.json(), { error: 'invalid_request', error_description: 'This endpoint needs a body.' }, `token endpoint, ${contentType}`)
+  }
+  t.equal((await app.inject({ method: 'POST', url: '/auth/login', headers: { 'content-type': 'text/plain' }, payload: 'hi' })).statusCode, 415,
+    'a body of another type is still 415')
+})
+
 t.test('password change needs the current password and keeps only the current session', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()

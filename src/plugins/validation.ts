@@ -28,9 +28,8 @@ async function validationPlugin (app: FastifyInstance) {
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Body(app.getDefaultJsonParser('error', 'error')))
   app.addHook('onRoute', (route) => {
     const takesBody = takesBodyMethod(route)
-    if (takesBody && (!route.schema?.body || route.config?.bodyOptional)) {
-      route.onRequest = [emptyBodyIsNoBody, ...[route.onRequest ?? []].flat()]
-    }
+    const needsBody = takesBody && route.schema?.body !== undefined && !route.config?.bodyOptional
+    if (takesBody) route.onRequest = [emptyBodyIsNoBody, ...[route.onRequest ?? []].flat()]
     if (takesBody && route.config?.bodyOptional) {
       route.preValidation = [bodyOrEmptyObject, ...[route.preValidation ?? []].flat()]
     }
@@ -41,7 +40,9 @@ async function validationPlugin (app: FastifyInstance) {
       const handlers = [route.preHandler ?? []].flat()
       let accessChecks = 0
       while (accessChecks < handlers.length && ACCESS_CHECKS.has(handlers[accessChecks]!)) accessChecks++
-      const checks = takesBody && !route.schema?.body ? [rejectInvalidRequest, rejectBody] : [rejectInvalidRequest]
+      const checks = needsBody
+        ? [requireBody, rejectInvalidRequest]
+        : takesBody && !route.schema?.body ? [rejectInvalidRequest, rejectBody] : [rejectInvalidRequest]
       route.preHandler = [...handlers.slice(0, accessChecks), ...checks, ...handlers.slice(accessChecks)]
     }
   })
@@ -79,7 +80,8 @@ export const takesBodyMethod = (route: Pick<RouteOptions, 'method'>) => [route.m
 /**
  * A request with nothing in it has no body, whatever its Content-Type says: a fetch() client that
  * sends `Content-Type: application/json` on every call must not get 400 "empty JSON body" from a
- * DELETE or a logout, which need no body. Routes that need one still refuse the empty JSON.
+ * DELETE or a logout, which need no body; and a route that needs one answers the same
+ * `invalid_body` (requireBody) whether the empty request said JSON, text or nothing.
  * Nothing in it: no Transfer-Encoding, and a Content-Length of 0 or none (RFC 9112 §6.3).
  */
 function emptyBodyIsNoBody (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
@@ -87,6 +89,11 @@ function emptyBodyIsNoBody (request: FastifyRequest, _reply: FastifyReply, done:
   const length = headers['content-length']
   if (headers['transfer-encoding'] === undefined && (length === undefined || length === '0')) delete headers['content-type']
   done()
+}
+
+/** preHandler of a route that needs a body: a request without one is refused as such. */
+function requireBody (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
+  done(request.body === undefined ? apiError(400, 'invalid_body', 'This endpoint needs a body.') : undefined)
 }
 
 function bodyOrEmptyObject (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
