@@ -39,7 +39,13 @@ t.test('every registered route is documented with its security requirement', asy
       t.same(operation.security, [], `${route.method} ${route.url} is public`)
     }
     t.ok(Object.keys(operation.responses).some((status) => status.startsWith('2')), `${route.method} ${route.url} documents its success`)
-    if (route.url.startsWith('/auth')) t.ok(operation.responses['429']?.headers?.['Retry-After'], `${route.method} ${route.url} documents 429 and its Retry-After`)
+    if (route.url.startsWith('/auth')) {
+      t.ok(operation.responses['429']?.headers?.['Retry-After'], `${route.method} ${route.url} documents 429 and its Retry-After`)
+      t.ok(operation.responses['429']?.headers?.['X-RateLimit-Reset'], `${route.method} ${route.url} documents the per-IP limit's headers`)
+    }
+    if (['POST', 'PATCH', 'DELETE'].includes(route.method) && route.url !== '/auth/token') {
+      t.match(operation.responses['400']?.description, /invalid_body/, `${route.method} ${route.url} documents a body it cannot parse`)
+    }
     if (operation.responses['401']) t.ok(operation.responses['401'].headers?.['WWW-Authenticate'], `${route.method} ${route.url} documents the 401 challenge`)
     // Only the stateless route never reads the database (its answer comes from the token alone).
     if (route.url === '/me/permissions') t.notOk(operation.responses['503'], `${route.method} ${route.url} never answers 503`)
@@ -56,6 +62,9 @@ t.test('every registered route is documented with its security requirement', asy
   const described = (path: string, method: string, status: number) => document.paths[path][method].responses[status].description
   t.match(described('/auth/signup', 'post', 400), /weak_password.*validation_error/)
   t.match(described('/auth/signup', 'post', 409), /email_taken/)
+  t.match(described('/auth/login', 'post', 400), /invalid_body for a body that is not JSON or not UTF-8, or none/, 'a body it needs')
+  t.notMatch(described('/auth/logout', 'post', 400), /or none/, 'a body it may go without')
+  t.match(described('/videos/{id}', 'delete', 400), /validation_error for a body other than \{\}/, 'a body it takes none of')
   t.match(described('/auth/login', 'post', 401), /invalid_credentials/)
   t.match(described('/auth/login', 'post', 403), /user_disabled/)
   t.match(described('/auth/refresh', 'post', 401), /invalid_refresh_token/)

@@ -45,9 +45,15 @@ const GENERIC_ERRORS: Record<number, string> = {
 const challenge = (description: string) => ({ 'WWW-Authenticate': { type: 'string', description } })
 const retryAfter = (description: string) => ({ 'Retry-After': { type: 'integer', description } })
 /** Headers the contract puts on an answer of this status, wherever it comes from. */
+const perIpLimit = (description: string) => ({ type: 'integer', description: `${description}; only when the per-IP limit answered` })
 const STATUS_HEADERS: Record<number, Record<string, unknown>> = {
   401: challenge('Bearer challenge (RFC 6750 §3), with error= for a token that failed'),
-  429: retryAfter('Seconds until a request may succeed'),
+  429: {
+    ...retryAfter('Seconds until a request may succeed'),
+    'X-RateLimit-Limit': perIpLimit('Requests allowed per window'),
+    'X-RateLimit-Remaining': perIpLimit('Requests left in the window'),
+    'X-RateLimit-Reset': perIpLimit('Seconds until the window resets')
+  },
   503: retryAfter('Seconds until the database is worth trying again')
 }
 const GUARDED_HEADERS: Record<number, Record<string, unknown>> = {
@@ -79,9 +85,11 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
     response[status] = { ...(declared ?? ErrorResponse), description: declared?.description ? `${declared.description}; ${description}` : description }
   }
   const takesBody = takesBodyMethod(route)
+  const needsBody = schema.body !== undefined && !route.config?.bodyOptional
   const invalid = [
     ...schema.body || schema.params || schema.querystring ? ['validation_error names the field'] : [],
-    ...takesBody && !schema.body ? ['validation_error for a body, which it takes none of'] : [],
+    ...takesBody && !schema.body ? ['validation_error for a body other than {}, as it takes none'] : [],
+    ...takesBody ? [`invalid_body for a body that is not JSON or not UTF-8${needsBody ? ', or none' : ''}`] : [],
     ...isGuarded ? ['invalid_request for a malformed Authorization header'] : []
   ]
   if (invalid.length > 0) add(400, `Invalid request: ${invalid.join('; ')}`)
