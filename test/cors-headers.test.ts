@@ -40,13 +40,24 @@ t.test('CORS: a script can read what a 429 says about retrying', async (t) => {
 
 t.test('CORS: other origins, and every origin by default, get no CORS headers', async (t) => {
   const configured = await build(t, { CORS_ORIGINS: SPA })
-  const stranger = await configured.inject({ method: 'OPTIONS', url: '/auth/me', headers: { origin: 'https://evil.example', 'access-control-request-method': 'GET' } })
+  const preflight = { method: 'OPTIONS', url: '/auth/me', headers: { origin: 'https://evil.example', 'access-control-request-method': 'GET' } } as const
+  const stranger = await configured.inject(preflight)
+  // A successful answer without Access-Control-Allow-Origin: the browser then says the origin is
+  // not allowed, rather than that the preflight failed with 404 or 405.
+  t.equal(stranger.statusCode, 204)
   t.equal(stranger.headers['access-control-allow-origin'], undefined)
+  t.equal(stranger.headers['access-control-allow-methods'], undefined)
+  t.equal(stranger.body, '')
 
   const closed = await build(t)
   const response = await closed.inject({ url: '/health', headers: { origin: SPA } })
   t.equal(response.statusCode, 200)
   t.equal(response.headers['access-control-allow-origin'], undefined)
+  const closedPreflight = await closed.inject(preflight)
+  t.equal(closedPreflight.statusCode, 204, 'CORS off: a preflight is answered the same way')
+  t.equal(closedPreflight.headers['access-control-allow-origin'], undefined)
+  const unrouted = await closed.inject({ ...preflight, url: '/nope' })
+  t.equal(unrouted.statusCode, 404, 'a preflight for a path with no route is still 404')
 })
 
 t.test('API responses carry the OWASP REST security headers, errors included', async (t) => {

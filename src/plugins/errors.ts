@@ -148,6 +148,11 @@ async function errorsPlugin (app: FastifyInstance) {
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split('?')[0]
     const allowed = [...methods].filter((method) => routes.find(method, request.url) !== null)
+    if (allowed.length > 0 && request.method === 'OPTIONS' && request.headers['access-control-request-method']) {
+      // A CORS preflight from an origin not in CORS_ORIGINS (or with CORS off): answered without
+      // Access-Control-Allow-Origin, so the browser reports exactly that instead of a failed status.
+      return reply.code(204).header('vary', 'Origin').send()
+    }
     if (allowed.length > 0) {
       return reply.code(405).header('allow', allowed.join(', '))
         .send(errorBody(405, 'method_not_allowed', `Route ${request.method} ${path} not found; ${path} answers ${allowed.join(', ')}`))
