@@ -200,8 +200,9 @@ export function loadConfig (env: Env = process.env): Config {
   if (Boolean(adminEmail) !== Boolean(adminPassword)) {
     problems.push('ADMIN_EMAIL and ADMIN_PASSWORD must be set together')
   }
-  if (adminEmail && !looksLikeEmail(adminEmail)) problems.push(`ADMIN_EMAIL is not an email address (got "${adminEmail}")`)
-  // The password policy of every sign-up, checked here so that a refused one opens no database.
+  // Checked as sign-up checks them (normalised email, password policy), so that a refused one
+  // opens no database.
+  if (adminEmail && !looksLikeEmail(normaliseEmail(adminEmail))) problems.push(`ADMIN_EMAIL is not an email address (got "${adminEmail}")`)
   const adminPasswordProblem = adminEmail && adminPassword ? passwordProblem(adminPassword, normaliseEmail(adminEmail)) : undefined
   if (adminPasswordProblem) problems.push(`ADMIN_PASSWORD is refused: ${adminPasswordProblem}`)
 

@@ -187,6 +187,9 @@ t.test('TRUST_PROXY and ADMIN_EMAIL are checked at start', async (t) => {
     t.throws(() => loadConfig({ ...base, TRUST_PROXY: bad }), /TRUST_PROXY/, bad)
   }
   t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: 'Ops Team', ADMIN_PASSWORD: 'a long admin password' }), /ADMIN_EMAIL is not an email address/)
+  // 254 characters as written, 255 lower-cased (İ becomes two): refused as sign-up would refuse it.
+  const lengthened = `İ${'a'.repeat(241)}@example.com`
+  t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: lengthened, ADMIN_PASSWORD: 'a long admin password' }), /ADMIN_EMAIL is not an email address/)
 })
 
 t.test('a port already in use stops the start with one line on stderr, whatever the log level', async (t) => {

@@ -56,6 +56,7 @@ t.test('CORS: other origins, and every origin by default, get no CORS headers', 
   const closedPreflight = await closed.inject(preflight)
   t.equal(closedPreflight.statusCode, 204, 'CORS off: a preflight is answered the same way')
   t.equal(closedPreflight.headers['access-control-allow-origin'], undefined)
+  t.equal(closedPreflight.headers.vary, undefined, 'nor Vary: Origin while CORS is off')
   const unrouted = await closed.inject({ ...preflight, url: '/nope' })
   t.equal(unrouted.statusCode, 404, 'a preflight for a path with no route is still 404')
 })

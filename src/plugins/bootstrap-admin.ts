@@ -15,10 +15,11 @@ async function bootstrapAdminPlugin (app: FastifyInstance) {
     case 'created':
       app.log.info({ event: 'admin_bootstrapped', userId: registration.user.id }, 'created the first admin from ADMIN_EMAIL')
       return
+    // loadConfig refuses both before any database is opened.
     case 'invalid_email':
+      throw new Error('ADMIN_EMAIL is not an email address')
     case 'weak_password':
-      // loadConfig refuses both before any database is opened.
-      throw new Error('ADMIN_EMAIL or ADMIN_PASSWORD is refused')
+      throw new Error(`ADMIN_PASSWORD is refused: ${registration.message}`)
     case 'email_taken':
       // Another instance starting at the same moment may have just created this very admin.
       if (!await app.usersRepository.hasEnabledAdmin()) {

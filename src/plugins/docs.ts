@@ -44,8 +44,8 @@ const GENERIC_ERRORS: Record<number, string> = {
 
 const challenge = (description: string) => ({ 'WWW-Authenticate': { type: 'string', description } })
 const retryAfter = (description: string) => ({ 'Retry-After': { type: 'integer', description } })
-/** Headers the contract puts on an answer of this status, wherever it comes from. */
 const perIpLimit = (description: string) => ({ type: 'integer', description: `${description}; only when the per-IP limit answered` })
+/** Headers the contract puts on an answer of this status, wherever it comes from. */
 const STATUS_HEADERS: Record<number, Record<string, unknown>> = {
   401: challenge('Bearer challenge (RFC 6750 §3), with error= for a token that failed'),
   429: {

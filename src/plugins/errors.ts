@@ -134,7 +134,8 @@ async function errorsPlugin (app: FastifyInstance) {
 
   // RFC 9110 §15.5.6: a path that another method serves answers 405 with Allow, not 404. Fastify's
   // router answers neither question, so the routes are mirrored into one that can (matching only).
-  const routes = FindMyWay()
+  // No limit on parameters here: Fastify answers an over-long one itself (frameworkErrorHandler).
+  const routes = FindMyWay({ maxParamLength: Number.MAX_SAFE_INTEGER })
   const methods = new Set<HTTPMethod>()
   app.addHook('onRoute', (route) => {
     // @fastify/cors's preflight route matches every path: it would turn every 404 into a 405.
@@ -148,12 +149,13 @@ async function errorsPlugin (app: FastifyInstance) {
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split('?')[0]
     const allowed = [...methods].filter((method) => routes.find(method, request.url) !== null)
-    if (allowed.length > 0 && request.method === 'OPTIONS' && request.headers['access-control-request-method']) {
-      // A CORS preflight from an origin not in CORS_ORIGINS (or with CORS off): answered without
-      // Access-Control-Allow-Origin, so the browser reports exactly that instead of a failed status.
-      return reply.code(204).header('vary', 'Origin').send()
-    }
-    if (allowed.length > 0) {
+    // A route of this very method that found nothing (a missing file under /docs/static) is a 404.
+    if (allowed.length > 0 && !allowed.includes(request.method as HTTPMethod)) {
+      if (request.method === 'OPTIONS' && request.headers['access-control-request-method']) {
+        // A CORS preflight from an origin not in CORS_ORIGINS (or with CORS off): answered without
+        // Access-Control-Allow-Origin, so the browser reports exactly that instead of a failed status.
+        return reply.code(204).send()
+      }
       return reply.code(405).header('allow', allowed.join(', '))
         .send(errorBody(405, 'method_not_allowed', `Route ${request.method} ${path} not found; ${path} answers ${allowed.join(', ')}`))
     }
