@@ -1,7 +1,12 @@
 // Migrations follow the connection's schema on PostgreSQL (README "Database"), so an operator can
 // give Gatehouse a schema of its own in a shared database.
+import Database from 'better-sqlite3'
+import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { readdirSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import t from 'tap'
 import { TEST_PASSWORD, build, dbCount, freshPostgresUrl, signup } from './helper.ts'
@@ -45,4 +50,35 @@ t.test('on PostgreSQL the tables go into the connection\'s schema, beside unrela
     t.ok(rows.some((row) => row.table === expected[0] && row.references === `${schema}.${expected[1]}`), `${expected[0]} → ${expected[1]}`)
   }
   t.equal(Number((await admin.query('select count(*) from public.users')).rows[0].count), 0, 'the other users table is untouched')
+})
+
+t.test('on SQLite a start waits for another process\'s migration of the same file, then finds it done', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  // Another instance, migrating: it holds the write lock.
+  const other = new Database(file)
+  other.pragma('journal_mode = WAL')
+  other.exec('BEGIN IMMEDIATE')
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/db-migrate.ts'], {
+    cwd: fileURLToPath(new URL('..', import.meta.url)),
+    env: { ...process.env, DATABASE_URL: `file:${file}` }
+  })
+  let stderr = ''
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  const exited = new Promise<number | null>((resolve) => child.on('close', resolve))
+  let done = false
+  exited.then(() => { done = true }, () => {})
+
+  // Long past a request's 1 s busy timeout, and past the child's start-up.
+  await sleep(5000)
+  t.notOk(done, `still waiting for the lock (${stderr.trim()})`)
+  other.exec('COMMIT')
+  other.close()
+  t.equal(await exited, 0, stderr)
+
+  const migrated = new Database(file, { readonly: true })
+  t.teardown(() => migrated.close())
+  const applied = migrated.prepare('select count(*) as n from __drizzle_migrations').get() as { n: number }
+  const files = readdirSync(new URL('sqlite/', MIGRATIONS)).filter((name) => name.endsWith('.sql'))
+  t.equal(applied.n, files.length, 'every migration applied once')
+  t.ok(migrated.prepare("select 1 from sqlite_master where type = 'table' and name = 'users'").get(), 'the tables exist')
 })

@@ -1,7 +1,7 @@
 import Sqlite from 'better-sqlite3'
 import { sql } from 'drizzle-orm'
 import { drizzle } from 'drizzle-orm/better-sqlite3'
-import { migrate } from 'drizzle-orm/better-sqlite3/migrator'
+import { readMigrationFiles } from 'drizzle-orm/migrator'
 import { closeSync, mkdirSync, openSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { sqlitePath } from '../../config.ts'
@@ -17,9 +17,10 @@ const UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|READONLY|FULL|IOERR|CANTOPEN)/
 
 /**
  * Stops the start when this process may read the database but not write it (a file of another
- * user, mode 0444): migrations write nothing once the schema is current, so the server would
- * otherwise start healthy and fail every signup and sign-in. The probe rewrites a header field
- * with its own value and rolls back; another process holding the write lock proves nothing.
+ * user, mode 0444), with a message that says so, before anything else tries to write (migrations
+ * would fail with SQLite's bare "attempt to write a readonly database"). The probe rewrites a
+ * header field with its own value and rolls back; another process holding the write lock proves
+ * nothing.
  */
 export function refuseReadOnly (sqlite: Sqlite.Database): void {
   const version = sqlite.pragma('user_version', { simple: true }) as number
@@ -31,6 +32,41 @@ export function refuseReadOnly (sqlite: Sqlite.Database): void {
       throw new Error(`this process may read the database but not write it (${(error as Error).message})`)
     }
     if (!/^SQLITE_BUSY/.test(String(errorCode(error)))) throw error
+  }
+}
+
+/** How long a starting process waits for another one's migration of the same file. */
+const MIGRATION_WAIT_MS = 60_000
+
+/**
+ * Drizzle's migrator for better-sqlite3, but in one BEGIN IMMEDIATE: Drizzle's reads which
+ * migrations ran before it takes the write lock, so two processes opening a new file at once could
+ * both apply the first one, and one of them failed ("table `users` already exists"). Here the second
+ * waits for the first, then finds them applied. The bookkeeping is Drizzle's own (its
+ * `__drizzle_migrations` table: each migration's hash and folder time).
+ */
+export function migrateSqlite (sqlite: Sqlite.Database, migrationsFolder: string): void {
+  const migrations = readMigrationFiles({ migrationsFolder })
+  const busyTimeout = sqlite.pragma('busy_timeout', { simple: true }) as number
+  sqlite.pragma(`busy_timeout = ${MIGRATION_WAIT_MS}`)
+  try {
+    sqlite.exec('BEGIN IMMEDIATE')
+    try {
+      sqlite.exec('CREATE TABLE IF NOT EXISTS "__drizzle_migrations" (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at numeric)')
+      const last = sqlite.prepare('SELECT created_at FROM "__drizzle_migrations" ORDER BY created_at DESC LIMIT 1').pluck().get()
+      const record = sqlite.prepare('INSERT INTO "__drizzle_migrations" ("hash", "created_at") VALUES (?, ?)')
+      for (const migration of migrations) {
+        if (last !== undefined && Number(last) >= migration.folderMillis) continue
+        for (const statement of migration.sql) sqlite.exec(statement)
+        record.run(migration.hash, migration.folderMillis)
+      }
+      sqlite.exec('COMMIT')
+    } catch (error) {
+      if (sqlite.inTransaction) sqlite.exec('ROLLBACK')
+      throw error
+    }
+  } finally {
+    sqlite.pragma(`busy_timeout = ${busyTimeout}`)
   }
 }
 
@@ -64,9 +100,10 @@ export function openSqlite (databaseUrl: string): Database {
     // (ample for the CLI tools' writes), then answer 503 database_unavailable.
     sqlite.pragma('busy_timeout = 1000')
     sqlite.pragma('foreign_keys = ON')
-    const drizzleDb = drizzle(sqlite, { schema: sqliteSchema })
-    migrate(drizzleDb, { migrationsFolder: join(MIGRATIONS, 'sqlite') })
+    // Before migrating, which takes the write lock even when nothing is pending.
     refuseReadOnly(sqlite)
+    migrateSqlite(sqlite, join(MIGRATIONS, 'sqlite'))
+    const drizzleDb = drizzle(sqlite, { schema: sqliteSchema })
     const probe = sqlite.prepare('select 1')
     let queue: Promise<unknown> = Promise.resolve()
     const inTurn = <T>(call: () => Promise<T>): Promise<T> => {
