@@ -6,7 +6,7 @@ import { STATUS_CODES } from 'node:http'
 import { createRequire } from 'node:module'
 import { ErrorResponse } from '../schemas/common.ts'
 import { isGuardedRoute } from './authorization.ts'
-import { takesBodyMethod } from './validation.ts'
+import { needsBody, takesBodyMethod } from './validation.ts'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -85,11 +85,10 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
     response[status] = { ...(declared ?? ErrorResponse), description: declared?.description ? `${declared.description}; ${description}` : description }
   }
   const takesBody = takesBodyMethod(route)
-  const needsBody = schema.body !== undefined && !route.config?.bodyOptional
   const invalid = [
     ...schema.body || schema.params || schema.querystring ? ['validation_error names the field'] : [],
     ...takesBody && !schema.body ? ['validation_error for a body other than {}, as it takes none'] : [],
-    ...takesBody ? [`invalid_body for a body that is not JSON or not UTF-8${needsBody ? ', or none' : ''}`] : [],
+    ...takesBody ? [`invalid_body for a body that is not JSON or not UTF-8${needsBody(route) ? ', or none' : ''}`] : [],
     ...isGuarded ? ['invalid_request for a malformed Authorization header'] : []
   ]
   if (invalid.length > 0) add(400, `Invalid request: ${invalid.join('; ')}`)

@@ -28,7 +28,6 @@ async function validationPlugin (app: FastifyInstance) {
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Body(app.getDefaultJsonParser('error', 'error')))
   app.addHook('onRoute', (route) => {
     const takesBody = takesBodyMethod(route)
-    const needsBody = takesBody && route.schema?.body !== undefined && !route.config?.bodyOptional
     if (takesBody) route.onRequest = [emptyBodyIsNoBody, ...[route.onRequest ?? []].flat()]
     if (takesBody && route.config?.bodyOptional) {
       route.preValidation = [bodyOrEmptyObject, ...[route.preValidation ?? []].flat()]
@@ -40,7 +39,7 @@ async function validationPlugin (app: FastifyInstance) {
       const handlers = [route.preHandler ?? []].flat()
       let accessChecks = 0
       while (accessChecks < handlers.length && ACCESS_CHECKS.has(handlers[accessChecks]!)) accessChecks++
-      const checks = needsBody
+      const checks = needsBody(route)
         ? [requireBody, rejectInvalidRequest]
         : takesBody && !route.schema?.body ? [rejectInvalidRequest, rejectBody] : [rejectInvalidRequest]
       route.preHandler = [...handlers.slice(0, accessChecks), ...checks, ...handlers.slice(accessChecks)]
@@ -76,6 +75,9 @@ export function utf8Body (parse: FastifyBodyParser<string>): FastifyBodyParser<B
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
 /** Whether a route has a method that may carry a body. */
 export const takesBodyMethod = (route: Pick<RouteOptions, 'method'>) => [route.method].flat().some((method) => BODY_METHODS.has(method))
+/** Whether a route refuses a request without a body: it has a body schema, not marked optional. */
+export const needsBody = (route: Pick<RouteOptions, 'method' | 'schema' | 'config'>) =>
+  takesBodyMethod(route) && route.schema?.body !== undefined && !route.config?.bodyOptional
 
 /**
  * A request with nothing in it has no body, whatever its Content-Type says: a fetch() client that
