@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { TEST_PASSWORD, build, dbCount, freshPostgresUrl, signup } from './helper.ts'
 import { POSTGRES_URL, postgresReachable } from './services.ts'
 
@@ -50,6 +50,71 @@ t.test('on PostgreSQL the tables go into the connection\'s schema, beside unrela
     t.ok(rows.some((row) => row.table === expected[0] && row.references === `${schema}.${expected[1]}`), `${expected[0]} → ${expected[1]}`)
   }
   t.equal(Number((await admin.query('select count(*) from public.users')).rows[0].count), 0, 'the other users table is untouched')
+})
+
+const onPostgres = { skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}` }
+
+/** A login role that owns schema `schema` and may not create schemas in the database. */
+async function schemaOwner (t: Test, databaseUrl: string) {
+  const role = `gatehouse_${randomBytes(4).toString('hex')}`
+  const admin = new pg.Client({ connectionString: databaseUrl })
+  await admin.connect()
+  const database = new URL(databaseUrl).pathname.slice(1)
+  await admin.query(`create role ${role} login; create schema ${role} authorization ${role};
+    revoke create on database ${database} from public; revoke create on schema public from public`)
+  t.teardown(async () => {
+    await admin.query(`drop schema ${role} cascade; drop owned by ${role}; drop role ${role}`)
+    await admin.end()
+  })
+  const url = new URL(databaseUrl)
+  url.username = role
+  url.searchParams.set('options', `-c search_path=${role}`)
+  return { admin, schema: role, url: url.toString() }
+}
+
+const schemasOf = async (admin: pg.Client) => (await admin.query<{ name: string }>(
+  "select nspname as name from pg_namespace where nspname not like 'pg\\_%' and nspname <> 'information_schema' order by 1")).rows.map((row) => row.name)
+
+t.test('on PostgreSQL a role that owns only its schema, without CREATE on the database, can migrate and serve', onPostgres, async (t) => {
+  const { admin, schema, url } = await schemaOwner(t, await freshPostgresUrl(POSTGRES_URL))
+  const schemasBefore = await schemasOf(admin)
+  await t.test('start, sign up, sign in', async (t) => {
+    const app = await build(t, { DATABASE_URL: url })
+    const session = await signup(app)
+    const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: session.user.email, password: TEST_PASSWORD } })
+    t.equal(login.statusCode, 200)
+  })
+  const { rows: [applied] } = await admin.query(`select count(*)::int as n from ${schema}."__drizzle_migrations"`)
+  t.equal(applied.n, readdirSync(new URL('postgres/', MIGRATIONS)).filter((name) => name.endsWith('.sql')).length, 'every migration recorded in its schema')
+  t.same(await schemasOf(admin), schemasBefore, 'no schema created')
+})
+
+t.test('on PostgreSQL a search_path with no existing schema stops the start with a clear message, creating nothing', onPostgres, async (t) => {
+  const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
+  const admin = new pg.Client({ connectionString: databaseUrl })
+  await admin.connect()
+  t.teardown(() => admin.end())
+  await admin.query('drop schema public')
+  const schemasBefore = await schemasOf(admin)
+  const url = new URL(databaseUrl)
+  url.searchParams.set('options', '-c search_path=nowhere')
+  await t.rejects(build(t, { DATABASE_URL: url.toString() }),
+    /Cannot open the database at .*: no schema on the search_path \(nowhere\) exists: create it, or set search_path to one that does$/)
+  t.same(await schemasOf(admin), schemasBefore, 'no schema created')
+})
+
+t.test('on PostgreSQL a failed migration leaves nothing behind, not even its bookkeeping table', onPostgres, async (t) => {
+  const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
+  const admin = new pg.Client({ connectionString: databaseUrl })
+  await admin.connect()
+  t.teardown(() => admin.end())
+  // Another application's table where the newest migration creates its last one, after others.
+  const newest = readdirSync(new URL('postgres/', MIGRATIONS)).filter((name) => name.endsWith('.sql')).sort().at(-1)!
+  const clash = [...readFileSync(new URL(`postgres/${newest}`, MIGRATIONS), 'utf8').matchAll(/CREATE TABLE "(\w+)"/g)].at(-1)![1]!
+  await admin.query(`create table public.${clash} (other int)`)
+  await t.rejects(build(t, { DATABASE_URL: databaseUrl }), new RegExp(`relation "${clash}" already exists`))
+  const { rows } = await admin.query<{ name: string }>("select table_name as name from information_schema.tables where table_schema = 'public'")
+  t.same(rows.map((row) => row.name), [clash], 'only the other application\'s table')
 })
 
 t.test('on SQLite a start waits for another process\'s migration of the same file, then finds it done', async (t) => {

@@ -1,6 +1,7 @@
 import type { NodePgDatabase } from 'drizzle-orm/node-postgres'
 import type { PgColumn } from 'drizzle-orm/pg-core'
 import type { SQL } from 'drizzle-orm'
+import { readMigrationFiles, type MigrationMeta } from 'drizzle-orm/migrator'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { isPostgresUrl, redactUrl } from '../config.ts'
@@ -75,6 +76,20 @@ export interface Database {
 
 /** Each dialect's migrations live in its own folder here. */
 export const MIGRATIONS = join(dirname(fileURLToPath(import.meta.url)), '../../migrations')
+
+/**
+ * Drizzle's migration bookkeeping, kept so databases migrated by Drizzle's own migrator carry on:
+ * a `__drizzle_migrations` table (each applied migration's hash and folder time) and its rule,
+ * apply those newer than the newest recorded. Each dialect applies them in one transaction that
+ * holds a lock across this read (sqlite/open.ts, postgres/open.ts), which Drizzle's migrator does not.
+ */
+export const MIGRATIONS_TABLE = '"__drizzle_migrations"'
+
+export function pendingMigrations (dialect: Dialect['name'], newestApplied: unknown): MigrationMeta[] {
+  const migrations = readMigrationFiles({ migrationsFolder: join(MIGRATIONS, dialect) })
+  if (newestApplied === undefined || newestApplied === null) return migrations
+  return migrations.filter((migration) => migration.folderMillis > Number(newestApplied))
+}
 
 /** The driver's error code, wherever Drizzle left it. */
 export const errorCode = (error: unknown): unknown =>

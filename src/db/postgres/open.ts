@@ -1,9 +1,7 @@
 import { sql } from 'drizzle-orm'
 import { drizzle } from 'drizzle-orm/node-postgres'
-import { migrate } from 'drizzle-orm/node-postgres/migrator'
-import { join } from 'node:path'
 import pg from 'pg'
-import { MIGRATIONS, driverMessage, errorCode, type Database, type Db } from '../index.ts'
+import { MIGRATIONS_TABLE, driverMessage, errorCode, pendingMigrations, type Database, type Db } from '../index.ts'
 import * as postgresSchema from './schema.ts'
 
 /** pg_advisory_lock keys: the migration run, and each AtomicLock. */
@@ -37,7 +35,10 @@ const UNAVAILABLE_MESSAGE = /Query read timeout|timeout exceeded when trying to 
 /**
  * Migrations run on a connection of their own, without the query timeout (a migration or the
  * wait for another instance's may take as long as it needs), under an advisory lock, so instances
- * starting together apply them once; they go into the connection's current schema.
+ * starting together apply them once. They go into the connection's current schema, in one
+ * transaction with their bookkeeping, so a failed one leaves nothing behind. Unlike Drizzle's
+ * migrator this never runs CREATE SCHEMA, which needs CREATE on the database: a role that owns
+ * only its schema can migrate.
  */
 async function migratePostgres (databaseUrl: string): Promise<void> {
   const client = new pg.Client({ connectionString: databaseUrl, connectionTimeoutMillis: CONNECT_TIMEOUT_MS })
@@ -46,8 +47,25 @@ async function migratePostgres (databaseUrl: string): Promise<void> {
   await client.connect()
   try {
     await client.query('select pg_advisory_lock($1)', [ADVISORY_LOCKS.migrations])
-    const { rows: [current] } = await client.query<{ schema: string }>('select current_schema() as schema')
-    await migrate(drizzle(client), { migrationsFolder: join(MIGRATIONS, 'postgres'), migrationsSchema: current!.schema })
+    const { rows: [current] } = await client.query<{ schema: string | null, path: string }>(
+      'select current_schema() as schema, current_setting(\'search_path\') as path')
+    if (current!.schema === null) {
+      throw new Error(`no schema on the search_path (${current!.path}) exists: create it, or set search_path to one that does`)
+    }
+    await client.query('begin')
+    try {
+      await client.query(`create table if not exists ${MIGRATIONS_TABLE} (id serial primary key, hash text not null, created_at bigint)`)
+      const { rows: [newest] } = await client.query<{ created_at: string }>(
+        `select created_at from ${MIGRATIONS_TABLE} order by created_at desc limit 1`)
+      for (const migration of pendingMigrations('postgres', newest?.created_at)) {
+        for (const statement of migration.sql) await client.query(statement)
+        await client.query(`insert into ${MIGRATIONS_TABLE} (hash, created_at) values ($1, $2)`, [migration.hash, migration.folderMillis])
+      }
+      await client.query('commit')
+    } catch (error) {
+      await client.query('rollback').catch(() => {})
+      throw error
+    }
   } finally {
     // Ending the session releases the advisory lock.
     await client.end().catch(() => {})

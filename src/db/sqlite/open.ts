@@ -1,11 +1,10 @@
 import Sqlite from 'better-sqlite3'
 import { sql } from 'drizzle-orm'
 import { drizzle } from 'drizzle-orm/better-sqlite3'
-import { readMigrationFiles } from 'drizzle-orm/migrator'
 import { closeSync, mkdirSync, openSync } from 'node:fs'
-import { dirname, join } from 'node:path'
+import { dirname } from 'node:path'
 import { sqlitePath } from '../../config.ts'
-import { MIGRATIONS, errorCode, type Database, type Db, type Tables } from '../index.ts'
+import { MIGRATIONS_TABLE, errorCode, pendingMigrations, type Database, type Db, type Tables } from '../index.ts'
 import * as sqliteSchema from './schema.ts'
 
 /**
@@ -39,24 +38,21 @@ export function refuseReadOnly (sqlite: Sqlite.Database): void {
 const MIGRATION_WAIT_MS = 60_000
 
 /**
- * Drizzle's migrator for better-sqlite3, but in one BEGIN IMMEDIATE: Drizzle's reads which
- * migrations ran before it takes the write lock, so two processes opening a new file at once could
- * both apply the first one, and one of them failed ("table `users` already exists"). Here the second
- * waits for the first, then finds them applied. The bookkeeping is Drizzle's own (its
- * `__drizzle_migrations` table: each migration's hash and folder time).
+ * The pending migrations in one BEGIN IMMEDIATE: Drizzle's own migrator reads which ones ran before
+ * it takes the write lock, so two processes opening a new file at once could both apply the first
+ * one, and one of them failed ("table `users` already exists"). Here the second waits for the
+ * first, then finds them applied.
  */
-export function migrateSqlite (sqlite: Sqlite.Database, migrationsFolder: string): void {
-  const migrations = readMigrationFiles({ migrationsFolder })
+export function migrateSqlite (sqlite: Sqlite.Database): void {
   const busyTimeout = sqlite.pragma('busy_timeout', { simple: true }) as number
   sqlite.pragma(`busy_timeout = ${MIGRATION_WAIT_MS}`)
   try {
     sqlite.exec('BEGIN IMMEDIATE')
     try {
-      sqlite.exec('CREATE TABLE IF NOT EXISTS "__drizzle_migrations" (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at numeric)')
-      const last = sqlite.prepare('SELECT created_at FROM "__drizzle_migrations" ORDER BY created_at DESC LIMIT 1').pluck().get()
-      const record = sqlite.prepare('INSERT INTO "__drizzle_migrations" ("hash", "created_at") VALUES (?, ?)')
-      for (const migration of migrations) {
-        if (last !== undefined && Number(last) >= migration.folderMillis) continue
+      sqlite.exec(`CREATE TABLE IF NOT EXISTS ${MIGRATIONS_TABLE} (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at numeric)`)
+      const newest = sqlite.prepare(`SELECT created_at FROM ${MIGRATIONS_TABLE} ORDER BY created_at DESC LIMIT 1`).pluck().get()
+      const record = sqlite.prepare(`INSERT INTO ${MIGRATIONS_TABLE} ("hash", "created_at") VALUES (?, ?)`)
+      for (const migration of pendingMigrations('sqlite', newest)) {
         for (const statement of migration.sql) sqlite.exec(statement)
         record.run(migration.hash, migration.folderMillis)
       }
@@ -102,7 +98,7 @@ export function openSqlite (databaseUrl: string): Database {
     sqlite.pragma('foreign_keys = ON')
     // Before migrating, which takes the write lock even when nothing is pending.
     refuseReadOnly(sqlite)
-    migrateSqlite(sqlite, join(MIGRATIONS, 'sqlite'))
+    migrateSqlite(sqlite)
     const drizzleDb = drizzle(sqlite, { schema: sqliteSchema })
     const probe = sqlite.prepare('select 1')
     let queue: Promise<unknown> = Promise.resolve()
