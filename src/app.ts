@@ -14,7 +14,7 @@ import signInFlows from './plugins/sign-in-flows.ts'
 import validation from './plugins/validation.ts'
 import errors, { clientErrorHandler, frameworkErrorHandler } from './plugins/errors.ts'
 import gracefulClose from './plugins/graceful-close.ts'
-import { QUERY_PARAMETERS } from './errors.ts'
+import { withoutQueryParameters } from './errors.ts'
 import clothesRepository from './repositories/clothes.ts'
 import sessionsRepository from './repositories/sessions.ts'
 import usersRepository from './repositories/users.ts'
@@ -77,15 +77,22 @@ function maskQuery (url: string): string {
  * An error for the log, with the error that caused it: Drizzle's "Failed query" alone cannot tell
  * an outage (ECONNRESET, a timeout) from a constraint or a bug; its cause can.
  */
-type LoggedError = { type: string, message: string, stack: string, code: unknown, cause?: LoggedError }
+export type LoggedError = { type: string, message: string, stack: string, code: unknown, cause?: LoggedError }
 
-export const serializeError = (error: Error & { code?: unknown }, depth = 0): LoggedError => ({
-  type: error.name,
-  message: error.message.replace(QUERY_PARAMETERS, `\nparams: ${CENSORED}`),
-  stack: (error.stack ?? '').replace(QUERY_PARAMETERS, `\nparams: ${CENSORED}`),
-  code: error.code,
-  ...(error.cause instanceof Error && depth < 3 ? { cause: serializeError(error.cause, depth + 1) } : {})
-})
+export function serializeError (error: Error & { code?: unknown }, depth = 0): LoggedError {
+  const message = withoutQueryParameters(error.message, `\nparams: ${CENSORED}`)
+  // V8's stack starts with "name: message"; the frames after it are kept. A stack of another shape
+  // is cut like a message, frames and all.
+  const stack = error.stack ?? ''
+  const header = `${error.name}: ${error.message}`
+  return {
+    type: error.name,
+    message,
+    stack: stack.startsWith(header) ? `${error.name}: ${message}${stack.slice(header.length)}` : withoutQueryParameters(stack, `\nparams: ${CENSORED}`),
+    code: error.code,
+    ...(error.cause instanceof Error && depth < 3 ? { cause: serializeError(error.cause, depth + 1) } : {})
+  }
+}
 
 export interface BuildOptions {
   /** Where JSON log lines go instead of stdout (tests read them). */

@@ -14,8 +14,15 @@ export function apiError (
   return httpErrors.createError(statusCode, message, { code, ...(headers ? { headers } : {}) })
 }
 
-/** A failed query's error message lists its parameters (a password hash, a token hash): cut them. */
-export const QUERY_PARAMETERS = /\nparams:.*$/gm
+/**
+ * A failed query's message (Drizzle's "Failed query: …\nparams: …") lists its parameters: a
+ * password hash, a token hash, an email. They run to the end of the message and may hold any
+ * text, newlines included (a name), so everything from "\nparams:" on is replaced.
+ */
+export function withoutQueryParameters (text: string, replacement = ''): string {
+  const start = text.indexOf('\nparams:')
+  return start === -1 ? text : text.slice(0, start) + replacement
+}
 
 /** How Drizzle words a failed statement (its SQL follows); the driver's reason is the cause. */
 const DRIZZLE_FAILED_QUERY = /^Failed (query:|to run the query )/
@@ -31,5 +38,5 @@ export function startupProblem (error: unknown): string {
   }
   if (!(error instanceof Error)) return String(error)
   if (DRIZZLE_FAILED_QUERY.test(error.message) && error.cause !== undefined) return startupProblem(error.cause)
-  return error.message.replace(QUERY_PARAMETERS, '')
+  return withoutQueryParameters(error.message)
 }

@@ -1,5 +1,5 @@
 import closeWithGrace from 'close-with-grace'
-import { buildApp } from './app.ts'
+import { buildApp, serializeError, type LoggedError } from './app.ts'
 import { ConfigError, loadConfig } from './config.ts'
 import { startupProblem } from './errors.ts'
 
@@ -18,7 +18,10 @@ try {
 } catch (error) {
   // The database, the first admin (ADMIN_PASSWORD too weak), …: one line, not a stack trace.
   console.error(`Gatehouse could not start: ${startupProblem(error)}`)
-  if (config.logLevel === 'debug' || config.logLevel === 'trace') console.error(error)
+  // At debug, each stack down the causes, with any failed query's parameters cut as in the log.
+  if ((config.logLevel === 'debug' || config.logLevel === 'trace') && error instanceof Error) {
+    for (let logged: LoggedError | undefined = serializeError(error); logged; logged = logged.cause) console.error(logged.stack)
+  }
   process.exit(1)
 }
 

@@ -95,6 +95,45 @@ t.test('user:create combines repeated --role flags, canonically ordered', async 
   ])
 })
 
+t.test('a database failure ends user:create and db:seed with one line: no stack, no query parameters', async (t) => {
+  const targets: Array<{ name: string, database: string, refuse: (table: string) => Promise<void> }> = []
+  const file = join(t.testdir(), 'gatehouse.db')
+  targets.push({
+    name: 'SQLite',
+    database: file,
+    async refuse (table) {
+      const sqlite = new Database(file)
+      sqlite.exec(`create trigger refuse_${table} before insert on ${table} begin select raise(abort, 'refused by test'); end`)
+      sqlite.close()
+    }
+  })
+  if (await postgresReachable()) {
+    const url = await freshPostgresUrl(POSTGRES_URL)
+    targets.push({
+      name: 'PostgreSQL',
+      database: url,
+      async refuse (table) {
+        const client = new pg.Client({ connectionString: url })
+        await client.connect()
+        await client.query("create or replace function refuse() returns trigger language plpgsql as $$ begin raise exception 'refused by test'; end $$")
+        await client.query(`create trigger refuse_${table} before insert on ${table} for each row execute function refuse()`)
+        await client.end()
+      }
+    })
+  }
+  for (const { name, database, refuse } of targets) {
+    t.equal((await runCli('db-migrate', database)).status, 0)
+    await refuse('users')
+    await refuse('videos')
+    const created = await runCli('user-create', database, ['--email', 'ada@example.com', '--name', 'Ada\nLovelace'], `${TEST_PASSWORD}\n`)
+    t.equal(created.status, 1, `${name}: user:create fails`)
+    t.equal(created.stderr, 'could not create the user: refused by test\n', `${name}: one line saying why`)
+    const seeded = await runCli('db-seed', database)
+    t.equal(seeded.status, 1, `${name}: db:seed fails`)
+    t.equal(seeded.stderr, 'could not seed: refused by test\n', `${name}: one line saying why`)
+  }
+})
+
 t.test('user:create refuses bad arguments and weak passwords with exit 1', async (t) => {
   const file = join(t.testdir(), 'gatehouse.db')
   const input = `${TEST_PASSWORD}\n`

@@ -1,11 +1,13 @@
 import { spawnSync } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
+import pg from 'pg'
 import t from 'tap'
 import { buildApp } from '../src/app.ts'
 import { ConfigError, keepSecret, loadConfig, parseDuration } from '../src/config.ts'
-import { TEST_SECRET } from './helper.ts'
-import { REDIS_URL, redisReachable } from './services.ts'
+import { openDatabase } from '../src/db/index.ts'
+import { TEST_SECRET, freshPostgresUrl } from './helper.ts'
+import { POSTGRES_URL, REDIS_URL, postgresReachable, redisReachable } from './services.ts'
 
 t.test('defaults match the contract', async (t) => {
   const dir = t.testdir()
@@ -126,6 +128,28 @@ t.test('npm start says in one line why the database cannot be opened', async (t)
   t.match(result.stderr, /^Gatehouse could not start: Cannot open the database at postgres:\/\/postgres@127\.0\.0\.1:1\/gatehouse: connect ECONNREFUSED/)
   t.notMatch(result.stderr, /\n\s+at /, 'no stack trace')
   t.notMatch(result.stderr, /hunter2/, 'no password')
+})
+
+t.test('at LOG_LEVEL=debug a failed start also prints the stacks, without any query\'s parameters', {
+  skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`
+}, async (t) => {
+  // On PostgreSQL, where Drizzle's error lists the parameters: the first admin's email and hash.
+  const url = await freshPostgresUrl(POSTGRES_URL)
+  await (await openDatabase(url)).close()
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  // Stands in for the first admin's insert failing (a read-only standby, a full disk).
+  await client.query("create function refuse() returns trigger language plpgsql as $$ begin raise exception 'refused by test'; end $$")
+  await client.query('create trigger refuse before insert on users for each row execute function refuse()')
+  await client.end()
+  const result = failedStart({
+    DATABASE_URL: url, PORT: '0', LOG_LEVEL: 'debug', ADMIN_EMAIL: 'ops@example.com', ADMIN_PASSWORD: 'a long and uncommon admin passphrase'
+  })
+  t.equal(result.status, 1)
+  t.match(result.stderr, /^Gatehouse could not start: refused by test\n/)
+  t.match(result.stderr, /params: \[redacted\]\n\s+at /, 'the stack, its parameters cut, its frames kept')
+  t.match(result.stderr, /\nerror: refused by test\n\s+at /, 'and the cause\'s stack')
+  t.notMatch(result.stderr, /argon2|ops@example\.com/, 'neither the hash nor the email')
 })
 
 t.test('DATABASE_URL and REDIS_URL must be URLs Gatehouse can use', async (t) => {

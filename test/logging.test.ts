@@ -2,7 +2,9 @@ import { PassThrough } from 'node:stream'
 import t, { type Test } from 'tap'
 import { buildApp, serializeError } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
-import { TEST_ENV, TEST_PASSWORD, bearer, dbGet, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import { startupProblem } from '../src/errors.ts'
+import { TEST_ENV, TEST_PASSWORD, bearer, dbGet, freshPostgresUrl, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import { POSTGRES_URL, postgresReachable } from './services.ts'
 
 /** A ready app whose JSON log lines are kept: `log.text` is everything written so far. */
 async function appWithLog (t: Test, env: Record<string, string>) {
@@ -114,6 +116,23 @@ t.test('secret fields are censored wherever they sit in a log object, and the lo
   t.equal(JSON.stringify(logged), before, 'the caller\'s object is not changed')
 })
 
+t.test('on PostgreSQL a failed insert is logged without its parameters, whatever a name holds', {
+  skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`
+}, async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'error', DATABASE_URL: await freshPostgresUrl(POSTGRES_URL) })
+  // Stands in for any failure of the statement: a timeout, a dropped connection, a full disk.
+  await app.database.query("create function refuse() returns trigger language plpgsql as $$ begin raise exception 'refused by test'; end $$")
+  await app.database.query('create trigger refuse before insert on users for each row execute function refuse()')
+  const email = uniqueEmail()
+  const response = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email, password: TEST_PASSWORD, name: 'Ada\nLovelace' } })
+  t.equal(response.statusCode, 500)
+  t.match(log.text, /refused by test/, 'the failure is logged')
+  t.match(log.text, /params: \[redacted\]/)
+  t.notMatch(log.text, '$argon2', 'without the password hash')
+  t.notMatch(log.text, email, 'or the email')
+  t.notMatch(log.text, 'Lovelace', 'or what followed the newline')
+})
+
 t.test('a failed query is logged without its parameters', async (t) => {
   // node-postgres errors arrive wrapped by Drizzle, their message listing the query's parameters.
   const failure = new Error('Failed query: insert into "users" values ($1, $2)\nparams: ada@example.com,$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA',
@@ -123,6 +142,13 @@ t.test('a failed query is logged without its parameters', async (t) => {
   t.notMatch(logged.stack, '$argon2')
   t.notMatch(logged.stack, 'ada@example.com')
   t.match(logged.cause, { type: 'Error', message: 'read ECONNRESET', code: 'ECONNRESET' }, 'with its cause: an outage, not a bug')
+
+  // Parameters run to the end of the message, and a name may hold a newline.
+  const multiline = serializeError(new Error('Failed query: insert into "users" values ($1, $2, $3)\nparams: ada@example.com,Ada\nLovelace,$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA'))
+  t.equal(multiline.message, 'Failed query: insert into "users" values ($1, $2, $3)\nparams: [redacted]')
+  t.notMatch(multiline.stack, /argon2|ada@|Lovelace/, 'nothing of the parameters in the stack')
+  t.match(multiline.stack, /^Error: Failed query: insert into "users" values \(\$1, \$2, \$3\)\nparams: \[redacted\]\n\s+at /, 'whose frames are kept')
+  t.equal(startupProblem(new Error('Failed query: x\nparams: a\nb,$argon2id$')), 'Failed query: x')
 
   // And a real failure on the way to the database is logged, and answered with nothing inside.
   const { app, log } = await appWithLog(t, { LOG_LEVEL: 'error' })

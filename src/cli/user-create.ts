@@ -5,6 +5,7 @@ import { Writable } from 'node:stream'
 import { parseArgs } from 'node:util'
 import { ROLES, type Role } from '../auth/permissions.ts'
 import { registerUser } from '../auth/registration.ts'
+import { startupProblem } from '../errors.ts'
 import { createUserRepository } from '../repositories/users.ts'
 import { openDatabaseOrExit } from './open-database.ts'
 
@@ -60,12 +61,19 @@ async function main (): Promise<number> {
 
   const database = await openDatabaseOrExit()
   try {
-    const registration = await registerUser(createUserRepository(database), {
-      email: values.email,
-      password,
-      name: values.name,
-      roles: values.role as Role[]
-    })
+    let registration
+    try {
+      registration = await registerUser(createUserRepository(database), {
+        email: values.email,
+        password,
+        name: values.name,
+        roles: values.role as Role[]
+      })
+    } catch (error) {
+      // One line, as for a database that cannot be opened: no stack, no query parameters (the hash).
+      console.error(`could not create the user: ${startupProblem(error)}`)
+      return 1
+    }
     switch (registration.outcome) {
       case 'created':
         console.log(`created ${registration.user.email} (${registration.user.id}) with roles ${registration.user.roles.join(', ')}`)
