@@ -136,7 +136,10 @@ t.test('GET /admin/users refuses bad limits and cursors', async (t) => {
     'one element': b64([1]),
     'a string time': b64(['yesterday', UNKNOWN_ID]),
     null: b64(null),
-    'a time beyond the Date range': b64([Number.MAX_SAFE_INTEGER, UNKNOWN_ID])
+    'a time beyond the Date range': b64([Number.MAX_SAFE_INTEGER, UNKNOWN_ID]),
+    'an id that is not a user id': b64([1, 'x']),
+    'an id with a NUL character (PostgreSQL refuses it in text)': b64([1, '\u0000']),
+    'a user id and more': b64([1, `${UNKNOWN_ID}\u0000`])
   }
   for (const [label, cursor] of Object.entries(cursors)) {
     const response = await app.inject({ url: `/admin/users?cursor=${encodeURIComponent(cursor)}`, headers: bearer(admin.access_token) })
