@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { createServer, type AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
+import { memoryFailureCounter } from '../src/plugins/rate-limits.ts'
 import { TEST_PASSWORD, bearer, build, signup, uniqueEmail } from './helper.ts'
 import { REDIS_URL, redisReachable } from './services.ts'
 
@@ -61,6 +62,24 @@ t.test('per account: password change guesses are limited', async (t) => {
   const blocked = await change(TEST_PASSWORD)
   t.equal(blocked.statusCode, 429)
   t.equal(blocked.json().code, 'rate_limited')
+})
+
+t.test('per account, in memory: a flood of other emails cannot unlock an account, and memory stays bounded', async (t) => {
+  const counter = memoryFailureCounter(3)
+  const victim = 'victim@example.com'
+  for (let attempt = 1; attempt <= 3; attempt++) t.equal(await counter.attempt(victim), 0, `attempt ${attempt}`)
+  t.ok(await counter.attempt(victim) > 0, 'the fourth is refused')
+  const early = 'early@example.com'
+  t.equal(await counter.attempt(early), 0, 'an account with one failure, before the flood')
+
+  // More accounts than the counter keeps windows for under the limit (about 0.5 s of hashing).
+  for (let index = 0; index <= 100_000; index++) await counter.attempt(`made-up-${index}@example.com`)
+
+  t.ok(await counter.attempt(victim) > 0, 'the locked account is still refused')
+  for (let attempt = 1; attempt <= 3; attempt++) t.equal(await counter.attempt(early), 0, `attempt ${attempt}: the oldest open window made room`)
+  t.ok(await counter.attempt(early) > 0, 'then its new window fills as any other')
+  await counter.reset(victim)
+  t.equal(await counter.attempt(victim), 0, 'a correct password still clears a lockout')
 })
 
 t.test('per IP: each auth endpoint allows RATE_LIMIT_IP_MAX requests a minute', async (t) => {

@@ -45,25 +45,44 @@ const rateLimited = (retryAfterSeconds: number) => apiError(429, 'rate_limited',
  */
 const accountDigest = (account: string) => createHash('sha256').update(account).digest('base64url')
 
+/** Accounts under the limit that one process tracks at once: about 100 bytes each. */
+const MAX_OPEN_WINDOWS = 100_000
+
 /** In one process: a fixed window per account, started by its first attempt. */
-function memoryFailureCounter (max: number): FailureCounter {
-  const windows = new Map<string, { count: number, endsAt: number }>()
+export function memoryFailureCounter (max: number): FailureCounter {
+  type Window = { count: number, endsAt: number }
+  // Accounts under the limit, oldest window first. Bounded: a flood of distinct emails drops the
+  // oldest of these windows, costing memory only up to a point.
+  const open = new Map<string, Window>()
+  // Accounts over the limit, kept until their window ends: never dropped to make room, so such a
+  // flood cannot unlock an account. Each cost RATE_LIMIT_ACCOUNT_MAX + 1 attempts in its window.
+  const locked = new Map<string, Window>()
   return {
     async attempt (account) {
       const now = Date.now()
+      // Lockouts in the order they began, about the order they end: sweep the ended ones.
+      for (const [key, window] of locked) {
+        if (window.endsAt > now) break
+        locked.delete(key)
+      }
       const key = accountDigest(account)
-      let window = windows.get(key)
+      let window = locked.get(key) ?? open.get(key)
       if (!window || window.endsAt <= now) {
+        locked.delete(key)
+        open.delete(key)
         window = { count: 0, endsAt: now + ACCOUNT_WINDOW_MS }
-        windows.set(key, window)
-        // Bounded memory: a flood of distinct emails evicts the oldest windows first.
-        if (windows.size > 100_000) windows.delete(windows.keys().next().value!)
+        open.set(key, window)
+        if (open.size > MAX_OPEN_WINDOWS) open.delete(open.keys().next().value!)
       }
       window.count++
-      return window.count > max ? Math.ceil((window.endsAt - now) / 1000) : 0
+      if (window.count <= max) return 0
+      if (open.delete(key)) locked.set(key, window)
+      return Math.ceil((window.endsAt - now) / 1000)
     },
     async reset (account) {
-      windows.delete(accountDigest(account))
+      const key = accountDigest(account)
+      open.delete(key)
+      locked.delete(key)
     }
   }
 }
