@@ -105,6 +105,28 @@ t.test('per IP: each auth endpoint allows RATE_LIMIT_IP_MAX requests a minute', 
   t.equal(health.statusCode, 200, 'routes outside /auth are not limited')
 })
 
+t.test('per IP: the token endpoint shares login\'s count, so using both gives no more guesses', async (t) => {
+  const app = await build(t, { RATE_LIMIT_IP_MAX: '4' })
+  const ip = randomIp()
+  const tokenRequest = (grant: Record<string, string>) => app.inject({
+    method: 'POST', url: '/auth/token', payload: new URLSearchParams(grant).toString(), headers: { 'content-type': 'application/x-www-form-urlencoded' }, remoteAddress: ip
+  })
+  const answers = [
+    (await login(app, uniqueEmail(), 'wrong password!', ip)).statusCode,
+    (await tokenRequest({ grant_type: 'password', username: uniqueEmail(), password: 'wrong password!' })).statusCode,
+    (await login(app, uniqueEmail(), 'wrong password!', ip)).statusCode,
+    (await tokenRequest({ grant_type: 'refresh_token', refresh_token: 'x' })).statusCode
+  ]
+  t.same(answers, [401, 400, 401, 400], 'four requests served in all')
+  const loginLimited = await login(app, uniqueEmail(), 'wrong password!', ip)
+  t.equal(loginLimited.statusCode, 429, 'then login is refused')
+  const tokenLimited = await tokenRequest({ grant_type: 'password', username: uniqueEmail(), password: 'wrong password!' })
+  t.equal(tokenLimited.statusCode, 429, 'and the token endpoint')
+  t.same(tokenLimited.json(), { error: 'rate_limited', error_description: tokenLimited.json().error_description }, 'in its RFC 6749 shape')
+  const signup = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: TEST_PASSWORD }, remoteAddress: ip })
+  t.equal(signup.statusCode, 201, 'other endpoints keep their own count')
+})
+
 const redisSkip = await redisReachable() ? false : `Redis is not reachable at ${REDIS_URL} (.ci/run starts it)`
 
 t.test('with REDIS_URL the limits are shared between instances', { skip: redisSkip }, async (t) => {

@@ -25,12 +25,19 @@ export interface FailureCounter {
 }
 
 declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Routes naming the same group share one per-IP count; any other route counts on its own. */
+    ipLimitGroup?: string
+  }
   interface FastifyInstance {
     signInFailures: FailureCounter
     /** onRequest hook: RATE_LIMIT_IP_MAX requests per minute per IP on each route it guards. */
     limitPerIp: onRequestHookHandler
   }
 }
+
+/** The per-IP group of the endpoints that sign in with a password: login and the token endpoint. */
+export const SIGN_IN_IP_LIMIT = 'sign-in'
 
 const ACCOUNT_WINDOW_MS = 15 * 60 * 1000
 const IP_WINDOW_MS = 60 * 1000
@@ -242,8 +249,10 @@ async function rateLimitsPlugin (app: FastifyInstance) {
   app.decorate('limitPerIp', app.rateLimit({
     max: limits.ipMax,
     timeWindow: IP_WINDOW_MS,
-    // Per IP and per endpoint, as the contract says: signups do not use up the login budget.
-    keyGenerator: (request: FastifyRequest) => `${request.ip}|${request.method} ${request.routeOptions.url}`
+    // Per IP and per endpoint, as the contract says: signups do not use up the login budget. The
+    // endpoints of one group share a count (login and the token endpoint: "shares login's limits").
+    keyGenerator: (request: FastifyRequest) =>
+      `${request.ip}|${request.routeOptions.config.ipLimitGroup ?? `${request.method} ${request.routeOptions.url}`}`
   }))
 }
 

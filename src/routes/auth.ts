@@ -5,7 +5,7 @@ import { normaliseEmail } from '../auth/email.ts'
 import { hashPassword, passwordProblem, verifyPassword } from '../auth/passwords.ts'
 import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
-import { checkPasswordLimited } from '../plugins/rate-limits.ts'
+import { SIGN_IN_IP_LIMIT, checkPasswordLimited } from '../plugins/rate-limits.ts'
 import { noStore } from '../plugins/security.ts'
 import { Email, ErrorResponse, Name, NewPassword, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
 import sessionRoutes from './sessions.ts'
@@ -57,7 +57,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   app.post('/login', {
-    config: { access: 'public' },
+    config: { access: 'public', ipLimitGroup: SIGN_IN_IP_LIMIT },
     preValidation: normaliseBodyEmail,
     schema: {
       tags: ['auth'],

@@ -7,6 +7,7 @@ import { looksLikeEmail, normaliseEmail } from '../auth/email.ts'
 import { PASSWORD_MAX_LENGTH, characterCount } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import { DATABASE_UNAVAILABLE, isDatabaseUnavailable } from '../plugins/errors.ts'
+import { SIGN_IN_IP_LIMIT } from '../plugins/rate-limits.ts'
 import { utf8Body } from '../plugins/validation.ts'
 import { SessionResponse } from '../schemas/common.ts'
 
@@ -89,7 +90,8 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   app.post('/token', {
-    config: { access: 'public' },
+    // The contract: the token endpoint shares login's limits, per account and per IP.
+    config: { access: 'public', ipLimitGroup: SIGN_IN_IP_LIMIT },
     schema: {
       tags: ['auth'],
       summary: 'OAuth2 token endpoint: password and refresh_token grants',
