@@ -256,12 +256,14 @@ function resolveSecret (
   problems: string[]
 ): { secret: string, secretFile?: string } | undefined {
   if (configured) {
-    // Spaces around it do not count: `JWT_SECRET="$(…)"` gone wrong must not pass as a secret.
-    if (Buffer.byteLength(configured.trim()) < MIN_SECRET_BYTES) {
+    // Spaces around it are not part of it (a secret file's trailing newline), as for
+    // JWT_PREVIOUS_SECRETS and the kept file: moved there verbatim at a rotation, it is the same key.
+    const secret = configured.trim()
+    if (Buffer.byteLength(secret) < MIN_SECRET_BYTES) {
       problems.push(`JWT_SECRET must be at least ${MIN_SECRET_BYTES} bytes`)
       return undefined
     }
-    return { secret: configured }
+    return { secret }
   }
   if (production) {
     problems.push(`JWT_SECRET is required in production (at least ${MIN_SECRET_BYTES} bytes)`)

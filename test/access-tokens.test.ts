@@ -174,12 +174,13 @@ t.test('the Authorization header is parsed as RFC 6750 says', async (t) => {
 t.test('key rotation: a previous secret verifies while configured and fails once removed', async (t) => {
   const dir = t.testdir()
   const database = { DATABASE_URL: `file:${dir}/rotation.db` }
-  const oldApp = await build(t, { ...database, JWT_SECRET: OTHER_SECRET })
+  // As read from a secret file, with its newline; moved verbatim into JWT_PREVIOUS_SECRETS below.
+  const oldApp = await build(t, { ...database, JWT_SECRET: `${OTHER_SECRET}\n` })
   const session = await signup(oldApp)
   t.equal(JSON.parse(Buffer.from(session.access_token.split('.')[0]!, 'base64url').toString()).kid, kidFor(OTHER_SECRET))
   await oldApp.close()
 
-  const rotated = await build(t, { ...database, JWT_SECRET: TEST_SECRET, JWT_PREVIOUS_SECRETS: ` ${OTHER_SECRET} ` })
+  const rotated = await build(t, { ...database, JWT_SECRET: TEST_SECRET, JWT_PREVIOUS_SECRETS: `${OTHER_SECRET}\n` })
   t.equal((await rotated.inject({ url: '/auth/me', headers: bearer(session.access_token) })).statusCode, 200, 'old token still verifies')
   const fresh = await rotated.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
   t.equal(fresh.statusCode, 200, 'refresh tokens do not depend on the signing secret')
