@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { createServer, type AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
-import { memoryFailureCounter } from '../src/plugins/rate-limits.ts'
+import { ipLimitSubject, memoryFailureCounter } from '../src/plugins/rate-limits.ts'
 import { TEST_PASSWORD, bearer, build, signup, uniqueEmail } from './helper.ts'
 import { REDIS_URL, redisReachable } from './services.ts'
 
@@ -103,6 +103,27 @@ t.test('per IP: each auth endpoint allows RATE_LIMIT_IP_MAX requests a minute', 
   t.equal(otherIp.statusCode, 401, 'other clients are unaffected')
   const health = await app.inject({ url: '/health', remoteAddress: ip })
   t.equal(health.statusCode, 200, 'routes outside /auth are not limited')
+})
+
+t.test('per IP: an IPv6 client counts by its /64, an IPv4 address written as IPv6 as IPv4', async (t) => {
+  t.equal(ipLimitSubject('203.0.113.9'), '203.0.113.9')
+  t.equal(ipLimitSubject('::ffff:203.0.113.9'), '203.0.113.9')
+  t.equal(ipLimitSubject('2001:db8:a:b::1'), '2001:db8:a:b::/64')
+  t.equal(ipLimitSubject('2001:0DB8:000a:000b:ffff:ffff:ffff:ffff'), '2001:db8:a:b::/64', 'written in full, in capitals')
+  t.equal(ipLimitSubject('2001:db8::1'), '2001:db8:0:0::/64')
+  t.equal(ipLimitSubject('2001:db8:a::'), '2001:db8:a:0::/64')
+  t.equal(ipLimitSubject('fe80::1%eth0'), 'fe80:0:0:0::/64', 'with a zone')
+  t.equal(ipLimitSubject('not an address'), 'not an address')
+
+  const app = await build(t, { RATE_LIMIT_IP_MAX: '3' })
+  const refresh = (remoteAddress: string) =>
+    app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress }).then((response) => response.statusCode)
+  const answers = [await refresh('2001:db8:a:b::1'), await refresh('2001:db8:a:b::2'), await refresh('2001:db8:a:b:1:2:3:4')]
+  t.same(answers, [401, 401, 401])
+  t.equal(await refresh('2001:db8:a:b:ffff::9'), 429, 'a fourth address of the same /64 is refused')
+  t.equal(await refresh('2001:db8:a:c::1'), 401, 'the next /64 is another client')
+  t.same([await refresh('198.51.100.7'), await refresh('::ffff:198.51.100.7'), await refresh('198.51.100.7')], [401, 401, 401])
+  t.equal(await refresh('::ffff:198.51.100.7'), 429, 'one IPv4 client, however its address is written')
 })
 
 t.test('per IP: the token endpoint shares login\'s count, so using both gives no more guesses', async (t) => {

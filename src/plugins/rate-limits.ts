@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import type { Redis } from 'ioredis'
 import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
+import { isIPv6 } from 'node:net'
 import { apiError } from '../errors.ts'
 
 // The plugin's own stores, to put a fallback between them (they are not re-exported by its index).
@@ -42,6 +43,22 @@ export const SIGN_IN_IP_LIMIT = 'sign-in'
 const ACCOUNT_WINDOW_MS = 15 * 60 * 1000
 const IP_WINDOW_MS = 60 * 1000
 const KEY_PREFIX = 'gatehouse:'
+
+/**
+ * Who a per-IP limit counts: an IPv4 address, or an IPv6 client's /64. One IPv6 host is usually
+ * given a whole /64 and may send from any address in it, so counting addresses would give it
+ * endless budgets. An IPv4 address written as IPv6 (::ffff:a.b.c.d) counts as IPv4.
+ */
+export function ipLimitSubject (ip: string): string {
+  if (!isIPv6(ip)) return ip
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip)
+  if (mapped) return mapped[1]!
+  const [head = '', tail] = ip.split('%')[0]!.split('::')
+  const groups = head ? head.split(':') : []
+  if (tail !== undefined) groups.push(...Array<string>(Math.max(0, 8 - groups.length - (tail ? tail.split(':').length : 0))).fill('0'))
+  if (tail) groups.push(...tail.split(':'))
+  return `${groups.slice(0, 4).map((group) => parseInt(group, 16).toString(16)).join(':')}::/64`
+}
 
 const rateLimited = (retryAfterSeconds: number) => apiError(429, 'rate_limited',
   `Too many attempts. Try again in ${retryAfterSeconds} seconds.`, { 'retry-after': String(retryAfterSeconds) })
@@ -252,7 +269,7 @@ async function rateLimitsPlugin (app: FastifyInstance) {
     // Per IP and per endpoint, as the contract says: signups do not use up the login budget. The
     // endpoints of one group share a count (login and the token endpoint: "shares login's limits").
     keyGenerator: (request: FastifyRequest) =>
-      `${request.ip}|${request.routeOptions.config.ipLimitGroup ?? `${request.method} ${request.routeOptions.url}`}`
+      `${ipLimitSubject(request.ip)}|${request.routeOptions.config.ipLimitGroup ?? `${request.method} ${request.routeOptions.url}`}`
   }))
 }
 
