@@ -13,10 +13,19 @@ import { TEST_PASSWORD, build, dbCount, freshPostgresUrl, signup } from './helpe
 import { POSTGRES_URL, postgresReachable } from './services.ts'
 
 const MIGRATIONS = new URL('../migrations/', import.meta.url)
+const migrationFiles = (dialect: 'postgres' | 'sqlite') => readdirSync(new URL(`${dialect}/`, MIGRATIONS)).filter((name) => name.endsWith('.sql')).sort()
+
+/** A superuser connection to the database, closed when the test ends. */
+async function adminOf (t: Test, databaseUrl: string): Promise<pg.Client> {
+  const admin = new pg.Client({ connectionString: databaseUrl })
+  await admin.connect()
+  t.teardown(() => admin.end())
+  return admin
+}
 
 t.test('no migration names a schema (drizzle-kit writes "public". into foreign keys: remove it)', async (t) => {
-  for (const dialect of ['postgres', 'sqlite']) {
-    for (const file of readdirSync(new URL(`${dialect}/`, MIGRATIONS)).filter((name) => name.endsWith('.sql'))) {
+  for (const dialect of ['postgres', 'sqlite'] as const) {
+    for (const file of migrationFiles(dialect)) {
       t.notMatch(readFileSync(new URL(`${dialect}/${file}`, MIGRATIONS), 'utf8'), /"public"\./, `${dialect}/${file}`)
     }
   }
@@ -27,9 +36,7 @@ t.test('on PostgreSQL the tables go into the connection\'s schema, beside unrela
 }, async (t) => {
   const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
   const schema = `gatehouse_${randomBytes(4).toString('hex')}`
-  const admin = new pg.Client({ connectionString: databaseUrl })
-  await admin.connect()
-  t.teardown(() => admin.end())
+  const admin = await adminOf(t, databaseUrl)
   // Another application's users and sessions in public, which Gatehouse must not touch.
   await admin.query(`create schema ${schema}; create table public.users (id int); create table public.sessions (id int)`)
   const url = new URL(databaseUrl)
@@ -85,15 +92,13 @@ t.test('on PostgreSQL a role that owns only its schema, without CREATE on the da
     t.equal(login.statusCode, 200)
   })
   const { rows: [applied] } = await admin.query(`select count(*)::int as n from ${schema}."__drizzle_migrations"`)
-  t.equal(applied.n, readdirSync(new URL('postgres/', MIGRATIONS)).filter((name) => name.endsWith('.sql')).length, 'every migration recorded in its schema')
+  t.equal(applied.n, migrationFiles('postgres').length, 'every migration recorded in its schema')
   t.same(await schemasOf(admin), schemasBefore, 'no schema created')
 })
 
 t.test('on PostgreSQL a search_path with no existing schema stops the start with a clear message, creating nothing', onPostgres, async (t) => {
   const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
-  const admin = new pg.Client({ connectionString: databaseUrl })
-  await admin.connect()
-  t.teardown(() => admin.end())
+  const admin = await adminOf(t, databaseUrl)
   await admin.query('drop schema public')
   const schemasBefore = await schemasOf(admin)
   const url = new URL(databaseUrl)
@@ -105,11 +110,9 @@ t.test('on PostgreSQL a search_path with no existing schema stops the start with
 
 t.test('on PostgreSQL a failed migration leaves nothing behind, not even its bookkeeping table', onPostgres, async (t) => {
   const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
-  const admin = new pg.Client({ connectionString: databaseUrl })
-  await admin.connect()
-  t.teardown(() => admin.end())
+  const admin = await adminOf(t, databaseUrl)
   // Another application's table where the newest migration creates its last one, after others.
-  const newest = readdirSync(new URL('postgres/', MIGRATIONS)).filter((name) => name.endsWith('.sql')).sort().at(-1)!
+  const newest = migrationFiles('postgres').at(-1)!
   const clash = [...readFileSync(new URL(`postgres/${newest}`, MIGRATIONS), 'utf8').matchAll(/CREATE TABLE "(\w+)"/g)].at(-1)![1]!
   await admin.query(`create table public.${clash} (other int)`)
   await t.rejects(build(t, { DATABASE_URL: databaseUrl }), new RegExp(`relation "${clash}" already exists`))
@@ -143,7 +146,6 @@ t.test('on SQLite a start waits for another process\'s migration of the same fil
   const migrated = new Database(file, { readonly: true })
   t.teardown(() => migrated.close())
   const applied = migrated.prepare('select count(*) as n from __drizzle_migrations').get() as { n: number }
-  const files = readdirSync(new URL('sqlite/', MIGRATIONS)).filter((name) => name.endsWith('.sql'))
-  t.equal(applied.n, files.length, 'every migration applied once')
+  t.equal(applied.n, migrationFiles('sqlite').length, 'every migration applied once')
   t.ok(migrated.prepare("select 1 from sqlite_master where type = 'table' and name = 'users'").get(), 'the tables exist')
 })
