@@ -82,13 +82,16 @@ export type LoggedError = { type: string, message: string, stack: string, code: 
 export function serializeError (error: Error & { code?: unknown }, depth = 0): LoggedError {
   const message = withoutQueryParameters(error.message, `\nparams: ${CENSORED}`)
   // V8's stack starts with "name: message"; the frames after it are kept. A stack of another shape
-  // is cut like a message, frames and all.
+  // (its message changed after it was formed) is cut like a message, frames and all.
   const stack = error.stack ?? ''
   const header = `${error.name}: ${error.message}`
+  const frames = stack.slice(header.length)
   return {
     type: error.name,
     message,
-    stack: stack.startsWith(header) ? `${error.name}: ${message}${stack.slice(header.length)}` : withoutQueryParameters(stack, `\nparams: ${CENSORED}`),
+    stack: stack.startsWith(header) && !frames.includes('\nparams:')
+      ? `${error.name}: ${message}${frames}`
+      : withoutQueryParameters(stack, `\nparams: ${CENSORED}`),
     code: error.code,
     ...(error.cause instanceof Error && depth < 3 ? { cause: serializeError(error.cause, depth + 1) } : {})
   }

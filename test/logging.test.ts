@@ -150,6 +150,12 @@ t.test('a failed query is logged without its parameters', async (t) => {
   t.match(multiline.stack, /^Error: Failed query: insert into "users" values \(\$1, \$2, \$3\)\nparams: \[redacted\]\n\s+at /, 'whose frames are kept')
   t.equal(startupProblem(new Error('Failed query: x\nparams: a\nb,$argon2id$')), 'Failed query: x')
 
+  // A message shortened after the stack was formed: the stack still holds the parameters.
+  const shortened = new Error('Failed query: insert into "users" values ($1)\nparams: $argon2id$v=19$c2FsdA$aGFzaA')
+  t.match(shortened.stack, 'params: $argon2id', 'V8 formed the stack')
+  shortened.message = 'Failed query: insert into "users" values ($1)'
+  t.notMatch(serializeError(shortened).stack, 'argon2', 'nor in a stack whose message was shortened')
+
   // And a real failure on the way to the database is logged, and answered with nothing inside.
   const { app, log } = await appWithLog(t, { LOG_LEVEL: 'error' })
   await app.database.query("create trigger refuse before insert on users begin select raise(abort, 'refused by test'); end")

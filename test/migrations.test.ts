@@ -104,7 +104,7 @@ t.test('on PostgreSQL a search_path with no existing schema stops the start with
   const url = new URL(databaseUrl)
   url.searchParams.set('options', '-c search_path=nowhere')
   await t.rejects(build(t, { DATABASE_URL: url.toString() }),
-    /Cannot open the database at .*: no schema on the search_path \(nowhere\) exists: create it, or set search_path to one that does$/)
+    /Cannot open the database at .*: no schema on the search_path \(nowhere\) exists that this role may use: create it, grant USAGE and CREATE on it, or set search_path to one$/)
   t.same(await schemasOf(admin), schemasBefore, 'no schema created')
 })
 

@@ -113,6 +113,9 @@ t.test('per IP: an IPv6 client counts by its /64, an IPv4 address written as IPv
   t.equal(ipLimitSubject('2001:db8::1'), '2001:db8:0:0::/64')
   t.equal(ipLimitSubject('2001:db8:a::'), '2001:db8:a:0::/64')
   t.equal(ipLimitSubject('fe80::1%eth0'), 'fe80:0:0:0::/64', 'with a zone')
+  t.equal(ipLimitSubject('::ffff:c633:6407'), '198.51.100.7', 'IPv4-mapped, in hex')
+  t.equal(ipLimitSubject('0:0:0:0:0:ffff:198.51.100.7'), '198.51.100.7', 'IPv4-mapped, in full')
+  t.equal(ipLimitSubject('2001:db8::1:2:3:1.2.3.4'), '2001:db8:0:1::/64', 'with an IPv4 tail, two groups long')
   t.equal(ipLimitSubject('not an address'), 'not an address')
 
   const app = await build(t, { RATE_LIMIT_IP_MAX: '3' })

@@ -2,9 +2,9 @@ import rateLimit, { type FastifyRateLimitStore } from '@fastify/rate-limit'
 import type { FastifyBaseLogger, FastifyInstance, FastifyRequest, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Redis } from 'ioredis'
+import ipaddr from 'ipaddr.js'
 import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
-import { isIPv6 } from 'node:net'
 import { apiError } from '../errors.ts'
 
 // The plugin's own stores, to put a fallback between them (they are not re-exported by its index).
@@ -32,7 +32,7 @@ declare module 'fastify' {
   }
   interface FastifyInstance {
     signInFailures: FailureCounter
-    /** onRequest hook: RATE_LIMIT_IP_MAX requests per minute per IP on each route it guards. */
+    /** onRequest hook: RATE_LIMIT_IP_MAX requests per minute per IP on each route it guards (or group of routes: ipLimitGroup). */
     limitPerIp: onRequestHookHandler
   }
 }
@@ -47,17 +47,16 @@ const KEY_PREFIX = 'gatehouse:'
 /**
  * Who a per-IP limit counts: an IPv4 address, or an IPv6 client's /64. One IPv6 host is usually
  * given a whole /64 and may send from any address in it, so counting addresses would give it
- * endless budgets. An IPv4 address written as IPv6 (::ffff:a.b.c.d) counts as IPv4.
+ * endless budgets. An IPv4 address written as IPv6 (::ffff:a.b.c.d, in any spelling) counts as
+ * IPv4; text that is no address (a proxy's odd X-Forwarded-For) counts as itself.
  */
 export function ipLimitSubject (ip: string): string {
-  if (!isIPv6(ip)) return ip
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip)
-  if (mapped) return mapped[1]!
-  const [head = '', tail] = ip.split('%')[0]!.split('::')
-  const groups = head ? head.split(':') : []
-  if (tail !== undefined) groups.push(...Array<string>(Math.max(0, 8 - groups.length - (tail ? tail.split(':').length : 0))).fill('0'))
-  if (tail) groups.push(...tail.split(':'))
-  return `${groups.slice(0, 4).map((group) => parseInt(group, 16).toString(16)).join(':')}::/64`
+  const address = ip.split('%')[0]!
+  if (!ipaddr.isValid(address)) return ip
+  const parsed = ipaddr.process(address)
+  return parsed.kind() === 'ipv4'
+    ? parsed.toString()
+    : `${(parsed as ipaddr.IPv6).parts.slice(0, 4).map((group) => group.toString(16)).join(':')}::/64`
 }
 
 const rateLimited = (retryAfterSeconds: number) => apiError(429, 'rate_limited',
@@ -69,7 +68,7 @@ const rateLimited = (retryAfterSeconds: number) => apiError(429, 'rate_limited',
  */
 const accountDigest = (account: string) => createHash('sha256').update(account).digest('base64url')
 
-/** Accounts under the limit that one process tracks at once: about 100 bytes each. */
+/** Accounts under the limit that one process tracks at once: about 160 bytes each. */
 const MAX_OPEN_WINDOWS = 100_000
 
 /** In one process: a fixed window per account, started by its first attempt. */

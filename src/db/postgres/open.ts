@@ -50,7 +50,8 @@ async function migratePostgres (databaseUrl: string): Promise<void> {
     const { rows: [current] } = await client.query<{ schema: string | null, path: string }>(
       'select current_schema() as schema, current_setting(\'search_path\') as path')
     if (current!.schema === null) {
-      throw new Error(`no schema on the search_path (${current!.path}) exists: create it, or set search_path to one that does`)
+      // current_schema() is null both when no schema on the path exists and when the role may not use it.
+      throw new Error(`no schema on the search_path (${current!.path}) exists that this role may use: create it, grant USAGE and CREATE on it, or set search_path to one`)
     }
     await client.query('begin')
     try {

@@ -3,7 +3,7 @@ import { Type } from 'typebox'
 import { normaliseEmail } from '../../auth/email.ts'
 import { apiError } from '../../errors.ts'
 import type { User } from '../../repositories/users.ts'
-import { ErrorResponse, Name, errorResponse, RoleName, UserResponse, Uuid, presentUser } from '../../schemas/common.ts'
+import { ErrorResponse, Name, errorResponse, RoleName, UserResponse, Uuid, isUuid, presentUser } from '../../schemas/common.ts'
 
 const AdminUserResponse = Type.Object({ ...UserResponse.properties, disabled: Type.Boolean() }, { title: 'AdminUser' })
 const UserList = Type.Object({
@@ -27,16 +27,13 @@ const presentAdminUser = (user: User) => ({ ...presentUser(user), disabled: user
 /** 9999-12-31T23:59:59.999Z: later times no database column holds. */
 const LATEST_CURSOR_TIME = 253_402_300_799_999
 
-/** User ids are randomUUID()s: a cursor with any other id is not one we returned. */
-const USER_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
-
 /** Cursors are opaque to clients: base64url of the last row's [created_at ms, id]. */
 const encodeCursor = (user: User) => Buffer.from(JSON.stringify([user.createdAt.getTime(), user.id])).toString('base64url')
 function decodeCursor (cursor: string): { createdAt: Date, id: string } {
   try {
     const [ms, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as unknown[]
     const createdAt = new Date(ms as number)
-    if (Number.isSafeInteger(ms) && (ms as number) >= 0 && (ms as number) <= LATEST_CURSOR_TIME && typeof id === 'string' && USER_ID.test(id)) {
+    if (Number.isSafeInteger(ms) && (ms as number) >= 0 && (ms as number) <= LATEST_CURSOR_TIME && typeof id === 'string' && isUuid(id)) {
       return { createdAt, id }
     }
   } catch {}
