@@ -5,6 +5,7 @@ import type { Redis } from 'ioredis'
 import ipaddr from 'ipaddr.js'
 import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
+import { isIPv4 } from 'node:net'
 import { apiError } from '../errors.ts'
 
 // The plugin's own stores, to put a fallback between them (they are not re-exported by its index).
@@ -51,9 +52,14 @@ const KEY_PREFIX = 'gatehouse:'
  * IPv4; text that is no address (a proxy's odd X-Forwarded-For) counts as itself.
  */
 export function ipLimitSubject (ip: string): string {
-  const address = ip.split('%')[0]!
-  if (!ipaddr.isValid(address)) return ip
-  const parsed = ipaddr.process(address)
+  // IPv4, most clients: one cheap check (ipaddr.js's parse costs a few microseconds).
+  if (isIPv4(ip)) return ip
+  let parsed: ipaddr.IPv4 | ipaddr.IPv6
+  try {
+    parsed = ipaddr.process(ip.split('%')[0]!)
+  } catch {
+    return ip
+  }
   return parsed.kind() === 'ipv4'
     ? parsed.toString()
     : `${(parsed as ipaddr.IPv6).parts.slice(0, 4).map((group) => group.toString(16)).join(':')}::/64`
