@@ -15,6 +15,8 @@ import { POSTGRES_URL, postgresReachable } from './services.ts'
 const MIGRATIONS = new URL('../migrations/', import.meta.url)
 const migrationFiles = (dialect: 'postgres' | 'sqlite') => readdirSync(new URL(`${dialect}/`, MIGRATIONS)).filter((name) => name.endsWith('.sql')).sort()
 
+const onPostgres = { skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}` }
+
 /** A superuser connection to the database, closed when the test ends. */
 async function adminOf (t: Test, databaseUrl: string): Promise<pg.Client> {
   const admin = new pg.Client({ connectionString: databaseUrl })
@@ -31,9 +33,7 @@ t.test('no migration names a schema (drizzle-kit writes "public". into foreign k
   }
 })
 
-t.test('on PostgreSQL the tables go into the connection\'s schema, beside unrelated tables of the same names', {
-  skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`
-}, async (t) => {
+t.test('on PostgreSQL the tables go into the connection\'s schema, beside unrelated tables of the same names', onPostgres, async (t) => {
   const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
   const schema = `gatehouse_${randomBytes(4).toString('hex')}`
   const admin = await adminOf(t, databaseUrl)
@@ -58,8 +58,6 @@ t.test('on PostgreSQL the tables go into the connection\'s schema, beside unrela
   }
   t.equal(Number((await admin.query('select count(*) from public.users')).rows[0].count), 0, 'the other users table is untouched')
 })
-
-const onPostgres = { skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}` }
 
 /** A login role that owns schema `schema` and may not create schemas in the database. */
 async function schemaOwner (t: Test, databaseUrl: string) {

@@ -33,7 +33,7 @@ declare module 'fastify' {
   }
   interface FastifyInstance {
     signInFailures: FailureCounter
-    /** onRequest hook: RATE_LIMIT_IP_MAX requests per minute per IP on each route it guards (or group of routes: ipLimitGroup). */
+    /** onRequest hook: RATE_LIMIT_IP_MAX requests a minute per IP on each route (or ipLimitGroup) it guards. */
     limitPerIp: onRequestHookHandler
   }
 }
