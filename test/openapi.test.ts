@@ -78,11 +78,14 @@ t.test('every registered route is documented with its security requirement', asy
   t.match(described('/auth/token', 'post', 413), /invalid_request/, 'the token endpoint keeps its RFC 6749 codes')
   t.notMatch(described('/auth/token', 'post', 413), /payload_too_large/)
   // The policy is for passwords being set; a password presented to sign in is only length-checked.
-  const passwordOf = (path: string) => document.paths[path].post.requestBody.content['application/json'].schema.properties
-  t.match(passwordOf('/auth/signup').password.description, /common password/)
-  t.notMatch(passwordOf('/auth/login').password.description, /common password/)
-  t.notMatch(passwordOf('/auth/password').current_password.description, /common password/)
-  t.match(passwordOf('/auth/password').new_password.description, /common password/)
+  const bodyPropertiesOf = (path: string) => document.paths[path].post.requestBody.content['application/json'].schema.properties
+  t.match(bodyPropertiesOf('/auth/signup').password.description, /common password/)
+  t.notMatch(bodyPropertiesOf('/auth/login').password.description, /common password/)
+  t.notMatch(bodyPropertiesOf('/auth/password').current_password.description, /common password/)
+  t.match(bodyPropertiesOf('/auth/password').new_password.description, /common password/)
+  // The email is normalised before validation: a client validating against the schema must know.
+  t.match(bodyPropertiesOf('/auth/signup').email.description, /trimmed.*lower-cased first/)
+  t.match(bodyPropertiesOf('/auth/login').email.description, /trimmed.*lower-cased first/)
   t.equal(document.paths['/auth/logout'].post.requestBody.required, false, 'logout takes no body, or one')
   t.equal(document.paths['/auth/signup'].post.requestBody.required, true)
   const documented = Object.entries(document.paths as Record<string, Record<string, unknown>>)

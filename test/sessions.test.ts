@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { App } from '../src/app.ts'
@@ -131,16 +132,19 @@ t.test('an empty request with a JSON Content-Type is a bodiless call, as fetch()
   const app = await build(t)
   const email = uniqueEmail()
   await signup(app, email)
-  const [first, second, third] = [await login(app, email), await login(app, email), await login(app, email)]
+  const [first, second, third, fourth] = [await login(app, email), await login(app, email), await login(app, email), await login(app, email)]
   const json = (token: string) => ({ ...bearer(token), 'content-type': 'application/json' })
 
-  // Content-Length: 0, and no Content-Length at all (RFC 9112 §6.3: no body either way).
+  // Content-Length: 0, no Content-Length at all, and an empty chunked body: nothing in any (RFC 9112 §6.3).
   const deleted = await app.inject({ method: 'DELETE', url: `/auth/sessions/${tokenPayload(second.access_token).sid}`, headers: json(first.access_token), payload: '' })
   t.equal(deleted.statusCode, 204, deleted.body)
   t.equal(await meStatus(app, second.access_token), 401, 'that session ended')
   const loggedOut = await app.inject({ method: 'POST', url: '/auth/logout', headers: json(third.access_token) })
   t.equal(loggedOut.statusCode, 204, loggedOut.body)
   t.equal(await meStatus(app, third.access_token), 401, 'logged out')
+  const chunked = await app.inject({ method: 'POST', url: '/auth/logout', headers: { ...json(fourth.access_token), 'transfer-encoding': 'chunked' }, payload: Readable.from([]) })
+  t.equal(chunked.statusCode, 204, chunked.body)
+  t.equal(await meStatus(app, fourth.access_token), 401, 'logged out by an empty chunked request')
 
   const anonymous = await app.inject({ method: 'POST', url: '/auth/logout', headers: { 'content-type': 'application/json' }, payload: '' })
   t.equal(anonymous.statusCode, 401, 'still needs a bearer token or a refresh token')
@@ -154,21 +158,32 @@ t.test('an empty request with a JSON Content-Type is a bodiless call, as fetch()
 t.test('an empty request to a route that needs a body is invalid_body, whatever Content-Type it names', async (t) => {
   const app = await build(t)
   const session = await signup(app)
-  for (const contentType of [undefined, 'application/json', 'text/plain', 'application/x-www-form-urlencoded']) {
-    const headers = contentType ? { 'content-type': contentType } : {}
-    for (const [method, url, token] of [['POST', '/auth/login', undefined], ['PATCH', '/auth/me', session.access_token]] as const) {
-      const response = await app.inject({ method, url, headers: { ...headers, ...token ? bearer(token) : {} }, payload: '' })
-      t.equal(response.statusCode, 400, `${method} ${url}, ${contentType}`)
-      t.same(response.json(), { statusCode: 400, error: 'Bad Request', message: 'This endpoint needs a body.', code: 'invalid_body' }, `${method} ${url}, ${contentType}`)
+  // Content-Length: 0, or an empty chunked body (a stream: light-my-request then sends no Content-Length).
+  const framings = [
+    { name: 'Content-Length: 0', headers: {}, payload: () => '' },
+    { name: 'chunked', headers: { 'transfer-encoding': 'chunked' }, payload: () => Readable.from([]) }
+  ]
+  for (const framing of framings) {
+    for (const contentType of [undefined, 'application/json', 'text/plain', 'application/x-www-form-urlencoded']) {
+      const headers = { ...framing.headers, ...contentType ? { 'content-type': contentType } : {} }
+      const named = `${framing.name}, ${contentType}`
+      for (const [method, url, token] of [['POST', '/auth/login', undefined], ['PATCH', '/auth/me', session.access_token]] as const) {
+        const response = await app.inject({ method, url, headers: { ...headers, ...token ? bearer(token) : {} }, payload: framing.payload() })
+        t.equal(response.statusCode, 400, `${method} ${url}, ${named}`)
+        t.same(response.json(), { statusCode: 400, error: 'Bad Request', message: 'This endpoint needs a body.', code: 'invalid_body' }, `${method} ${url}, ${named}`)
+      }
+      const anonymous = await app.inject({ method: 'PATCH', url: '/auth/me', headers, payload: framing.payload() })
+      t.equal(anonymous.json().code, 'missing_token', `${named}: who asks is answered first`)
+      const token = await app.inject({ method: 'POST', url: '/auth/token', headers, payload: framing.payload() })
+      t.equal(token.statusCode, 400, `token endpoint, ${named}`)
+      t.same(token.json(), { error: 'invalid_request', error_description: 'This endpoint needs a body.' }, `token endpoint, ${named}`)
     }
-    const anonymous = await app.inject({ method: 'PATCH', url: '/auth/me', headers, payload: '' })
-    t.equal(anonymous.json().code, 'missing_token', `${contentType}: who asks is answered first`)
-    const token = await app.inject({ method: 'POST', url: '/auth/token', headers, payload: '' })
-    t.equal(token.statusCode, 400, `token endpoint, ${contentType}`)
-    t.same(token.json(), { error: 'invalid_request', error_description: 'This endpoint needs a body.' }, `token endpoint, ${contentType}`)
   }
-  t.equal((await app.inject({ method: 'POST', url: '/auth/login', headers: { 'content-type': 'text/plain' }, payload: 'hi' })).statusCode, 415,
-    'a body of another type is still 415')
+  for (const [contentType, payload] of [['text/plain', 'hi'], [undefined, Readable.from(['hi'])], ['application/xml', '<a/>']] as const) {
+    const response = await app.inject({ method: 'POST', url: '/auth/login', headers: contentType ? { 'content-type': contentType } : { 'transfer-encoding': 'chunked' }, payload })
+    t.equal(response.statusCode, 415, `a body of type ${contentType} is still 415`)
+    t.equal(response.json().code, 'unsupported_media_type')
+  }
 })
 
 t.test('password change needs the current password and keeps only the current session', async (t) => {

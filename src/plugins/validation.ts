@@ -1,6 +1,6 @@
 import { Ajv } from 'ajv'
 import addFormats from 'ajv-formats'
-import type { FastifyBodyParser, FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteOptions } from 'fastify'
+import { errorCodes, type FastifyBodyParser, type FastifyInstance, type FastifyReply, type FastifyRequest, type HookHandlerDoneFunction, type RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { isUtf8 } from 'node:buffer'
 import { apiError } from '../errors.ts'
@@ -26,9 +26,11 @@ async function validationPlugin (app: FastifyInstance) {
     (httpPart === 'body' ? bodies : textParts).compile(schema))
   app.removeContentTypeParser('application/json')
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Body(app.getDefaultJsonParser('error', 'error')))
+  // Every other Content-Type, and none: 415, unless nothing was sent (see utf8Body).
+  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body: Buffer, done) =>
+    done(body.length === 0 ? null : new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE(), undefined))
   app.addHook('onRoute', (route) => {
     const takesBody = takesBodyMethod(route)
-    if (takesBody) route.onRequest = [emptyBodyIsNoBody, ...[route.onRequest ?? []].flat()]
     if (takesBody && route.config?.bodyOptional) {
       route.preValidation = [bodyOrEmptyObject, ...[route.preValidation ?? []].flat()]
     }
@@ -65,11 +67,20 @@ export function accessCheck<T extends object> (handler: T): T {
  * bodies are held to it too, stricter than the WHATWG decoding). Node's decoding would quietly
  * turn each bad byte into U+FFFD, and a name or password would be stored or hashed as something
  * the client never sent.
+ *
+ * A request with nothing in it has no body, whatever its Content-Type says and however it says
+ * so (Content-Length: 0, none, or an empty chunked body): a fetch() client that sends
+ * `Content-Type: application/json` on every call must not get 400 "empty JSON body" from a DELETE
+ * or a logout, which need no body; and a route that needs one answers the same `invalid_body`
+ * (requireBody) whether the empty request said JSON, form, another type or nothing.
  */
 export function utf8Body (parse: FastifyBodyParser<string>): FastifyBodyParser<Buffer> {
-  return (request, body, done) => isUtf8(body)
-    ? parse(request, body.toString(), done)
-    : done(apiError(400, 'invalid_body', 'The body is not valid UTF-8.'), undefined)
+  return (request, body, done) => {
+    if (body.length === 0) return done(null, undefined)
+    return isUtf8(body)
+      ? parse(request, body.toString(), done)
+      : done(apiError(400, 'invalid_body', 'The body is not valid UTF-8.'), undefined)
+  }
 }
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
@@ -78,20 +89,6 @@ export const takesBodyMethod = (route: Pick<RouteOptions, 'method'>) => [route.m
 /** Whether a route refuses a request without a body: it has a body schema, not marked optional. */
 export const needsBody = (route: Pick<RouteOptions, 'method' | 'schema' | 'config'>) =>
   takesBodyMethod(route) && route.schema?.body !== undefined && !route.config?.bodyOptional
-
-/**
- * A request with nothing in it has no body, whatever its Content-Type says: a fetch() client that
- * sends `Content-Type: application/json` on every call must not get 400 "empty JSON body" from a
- * DELETE or a logout, which need no body; and a route that needs one answers the same
- * `invalid_body` (requireBody) whether the empty request said JSON, text or nothing.
- * Nothing in it: no Transfer-Encoding, and a Content-Length of 0 or none (RFC 9112 §6.3).
- */
-function emptyBodyIsNoBody (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
-  const { headers } = request
-  const length = headers['content-length']
-  if (headers['transfer-encoding'] === undefined && (length === undefined || length === '0')) delete headers['content-type']
-  done()
-}
 
 /** preHandler of a route that needs a body: a request without one is refused as such. */
 function requireBody (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {

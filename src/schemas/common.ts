@@ -3,8 +3,17 @@ import { PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH } from '../auth/passwords.ts'
 import { ROLES } from '../auth/permissions.ts'
 import type { User } from '../repositories/users.ts'
 
-/** Normalised (trimmed, lower-cased) by the route before validation. RFC 5321 caps a path at 254. */
-export const Email = Type.String({ format: 'email', maxLength: 254, examples: ['ada@example.com'] })
+/**
+ * Normalised (trimmed, lower-cased) by the route before validation, so the schema describes the
+ * normalised email, as the description tells a client that validates against it. RFC 5321 caps a
+ * path at 254.
+ */
+export const Email = Type.String({
+  format: 'email',
+  maxLength: 254,
+  description: 'Surrounding spaces are trimmed and letters lower-cased first; the format and the length limit apply to the result',
+  examples: ['ada@example.com']
+})
 const passwordLength = { minLength: PASSWORD_MIN_LENGTH, maxLength: PASSWORD_MAX_LENGTH }
 /** A password being set (signup, the new one of a change): the whole policy applies. */
 export const NewPassword = Type.String({
