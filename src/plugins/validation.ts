@@ -26,9 +26,7 @@ async function validationPlugin (app: FastifyInstance) {
     (httpPart === 'body' ? bodies : textParts).compile(schema))
   app.removeContentTypeParser('application/json')
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Body(app.getDefaultJsonParser('error', 'error')))
-  // Every other Content-Type, and none: 415, unless nothing was sent (see utf8Body).
-  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body: Buffer, done) =>
-    done(body.length === 0 ? null : new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE(), undefined))
+  app.addContentTypeParser('*', unsupportedUnlessEmpty)
   app.addHook('onRoute', (route) => {
     const takesBody = takesBodyMethod(route)
     if (takesBody && route.config?.bodyOptional) {
@@ -81,6 +79,23 @@ export function utf8Body (parse: FastifyBodyParser<string>): FastifyBodyParser<B
       ? parse(request, body.toString(), done)
       : done(apiError(400, 'invalid_body', 'The body is not valid UTF-8.'), undefined)
   }
+}
+
+/**
+ * The parser of every other Content-Type, and of none: 415 without reading the body, as Fastify
+ * answers, unless nothing was sent (utf8Body says why that is no body). Only a chunked body has
+ * to be read for that, and only until its first byte.
+ */
+function unsupportedUnlessEmpty (request: FastifyRequest, payload: FastifyRequest['raw'], done: (error: Error | null, body?: undefined) => void) {
+  const length = request.headers['content-length']
+  if (length !== undefined) return done(length === '0' ? null : new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE(), undefined)
+  const answer = (error: Error | null) => {
+    payload.off('data', onData).off('end', onEnd).off('error', answer)
+    done(error, undefined)
+  }
+  const onData = () => answer(new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE())
+  const onEnd = () => answer(null)
+  payload.on('data', onData).on('end', onEnd).on('error', answer)
 }
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])
