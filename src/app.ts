@@ -125,6 +125,10 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   const app = Fastify({
     logger: loggerOptions(config, options),
     trustProxy: config.trustProxy,
+    // A path parameter of any length reaches its route, so who asks is answered first (401, 403) and
+    // an over-long id then fails its schema like any other (400 validation_error), with the route's
+    // headers. No route matches a parameter by pattern, and Node caps the URL at 16 KiB anyway.
+    routerOptions: { maxParamLength: Number.MAX_SAFE_INTEGER },
     // Every request body here is a few fields: 8 KiB is plenty, and more is refused with 413.
     bodyLimit: 8 * 1024,
     // Start-up migrates the database, which may take as long as it needs; connecting is bounded by

@@ -190,7 +190,7 @@ t.test('a path served under other methods answers 405 with Allow; an unknown pat
     ['GET', `/videos/${randomUUID()}`, ['DELETE', 'PATCH']],
     ['DELETE', '/clothes', ['GET', 'HEAD', 'POST']],
     ['OPTIONS', '/health', ['GET', 'HEAD']],
-    // Over Fastify's 100 characters for a parameter: still the path of DELETE /auth/sessions/:id.
+    // Over find-my-way's default 100 characters for a parameter: still the path of DELETE /auth/sessions/:id.
     ['GET', `/auth/sessions/${'a'.repeat(101)}`, ['DELETE']]
   ] as const
   for (const [method, url, allowed] of cases) {

@@ -594,6 +594,10 @@ t.test('who may ask is answered before whether the request is well-formed: 401, 
   const cases: Array<[string, () => Promise<LightMyRequestResponse>, number, string]> = [
     ['anonymous, invalid body', () => call('POST', '/videos', undefined, { title: '' }), 401, 'missing_token'],
     ['anonymous, malformed id', () => call('DELETE', '/auth/sessions/not-a-uuid'), 401, 'missing_token'],
+    // Longer than Fastify's router takes by default (100 characters): it still reaches the route.
+    ['anonymous, over-long id', () => call('DELETE', `/auth/sessions/${'a'.repeat(101)}`), 401, 'missing_token'],
+    ['not allowed, over-long id', () => call('PATCH', `/admin/users/${'a'.repeat(5000)}`, user.access_token, { disabled: true }), 403, 'forbidden'],
+    ['allowed, over-long id', () => call('DELETE', `/auth/sessions/${'a'.repeat(101)}`, user.access_token), 400, 'validation_error'],
     ['anonymous, NUL in the body', () => call('PATCH', '/auth/me', undefined, { name: 'a\u0000b' }), 401, 'missing_token'],
     ['anonymous, malformed query', () => call('GET', '/admin/users?limit=abc'), 401, 'missing_token'],
     ['invalid token, invalid body', () => call('POST', '/clothes', 'not.a.token', { price: 'free' }), 401, 'invalid_token'],
@@ -610,6 +614,7 @@ t.test('who may ask is answered before whether the request is well-formed: 401, 
     t.equal(response.statusCode, status, label)
     t.equal(response.json().code, code, label)
     if (status === 401) t.match(response.headers['www-authenticate'], /^Bearer realm="gatehouse"/, `${label}: a challenge`)
+    t.equal(response.headers['cache-control'], 'no-store', `${label}: a guarded route's answer`)
   }
 })
 

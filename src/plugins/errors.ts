@@ -99,14 +99,12 @@ export function clientErrorHandler (error: Error & { code?: string }, socket: So
 }
 
 /**
- * Fastify's frameworkErrors: a URL its router refuses (`/%zz`, or a path parameter over 100
- * characters) before any route or hook runs. Fastify logs such a request as incoming but never as
- * completed (it watches no response there), so the completion is logged here.
+ * Fastify's frameworkErrors: a URL its router refuses (`/%zz`) before any route or hook runs.
+ * Fastify logs such a request as incoming but never as completed (it watches no response there),
+ * so the completion is logged here.
  */
-export function frameworkErrorHandler (error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
-  const body = error.code === 'FST_ERR_MAX_PARAM_LENGTH'
-    ? errorBody(400, 'validation_error', 'A path parameter is over 100 characters.')
-    : errorBody(400, 'invalid_request', 'The URL cannot be decoded.')
+export function frameworkErrorHandler (_error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  const body = errorBody(400, 'invalid_request', 'The URL cannot be decoded.')
   reply.raw.once('finish', () => request.log.info({ res: reply }, 'request completed'))
   reply.code(body.statusCode).headers(API_RESPONSE_HEADERS).send(body)
 }
@@ -134,7 +132,7 @@ async function errorsPlugin (app: FastifyInstance) {
 
   // RFC 9110 §15.5.6: a path that another method serves answers 405 with Allow, not 404. Fastify's
   // router answers neither question, so the routes are mirrored into one that can (matching only).
-  // No limit on parameters here: Fastify answers an over-long one itself (frameworkErrorHandler).
+  // No limit on parameters, as in Fastify's own router (app.ts).
   const routes = FindMyWay({ maxParamLength: Number.MAX_SAFE_INTEGER })
   const methods = new Set<HTTPMethod>()
   app.addHook('onRoute', (route) => {
