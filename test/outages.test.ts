@@ -138,6 +138,45 @@ t.test('PostgreSQL that stops answering: 503 in bounded time, then service again
   t.equal((await refresh(app, session.refresh_token)).statusCode, 200)
 })
 
+t.test('PostgreSQL that refuses new connections: 503, then service again', onPostgres, async (t) => {
+  const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
+  const name = new URL(databaseUrl).pathname.slice(1)
+  const app = await build(t, { DATABASE_URL: databaseUrl })
+  const session = await signup(app)
+  const admin = new pg.Client({ connectionString: POSTGRES_URL })
+  await admin.connect()
+  const allowConnections = (allow: boolean) => admin.query(`alter database "${name}" allow_connections ${allow}`)
+  t.teardown(async () => {
+    await allowConnections(true)
+    await admin.end()
+  })
+
+  // As an operator closes a database: no new connection, and the open ones ended.
+  await allowConnections(false)
+  await admin.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = $1', [name])
+  const [signIn, refreshed, token] = await Promise.all([
+    login(app, session.user.email),
+    refresh(app, session.refresh_token),
+    app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: session.refresh_token } })
+  ])
+  for (const response of [signIn, refreshed]) {
+    t.equal(response.statusCode, 503, response.body)
+    t.equal(response.json().code, 'database_unavailable')
+    t.equal(response.headers['retry-after'], '5')
+  }
+  t.equal(token.statusCode, 503, token.body)
+  t.equal(token.json().error, 'temporarily_unavailable')
+
+  await allowConnections(true)
+  t.equal((await login(app, session.user.email)).statusCode, 200)
+  t.equal((await refresh(app, session.refresh_token)).statusCode, 200)
+
+  // Refused at connection start for other reasons an operator causes (not reproducible under trust auth).
+  for (const [code, message] of [['3D000', 'database "gone" does not exist'], ['28P01', 'password authentication failed for user "gatehouse"']] as const) {
+    t.equal(app.database.dialect.isUnavailable(Object.assign(new Error(message), { code })), true, message)
+  }
+})
+
 t.test('PostgreSQL: a transaction that waits too long for a lock is cancelled, and leaves nothing open', onPostgres, async (t) => {
   const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
   const app = await build(t, { DATABASE_URL: databaseUrl })

@@ -26,11 +26,15 @@ const UNAVAILABLE_CODES = new Set([
   'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENOTFOUND', 'EAI_AGAIN',
   '57P01', '57P02', '57P03', '53300', // shutdowns, cannot connect now, too many connections
   '57014', '55P03', // statement_timeout, lock_timeout
+  // Refused at connection start by an operator's change (the database dropped or renamed, the role
+  // or its password changed): the requests cannot be served, and the error log says why.
+  '3D000', '28000', '28P01',
   // A deadlock victim or a serialization failure was rolled back whole: a retry can succeed. Writers
   // lock in one order (sessionsRepository.rotate), so this is a backstop; the error log still shows it.
   '40P01', '40001'
 ])
-const UNAVAILABLE_MESSAGE = /Query read timeout|timeout exceeded when trying to connect|Connection terminated|not queryable/i
+// The last: SQLSTATE 55000 (ALTER DATABASE … ALLOW_CONNECTIONS false), a code other errors share.
+const UNAVAILABLE_MESSAGE = /Query read timeout|timeout exceeded when trying to connect|Connection terminated|not queryable|is not currently accepting connections/i
 
 /**
  * Migrations run on a connection of their own, without the query timeout (a migration or the
