@@ -46,6 +46,8 @@ t.test('requests the HTTP parser refuses answer in the contract\'s shape, with t
     t.equal(answer.headers['x-content-type-options'], 'nosniff', `${name}: security headers`)
     t.equal(answer.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'", name)
     t.equal(answer.headers.connection, 'close', name)
+    t.equal(answer.headers['cache-control'], 'no-store', `${name}: it may have been a token request`)
+    t.equal(answer.headers.pragma, 'no-cache', name)
     t.equal(Number(answer.headers['content-length']), Buffer.byteLength(JSON.stringify(answer.body)), `${name}: exact length`)
   }
   // The server goes on serving.

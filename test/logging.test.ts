@@ -63,6 +63,7 @@ t.test('a URL the router refuses is answered in the contract\'s shape and logged
     t.equal(response.statusCode, 400, url)
     t.same(response.json(), { statusCode: 400, error: 'Bad Request', message, code }, url)
     t.equal(response.headers['x-content-type-options'], 'nosniff', `${url}: the API's headers`)
+    t.equal(response.headers['cache-control'], 'no-store', `${url}: the route is not known, so no cache keeps it`)
   }
   const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
   for (const [url] of cases) {

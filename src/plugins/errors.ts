@@ -5,7 +5,7 @@ import FindMyWay, { type HTTPMethod } from 'find-my-way'
 import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import { bearerChallenge } from './auth.ts'
-import { API_RESPONSE_HEADERS } from './security.ts'
+import { API_RESPONSE_HEADERS, NO_STORE_HEADERS } from './security.ts'
 
 /** The contract's code for errors Fastify raises itself; anything else falls back by status. */
 const FASTIFY_CODES: Record<string, string> = {
@@ -77,8 +77,9 @@ function clientErrorAnswer (error: Error & { code?: string }): ErrorBody {
 
 /**
  * Fastify's clientErrorHandler: the same shape and security headers as every other answer, where
- * Fastify's default writes `{"message":"Client Error"}` with neither. The connection then closes,
- * as after any request the parser could not read.
+ * Fastify's default writes `{"message":"Client Error"}` with neither, and no-store, as the request
+ * may have been one of /auth's. The connection then closes, as after any request the parser could
+ * not read.
  */
 export function clientErrorHandler (error: Error & { code?: string }, socket: Socket): void {
   // A reset connection has nobody left to answer.
@@ -88,6 +89,7 @@ export function clientErrorHandler (error: Error & { code?: string }, socket: So
     const payload = JSON.stringify(body)
     const headers = {
       ...API_RESPONSE_HEADERS,
+      ...NO_STORE_HEADERS,
       'content-type': 'application/json; charset=utf-8',
       'content-length': String(Buffer.byteLength(payload)),
       connection: 'close'
@@ -99,14 +101,14 @@ export function clientErrorHandler (error: Error & { code?: string }, socket: So
 }
 
 /**
- * Fastify's frameworkErrors: a URL its router refuses (`/%zz`) before any route or hook runs.
- * Fastify logs such a request as incoming but never as completed (it watches no response there),
- * so the completion is logged here.
+ * Fastify's frameworkErrors: a URL its router refuses (`/%zz`) before any route or hook runs, so
+ * with no-store, as the URL may have been one of /auth's. Fastify logs such a request as incoming
+ * but never as completed (it watches no response there), so the completion is logged here.
  */
 export function frameworkErrorHandler (_error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
   const body = errorBody(400, 'invalid_request', 'The URL cannot be decoded.')
   reply.raw.once('finish', () => request.log.info({ res: reply }, 'request completed'))
-  reply.code(body.statusCode).headers(API_RESPONSE_HEADERS).send(body)
+  reply.code(body.statusCode).headers({ ...API_RESPONSE_HEADERS, ...NO_STORE_HEADERS }).send(body)
 }
 
 async function errorsPlugin (app: FastifyInstance) {

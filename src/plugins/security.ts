@@ -55,10 +55,10 @@ export const API_RESPONSE_HEADERS = helmetHeaders(API_HEADERS)
  * (RFC 9111 §5.2.2.5; RFC 6749 §5.1 for token responses).
  */
 export const noStore: onRequestHookHandler = (_request, reply, done) => {
-  reply.header('cache-control', 'no-store')
-  reply.header('pragma', 'no-cache')
+  reply.headers(NO_STORE_HEADERS)
   done()
 }
+export const NO_STORE_HEADERS = { 'cache-control': 'no-store', pragma: 'no-cache' }
 
 const isDocsPage = (url: string) => url === '/docs' || url.startsWith('/docs/') || url.startsWith('/docs?')
 
