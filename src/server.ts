@@ -34,7 +34,8 @@ closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
 try {
   await app.listen({ port: config.port, host: config.host })
 } catch (error) {
-  // A port in use, a host that does not resolve: the same one line as any other start-up failure.
-  console.error(`Gatehouse could not start: ${startupProblem(error)}`)
+  // A port in use, a host that does not resolve or is not this machine's: one line, as any other
+  // start-up failure, naming the variables to change.
+  console.error(`Gatehouse could not start: cannot listen on HOST=${config.host} PORT=${config.port}: ${startupProblem(error)}`)
   process.exit(1)
 }

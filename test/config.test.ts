@@ -216,7 +216,7 @@ t.test('TRUST_PROXY and ADMIN_EMAIL are checked at start', async (t) => {
   t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: lengthened, ADMIN_PASSWORD: 'a long admin password' }), /ADMIN_EMAIL is not an email address/)
 })
 
-t.test('a port already in use stops the start with one line on stderr, whatever the log level', async (t) => {
+t.test('a port already in use, or a host not this machine\'s, stops the start with one line naming them', async (t) => {
   const { createServer } = await import('node:net')
   const taken = createServer()
   await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
@@ -225,8 +225,12 @@ t.test('a port already in use stops the start with one line on stderr, whatever 
   for (const level of ['info', 'silent']) {
     const result = failedStart({ DATABASE_URL: ':memory:', HOST: '127.0.0.1', PORT: port, LOG_LEVEL: level })
     t.equal(result.status, 1, level)
-    t.match(result.stderr, new RegExp(`^Gatehouse could not start: listen EADDRINUSE: address already in use 127\\.0\\.0\\.1:${port}\\n$`), level)
+    t.match(result.stderr, new RegExp(`^Gatehouse could not start: cannot listen on HOST=127\\.0\\.0\\.1 PORT=${port}: listen EADDRINUSE: address already in use 127\\.0\\.0\\.1:${port}\\n$`), level)
   }
+  // 192.0.2.1 is a documentation address (RFC 5737): no machine's own.
+  const elsewhere = failedStart({ DATABASE_URL: ':memory:', HOST: '192.0.2.1', PORT: port })
+  t.equal(elsewhere.status, 1)
+  t.match(elsewhere.stderr, /^Gatehouse could not start: cannot listen on HOST=192\.0\.2\.1 PORT=\d+: listen EADDRNOTAVAIL: .*\n$/)
 })
 
 t.test('a REDIS_URL that Redis refuses (a database number it does not have, a wrong password) stops the start', {
