@@ -37,7 +37,7 @@ function decodeCursor (cursor: string): { createdAt: Date, id: string } {
       return { createdAt, id }
     }
   } catch {}
-  throw apiError(400, 'invalid_cursor', 'The cursor is not one this API returned.')
+  throw apiError(400, 'invalid_cursor', 'The cursor is not a position in the list: pass next_cursor back as it came.')
 }
 
 const lastAdmin = () => apiError(409, 'last_admin', 'The last enabled admin cannot lose admin, be disabled or be deleted.')
@@ -55,7 +55,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['admin'],
       summary: 'Users in creation order, paginated by cursor',
       querystring: ListQuery,
-      response: { 200: UserList, 400: errorResponse('A cursor this API did not return: invalid_cursor'), ...guardedErrors }
+      response: { 200: UserList, 400: errorResponse('A cursor that is not a position in the list: invalid_cursor'), ...guardedErrors }
     }
   }, async (request) => {
     const { limit = 20, cursor, email } = request.query
