@@ -15,6 +15,8 @@ try {
 let app
 try {
   app = await buildApp(config)
+  // Its onReady checks (every route's access policy, the OpenAPI document) fail here, not as a listen.
+  await app.ready()
 } catch (error) {
   // The database, the first admin (ADMIN_PASSWORD too weak), …: one line, not a stack trace.
   console.error(`Gatehouse could not start: ${startupProblem(error)}`)

@@ -1,5 +1,6 @@
 import type { InjectOptions } from 'fastify'
 import { randomUUID } from 'node:crypto'
+import { Readable } from 'node:stream'
 import t from 'tap'
 import { TEST_PASSWORD, bearer, build, dbCount, dbGet, dbRun, signup, signupWithRoles, uniqueEmail } from './helper.ts'
 
@@ -213,6 +214,13 @@ t.test('a path served under other methods answers 405 with Allow; an unknown pat
     t.equal(response.statusCode, 404, `${method} ${url}`)
     t.equal(response.headers.allow, undefined, `${method} ${url}: no Allow`)
     if (method !== 'HEAD') t.equal(response.json().code, 'not_found', `${method} ${url}`)
+  }
+  // With a body of a type no route reads (`curl -d` sends a form): where it went is the answer, not its type.
+  for (const [url, status] of [['/nope', 404], ['/health', 405], ['/auth/me', 405]] as const) {
+    for (const headers of [{ 'content-type': 'application/x-www-form-urlencoded' }, { 'content-type': 'text/plain' }, { 'transfer-encoding': 'chunked' }]) {
+      const response = await app.inject({ method: 'POST', url, headers, payload: Readable.from(['a=b']) })
+      t.equal(response.statusCode, status, `POST ${url}, ${JSON.stringify(headers)}: ${response.body}`)
+    }
   }
 })
 

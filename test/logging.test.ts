@@ -1,4 +1,6 @@
+import { connect } from 'node:net'
 import { PassThrough } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { buildApp, serializeError } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
@@ -72,6 +74,22 @@ t.test('a URL the router refuses is answered in the contract\'s shape and logged
     const completed = lines.find((line) => line.msg === 'request completed' && line.reqId === incoming?.reqId)
     t.equal(completed?.res.statusCode, 400, `${url} is logged as completed, with its status`)
   }
+})
+
+t.test('a client that drops a chunked upload is not logged as a server error, whatever the body\'s type', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  for (const type of ['application/json', 'text/plain']) {
+    const socket = connect(port, '127.0.0.1')
+    socket.write(`POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: ${type}\r\nTransfer-Encoding: chunked\r\n\r\n`)
+    await sleep(100)
+    socket.destroy()
+  }
+  await sleep(200)
+  const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
+  t.equal(lines.filter((line) => line.msg === 'incoming request' && line.req.url === '/auth/login').length, 2, 'both arrived')
+  t.same(lines.filter((line) => line.level >= 50), [], 'no error line')
 })
 
 t.test('a refresh token superseded by a grace-window retry is refused with a warning, the session kept', async (t) => {

@@ -49,6 +49,8 @@ export function helmetHeaders (options: HelmetOptions): Record<string, string> {
 /** What every API answer carries; also sent by the answers Fastify gives before routing. */
 export const API_RESPONSE_HEADERS = helmetHeaders(API_HEADERS)
 
+export const NO_STORE_HEADERS = { 'cache-control': 'no-store', pragma: 'no-cache' }
+
 /**
  * onRequest hook for answers that carry tokens or personal data: every guarded route's (added by
  * the access audit) and `/auth`'s. No cache may keep them, error answers included
@@ -58,7 +60,6 @@ export const noStore: onRequestHookHandler = (_request, reply, done) => {
   reply.headers(NO_STORE_HEADERS)
   done()
 }
-export const NO_STORE_HEADERS = { 'cache-control': 'no-store', pragma: 'no-cache' }
 
 const isDocsPage = (url: string) => url === '/docs' || url.startsWith('/docs/') || url.startsWith('/docs?')
 

@@ -84,18 +84,24 @@ export function utf8Body (parse: FastifyBodyParser<string>): FastifyBodyParser<B
 /**
  * The parser of every other Content-Type, and of none: 415 without reading the body, as Fastify
  * answers, unless nothing was sent (utf8Body says why that is no body). Only a chunked body has
- * to be read for that, and only until its first byte.
+ * to be read for that, and only until its first byte. A request no route takes goes on to its 404
+ * or 405, as Fastify sends it there when it has no parser.
  */
 function unsupportedUnlessEmpty (request: FastifyRequest, payload: FastifyRequest['raw'], done: (error: Error | null, body?: undefined) => void) {
+  if (request.is404) return done(null, undefined)
   const length = request.headers['content-length']
-  if (length !== undefined) return done(length === '0' ? null : new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE(), undefined)
+  // Node keeps the header as sent: `00` is no body either, as it is to Fastify's own reading.
+  if (length !== undefined) return done(/^0+$/.test(length) ? null : new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE(), undefined)
   const answer = (error: Error | null) => {
-    payload.off('data', onData).off('end', onEnd).off('error', answer)
+    payload.off('data', onData).off('end', onEnd).off('error', onError)
     done(error, undefined)
   }
   const onData = () => answer(new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE())
   const onEnd = () => answer(null)
-  payload.on('data', onData).on('end', onEnd).on('error', answer)
+  // A client that went away, or a malformed chunk: the client's doing (400), as Fastify's own
+  // body reading counts it, not a server error.
+  const onError = (error: Error) => answer(Object.assign(error, { statusCode: 400 }))
+  payload.on('data', onData).on('end', onEnd).on('error', onError)
 }
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE'])

@@ -4,9 +4,9 @@ import { ROLES } from '../auth/permissions.ts'
 import type { User } from '../repositories/users.ts'
 
 /**
- * Normalised (trimmed, lower-cased) by the route before validation, so the schema describes the
- * normalised email, as the description tells a client that validates against it. RFC 5321 caps a
- * path at 254.
+ * The route normalises it (trims, lower-cases) before validation, so the schema is of the
+ * normalised email; its description says so to clients that validate against the OpenAPI
+ * document. RFC 5321 caps a path at 254.
  */
 export const Email = Type.String({
   format: 'email',
