@@ -129,6 +129,12 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     // an over-long id then fails its schema like any other (400 validation_error), with the route's
     // headers. No route matches a parameter by pattern, and Node caps the URL at 16 KiB anyway.
     routerOptions: { maxParamLength: Number.MAX_SAFE_INTEGER },
+    // A request must arrive whole within REQUEST_TIMEOUT, or it gets 408 and its connection closes:
+    // Fastify's default sets no limit, and a client sending a body a byte a minute would hold its
+    // connection for ever. Node checks its connections every second for it (by default, every 30 s),
+    // and swaps the two limits when the one for headers is the longer (its default is 60 s).
+    requestTimeout: config.requestTimeout * 1000,
+    http: { connectionsCheckingInterval: 1000, headersTimeout: Math.min(60_000, config.requestTimeout * 1000) },
     // Every request body here is a few fields: 8 KiB is plenty, and more is refused with 413.
     bodyLimit: 8 * 1024,
     // Start-up migrates the database, which may take as long as it needs; connecting is bounded by

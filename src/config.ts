@@ -27,6 +27,8 @@ export interface Config {
   accessTokenTtl: number
   refreshTokenTtl: number
   refreshReuseGrace: number
+  /** How long a request may take to arrive, headers and body, in whole seconds. */
+  requestTimeout: number
   admin?: { email: string, password: string }
   corsOrigins: string[]
   rateLimit: { ipMax: number, accountMax: number }
@@ -225,6 +227,7 @@ export function loadConfig (env: Env = process.env): Config {
     accessTokenTtl: duration('ACCESS_TOKEN_TTL', '15m', 1),
     refreshTokenTtl: duration('REFRESH_TOKEN_TTL', '30d', 1),
     refreshReuseGrace: duration('REFRESH_REUSE_GRACE', '10s', 0),
+    requestTimeout: duration('REQUEST_TIMEOUT', '30s', 1),
     ...(adminEmail && adminPassword ? { admin: { email: adminEmail, password: adminPassword } } : {}),
     corsOrigins,
     rateLimit: {

@@ -17,6 +17,7 @@ t.test('defaults match the contract', async (t) => {
   t.equal(config.accessTokenTtl, 900)
   t.equal(config.refreshTokenTtl, 30 * 86400)
   t.equal(config.refreshReuseGrace, 10)
+  t.equal(config.requestTimeout, 30)
   t.equal(config.jwt.issuer, 'gatehouse')
   t.equal(config.jwt.audience, 'gatehouse')
   t.equal(config.logLevel, 'info')
@@ -45,6 +46,7 @@ t.test('every invalid variable is named in one error', async (t) => {
   t.type(error, ConfigError)
   t.equal(error.problems.length, 4)
   t.throws(() => loadConfig({ DATABASE_URL: ':memory:', REFRESH_TOKEN_TTL: '999999999d' }), /REFRESH_TOKEN_TTL/)
+  t.throws(() => loadConfig({ DATABASE_URL: ':memory:', REQUEST_TIMEOUT: '0' }), /REQUEST_TIMEOUT must be a duration from 1s/)
   t.throws(() => loadConfig({ DATABASE_URL: ':memory:', ACCESS_TOKEN_TTL: '2h', REFRESH_TOKEN_TTL: '1h' }),
     /ACCESS_TOKEN_TTL \(7200s\) must not be longer than REFRESH_TOKEN_TTL \(3600s\)/)
   t.equal(loadConfig({ DATABASE_URL: ':memory:', ACCESS_TOKEN_TTL: '1h', REFRESH_TOKEN_TTL: '1h' }).accessTokenTtl, 3600)

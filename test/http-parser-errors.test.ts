@@ -53,3 +53,27 @@ t.test('requests the HTTP parser refuses answer in the contract\'s shape, with t
   // The server goes on serving.
   t.match(await exchange(port, 'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /)
 })
+
+t.test('a request that does not arrive whole within REQUEST_TIMEOUT gets 408 and its connection closed', async (t) => {
+  const app = await build(t, { REQUEST_TIMEOUT: '1s' })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+
+  const stalled: Array<[string, string]> = [
+    ['a body that stops coming', 'POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"ema'],
+    ['a body that stops short of its length', 'POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"ema'],
+    ['headers that stop coming', 'GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ']
+  ]
+  for (const [name, request] of stalled) {
+    const started = Date.now()
+    const answer = parse(await exchange(port, request))
+    const waited = Date.now() - started
+    t.match(answer.statusLine, /^HTTP\/1\.1 408 /, name)
+    t.same(answer.body, { statusCode: 408, error: 'Request Timeout', message: 'The request took too long to arrive.', code: 'request_timeout' }, name)
+    t.equal(answer.headers.connection, 'close', name)
+    t.equal(answer.headers['cache-control'], 'no-store', name)
+    // Node checks its connections every second: answered between 1 and 2 s, with some slack.
+    t.ok(waited >= 900 && waited < 4000, `${name}: answered after ${waited} ms`)
+  }
+  t.match(await exchange(port, 'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /, 'a whole request is served')
+})
