@@ -138,10 +138,13 @@ t.test('user:create refuses bad arguments and weak passwords with exit 1', async
   const file = join(t.testdir(), 'gatehouse.db')
   const input = `${TEST_PASSWORD}\n`
 
-  const [unknownRole, noEmail, unknownFlag] = await Promise.all([
+  const [unknownRole, noEmail, unknownFlag, passwordArgument, help] = await Promise.all([
     runCli('user-create', file, ['--email', 'x@example.com', '--role', 'superuser'], input),
     runCli('user-create', file, ['--role', 'admin'], input),
-    runCli('user-create', file, ['--email', 'x@example.com', '--admin'], input)
+    runCli('user-create', file, ['--email', 'x@example.com', '--admin'], input),
+    // A password on the command line is visible in `ps` and shell history: not an option.
+    runCli('user-create', file, ['--email', 'x@example.com', '--password', TEST_PASSWORD], input),
+    runCli('user-create', file, ['--help'], '')
   ])
   t.equal(unknownRole.status, 1)
   t.match(unknownRole.stderr, /unknown role "superuser"/)
@@ -151,6 +154,12 @@ t.test('user:create refuses bad arguments and weak passwords with exit 1', async
   t.match(noEmail.stderr, /usage:/)
   t.equal(unknownFlag.status, 1)
   t.match(unknownFlag.stderr, /usage:/)
+  t.equal(passwordArgument.status, 1)
+  t.match(passwordArgument.stderr, /Unknown option '--password'/)
+  t.equal(help.status, 0)
+  t.match(help.stdout, /^usage: npm run user:create -- --email EMAIL/)
+  t.match(help.stdout, /read as one line from stdin/)
+  t.equal(help.stderr, '')
   t.notOk(existsSync(file), 'argument errors stop before the database is opened')
 
   const weak: Array<[string, string]> = [

@@ -1,5 +1,6 @@
-// npm run user:create -- --email ada@example.com --role admin [--name Ada] [--password ...]
-// Without --password it asks for one, without echoing it (or reads one line from piped stdin).
+// npm run user:create -- --email ada@example.com --role admin [--name Ada]
+// It asks for the password without echoing it, or reads one line from piped stdin: never from an
+// argument, which every user of the machine sees in `ps` and the shell keeps in its history.
 import { createInterface } from 'node:readline/promises'
 import { Writable } from 'node:stream'
 import { parseArgs } from 'node:util'
@@ -9,7 +10,9 @@ import { startupProblem } from '../errors.ts'
 import { createUserRepository } from '../repositories/users.ts'
 import { openDatabaseOrExit } from './open-database.ts'
 
-const USAGE = `usage: npm run user:create -- --email EMAIL [--role ${ROLES.join('|')}]... [--name NAME] [--password PASSWORD]`
+const USAGE = `usage: npm run user:create -- --email EMAIL [--role ${ROLES.join('|')}]... [--name NAME]
+  Creates a user (role user, plus each --role given). The password is asked for, without echo,
+  or read as one line from stdin: echo "$PASSWORD" | npm run user:create -- --email EMAIL`
 
 /** Reads a password without showing it: a muted output stream swallows readline's echo. */
 async function askPassword (prompt: string): Promise<string> {
@@ -45,19 +48,23 @@ async function main (): Promise<number> {
         email: { type: 'string' },
         role: { type: 'string', multiple: true, default: [] },
         name: { type: 'string' },
-        password: { type: 'string' }
+        help: { type: 'boolean', short: 'h' }
       }
     }))
   } catch (error) {
     console.error(`${(error as Error).message}\n${USAGE}`)
     return 1
   }
+  if (values.help) {
+    console.log(USAGE)
+    return 0
+  }
   const unknownRole = values.role.find((role) => !ROLES.includes(role as Role))
   if (!values.email || unknownRole !== undefined) {
     console.error(unknownRole !== undefined ? `unknown role "${unknownRole}"\n${USAGE}` : USAGE)
     return 1
   }
-  const password = values.password ?? await askPassword('Password: ')
+  const password = await askPassword('Password: ')
 
   const database = await openDatabaseOrExit()
   try {
