@@ -1,5 +1,6 @@
 import type { LightMyRequestResponse } from 'fastify'
 import { join } from 'node:path'
+import { PassThrough } from 'node:stream'
 import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
@@ -236,8 +237,8 @@ t.test('PATCH /admin/users/:id roles: replaces the extra roles, keeps user, revo
   t.same(await rolesInDb(app, target.user.id), ['user'])
 
   const before = await userRow(app, target.user.id)
-  const invalid: Array<[string, Record<string, unknown>]> = [
-    ['unknown role', { roles: ['superuser'] }],
+  const invalid: Array<[string, Record<string, unknown>, string?]> = [
+    ['unknown role', { roles: ['superuser'] }, 'body/roles/0 must be one of "user", "member", "developer", "admin"'],
     ['duplicate roles', { roles: ['member', 'member'] }],
     ['roles not a list', { roles: 'admin' }],
     ['empty change', {}],
@@ -245,10 +246,11 @@ t.test('PATCH /admin/users/:id roles: replaces the extra roles, keeps user, revo
     ['password_hash is not editable', { password_hash: 'x' }],
     ['disabled not a boolean', { disabled: 'yes' }]
   ]
-  for (const [label, payload] of invalid) {
+  for (const [label, payload, message] of invalid) {
     const response = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload })
     t.equal(response.statusCode, 400, label)
     t.equal(response.json().code, 'validation_error', label)
+    if (message) t.equal(response.json().message, message, `${label}: the message lists the allowed values`)
   }
   t.same(await userRow(app, target.user.id), before, 'refused changes change nothing')
 
@@ -494,7 +496,13 @@ t.test('ADMIN_EMAIL and ADMIN_PASSWORD bootstrap the first admin', async (t) => 
     const squatter = await signup(before, 'taken@example.com')
     await before.close()
 
-    const app = await build(t, { DATABASE_URL: databaseUrl, ADMIN_EMAIL: 'TAKEN@example.com', ADMIN_PASSWORD: adminPassword })
+    let log = ''
+    const logStream = new PassThrough().on('data', (chunk) => { log += chunk })
+    const app = await buildApp(loadConfig({ ...TEST_ENV, LOG_LEVEL: 'warn', DATABASE_URL: databaseUrl, ADMIN_EMAIL: 'TAKEN@example.com', ADMIN_PASSWORD: adminPassword }), { logStream })
+    t.teardown(() => app.close())
+    await app.ready()
+    const warning = log.split('\n').filter(Boolean).map((line) => JSON.parse(line)).find((line) => line.level === 40)
+    t.match(warning?.msg, /ADMIN_EMAIL belongs to an existing account, which is not promoted: create the first admin with another email .*\(PATCH \/admin\/users\/\{id\}\)/, 'the operator is told the way out')
     t.same(await rolesInDb(app, squatter.user.id), ['user'], 'not promoted')
     t.same(await enabledAdmins(app), [], 'and no admin was made')
     t.equal(await dbCount(app, 'select count(*) as n from users'), 1)

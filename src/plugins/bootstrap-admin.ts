@@ -23,7 +23,7 @@ async function bootstrapAdminPlugin (app: FastifyInstance) {
     case 'email_taken':
       // Another instance starting at the same moment may have just created this very admin.
       if (!await app.usersRepository.hasEnabledAdmin()) {
-        app.log.warn('ADMIN_EMAIL belongs to an existing account, which is not promoted; use `npm run user:create` with another email')
+        app.log.warn('ADMIN_EMAIL belongs to an existing account, which is not promoted: create the first admin with another email (ADMIN_EMAIL or `npm run user:create`), who can then give this account roles (PATCH /admin/users/{id})')
       }
   }
 }

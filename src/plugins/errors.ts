@@ -44,6 +44,10 @@ function validationMessage (error: FastifyError): string {
   if (first.keyword === 'required') {
     return `${where}/${String(first.params.missingProperty)} is required`
   }
+  // The schema's own list (roles, a sort order): telling it costs nothing and saves a trip to the docs.
+  if (first.keyword === 'enum' && Array.isArray(first.params.allowedValues)) {
+    return `${where} must be one of ${first.params.allowedValues.map((value) => JSON.stringify(value)).join(', ')}`
+  }
   return `${where} ${first.message ?? 'is invalid'}`
 }
 
