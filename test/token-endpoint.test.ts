@@ -84,7 +84,11 @@ t.test('errors have the RFC 6749 §5.2 shape and no-store', async (t) => {
 
   const duplicated = await app.inject({ method: 'POST', url: '/auth/token', headers: FORM, payload: 'grant_type=password&grant_type=refresh_token' })
   t.equal(duplicated.statusCode, 400)
-  t.equal(duplicated.json().error, 'invalid_request', 'a repeated parameter is invalid_request (RFC 6749 §3.2)')
+  t.equal(duplicated.json().error, 'invalid_request', 'a repeated parameter is invalid_request (RFC 6749 §3.1)')
+  t.equal(duplicated.json().error_description, 'The parameter "grant_type" is sent more than once; each may be sent once.')
+  const unknownTwice = await app.inject({ method: 'POST', url: '/auth/token', headers: FORM, payload: `grant_type=password&username=${email}&password=x&x=1&x=2` })
+  t.equal(unknownTwice.statusCode, 400, 'whichever parameter it is')
+  t.equal(unknownTwice.json().error_description, 'The parameter "x" is sent more than once; each may be sent once.')
 
   const text = await app.inject({ method: 'POST', url: '/auth/token', headers: { 'content-type': 'text/plain' }, payload: 'grant_type=password' })
   t.equal(text.statusCode, 415)

@@ -62,7 +62,8 @@ const invalidRequest = (description: string) => apiError(400, 'invalid_request',
 /**
  * application/x-www-form-urlencoded, parsed as @fastify/formbody does (fast-querystring) but
  * strictly: an escape that is not UTF-8 (`%E9`, a Latin-1 é) is refused, where fast-querystring
- * would keep the three characters `%E9` as the password.
+ * would keep the three characters `%E9` as the password; and so is a parameter sent twice
+ * (RFC 6749 §3.1), which fast-querystring would make a list.
  */
 const parseForm: FastifyBodyParser<string> = (_request, text, done) => {
   try {
@@ -70,7 +71,12 @@ const parseForm: FastifyBodyParser<string> = (_request, text, done) => {
   } catch {
     return done(apiError(400, 'invalid_body', 'The form body has an escape that is not UTF-8.'), undefined)
   }
-  done(null, parseQuerystring(text))
+  const form = parseQuerystring(text) as Record<string, unknown>
+  const repeated = Object.keys(form).find((name) => Array.isArray(form[name]))
+  if (repeated !== undefined) {
+    return done(invalidRequest(`The parameter ${JSON.stringify(repeated)} is sent more than once; each may be sent once.`), undefined)
+  }
+  done(null, form)
 }
 
 const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
