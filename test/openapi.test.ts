@@ -51,6 +51,11 @@ t.test('every registered route is documented with its security requirement', asy
     if (route.url === '/me/permissions') t.notOk(operation.responses['503'], `${route.method} ${route.url} never answers 503`)
     else t.ok(operation.responses['503']?.headers?.['Retry-After'], `${route.method} ${route.url} documents 503 and its Retry-After`)
     t.match(operation.operationId, /^[a-z]+[A-Za-z]+$/, `${route.method} ${route.url} has an operationId`)
+    // Swagger UI groups operations by tag; an undeclared one gets no description (docs.ts lists them).
+    t.ok(operation.tags?.length > 0, `${route.method} ${route.url} has a tag`)
+    for (const tag of operation.tags ?? []) {
+      t.ok(document.tags.some((declared: { name: string }) => declared.name === tag), `${route.method} ${route.url}: tag ${tag} is declared in src/plugins/docs.ts`)
+    }
     for (const [status, answer] of Object.entries(operation.responses as Record<string, { description: string }>)) {
       t.not(answer.description, 'Default Response', `${route.method} ${route.url} ${status} says what it is`)
     }
