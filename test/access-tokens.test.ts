@@ -2,7 +2,7 @@ import { createHmac } from 'node:crypto'
 import t from 'tap'
 import { kidFor } from '../src/auth/tokens.ts'
 import { loadConfig } from '../src/config.ts'
-import { TEST_SECRET, bearer, build, forgeToken, signup, validClaims } from './helper.ts'
+import { TEST_SECRET, bearer, build, forgeToken, signup, tokenPayload, validClaims } from './helper.ts'
 
 const OTHER_SECRET = 'another-secret-of-at-least-thirty-two-bytes!!'
 const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
@@ -211,4 +211,33 @@ t.test('a verified token stays valid only until it expires, cache or not', async
   const expired = await app.inject({ url: '/auth/me', headers: bearer(token) })
   t.equal(expired.statusCode, 401)
   t.equal(expired.json().code, 'token_expired')
+})
+
+t.test('ACCESS_TOKEN_TTL sets the access token lifetime and expires_in', async (t) => {
+  const app = await build(t, { ACCESS_TOKEN_TTL: '2m' })
+  const session = await signup(app)
+  t.equal(session.expires_in, 120)
+  const payload = tokenPayload(session.access_token) as { iat: number, exp: number }
+  t.equal(payload.exp - payload.iat, 120)
+  const refreshed = (await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })).json()
+  t.equal(refreshed.expires_in, 120)
+  const again = tokenPayload(refreshed.access_token) as { iat: number, exp: number }
+  t.equal(again.exp - again.iat, 120)
+})
+
+t.test('JWT_ISSUER and JWT_AUDIENCE set iss and aud, and verification holds tokens to them', async (t) => {
+  const app = await build(t, { JWT_ISSUER: 'https://auth.example.com', JWT_AUDIENCE: 'api.example.com' })
+  const session = await signup(app)
+  const payload = tokenPayload(session.access_token)
+  t.equal(payload.iss, 'https://auth.example.com')
+  t.equal(payload.aud, 'api.example.com')
+  t.equal((await app.inject({ url: '/auth/me', headers: bearer(session.access_token) })).statusCode, 200)
+  for (const claims of [
+    validClaims(session, { iss: 'gatehouse', aud: 'api.example.com' }),
+    validClaims(session, { iss: 'https://auth.example.com', aud: 'gatehouse' })
+  ]) {
+    const refused = await app.inject({ url: '/auth/me', headers: bearer(forgeToken(claims)) })
+    t.equal(refused.statusCode, 401)
+    t.equal(refused.json().code, 'invalid_token')
+  }
 })

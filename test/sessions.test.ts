@@ -2,7 +2,7 @@ import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { App } from '../src/app.ts'
-import { TEST_PASSWORD, type SessionBody, bearer, build, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import { TEST_PASSWORD, type SessionBody, bearer, build, dbRun, signup, tokenPayload, uniqueEmail } from './helper.ts'
 
 const login = async (app: App, email: string, password = TEST_PASSWORD, userAgent = 'test-agent'): Promise<SessionBody> => {
   const response = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password }, headers: { 'user-agent': userAgent } })
@@ -256,4 +256,13 @@ t.test('PATCH /auth/me changes the name', async (t) => {
     t.equal(refused.json().code, 'validation_error')
   }
   t.same((await app.inject({ url: '/auth/me', headers: bearer(session.access_token) })).json().roles, ['user'])
+})
+
+t.test('an expired session is refused on account routes while its access token is still valid', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  await dbRun(app, 'update sessions set expires_at = ? where id = ?', new Date(Date.now() - 1000), tokenPayload(session.access_token).sid)
+  const response = await app.inject({ url: '/auth/me', headers: bearer(session.access_token) })
+  t.equal(response.statusCode, 401)
+  t.equal(response.json().code, 'invalid_token')
 })
