@@ -158,10 +158,15 @@ t.test('each refresh moves the session\'s end a full REFRESH_TOKEN_TTL on', asyn
   const opened = await endOf()
   await sleep(50)
   const started = Date.now()
-  t.equal((await refresh(app, first.refresh_token)).statusCode, 200)
+  const next = await refresh(app, first.refresh_token)
+  t.equal(next.statusCode, 200)
+  const finished = Date.now()
   const moved = await endOf()
   t.ok(moved > opened, 'later than the end set at sign-in')
-  t.ok(moved >= started + 3600_000, 'an hour from the refresh')
+  t.ok(moved >= started + 3600_000 && moved <= finished + 3600_000, 'an hour from the refresh, not the default 30 days')
+  const tokenEnd = await dbGet(app, 'select expires_at from refresh_tokens where token_hash = ?', hashRefreshToken(next.json().refresh_token))
+  const tokenEndsAt = new Date(tokenEnd!.expires_at as string | number).getTime()
+  t.ok(tokenEndsAt >= started + 3600_000 && tokenEndsAt <= finished + 3600_000, 'the new refresh token lives an hour too')
 })
 
 t.test('refresh and access tokens cannot stand in for each other', async (t) => {
