@@ -31,6 +31,8 @@ type Differences<A, B> = {
     : Table
 }[keyof A | keyof B]
 type None<Found extends never> = Found
+// "Type '"notes"' does not satisfy the constraint 'never'" here: the table `notes` is missing from
+// one schema, or a column of it differs (src/db/sqlite/schema.ts, src/db/postgres/schema.ts).
 export type DialectSchemasAgree = None<Differences<RowsOf<Tables>, RowsOf<typeof sqliteSchema>>>
 
 export type UserRow = Tables['users']['$inferSelect']
