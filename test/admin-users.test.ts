@@ -525,3 +525,43 @@ t.test('ADMIN_EMAIL and ADMIN_PASSWORD bootstrap the first admin', async (t) => 
     }
   })
 })
+
+// GET routes with only :id params must also answer access before validation.
+t.test('GET /admin/users/:id answers who may ask before it judges the id', async (t) => {
+  const app = await build(t)
+  const anonymous = await app.inject({ url: '/admin/users/not-a-uuid' })
+  t.equal(anonymous.statusCode, 401, 'no token: 401, not a lesson in the schema')
+  t.equal(anonymous.json().code, 'missing_token')
+  const user = await signup(app)
+  const forbidden = await app.inject({ url: '/admin/users/not-a-uuid', headers: bearer(user.access_token) })
+  t.equal(forbidden.statusCode, 403, 'not an admin: 403')
+  t.equal(forbidden.json().code, 'forbidden')
+  const admin = await signupWithRoles(app, ['user', 'admin'])
+  const malformed = await app.inject({ url: '/admin/users/not-a-uuid', headers: bearer(admin.access_token) })
+  t.equal(malformed.statusCode, 400, 'an admin learns the id is malformed')
+  t.equal(malformed.json().code, 'validation_error')
+})
+
+// The list's query is held to its schema.
+t.test('GET /admin/users refuses cursors it never issued, an empty email filter and unknown parameters', async (t) => {
+  const app = await build(t)
+  const admin = await signupWithRoles(app, ['user', 'admin'])
+  const list = (query: string) => app.inject({ url: `/admin/users?${query}`, headers: bearer(admin.access_token) })
+  const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const id = admin.user.id
+  for (const [label, cursor] of [['a time before 1970', b64([-1, id])], ['a time before any calendar (PostgreSQL cannot store it)', b64([-8.64e15, id])],
+    ['a fractional millisecond', b64([1.5, id])]] as const) {
+    const response = await list(`cursor=${cursor}`)
+    t.equal(response.statusCode, 400, label)
+    t.equal(response.json().code, 'invalid_cursor', label)
+  }
+  const empty = await list('email=')
+  t.equal(empty.statusCode, 400, 'an empty email filter')
+  t.equal(empty.json().code, 'validation_error')
+  t.match(empty.json().message, /email/)
+  const unknown = await list('limit=5&sort=email')
+  t.equal(unknown.statusCode, 400, 'an unknown parameter is refused, not ignored')
+  t.same(unknown.json(), { statusCode: 400, error: 'Bad Request', message: 'querystring/sort is not allowed', code: 'validation_error' })
+  const huge = await list(`cursor=${'a'.repeat(500)}`)
+  t.equal(huge.json().code, 'validation_error', 'an oversized cursor is refused by the schema, before decoding')
+})

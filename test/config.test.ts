@@ -261,3 +261,36 @@ t.test('a migration the database refuses is reported with the database\'s reason
   t.match(result.stderr, /^Gatehouse could not start: Cannot open the database at file:.*foreign\.db: table `users` already exists\n$/)
   t.notMatch(result.stderr, /CREATE TABLE|Failed query/)
 })
+
+// Refusal and default rules of the configuration.
+t.test('whole-number variables take digits only, and the rate limits at least 1', async (t) => {
+  const base = { DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET }
+  for (const bad of ['3.5', '1e3', '0x50', '+80']) {
+    t.throws(() => loadConfig({ ...base, PORT: bad }), /PORT must be a whole number from 0 to 65535/, bad)
+  }
+  for (const name of ['RATE_LIMIT_IP_MAX', 'RATE_LIMIT_ACCOUNT_MAX']) {
+    t.throws(() => loadConfig({ ...base, [name]: '0' }), new RegExp(`${name} must be a whole number from 1 to`), `${name}=0`)
+  }
+})
+
+t.test('ADMIN_EMAIL and ADMIN_PASSWORD are set together or not at all', async (t) => {
+  const base = { DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET }
+  t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: 'ops@example.com' }), /ADMIN_EMAIL and ADMIN_PASSWORD must be set together/)
+  t.throws(() => loadConfig({ ...base, ADMIN_PASSWORD: 'a long and uncommon admin passphrase' }), /ADMIN_EMAIL and ADMIN_PASSWORD must be set together/)
+})
+
+t.test('a variable set to nothing (PORT= in an env file) takes its default', async (t) => {
+  const config = loadConfig({ DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET, PORT: '', HOST: ' ', LOG_LEVEL: '', JWT_ISSUER: '', ACCESS_TOKEN_TTL: '', RATE_LIMIT_IP_MAX: '' })
+  t.equal(config.port, 3000)
+  t.equal(config.host, '127.0.0.1')
+  t.equal(config.logLevel, 'info')
+  t.equal(config.jwt.issuer, 'gatehouse')
+  t.equal(config.accessTokenTtl, 900)
+  t.equal(config.rateLimit.ipMax, 30)
+})
+
+t.test('a Windows drive letter is a SQLite path, not a URL scheme', async (t) => {
+  for (const path of ['C:\\gatehouse\\data\\g.db', 'd:/data/g.db']) {
+    t.equal(loadConfig({ DATABASE_URL: path, JWT_SECRET: TEST_SECRET }).databaseUrl, path, path)
+  }
+})

@@ -9,6 +9,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import t, { type Test } from 'tap'
+import { openDatabase } from '../src/db/index.ts'
+import { ADVISORY_LOCKS } from '../src/db/postgres/open.ts'
 import { TEST_PASSWORD, build, dbCount, freshPostgresUrl, signup } from './helper.ts'
 import { POSTGRES_URL, postgresReachable } from './services.ts'
 
@@ -146,4 +148,25 @@ t.test('on SQLite a start waits for another process\'s migration of the same fil
   const applied = migrated.prepare('select count(*) as n from __drizzle_migrations').get() as { n: number }
   t.equal(applied.n, migrationFiles('sqlite').length, 'every migration applied once')
   t.ok(migrated.prepare("select 1 from sqlite_master where type = 'table' and name = 'users'").get(), 'the tables exist')
+})
+
+// On PostgreSQL migrations wait for the advisory lock another instance holds.
+t.test('on PostgreSQL a start waits for another instance\'s migration lock, then migrates', {
+  skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`
+}, async (t) => {
+  const url = await freshPostgresUrl(POSTGRES_URL)
+  const holder = new pg.Client({ connectionString: url })
+  await holder.connect()
+  t.teardown(() => holder.end())
+  await holder.query('select pg_advisory_lock($1)', [ADVISORY_LOCKS.migrations])
+  let opened = false
+  const opening = openDatabase(url).then((database) => { opened = true; return database })
+  await sleep(1500)
+  t.equal(opened, false, 'still waiting for the lock')
+  const { rows: [before] } = await holder.query("select count(*)::int as n from information_schema.tables where table_schema = current_schema() and table_name = 'users'")
+  t.equal(before.n, 0, 'and nothing migrated meanwhile')
+  await holder.query('select pg_advisory_unlock($1)', [ADVISORY_LOCKS.migrations])
+  const database = await opening
+  t.teardown(() => database.close())
+  t.same(await database.query("select count(*)::int as n from information_schema.tables where table_schema = current_schema() and table_name = 'users'"), [{ n: 1 }])
 })

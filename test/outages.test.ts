@@ -222,3 +222,30 @@ t.test('Redis that stops answering: sign-ins go on under the per-instance limits
   proxy.resume()
   t.equal((await login(app, session.user.email)).statusCode, 200)
 })
+
+// SQLSTATE class 08 (connection exceptions) is an outage: what PgBouncer answers when it
+// cannot give a server connection (08P01 "no more connections allowed", "query_wait_timeout").
+t.test('PostgreSQL: connection exceptions (SQLSTATE class 08) answer 503', {
+  skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`
+}, async (t) => {
+  const app = await build(t, { DATABASE_URL: await freshPostgresUrl(POSTGRES_URL) })
+  for (const [code, message] of [['08P01', 'no more connections allowed (max_client_conn)'], ['08006', 'server conn crashed?'], ['08001', 'could not connect']] as const) {
+    t.equal(app.database.dialect.isUnavailable(Object.assign(new Error(message), { code })), true, `${code} ${message}`)
+  }
+})
+
+// SQLite waits about a second for another process's write lock, not better-sqlite3's default 5 s.
+t.test('SQLite: a write waits at most about a second for another process\'s lock, then answers 503', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  const app = await build(t, { DATABASE_URL: `file:${file}` })
+  const session = await signup(app)
+  const other = new Database(file)
+  t.teardown(() => other.close())
+  other.exec('BEGIN IMMEDIATE')
+  const started = Date.now()
+  const refused = await login(app, session.user.email)
+  const waited = Date.now() - started
+  other.exec('ROLLBACK')
+  t.equal(refused.statusCode, 503)
+  t.ok(waited < 3500, `answered after ${waited} ms`)
+})

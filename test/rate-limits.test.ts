@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { createServer, type AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
@@ -230,4 +230,60 @@ t.test('per account: 30 parallel guesses cannot get past the limit together', as
   t.equal(statuses.filter((status) => status === 401).length + statuses.filter((status) => status === 200).length, 3,
     'only RATE_LIMIT_ACCOUNT_MAX attempts reach the password check')
   t.equal(statuses.filter((status) => status === 429).length, 27)
+})
+
+// The in-memory window ends after 15 minutes, and Retry-After is what is left of it.
+t.test('per account, in memory: a window lasts 15 minutes from its first attempt, then counting starts afresh', async (t) => {
+  const realNow = Date.now
+  let now = realNow()
+  Date.now = () => now
+  t.teardown(() => { Date.now = realNow })
+  const counter = memoryFailureCounter(2)
+
+  const locked = 'locked@example.com'
+  t.same([await counter.attempt(locked), await counter.attempt(locked)], [0, 0])
+  t.equal(await counter.attempt(locked), 900, 'locked for the whole window')
+  now += 10 * 60_000
+  t.equal(await counter.attempt(locked), 300, 'Retry-After counts down to the window\'s end')
+  now += 5 * 60_000 + 1000
+  t.equal(await counter.attempt(locked), 0, 'the window ended: a new count starts')
+
+  const open = 'open@example.com'
+  now += 1000
+  t.same([await counter.attempt(open), await counter.attempt(open)], [0, 0], 'at the limit, not past it')
+  now += 15 * 60_000 + 1000
+  t.same([await counter.attempt(open), await counter.attempt(open)], [0, 0], 'a window that ended under the limit starts afresh')
+  t.equal(await counter.attempt(open), 900, 'and the new window locks as the first did')
+})
+
+// The per-IP limit counts a minute, so a refused client waits out the rest of that minute.
+t.test('per IP: Retry-After is the rest of the one-minute window', async (t) => {
+  const app = await build(t, { RATE_LIMIT_IP_MAX: '2' })
+  const ip = randomIp()
+  for (let request = 0; request < 2; request++) {
+    await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
+  }
+  const limited = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
+  t.equal(limited.statusCode, 429)
+  const retryAfter = Number(limited.headers['retry-after'])
+  t.ok(retryAfter > 50 && retryAfter <= 60, `Retry-After ${retryAfter}s: the rest of a minute`)
+})
+
+// With Redis the account window starts at the first attempt; later attempts do not extend it.
+t.test('per account, in Redis: attempts inside the window do not extend it', {
+  skip: await redisReachable() ? false : `Redis is not reachable at ${REDIS_URL}`
+}, async (t) => {
+  const app = await build(t, { REDIS_URL, RATE_LIMIT_ACCOUNT_MAX: '1' })
+  const { Redis } = await import('ioredis')
+  const redis = new Redis(REDIS_URL)
+  t.teardown(() => redis.disconnect())
+  const email = uniqueEmail(`window-${randomBytes(4).toString('hex')}`)
+  t.equal((await login(app, email, 'wrong password!', randomIp())).statusCode, 401)
+  // As if the first attempt were 14 min 57 s ago.
+  const key = `gatehouse:signin-failures:${createHash('sha256').update(email).digest('base64url')}`
+  t.equal(await redis.pexpire(key, 3000), 1, 'the count is kept under the email\'s digest')
+  const limited = await login(app, email, 'wrong password!', randomIp())
+  t.equal(limited.statusCode, 429)
+  t.ok(Number(limited.headers['retry-after']) <= 3, `Retry-After ${limited.headers['retry-after']}s: the window was not restarted`)
+  t.ok(await redis.pttl(key) <= 3000, 'nor its key\'s expiry')
 })

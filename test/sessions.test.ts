@@ -266,3 +266,23 @@ t.test('an expired session is refused on account routes while its access token i
   t.equal(response.statusCode, 401)
   t.equal(response.json().code, 'invalid_token')
 })
+
+// The listing is of active sessions, most recently used first.
+t.test('GET /auth/sessions lists unexpired sessions only, most recently used first', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const first = await signup(app, email)
+  const second = await login(app, email)
+  const third = await login(app, email)
+  const sid = (session: { access_token: string }) => tokenPayload(session.access_token).sid as string
+  const now = Date.now()
+  await dbRun(app, 'update sessions set last_used_at = ? where id = ?', new Date(now - 3000), sid(first))
+  await dbRun(app, 'update sessions set last_used_at = ? where id = ?', new Date(now - 1000), sid(second))
+  await dbRun(app, 'update sessions set last_used_at = ? where id = ?', new Date(now - 2000), sid(third))
+  const listed = await app.inject({ url: '/auth/sessions', headers: bearer(first.access_token) })
+  t.same(listed.json().map((session: { id: string }) => session.id), [sid(second), sid(third), sid(first)], 'most recently used first')
+
+  await dbRun(app, 'update sessions set expires_at = ? where id = ?', new Date(now - 1000), sid(third))
+  const after = await app.inject({ url: '/auth/sessions', headers: bearer(first.access_token) })
+  t.same(after.json().map((session: { id: string }) => session.id), [sid(second), sid(first)], 'an expired session is not active')
+})
