@@ -1,6 +1,7 @@
 import type { LightMyRequestResponse } from 'fastify'
 import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
@@ -565,3 +566,32 @@ t.test('GET /admin/users refuses cursors it never issued, an empty email filter 
   const huge = await list(`cursor=${'a'.repeat(500)}`)
   t.equal(huge.json().code, 'validation_error', 'an oversized cursor is refused by the schema, before decoding')
 })
+
+t.test('PATCH /admin/users/:id changes only the fields sent; name null clears the name; updated_at moves', async (t) => {
+  const app = await build(t)
+  const admin = await signupWithRoles(app, ['user', 'admin'])
+  const target = await signupWithRoles(app, ['user', 'member', 'developer'])
+  const patch = (payload: Record<string, unknown>) =>
+    app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload })
+
+  t.equal((await patch({ disabled: true })).statusCode, 200)
+  const disabled = (await app.inject({ url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token) })).json()
+  await sleep(5)
+  const named = await patch({ name: 'Ada' })
+  t.equal(named.statusCode, 200)
+  t.match(named.json(), { name: 'Ada', roles: ['user', 'member', 'developer'], disabled: true }, 'a name change leaves roles and disabled alone')
+  t.ok(named.json().updated_at > disabled.updated_at, 'updated_at moves on')
+  t.equal(named.json().created_at, disabled.created_at)
+  t.match(await dbGet(app, 'select name, disabled, updated_at from users where id = ?', target.user.id),
+    { name: 'Ada', disabled: 1, updated_at: Date.parse(named.json().updated_at) })
+
+  const cleared = await patch({ name: null })
+  t.equal(cleared.statusCode, 200)
+  t.equal(cleared.json().name, null, 'null clears the name')
+  t.equal((await dbGet(app, 'select name from users where id = ?', target.user.id))!.name, null)
+
+  const enabled = await patch({ disabled: false })
+  t.match(enabled.json(), { name: null, roles: ['user', 'member', 'developer'], disabled: false }, 'disabled alone leaves the name and roles')
+})
+
+//

@@ -653,3 +653,72 @@ t.test('requireOwnerOr: someone else\'s resource is 403, or with othersSee: not_
     t.equal((await remove(othersSee, 'alices', admin)).statusCode, 204, `${othersSee}: so may a holder of the permission`)
   }
 })
+
+t.test('GET /videos and /videos/member list newest first', async (t) => {
+  const app = await build(t)
+  const developer = await signupWithRoles(app, ['user', 'developer'])
+  const publish = async (title: string, isMemberOnly: boolean) => {
+    const response = await app.inject({
+      method: 'POST',
+      url: '/videos',
+      headers: bearer(developer.access_token),
+      payload: { title, author: 'Ada', url: 'https://videos.example.com/x.mp4', is_member_only: isMemberOnly }
+    })
+    t.equal(response.statusCode, 201)
+    await sleep(5)
+  }
+  for (const title of ['first', 'second', 'third']) {
+    await publish(`free ${title}`, false)
+    await publish(`member ${title}`, true)
+  }
+  const free = (await app.inject({ url: '/videos' })).json() as Array<{ title: string }>
+  t.same(free.map((video) => video.title), ['free third', 'free second', 'free first'])
+  const member = (await app.inject({ url: '/videos/member', headers: bearer(developer.access_token) })).json() as Array<{ title: string }>
+  t.same(member.map((video) => video.title), ['member third', 'member second', 'member first'])
+})
+
+//
+
+t.test('PATCH /videos/:id changes author and url too, and keeps created_at', async (t) => {
+  const app = await build(t)
+  const developer = await signupWithRoles(app, ['user', 'developer'])
+  const created = (await app.inject({
+    method: 'POST',
+    url: '/videos',
+    headers: bearer(developer.access_token),
+    payload: { title: 'Intro', author: 'Ada', url: 'https://videos.example.com/intro.mp4' }
+  })).json()
+  await sleep(5)
+  const edited = await app.inject({
+    method: 'PATCH',
+    url: `/videos/${created.id}`,
+    headers: bearer(developer.access_token),
+    payload: { author: 'Grace', url: 'https://videos.example.com/intro-v2.mp4' }
+  })
+  t.equal(edited.statusCode, 200)
+  t.match(edited.json(), { title: 'Intro', author: 'Grace', url: 'https://videos.example.com/intro-v2.mp4', is_member_only: false })
+  t.equal(edited.json().created_at, created.created_at, 'created_at does not move')
+  t.ok(edited.json().updated_at > created.updated_at, 'updated_at does')
+  t.match(await dbGet(app, 'select author, url, created_at from videos where id = ?', created.id),
+    { author: 'Grace', url: 'https://videos.example.com/intro-v2.mp4', created_at: Date.parse(created.created_at) })
+})
+
+//
+
+t.test('GET /clothes is by name, then id', async (t) => {
+  const app = await build(t)
+  const admin = await signupWithRoles(app, ['user', 'admin'])
+  // Inserted out of order, so neither insertion order nor the random ids can pass for name order.
+  const names = ['Tee', 'Cap', 'Socks', 'Hoodie', 'Beanie', 'Scarf', 'Cap', 'Cap', 'Cap', 'Cap']
+  const ids: Record<string, string[]> = {}
+  for (const name of names) {
+    const response = await app.inject({ method: 'POST', url: '/clothes', headers: bearer(admin.access_token), payload: { name, price: 100 } })
+    t.equal(response.statusCode, 201)
+    ;(ids[name] ??= []).push(response.json().id)
+  }
+  const list = (await app.inject({ url: '/clothes', headers: bearer(admin.access_token) })).json() as Array<{ id: string, name: string }>
+  t.same(list.map((item) => item.name), [...names].sort(), 'by name')
+  t.same(list.filter((item) => item.name === 'Cap').map((item) => item.id), [...ids.Cap!].sort(), 'one name: by id')
+})
+
+//

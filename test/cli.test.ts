@@ -296,3 +296,49 @@ t.test('on PostgreSQL, db:seed waits for a seed in progress elsewhere and then a
   t.equal(await count('videos'), 1, 'no video added beside the other seed\'s')
   t.equal(await count('clothes'), 5)
 })
+
+t.test('user:create refuses what is not an email, and a password equal to the email however it is typed', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  const notEmail = await runCli('user-create', file, ['--email', 'not-an-email'], `${TEST_PASSWORD}\n`)
+  t.equal(notEmail.status, 1)
+  t.equal(notEmail.stderr, '"not-an-email" is not an email address\n')
+  t.equal(notEmail.stdout, '')
+  const emailAsPassword = await runCli('user-create', file, ['--email', 'Grace.Hopper@Example.com'], 'grace.hopper@example.com\n')
+  t.equal(emailAsPassword.status, 1, 'the email, in any case, is no password')
+  t.match(emailAsPassword.stderr, /must not be the email address/)
+  t.same(users(t, file).map((row) => row.email), [], 'no account was created')
+  const created = await runCli('user-create', file, ['--email', ' Grace.Hopper@Example.com '], `${TEST_PASSWORD}\n`)
+  t.equal(created.status, 0, created.stderr)
+  t.same(users(t, file).map((row) => row.email), ['grace.hopper@example.com'], 'stored normalised')
+})
+
+//
+
+t.test('db:seed counts member-only videos as videos present', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  const app = await build(t, { DATABASE_URL: `file:${file}` })
+  await app.videosRepository.create(null, { title: 'Ours', author: 'Us', url: 'https://videos.example.com/ours.mp4', isMemberOnly: true })
+  await app.close()
+  const seeded = await runCli('db-seed', file)
+  t.equal(seeded.status, 0, seeded.stderr)
+  t.match(seeded.stdout, /^videos: already present; clothes: \d+ added/)
+  const db = new Database(file, { readonly: true })
+  t.same(db.prepare('select title from videos').all(), [{ title: 'Ours' }], 'no demo video beside a member-only one')
+  db.close()
+})
+
+//
+
+t.test('db:migrate does not print the database password', { skip: !await postgresReachable() && 'PostgreSQL not reachable' }, async (t) => {
+  const url = new URL(await freshPostgresUrl(POSTGRES_URL))
+  // The test server's own password if it has one (a made-up one is ignored under trust auth).
+  const secret = url.password || 'hunter2'
+  url.password = secret
+  const migrated = await runCli('db-migrate', url.toString())
+  t.equal(migrated.status, 0, migrated.stderr)
+  url.password = ''
+  t.equal(migrated.stdout, `Migrations applied to ${url.toString()}\n`)
+  t.notOk((migrated.stdout + migrated.stderr).includes(`:${secret}@`), 'no password')
+})
+
+//

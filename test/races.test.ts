@@ -154,3 +154,24 @@ t.test('an admin deleting a user while the user refreshes: the delete wins, neve
     t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ?', first.user.id), 0, 'no session outlives the user')
   }
 })
+
+t.test('a sign-in whose password changed and whose account was disabled after its check is told nothing about the account', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  before(app.sessionsRepository, 'open', async () => {
+    const changed = await app.inject({
+      method: 'POST',
+      url: '/auth/password',
+      headers: bearer(session.access_token),
+      payload: { current_password: TEST_PASSWORD, new_password: 'a brand new passphrase' }
+    })
+    t.equal(changed.statusCode, 204)
+    await dbRun(app, 'update users set disabled = ? where id = ?', true, session.user.id)
+  })
+  const response = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: session.user.email, password: TEST_PASSWORD } })
+  // The old password is no longer the account's: user_disabled would confirm it once was.
+  t.equal(response.statusCode, 401)
+  t.equal(response.json().code, 'invalid_credentials')
+})
+
+//
