@@ -543,7 +543,6 @@ t.test('GET /admin/users/:id answers who may ask before it judges the id', async
   t.equal(malformed.json().code, 'validation_error')
 })
 
-// The list's query is held to its schema.
 t.test('GET /admin/users refuses cursors it never issued, an empty email filter and unknown parameters', async (t) => {
   const app = await build(t)
   const admin = await signupWithRoles(app, ['user', 'admin'])

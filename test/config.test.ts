@@ -262,7 +262,6 @@ t.test('a migration the database refuses is reported with the database\'s reason
   t.notMatch(result.stderr, /CREATE TABLE|Failed query/)
 })
 
-// Refusal and default rules of the configuration.
 t.test('whole-number variables take digits only, and the rate limits at least 1', async (t) => {
   const base = { DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET }
   for (const bad of ['3.5', '1e3', '0x50', '+80']) {

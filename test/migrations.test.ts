@@ -150,7 +150,6 @@ t.test('on SQLite a start waits for another process\'s migration of the same fil
   t.ok(migrated.prepare("select 1 from sqlite_master where type = 'table' and name = 'users'").get(), 'the tables exist')
 })
 
-// On PostgreSQL migrations wait for the advisory lock another instance holds.
 t.test('on PostgreSQL a start waits for another instance\'s migration lock, then migrates', {
   skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`
 }, async (t) => {

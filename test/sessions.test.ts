@@ -267,7 +267,6 @@ t.test('an expired session is refused on account routes while its access token i
   t.equal(response.json().code, 'invalid_token')
 })
 
-// The listing is of active sessions, most recently used first.
 t.test('GET /auth/sessions lists unexpired sessions only, most recently used first', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()
