@@ -74,7 +74,10 @@ const parseForm: FastifyBodyParser<string> = (_request, text, done) => {
   const form = parseQuerystring(text) as Record<string, unknown>
   const repeated = Object.keys(form).find((name) => Array.isArray(form[name]))
   if (repeated !== undefined) {
-    return done(invalidRequest(`The parameter ${JSON.stringify(repeated)} is sent more than once; each may be sent once.`), undefined)
+    // Named only when the name is plain: RFC 6749 §5.2 keeps error_description to printable ASCII
+    // without " or \, and the name is the client's text.
+    const parameter = /^[\w.-]{1,64}$/.test(repeated) ? `The parameter ${repeated}` : 'A parameter'
+    return done(invalidRequest(`${parameter} is sent more than once; each may be sent once.`), undefined)
   }
   done(null, form)
 }
