@@ -592,5 +592,3 @@ t.test('PATCH /admin/users/:id changes only the fields sent; name null clears th
   const enabled = await patch({ disabled: false })
   t.match(enabled.json(), { name: null, roles: ['user', 'member', 'developer'], disabled: false }, 'disabled alone leaves the name and roles')
 })
-
-//

@@ -677,8 +677,6 @@ t.test('GET /videos and /videos/member list newest first', async (t) => {
   t.same(member.map((video) => video.title), ['member third', 'member second', 'member first'])
 })
 
-//
-
 t.test('PATCH /videos/:id changes author and url too, and keeps created_at', async (t) => {
   const app = await build(t)
   const developer = await signupWithRoles(app, ['user', 'developer'])
@@ -703,8 +701,6 @@ t.test('PATCH /videos/:id changes author and url too, and keeps created_at', asy
     { author: 'Grace', url: 'https://videos.example.com/intro-v2.mp4', created_at: Date.parse(created.created_at) })
 })
 
-//
-
 t.test('GET /clothes is by name, then id', async (t) => {
   const app = await build(t)
   const admin = await signupWithRoles(app, ['user', 'admin'])
@@ -720,5 +716,3 @@ t.test('GET /clothes is by name, then id', async (t) => {
   t.same(list.map((item) => item.name), [...names].sort(), 'by name')
   t.same(list.filter((item) => item.name === 'Cap').map((item) => item.id), [...ids.Cap!].sort(), 'one name: by id')
 })
-
-//

@@ -312,8 +312,6 @@ t.test('user:create refuses what is not an email, and a password equal to the em
   t.same(users(t, file).map((row) => row.email), ['grace.hopper@example.com'], 'stored normalised')
 })
 
-//
-
 t.test('db:seed counts member-only videos as videos present', async (t) => {
   const file = join(t.testdir(), 'gatehouse.db')
   const app = await build(t, { DATABASE_URL: `file:${file}` })
@@ -327,8 +325,6 @@ t.test('db:seed counts member-only videos as videos present', async (t) => {
   db.close()
 })
 
-//
-
 t.test('db:migrate does not print the database password', { skip: !await postgresReachable() && 'PostgreSQL not reachable' }, async (t) => {
   const url = new URL(await freshPostgresUrl(POSTGRES_URL))
   // The test server's own password if it has one (a made-up one is ignored under trust auth).
@@ -340,5 +336,3 @@ t.test('db:migrate does not print the database password', { skip: !await postgre
   t.equal(migrated.stdout, `Migrations applied to ${url.toString()}\n`)
   t.notOk((migrated.stdout + migrated.stderr).includes(`:${secret}@`), 'no password')
 })
-
-//

@@ -173,5 +173,3 @@ t.test('a sign-in whose password changed and whose account was disabled after it
   t.equal(response.statusCode, 401)
   t.equal(response.json().code, 'invalid_credentials')
 })
-
-//
