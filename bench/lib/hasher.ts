@@ -68,8 +68,8 @@ export interface HasherRound {
 }
 
 /**
- * `concurrency` verifies in flight (the libuv pool has 4 threads, as in the app) for `seconds`;
- * then `singles` verifies one at a time for the latency of one.
+ * `concurrency` verifies in flight (4 fill the libuv pool's 4 threads) for `seconds`; then
+ * `singles` verifies one at a time for the latency of one.
  */
 export async function measureVerify (hasher: HasherName, hash: string, password: string, seconds: number, concurrency = 4, singles = 3): Promise<HasherRound> {
   const cpuBefore = process.cpuUsage()
@@ -90,7 +90,7 @@ export async function measureVerify (hasher: HasherName, hash: string, password:
     hasher,
     verifies,
     perSecond: verifies / elapsed,
-    singleMs: (performance.now() - singleStarted) / singles,
+    singleMs: singles > 0 ? (performance.now() - singleStarted) / singles : NaN,
     cpuMsPerVerify: (cpu.user + cpu.system) / 1000 / verifies
   }
 }

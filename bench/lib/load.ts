@@ -132,13 +132,17 @@ export function postJson (url: string, path: string, body: unknown): Promise<Jso
 
 /**
  * `perSecond` requests a second, on schedule whatever the answers take (an open loop, as real
- * sign-ins arrive), from `next()`; reports how many were sent and answered 2xx, and their latency.
+ * sign-ins arrive), from `next()`; reports how many were sent, answered 2xx within the window
+ * (`perSecond` counts only those, so a backlog the server never caught up with does not read as
+ * keeping up), answered 2xx after it (`late`) or failed, and their latency.
  */
 export function openLoop (url: string, path: string, perSecond: number, next: () => unknown, onOk?: (body: unknown) => void): Background {
   const started = performance.now()
   let sent = 0
   let ok = 0
+  let late = 0
   let failed = 0
+  let windowOpen = true
   const latencies: number[] = []
   const pending = new Set<Promise<void>>()
   const timer = setInterval(() => {
@@ -148,7 +152,8 @@ export function openLoop (url: string, path: string, perSecond: number, next: ()
       const at = performance.now()
       const done = postJson(url, path, next()).then(({ status, body }) => {
         if (status >= 200 && status < 300) {
-          ok++
+          if (windowOpen) ok++
+          else late++
           latencies.push(performance.now() - at)
           onOk?.(body)
         } else failed++
@@ -159,10 +164,12 @@ export function openLoop (url: string, path: string, perSecond: number, next: ()
   return {
     async stop () {
       clearInterval(timer)
+      windowOpen = false
       const seconds = (performance.now() - started) / 1000
+      const inWindow = ok
       await Promise.all(pending)
       const sorted = Float64Array.from(latencies).sort()
-      return { sent, ok, failed, perSecond: ok / seconds, p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99) }
+      return { sent, ok: inWindow, late, failed, perSecond: inWindow / seconds, p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99) }
     }
   }
 }

@@ -164,9 +164,10 @@ export async function startServer (options: StartOptions): Promise<Server> {
 
 /**
  * Waits until none of the processes spends CPU (leftover work from the previous target, e.g.
- * queued argon2 verifies, must not be billed to the next one). Gives up after `maxMs`.
+ * queued argon2 verifies, must not be billed to the next one). Gives up after `maxMs`; says
+ * whether they went idle.
  */
-export async function waitIdle (pids: number[], maxMs = 5000): Promise<void> {
+export async function waitIdle (pids: number[], maxMs = 5000): Promise<boolean> {
   const deadline = Date.now() + maxMs
   // A process that is gone (a database backend whose connection closed) reads NaN: idle.
   const read = (pid: number) => {
@@ -181,8 +182,9 @@ export async function waitIdle (pids: number[], maxMs = 5000): Promise<void> {
   while (Date.now() < deadline && quiet < 2) {
     await sleep(100)
     const now = pids.map(read)
-    // Under 5 % of a core over 100 ms counts as idle (the tick is 10 ms).
+    // /proc counts CPU in 10 ms ticks: one tick in 100 ms still counts as idle, two (20% of a core) as busy.
     quiet = now.every((value, index) => !(value - last[index]! > 10_000)) ? quiet + 1 : 0
     last = now
   }
+  return quiet >= 2
 }

@@ -22,7 +22,7 @@ export const HASH_OPTIONS: Options = {
  * Hashes run on the thread pool; at most one fewer than the cores at once, so a burst of logins
  * queues here instead of taking every core (and 19 MiB each) from the requests around it.
  */
-const HASH_SLOTS = Math.max(1, availableParallelism() - 1)
+export const HASH_SLOTS = Math.max(1, availableParallelism() - 1)
 let hashesRunning = 0
 const waitingForSlot: Array<() => void> = []
 
