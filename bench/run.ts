@@ -11,9 +11,11 @@ import { parseArgs } from 'node:util'
 import { HASHERS, compatibility, hashWith, hasherInUse, measureVerify, type Compatibility, type HasherName, type HasherRound } from './lib/hasher.ts'
 import { inBatches, measure, openLoop, percentile, postJson, type Measurement, type Target } from './lib/load.ts'
 import { HASH_SLOTS } from '../src/auth/passwords.ts'
+import { VERIFIED_TOKENS_CACHED } from '../src/auth/verified-tokens.ts'
 import { isPostgresUrl, redactUrl } from '../src/config.ts'
 import { DEFAULT_POSTGRES_URL, postgresInfo, type PostgresInfo } from './lib/postgres.ts'
 import { ROOT, rssBytes, startServer, waitIdle, type Server } from './lib/processes.ts'
+import { reissuedTokens } from './lib/tokens.ts'
 import {
   HASHER_HEADERS, RATIO_HEADERS, ROW_HEADERS, compatibilityLines, hasherCells, machine, markdownTable, median, ms,
   ratio, ratioCells, rowCells, summarise, textTable, verdict, versions, type Machine, type Ratio, type Row
@@ -198,6 +200,28 @@ const dbOf = (app: App): Pick<Target, 'database'> => app.database.cpu ? { databa
 
 const bearerRequests = (app: App, path: string): autocannon.Request[] =>
   app.sessions.map(({ access }) => ({ method: 'GET', path, headers: { authorization: `Bearer ${access}` } }))
+
+/**
+ * The stateless route with a token the app has not verified before on every request: twice as many
+ * tokens as its verified-token cache holds, taken in turn by all connections, so each has left the
+ * cache (oldest first) before it comes round again. Every request pays the decode, the HMAC and the
+ * claim checks; the load generator also builds each request anew, which costs it some CPU.
+ */
+function newTokensTarget (app: App, secret: string): Target {
+  const tokens = reissuedTokens(app.sessions[0]!.access, secret, 2 * VERIFIED_TOKENS_CACHED)
+  let next = 0
+  return {
+    id: 'guarded-new-tokens',
+    label: `Gatehouse GET ${STATELESS_ROUTE}, every token new`,
+    server: app.server,
+    ...dbOf(app),
+    requests: () => [{
+      method: 'GET',
+      path: STATELESS_ROUTE,
+      setupRequest: (request) => ({ ...request, headers: { authorization: `Bearer ${tokens[next++ % tokens.length]}` } })
+    }]
+  }
+}
 
 const collectRefresh = (app: App) => (body: unknown) => {
   const token = (body as { refresh_token?: unknown }).refresh_token
@@ -427,6 +451,7 @@ async function runSuite (): Promise<SuiteResult> {
         { id: 'bare', label: 'bare Fastify GET /', server: bare, requests: () => [{ method: 'GET', path: '/' }] },
         { id: 'bare-dressed', label: 'bare Fastify GET /, Gatehouse\'s headers and logger', server: bareDressed, requests: () => [{ method: 'GET', path: '/' }] },
         { id: 'guarded', label: `Gatehouse GET ${STATELESS_ROUTE} (guarded)`, server: app.server, ...onDb, requests: () => bearerRequests(app, STATELESS_ROUTE) },
+        newTokensTarget(app, secret),
         { id: 'express-guarded', label: `Express+jsonwebtoken GET ${STATELESS_ROUTE}`, server: express, ...onDb, requests: () => bearerRequests(app, STATELESS_ROUTE) },
         { id: 'me', label: 'Gatehouse GET /auth/me', server: app.server, ...onDb, requests: () => bearerRequests(app, '/auth/me') },
         { id: 'express-me', label: 'Express+jsonwebtoken GET /auth/me', server: express, ...onDb, requests: () => bearerRequests(app, '/auth/me') },
@@ -466,7 +491,7 @@ async function runSuite (): Promise<SuiteResult> {
       const rows = summarise(measurements, labels, new Map(targets.filter((target) => !target.id.startsWith('bare')).map((target) => [target.id, databaseName])))
       const row = (id: string) => rows.find((r) => r.id === id)
       const hasherRate = (name: HasherName) => median(hashers.filter((h) => h.hasher === name).map((h) => h.perSecond))
-      const appIds = new Set(['guarded', 'me', 'clothes', 'login', 'refresh', 'storm'])
+      const appIds = new Set(['guarded', 'guarded-new-tokens', 'me', 'clothes', 'login', 'refresh', 'storm'])
       const peakUnderLoad = Math.max(0, ...measurements.filter((m) => appIds.has(m.id)).map((m) => m.rssMaxBytes))
 
       const ratios: Ratio[] = []
@@ -492,10 +517,14 @@ async function runSuite (): Promise<SuiteResult> {
         'Gatehouse\'s own per-request work', ['guarded', 'bare-dressed'])
       addInfo('bare Fastify with Gatehouse\'s headers and logger vs bare', pairedRatio(measurements, 'bare-dressed', 'bare', 'rps'),
         'the cost of the headers and logger alone', ['bare-dressed', 'bare'])
+      addInfo('guarded route, every token new vs repeat tokens', pairedRatio(measurements, 'guarded-new-tokens', 'guarded', 'rps'),
+        'a first verification against a verified-token cache lookup', ['guarded-new-tokens', 'guarded'])
       const meVsBare = pairedRatio(measurements, 'me', 'bare', 'rps')
       add('GET /auth/me vs bare Fastify', meVsBare, '≥ 0.60×', meVsBare >= 0.6, '', ['me', 'bare'])
       const guardedVsExpress = pairedRatio(measurements, 'guarded', 'express-guarded', 'rps')
       add(`Gatehouse vs Express peer, GET ${STATELESS_ROUTE}`, guardedVsExpress, '≥ 4.00×', guardedVsExpress >= 4, '', ['guarded', 'express-guarded'])
+      addInfo(`Gatehouse with every token new vs Express peer, GET ${STATELESS_ROUTE}`, pairedRatio(measurements, 'guarded-new-tokens', 'express-guarded', 'rps'),
+        'the peer verifies every token; it has no cache', ['guarded-new-tokens', 'express-guarded'])
       const meVsExpress = pairedRatio(measurements, 'me', 'express-me', 'rps')
       add('Gatehouse vs Express peer, GET /auth/me', meVsExpress, '≥ 4.00×', meVsExpress >= 4, '', ['me', 'express-me'])
       const loginRps = row('login')?.rps ?? NaN
@@ -798,7 +827,9 @@ function renderMarkdown (suites: Partial<Record<DatabaseKind, SuiteResult>>, sca
     '  process per server would carry its luck into every round. Each round then warms every target up. Before each',
     '  target the bench waits until no server (and no PostgreSQL backend of the run\'s database) spends CPU.',
     `- Guarded routes cycle through the access tokens of ${suites.sqlite?.settings.tokenUsers ?? suites.postgres?.settings.tokenUsers ?? 50} distinct users (their sessions exist), which each`,
-    '  warm-up puts in the verified-token cache: the guarded rows measure the cached path. Logins pick a random',
+    '  warm-up puts in the verified-token cache: the guarded rows measure the cached path. The "every token new" row',
+    `  sends each request a token the app has not seen: ${(2 * VERIFIED_TOKENS_CACHED).toLocaleString('en-US')} copies of one issued token, each with its own \`jti\` and`,
+    '  signed again with the app\'s secret, taken in turn, twice what the cache holds. Logins pick a random',
     '  seeded user per request; refreshes chain tokens (each answer\'s refresh token is presented next), starting',
     '  from tokens issued by logins and never presented.',
     '- The storm case is the guarded route under load while an open loop sends 20 logins/s to the same process;',

@@ -1,5 +1,8 @@
 import type { AuthenticatedUser } from './tokens.ts'
 
+/** The app's cache size: about 5 MB at most; a few thousand active clients each reuse one token for its lifetime. */
+export const VERIFIED_TOKENS_CACHED = 10_000
+
 /**
  * Access tokens already verified, until they expire. Verification depends only on the token and
  * the configured secrets (which change only with a restart), so a repeat token costs one lookup

@@ -16,7 +16,7 @@ import {
   type AccessTokenPayload,
   type AuthenticatedUser
 } from '../auth/tokens.ts'
-import { verifiedTokenCache } from '../auth/verified-tokens.ts'
+import { VERIFIED_TOKENS_CACHED, verifiedTokenCache } from '../auth/verified-tokens.ts'
 import { apiError } from '../errors.ts'
 import { accessCheck } from './validation.ts'
 import type { Session } from '../repositories/sessions.ts'
@@ -55,8 +55,6 @@ declare module 'fastify' {
 }
 
 const REALM = 'gatehouse'
-/** About 5 MB at most: a few thousand active clients each reuse one token for its lifetime. */
-const VERIFIED_TOKENS_CACHED = 10_000
 
 export function bearerChallenge (error?: string, description?: string): string {
   let challenge = `Bearer realm="${REALM}"`
