@@ -13,7 +13,7 @@ const VideoResponse = Type.Object({
   id: Uuid,
   title: Type.String(),
   author: Type.String(),
-  url: Type.String(),
+  url: Type.String({ format: 'uri' }),
   is_member_only: Type.Boolean(),
   user_id: Type.Union([Uuid, Type.Null()], { description: 'The publisher; null once their account is deleted' }),
   created_at: Timestamp,

@@ -26,7 +26,8 @@ export const Uuid = Type.String({ format: 'uuid' })
 /** Uuid's test for an id no schema checked, such as one decoded from a cursor (ids are randomUUID()s). */
 export const isUuid = (text: string) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text)
 export const Name = Type.String({ minLength: 1, maxLength: 100 })
-export const RoleName = Type.Enum(ROLES)
+// `type` beside the enum: generators of typed clients read it, not the values, to type the field.
+export const RoleName = Type.Enum(ROLES, { type: 'string' })
 export const Timestamp = Type.String({ format: 'date-time' })
 
 export const ErrorResponse = Type.Object({
@@ -43,7 +44,7 @@ export const errorResponse = (description: string) => ({ ...ErrorResponse, descr
 
 export const UserResponse = Type.Object({
   id: Uuid,
-  email: Type.String(),
+  email: Type.String({ format: 'email' }),
   name: Type.Union([Type.String(), Type.Null()]),
   roles: Type.Array(RoleName),
   created_at: Timestamp,
