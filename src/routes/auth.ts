@@ -43,6 +43,8 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: {
         201: SessionResponse,
         400: errorResponse('A password the policy refuses (common, or the email): weak_password'),
+        // signInFlows.start: only if an admin deletes or disables the account between its creation and its first session.
+        401: errorResponse('The new account was deleted or disabled before its session opened: invalid_credentials'),
         409: errorResponse('An account with this email exists: email_taken')
       }
     }
