@@ -8,7 +8,7 @@ import type { InjectOptions, LightMyRequestResponse } from 'fastify'
 import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
-import { TEST_PASSWORD, build, uniqueEmail } from './helper.ts'
+import { TEST_PASSWORD, bearer, build, uniqueEmail, type SessionBody } from './helper.ts'
 
 type JsonSchema = Record<string, unknown>
 interface MediaType { schema?: JsonSchema }
@@ -202,14 +202,11 @@ async function documentOf (app: App): Promise<OpenApiDocument> {
   return response.json()
 }
 
-const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
 const form = (fields: Record<string, string>) => ({
   headers: { 'content-type': 'application/x-www-form-urlencoded' },
   payload: new URLSearchParams(fields).toString()
 })
 const withParameters = (path: string) => path.replace(/\{[^}]+\}/g, () => randomUUID())
-
-interface Session { access_token: string, refresh_token: string, user: { id: string, email: string } }
 
 t.test('every answer of a full scenario is documented in /openapi.json', async (t) => {
   const app = await build(t, ADMIN)
@@ -220,7 +217,7 @@ t.test('every answer of a full scenario is documented in /openapi.json', async (
     .map(({ method, path }) => `${method} ${path}`)
   t.same(unrouted, [], 'every documented operation is a route, so request URLs map to the route they reach')
   const { call, answers } = recorder(t, app, document)
-  const session = async (request: Request, status = 200) => (await call(request, status)).json() as Session
+  const session = async (request: Request, status = 200) => (await call(request, status)).json() as SessionBody
   const login = (email: string, password = TEST_PASSWORD) =>
     session({ method: 'POST', url: '/auth/login', payload: { email, password } })
 
@@ -450,7 +447,7 @@ t.test('429 answers of the rate limits are documented', async (t) => {
   await call({ method: 'POST', url: '/auth/token', remoteAddress: limited, ...form({ grant_type: 'password', username: uniqueEmail('d'), password: TEST_PASSWORD }) }, 429, 'rate_limited')
 
   // Per account: the password change counts wrong current passwords from anywhere.
-  const user = (await call({ method: 'POST', url: '/auth/signup', remoteAddress: elsewhere(), payload: { email: uniqueEmail(), password: TEST_PASSWORD } }, 201)).json() as Session
+  const user = (await call({ method: 'POST', url: '/auth/signup', remoteAddress: elsewhere(), payload: { email: uniqueEmail(), password: TEST_PASSWORD } }, 201)).json() as SessionBody
   const change = { method: 'POST' as const, url: '/auth/password', headers: bearer(user.access_token), payload: { current_password: 'not the password', new_password: 'a brand new passphrase' } }
   await call({ ...change, remoteAddress: elsewhere() }, 401, 'invalid_credentials')
   await call({ ...change, remoteAddress: elsewhere() }, 401, 'invalid_credentials')
