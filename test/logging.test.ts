@@ -92,7 +92,7 @@ t.test('a client that drops a chunked upload is not logged as a server error, wh
   t.same(lines.filter((line) => line.level >= 50), [], 'no error line')
 })
 
-t.test('a refresh token superseded by a grace-window retry is refused with a warning, the session kept', async (t) => {
+t.test('a refresh token superseded by a grace-window retry is refused with its own warning, and the session revoked', async (t) => {
   const { app, log } = await appWithLog(t, { LOG_LEVEL: 'warn' })
   const refresh = (token: string) => app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })
 
@@ -105,7 +105,8 @@ t.test('a refresh token superseded by a grace-window retry is refused with a war
   t.equal(superseded.json().code, 'invalid_refresh_token')
   const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
   t.match(lines, [{ level: 40, event: 'refresh_token_superseded', userId: session.user.id, sessionId: tokenPayload(session.access_token).sid }])
-  t.equal((await refresh(retry.refresh_token)).statusCode, 200, 'the session goes on')
+  t.notOk(lines.some((line) => line.event === 'refresh_token_reuse'), 'told apart from plain reuse')
+  t.equal((await refresh(retry.refresh_token)).statusCode, 401, 'the session is over, for the retry\'s holder too')
 })
 
 t.test('secret fields are censored wherever they sit in a log object, and the logged objects stay intact', async (t) => {

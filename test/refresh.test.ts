@@ -88,16 +88,33 @@ t.test('a replay inside the grace window succeeds for the same session', async (
   t.equal(tokenPayload(retried.access_token).sid, sid)
   t.not(retried.refresh_token, lost.refresh_token)
 
-  const superseded = await refresh(app, lost.refresh_token)
-  t.equal(superseded.statusCode, 401, 'the answer the client lost holds a dead token')
-  t.notOk((await sessionRow(app, sid))?.revoked_at, 'but presenting it is no theft: the session lives')
+  const live = await dbCount(app, 'select count(*) as n from refresh_tokens where session_id = ? and used_at is null and revoked_at is null', sid)
+  t.equal(live, 1, 'one live refresh token per session, never a fork')
 
   const next = await refresh(app, retried.refresh_token)
   t.equal(next.statusCode, 200, 'the retried chain goes on')
   t.notOk((await sessionRow(app, sid)).revoked_at)
+})
 
-  const live = await dbCount(app, 'select count(*) as n from refresh_tokens where session_id = ? and used_at is null and revoked_at is null', sid)
-  t.equal(live, 1, 'one live refresh token per session, never a fork')
+// RFC 9700 §4.14.2: a thief who replays a stolen token within the window gets the live pair and
+// leaves the rightful client holding a superseded token. Its next refresh must end the session,
+// or the thief keeps it while the rightful client signs in anew.
+t.test('a token superseded by a grace-window retry, presented, revokes the whole session', async (t) => {
+  const app = await build(t, { REFRESH_REUSE_GRACE: '10s' })
+  const rightful = await signup(app)
+  const sid = tokenPayload(rightful.access_token).sid
+  const rotated: SessionBody = (await refresh(app, rightful.refresh_token)).json()
+  const thief: SessionBody = (await refresh(app, rightful.refresh_token)).json()
+  t.ok(thief.refresh_token, 'a replay within the window gets the live pair')
+
+  const superseded = await refresh(app, rotated.refresh_token)
+  t.equal(superseded.statusCode, 401)
+  t.equal(superseded.json().code, 'invalid_refresh_token')
+  t.ok((await sessionRow(app, sid)).revoked_at, 'the session is revoked')
+  t.equal((await refresh(app, thief.refresh_token)).statusCode, 401, 'the replayed pair\'s refresh token is refused')
+  const me = await app.inject({ url: '/auth/me', headers: bearer(thief.access_token) })
+  t.equal(me.statusCode, 401, 'and its access token on /auth/me')
+  t.equal(me.json().code, 'invalid_token')
 })
 
 t.test('inside the window, only the newest rotated token may be replayed', async (t) => {

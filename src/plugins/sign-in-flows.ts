@@ -94,22 +94,15 @@ async function signInFlowsPlugin (app: FastifyInstance) {
     async refresh (request, refreshToken) {
       const rotation = await app.sessionsRepository.rotate(refreshToken, { now: new Date(), ttl, grace })
       if (rotation.outcome === 'invalid') throw invalidRefreshToken()
-      if (rotation.outcome === 'superseded') {
-        // Usually two refreshes of one token raced (two tabs); but it is also what the rightful
-        // client sees when someone else replayed its token within the grace window, so say so.
+      if (rotation.outcome === 'reused' || rotation.outcome === 'superseded') {
+        // Either way two parties held the session, and it is revoked. A superseded token (replaced
+        // by a grace-window retry) is logged apart: two tabs that raced a refresh show as that, as
+        // does the rightful client after someone replayed its token within the window.
         request.log.warn({
-          event: 'refresh_token_superseded',
+          event: rotation.outcome === 'reused' ? 'refresh_token_reuse' : 'refresh_token_superseded',
           userId: rotation.session.userId,
           sessionId: rotation.session.id
-        }, 'refresh token superseded by a grace-window retry: refused, session kept')
-        throw invalidRefreshToken()
-      }
-      if (rotation.outcome === 'reused') {
-        request.log.warn({
-          event: 'refresh_token_reuse',
-          userId: rotation.session.userId,
-          sessionId: rotation.session.id
-        }, 'refresh token reuse detected: session revoked')
+        }, `refresh token ${rotation.outcome === 'reused' ? 'reuse detected' : 'superseded by a grace-window retry presented'}: session revoked`)
         throw invalidRefreshToken()
       }
       // Roles and the disabled flag are read again, so changes take effect at the next refresh.

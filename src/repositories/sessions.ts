@@ -104,8 +104,10 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
      * - never used: mark it used and issue its child in the same session;
      * - used, but it is the parent of the session's live token and was rotated within the grace
      *   window: the client lost our answer; replace that live token with a new one (which makes
-     *   the replaced one superseded: refused, but never taken for theft);
-     * - any other reuse is theft: revoke the whole session.
+     *   the replaced one superseded);
+     * - superseded, or any other reuse: theft, revoke the whole session. A superseded token is
+     *   presented only by a holder of the answer we replaced, so two parties hold the session: one
+     *   may be a thief who replayed its token within the window, and which one cannot be told.
      */
     async rotate (presented: string, rules: RotationRules): Promise<Rotation> {
       const { now, grace } = rules
@@ -121,9 +123,14 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
         if (!token) return { outcome: 'invalid' }
         if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now) return { outcome: 'invalid' }
 
-        // Superseded by a grace-window retry before it was ever used: two refreshes raced, and
-        // this one's answer lost. Dead, but not proof of theft.
-        if (token.revokedAt && !token.usedAt) return { outcome: 'superseded', session }
+        // Superseded by a grace-window retry before it was ever used: whoever retried, someone else
+        // holds the answer it replaced. RFC 9700 §4.14.2: the server cannot tell the rightful client
+        // from the thief, so it revokes the session; otherwise a replay within the window would
+        // keep the thief's session alive while the rightful client is refused.
+        if (token.revokedAt && !token.usedAt) {
+          await tx.update(sessions).set({ revokedAt: now }).where(eq(sessions.id, session.id))
+          return { outcome: 'superseded', session }
+        }
 
         if (!token.usedAt) {
           await tx.update(refreshTokens).set({ usedAt: now }).where(eq(refreshTokens.id, token.id))
