@@ -32,9 +32,11 @@ import videoRoutes from './routes/videos.ts'
  * failed queries lose their parameters.
  */
 const SECRET_FIELDS = new Set([
-  'password', 'current_password', 'new_password', 'passwordHash', 'password_hash',
-  'access_token', 'refresh_token', 'token', 'client_secret', 'authorization', 'cookie'
+  'password', 'currentpassword', 'newpassword', 'passwordhash', 'accesstoken', 'refreshtoken',
+  'token', 'tokenhash', 'secret', 'clientsecret', 'authorization', 'cookie'
 ])
+/** A field's name as SECRET_FIELDS spells it: `refresh_token`, `refreshToken` and `Refresh-Token` alike. */
+const isSecretField = (key: string) => SECRET_FIELDS.has(key.toLowerCase().replace(/[_-]/g, ''))
 const CENSORED = '[redacted]'
 const MAX_CENSOR_DEPTH = 8
 
@@ -45,7 +47,9 @@ const MAX_CENSOR_DEPTH = 8
  * pino's own redaction with `*.password` paths ran over every per-request logger's bindings.
  */
 export function censorSecrets (value: unknown, depth = 0): unknown {
-  if (value === null || typeof value !== 'object' || depth > MAX_CENSOR_DEPTH) return value
+  if (value === null || typeof value !== 'object') return value
+  // Deeper than any log object we write: censored whole rather than written unread.
+  if (depth > MAX_CENSOR_DEPTH) return CENSORED
   if (Array.isArray(value)) {
     const items = value.map((item: unknown) => censorSecrets(item, depth + 1))
     return items.some((item, index) => item !== value[index]) ? items : value
@@ -54,7 +58,7 @@ export function censorSecrets (value: unknown, depth = 0): unknown {
   if (prototype !== Object.prototype && prototype !== null) return value
   let copy: Record<string, unknown> | undefined
   for (const [key, item] of Object.entries(value)) {
-    const censored = SECRET_FIELDS.has(key) ? CENSORED : censorSecrets(item, depth + 1)
+    const censored = isSecretField(key) ? CENSORED : censorSecrets(item, depth + 1)
     if (censored !== item) (copy ??= { ...value })[key] = censored
   }
   return copy ?? value

@@ -62,8 +62,23 @@ export function parseDuration (text: string): number | undefined {
 
 export const isPostgresUrl = (url: string) => /^postgres(ql)?:\/\//.test(url)
 
-/** The URL without its password, for messages and logs. */
-export const redactUrl = (url: string) => url.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1@')
+/**
+ * The URL without its password, in the userinfo or in a query parameter (`?password=`,
+ * `?sslpassword=`), for messages and logs. A path (SQLite) has none; a URL that does not parse
+ * (`u:pa/ss@…`) is shown by its scheme alone, as where its password ends cannot be told.
+ */
+export function redactUrl (url: string): string {
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url)?.[0]
+  if (!scheme) return url
+  try {
+    const parsed = new URL(url)
+    parsed.password = ''
+    for (const key of [...parsed.searchParams.keys()]) if (/pass/i.test(key)) parsed.searchParams.set(key, 'redacted')
+    return parsed.toString()
+  } catch {
+    return `${scheme}…`
+  }
+}
 
 /**
  * Why DATABASE_URL cannot be used, or undefined. A mistyped scheme (`postgress://`, `mysql://`,

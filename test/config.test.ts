@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
 import { buildApp } from '../src/app.ts'
-import { ConfigError, keepSecret, loadConfig, parseDuration } from '../src/config.ts'
+import { ConfigError, keepSecret, loadConfig, parseDuration, redactUrl } from '../src/config.ts'
 import { openDatabase } from '../src/db/index.ts'
 import { TEST_SECRET, freshPostgresUrl } from './helper.ts'
 import { POSTGRES_URL, REDIS_URL, postgresReachable, redisReachable } from './services.ts'
@@ -292,4 +292,20 @@ t.test('a Windows drive letter is a SQLite path, not a URL scheme', async (t) =>
   for (const path of ['C:\\gatehouse\\data\\g.db', 'd:/data/g.db']) {
     t.equal(loadConfig({ DATABASE_URL: path, JWT_SECRET: TEST_SECRET }).databaseUrl, path, path)
   }
+})
+
+t.test('a database or Redis URL in a message keeps no password, wherever the URL puts it', async (t) => {
+  const cases: Array<[string, string]> = [
+    ['postgres://u:s3cr3t@db:5432/g', 'postgres://u@db:5432/g'],
+    ['postgres://u@db/g?password=s3cr3t&sslmode=require', 'postgres://u@db/g?password=redacted&sslmode=require'],
+    ['postgres://u@db/g?sslpassword=s3cr3t', 'postgres://u@db/g?sslpassword=redacted'],
+    ['postgres://u:p@ss@db/g', 'postgres://u@db/g'],
+    // Where a password with a slash in it ends cannot be told: the scheme alone.
+    ['postgres://u:pa/ss@db/g', 'postgres://…'],
+    ['redis://:s3cr3t@cache:6379/0', 'redis://cache:6379/0'],
+    ['postgresql://postgres@127.0.0.1:5432/test', 'postgresql://postgres@127.0.0.1:5432/test'],
+    ['/var/lib/gatehouse/gatehouse.db', '/var/lib/gatehouse/gatehouse.db'],
+    ['file:data/gatehouse.db', 'file:data/gatehouse.db']
+  ]
+  for (const [url, shown] of cases) t.equal(redactUrl(url), shown, url.replace(/s3cr3t|p@ss|pa\/ss/, '<password>'))
 })

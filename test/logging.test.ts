@@ -5,7 +5,7 @@ import t, { type Test } from 'tap'
 import { buildApp, serializeError } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { startupProblem } from '../src/errors.ts'
-import { TEST_ENV, TEST_PASSWORD, bearer, dbGet, freshPostgresUrl, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import { TEST_ENV, TEST_PASSWORD, bearer, dbGet, dbRun, freshPostgresUrl, signup, tokenPayload, uniqueEmail } from './helper.ts'
 import { POSTGRES_URL, postgresReachable } from './services.ts'
 
 /** A ready app whose JSON log lines are kept: `log.text` is everything written so far. */
@@ -52,6 +52,17 @@ t.test('logs carry security events with user and request ids, and never a secret
     t.equal(line?.userId, session.user.id, `${name} names the user`)
     t.match(line?.reqId, /^req-/, `${name} names the request`)
   }
+})
+
+t.test('a disabled account\'s right password is logged as a failed sign-in', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
+  const email = uniqueEmail()
+  const session = await signup(app, email)
+  await dbRun(app, 'update users set disabled = ? where id = ?', true, session.user.id)
+  const response = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
+  t.equal(response.statusCode, 403)
+  const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
+  t.match(lines.find((line) => line.event === 'login_failed'), { userId: session.user.id, reason: 'account_disabled', reqId: /^req-/ })
 })
 
 t.test('a URL the router refuses is answered in the contract\'s shape and logged as completed', async (t) => {
@@ -118,7 +129,9 @@ t.test('secret fields are censored wherever they sit in a log object, and the lo
     sessions: [{ access_token: 'secret-in-array' }],
     headers: { authorization: 'Bearer secret-header', cookie: 'sid=secret-cookie' },
     form: { client_secret: 'secret-client', token: 'secret-token' },
-    change: { current_password: 'secret-current', new_password: 'secret-new', password_hash: 'secret-column' }
+    change: { current_password: 'secret-current', new_password: 'secret-new', password_hash: 'secret-column' },
+    camel: { refreshToken: 'secret-camel', newPassword: 'secret-camel-new', tokenHash: 'secret-hash', Secret: 'secret-cased' },
+    deep: { a: { b: { c: { d: { e: { f: { g: { h: { credentials: 'secret-too-deep' } } } } } } } } }
   }
   const before = JSON.stringify(logged)
   app.log.info(logged, 'careless line')
@@ -132,6 +145,8 @@ t.test('secret fields are censored wherever they sit in a log object, and the lo
   t.equal(line.headers.cookie, '[redacted]')
   t.same(line.form, { client_secret: '[redacted]', token: '[redacted]' })
   t.same(line.change, { current_password: '[redacted]', new_password: '[redacted]', password_hash: '[redacted]' })
+  t.same(line.camel, { refreshToken: '[redacted]', newPassword: '[redacted]', tokenHash: '[redacted]', Secret: '[redacted]' }, 'whatever the case and separators')
+  t.equal(line.deep.a.b.c.d.e.f.g.h, '[redacted]', 'deeper than it reads: censored whole')
   t.notMatch(log.text, /secret-/)
   t.equal(JSON.stringify(logged), before, 'the caller\'s object is not changed')
 })

@@ -80,7 +80,10 @@ async function signInFlowsPlugin (app: FastifyInstance) {
       }
       const { user, passwordHash } = found
       // Only after a correct password, so the answer tells a guesser nothing.
-      if (user.disabled) throw userDisabled()
+      if (user.disabled) {
+        request.log.info({ event: 'login_failed', userId: user.id, reason: 'account_disabled' }, 'sign-in failed')
+        throw userDisabled()
+      }
       let verifiedHash = passwordHash
       if (needsRehash(passwordHash)) {
         const upgraded = await hashPassword(password)
