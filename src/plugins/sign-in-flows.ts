@@ -28,6 +28,16 @@ declare module 'fastify' {
 
 const invalidCredentials = () => apiError(401, 'invalid_credentials', 'The email or password is wrong.')
 const userDisabled = () => apiError(403, 'user_disabled', 'This account is disabled.')
+/**
+ * The log line of a refresh that revoked its session: two parties held it. A superseded token
+ * (replaced by a grace-window retry) is told apart: two tabs that raced a refresh show as that, as
+ * does the rightful client after someone replayed its token within the window.
+ */
+const SESSION_THEFT_LOG = {
+  reused: { event: 'refresh_token_reuse', message: 'refresh token reuse detected: session revoked' },
+  superseded: { event: 'refresh_token_superseded', message: 'refresh token superseded by a grace-window retry presented: session revoked' }
+} as const
+
 const invalidRefreshToken = () =>
   apiError(401, 'invalid_refresh_token', 'The refresh token is invalid, expired or revoked.')
 
@@ -98,14 +108,8 @@ async function signInFlowsPlugin (app: FastifyInstance) {
       const rotation = await app.sessionsRepository.rotate(refreshToken, { now: new Date(), ttl, grace })
       if (rotation.outcome === 'invalid') throw invalidRefreshToken()
       if (rotation.outcome === 'reused' || rotation.outcome === 'superseded') {
-        // Either way two parties held the session, and it is revoked. A superseded token (replaced
-        // by a grace-window retry) is logged apart: two tabs that raced a refresh show as that, as
-        // does the rightful client after someone replayed its token within the window.
-        request.log.warn({
-          event: rotation.outcome === 'reused' ? 'refresh_token_reuse' : 'refresh_token_superseded',
-          userId: rotation.session.userId,
-          sessionId: rotation.session.id
-        }, `refresh token ${rotation.outcome === 'reused' ? 'reuse detected' : 'superseded by a grace-window retry presented'}: session revoked`)
+        const { event, message } = SESSION_THEFT_LOG[rotation.outcome]
+        request.log.warn({ event, userId: rotation.session.userId, sessionId: rotation.session.id }, message)
         throw invalidRefreshToken()
       }
       // Roles and the disabled flag are read again, so changes take effect at the next refresh.

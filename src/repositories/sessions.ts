@@ -122,15 +122,16 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
         const [token] = await tx.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, tokenHash))
         if (!token) return { outcome: 'invalid' }
         if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now) return { outcome: 'invalid' }
+        const revokeSession = async (outcome: 'superseded' | 'reused'): Promise<Rotation> => {
+          await tx.update(sessions).set({ revokedAt: now }).where(eq(sessions.id, session.id))
+          return { outcome, session }
+        }
 
         // Superseded by a grace-window retry before it was ever used: whoever retried, someone else
         // holds the answer it replaced. RFC 9700 §4.14.2: the server cannot tell the rightful client
         // from the thief, so it revokes the session; otherwise a replay within the window would
         // keep the thief's session alive while the rightful client is refused.
-        if (token.revokedAt && !token.usedAt) {
-          await tx.update(sessions).set({ revokedAt: now }).where(eq(sessions.id, session.id))
-          return { outcome: 'superseded', session }
-        }
+        if (token.revokedAt && !token.usedAt) return revokeSession('superseded')
 
         if (!token.usedAt) {
           await tx.update(refreshTokens).set({ usedAt: now }).where(eq(refreshTokens.id, token.id))
@@ -149,8 +150,7 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
           return { outcome: 'rotated', session: await touch(tx, session.id, rules), refreshToken }
         }
 
-        await tx.update(sessions).set({ revokedAt: now }).where(eq(sessions.id, session.id))
-        return { outcome: 'reused', session }
+        return revokeSession('reused')
       })
     },
 
