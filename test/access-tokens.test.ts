@@ -56,6 +56,7 @@ t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => 
     ['signed with another secret', forgeToken(claims, { secret: OTHER_SECRET, header: { kid: kidFor(TEST_SECRET) } })],
     ['alg none, no signature', `${b64({ alg: 'none', typ: 'at+jwt', kid: kidFor(TEST_SECRET) })}.${b64(claims)}.`],
     ['alg NONE', `${b64({ alg: 'NONE', typ: 'at+jwt', kid: kidFor(TEST_SECRET) })}.${b64(claims)}.`],
+    ['alg None', `${b64({ alg: 'None', typ: 'at+jwt', kid: kidFor(TEST_SECRET) })}.${b64(claims)}.`],
     ['HS512 with our secret', forgeToken(claims, { header: { alg: 'HS512' }, hmac: 'sha512' })],
     ['HS384 with our secret', forgeToken(claims, { header: { alg: 'HS384' }, hmac: 'sha384' })],
     ['RS256 header, HMAC with the secret', forgeToken(claims, { header: { alg: 'RS256' } })],
@@ -186,6 +187,14 @@ t.test('key rotation: a previous secret verifies while configured and fails once
   t.equal(fresh.statusCode, 200, 'refresh tokens do not depend on the signing secret')
   const newHeader = JSON.parse(Buffer.from(fresh.json().access_token.split('.')[0], 'base64url').toString())
   t.equal(newHeader.kid, kidFor(TEST_SECRET), 'new tokens are signed with the new secret')
+  // A token names its secret: one signed with the previous secret under the current one's kid is
+  // refused, not tried against every configured secret.
+  const rightlyNamed = forgeToken(validClaims(fresh.json()), { secret: OTHER_SECRET })
+  t.equal((await rotated.inject({ url: '/me/permissions', headers: bearer(rightlyNamed) })).statusCode, 200, 'the same claims under the previous secret\'s own kid')
+  const misnamed = forgeToken(validClaims(fresh.json()), { secret: OTHER_SECRET, header: { kid: kidFor(TEST_SECRET) } })
+  const misnamedAnswer = await rotated.inject({ url: '/me/permissions', headers: bearer(misnamed) })
+  t.equal(misnamedAnswer.statusCode, 401, 'a previous secret\'s signature under the current kid')
+  t.equal(misnamedAnswer.json().code, 'invalid_token')
   await rotated.close()
 
   const retired = await build(t, { ...database, JWT_SECRET: TEST_SECRET })
