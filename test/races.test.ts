@@ -155,6 +155,33 @@ t.test('an admin deleting a user while the user refreshes: the delete wins, neve
   }
 })
 
+// The role change and the revocation of the user's sessions are one transaction: however the
+// refreshes interleave with it, no refresh token survives it and no access token reaches the account.
+t.test('an admin changing a user\'s roles while the user refreshes: every session ends, never a 5xx', async (t) => {
+  const app = await build(t)
+  const admin = await signupWithRoles(app, ['user', 'admin'])
+  for (let round = 0; round < 10; round++) {
+    const email = uniqueEmail('promoted')
+    const first = await signup(app, email)
+    const other = (await login(app, email, TEST_PASSWORD)).json() as SessionBody
+    const [changed, ...refreshes] = await Promise.all([
+      app.inject({ method: 'PATCH', url: `/admin/users/${first.user.id}`, headers: bearer(admin.access_token), payload: { roles: ['user', 'member'] } }),
+      ...[first, other].flatMap((session) => [refresh(app, session.refresh_token), refresh(app, session.refresh_token)])
+    ])
+    t.equal(changed.statusCode, 200, `round ${round}: ${outcome(changed)}`)
+    t.same(changed.json().roles, ['user', 'member'])
+    for (const answer of refreshes) t.ok([200, 401].includes(answer.statusCode), `round ${round}: ${outcome(answer)}`)
+    t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ? and revoked_at is null', first.user.id), 0,
+      'no session outlives the change')
+    const issued = refreshes.filter((answer) => answer.statusCode === 200).map((answer) => answer.json() as SessionBody)
+    for (const session of [first, other, ...issued]) {
+      t.equal((await refresh(app, session.refresh_token)).statusCode, 401, `round ${round}: a refresh token from before or during the change is refused`)
+      t.equal((await app.inject({ url: '/auth/me', headers: bearer(session.access_token) })).statusCode, 401,
+        `round ${round}: its access token no longer reaches the account`)
+    }
+  }
+})
+
 t.test('a sign-in whose password changed and whose account was disabled after its check is told nothing about the account', async (t) => {
   const app = await build(t)
   const session = await signup(app)
