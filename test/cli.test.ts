@@ -82,6 +82,38 @@ t.test('user:create makes an account with the given roles from a password on std
   t.equal(users(t, file).length, 1)
 })
 
+// At a terminal the password is asked for once and never echoed. `script` (util-linux) gives the
+// tool a pseudo-terminal; the password is typed only once the prompt shows, as a person would.
+t.test('user:create at a terminal prompts once and does not echo the password', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  const command = [process.execPath, '--import', 'tsx', 'src/cli/user-create.ts', '--email', 'tty@example.com']
+    .map((word) => `'${word}'`).join(' ')
+  const run = await new Promise<{ status: number | null, output: string }>((resolve, reject) => {
+    const child = spawn('script', ['-qec', command, '/dev/null'], {
+      cwd: ROOT,
+      env: { ...process.env, DATABASE_URL: `file:${file}` },
+      timeout: 60_000
+    })
+    let output = ''
+    let typed = false
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      output += chunk
+      if (!typed && output.includes('Password: ')) {
+        typed = true
+        child.stdin.write(`${TEST_PASSWORD}\r`)
+      }
+    })
+    child.on('error', reject)
+    child.on('close', (status) => resolve({ status, output }))
+  })
+  t.equal(run.status, 0, run.output)
+  t.equal(run.output.split('Password: ').length - 1, 1, 'one prompt')
+  for (const word of TEST_PASSWORD.split(' ')) t.notOk(run.output.includes(word), `"${word}" of the password is not echoed`)
+  t.match(run.output, /created tty@example\.com/)
+  const [row] = users(t, file)
+  t.ok(await argon2.verify(row!.password_hash, TEST_PASSWORD), 'the hash is of the password typed')
+})
+
 t.test('user:create combines repeated --role flags, canonically ordered', async (t) => {
   const file = join(t.testdir(), 'gatehouse.db')
   const combined = await runCli('user-create', file, ['--email', 'dev@example.com', '--role', 'developer', '--role', 'member'], `${TEST_PASSWORD}\n`)
