@@ -12,7 +12,7 @@ import { TEST_PASSWORD, bearer, build, uniqueEmail, type SessionBody } from './h
 
 type JsonSchema = Record<string, unknown>
 interface MediaType { schema?: JsonSchema }
-interface ResponseObject { description?: string, headers?: Record<string, { schema?: JsonSchema }>, content?: Record<string, MediaType> }
+interface ResponseObject { description?: string, headers?: Record<string, { schema?: JsonSchema, required?: boolean }>, content?: Record<string, MediaType> }
 interface Operation { operationId?: string, security?: Array<Record<string, string[]>>, responses: Record<string, ResponseObject> }
 interface OpenApiDocument { paths: Record<string, Record<string, Operation>>, components?: { schemas?: Record<string, JsonSchema> } }
 
@@ -184,8 +184,9 @@ function checkAnswers (t: Test, document: OpenApiDocument, answers: Answer[]) {
         t.same(validators.undocumented(schema, body, ''), [], `${name}: the body has no property the schema does not name (${answer.url})`)
       }
     }
-    for (const [header, { schema }] of Object.entries(response.headers ?? {})) {
+    for (const [header, { schema, required }] of Object.entries(response.headers ?? {})) {
       const value = answer.headers[header.toLowerCase()]
+      if (required) t.not(value, undefined, `${name}: header ${header} is sent, as documented (${answer.url})`)
       if (value === undefined || !schema) continue
       const type = schema.type
       const typed = type === 'integer' || type === 'number' ? (/^-?\d+(\.\d+)?$/.test(String(value)) ? Number(value) : value) : value

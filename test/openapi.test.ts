@@ -80,7 +80,11 @@ t.test('every registered route is documented with its security requirement', asy
   t.match(described('/admin/users/{id}', 'delete', 409), /last_admin/)
   t.match(described('/videos/{id}', 'patch', 403), /forbidden/)
   t.ok(document.paths['/videos/{id}'].patch.responses['403'].headers['WWW-Authenticate'], 'forbidden comes with insufficient_scope')
-  t.notOk(document.paths['/auth/login'].post.responses['403'].headers, 'user_disabled comes with no challenge')
+  t.notOk(document.paths['/auth/login'].post.responses['403'].headers['WWW-Authenticate'], 'user_disabled comes with no challenge')
+  for (const [path, method, status] of [['/auth/token', 'post', '200'], ['/auth/login', 'post', '429'], ['/videos/{id}', 'patch', '403']]) {
+    t.match(document.paths[path][method].responses[status].headers['Cache-Control'], { required: true, schema: { const: 'no-store' } }, `${method} ${path} ${status}: no-store`)
+  }
+  t.notOk(document.paths['/health'].get.responses['200'].headers, 'a public route outside /auth: no no-store')
   t.match(described('/videos/{id}', 'patch', 404), /not_found/)
   t.match(described('/auth/token', 'post', 413), /invalid_request/, 'the token endpoint keeps its RFC 6749 codes')
   t.notMatch(described('/auth/token', 'post', 413), /payload_too_large/)

@@ -59,6 +59,12 @@ const STATUS_HEADERS: Record<number, Record<string, unknown>> = {
 const GUARDED_HEADERS: Record<number, Record<string, unknown>> = {
   403: challenge('Bearer error="insufficient_scope" with forbidden')
 }
+/** On every answer of a guarded route or of /auth (security.ts noStore), errors included. */
+const NO_STORE_HEADERS = {
+  'Cache-Control': { type: 'string', const: 'no-store', description: 'No cache may keep the answer: it carries tokens or personal data' }
+}
+/** Headers always sent where they are documented (the rate-limit counts are not). */
+const REQUIRED_HEADERS = new Set(['Cache-Control', 'Retry-After', 'WWW-Authenticate'])
 
 const pascalCase = (text: string) => text.split(/[^A-Za-z0-9]+/).filter(Boolean)
   .map((word) => word[0]!.toUpperCase() + word.slice(1)).join('')
@@ -103,15 +109,28 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
   for (const [status, description] of Object.entries(GENERIC_ERRORS)) {
     if (response[status] && !(response[status] as { description?: string }).description) add(Number(status), description)
   }
+  const storesNothing = isGuarded || route.url.startsWith('/auth')
   for (const [status, answer] of Object.entries(response) as Array<[string, { description?: string }]>) {
-    const headers = STATUS_HEADERS[Number(status)] ?? (isGuarded ? GUARDED_HEADERS[Number(status)] : undefined)
-    response[status] = { ...answer, description: answer.description ?? STATUS_CODES[status], ...headers ? { headers } : {} }
+    const headers = {
+      ...storesNothing ? NO_STORE_HEADERS : {},
+      ...STATUS_HEADERS[Number(status)] ?? (isGuarded ? GUARDED_HEADERS[Number(status)] : undefined)
+    }
+    response[status] = { ...answer, description: answer.description ?? STATUS_CODES[status], ...Object.keys(headers).length > 0 ? { headers } : {} }
   }
   return {
     ...schema,
     response,
     security: schema.security ?? (isGuarded ? BEARER_SECURITY : [])
   }
+}
+
+type Responses = Record<string, { headers?: Record<string, object> }>
+/** @fastify/swagger cannot mark a response header required: done here, on copies. */
+function requireHeaders (responses: Responses | undefined): Responses | undefined {
+  if (!responses) return responses
+  return Object.fromEntries(Object.entries(responses).map(([status, answer]) => [status, answer.headers
+    ? { ...answer, headers: Object.fromEntries(Object.entries(answer.headers).map(([name, header]) => [name, REQUIRED_HEADERS.has(name) ? { ...header, required: true } : header])) }
+    : answer]))
 }
 
 const EXAMPLE_KEYS = new Set(['example', 'examples'])
@@ -172,7 +191,7 @@ async function docsPlugin (app: FastifyInstance) {
     },
     transformObject: (document) => {
       if (!('openapiObject' in document)) return document.swaggerObject
-      const paths = document.openapiObject.paths as Record<string, Record<string, { requestBody?: { required?: boolean }, operationId?: string }>>
+      const paths = document.openapiObject.paths as Record<string, Record<string, { requestBody?: { required?: boolean }, operationId?: string, responses?: Responses }>>
       // @fastify/swagger marks every body it documents as required.
       for (const { url, method } of optionalBodies) {
         const body = paths[url.replace(/:(\w+)/g, '{$1}')]?.[method.toLowerCase()]?.requestBody
@@ -181,7 +200,7 @@ async function docsPlugin (app: FastifyInstance) {
       // One per operation: the methods of one route share an operation object, so each gets a copy.
       for (const [path, operations] of Object.entries(paths)) {
         for (const [method, operation] of Object.entries(operations)) {
-          operations[method] = { ...operation, operationId: operation.operationId ?? operationIdOf(method, path) }
+          operations[method] = { ...operation, operationId: operation.operationId ?? operationIdOf(method, path), responses: requireHeaders(operation.responses) }
         }
       }
       const named = nameTitledSchemas(paths)
