@@ -81,7 +81,7 @@ t.test('every registered route is documented with its security requirement', asy
   t.match(described('/videos/{id}', 'patch', 403), /forbidden/)
   t.ok(document.paths['/videos/{id}'].patch.responses['403'].headers['WWW-Authenticate'], 'forbidden comes with insufficient_scope')
   t.notOk(document.paths['/auth/login'].post.responses['403'].headers['WWW-Authenticate'], 'user_disabled comes with no challenge')
-  for (const [path, method, status] of [['/auth/token', 'post', '200'], ['/auth/login', 'post', '429'], ['/videos/{id}', 'patch', '403']]) {
+  for (const [path, method, status] of [['/auth/token', 'post', '200'], ['/auth/login', 'post', '429'], ['/videos/{id}', 'patch', '403']] as const) {
     t.match(document.paths[path][method].responses[status].headers['Cache-Control'], { required: true, schema: { const: 'no-store' } }, `${method} ${path} ${status}: no-store`)
   }
   t.notOk(document.paths['/health'].get.responses['200'].headers, 'a public route outside /auth: no no-store')
