@@ -1,11 +1,15 @@
+import type { LightMyRequestResponse } from 'fastify'
 import { connect } from 'node:net'
+import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { buildApp, serializeError } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { startupProblem } from '../src/errors.ts'
-import { TEST_ENV, TEST_PASSWORD, bearer, dbGet, dbRun, freshPostgresUrl, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import {
+  TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, bearer, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, signup, signupWithRoles, tokenPayload, uniqueEmail
+} from './helper.ts'
 import { POSTGRES_URL, postgresReachable } from './services.ts'
 
 /** A ready app whose JSON log lines are kept: `log.text` is everything written so far. */
@@ -19,12 +23,46 @@ async function appWithLog (t: Test, env: Record<string, string>) {
   return { app, log }
 }
 
+type Line = Record<string, any>
+const WRONG_PASSWORD = 'wrong password!'
+
+/** The JSON lines of a log's text. */
+const logLines = (text: string): Line[] => text.split('\n').filter(Boolean).map((line) => JSON.parse(line))
+
+/**
+ * The suite's database for a test of stored state: PostgreSQL (emptied) when TEST_DATABASE_URL is
+ * set, else `sqlite`: in memory, or a file for a test that restarts the app.
+ */
+const suiteDatabase = async (sqlite = ':memory:') => TEST_DATABASE_URL ? await freshPostgresUrl(TEST_DATABASE_URL) : sqlite
+
+function assertNoSecrets (t: Test, text: string, secrets: string[]) {
+  for (const secret of secrets) t.notOk(text.includes(secret), `log does not contain ${secret.slice(0, 12)}…`)
+}
+
+/** The security event lines, in order, each cut down to the fields `expected` names: exact, and undefined for absent. */
+function assertEvents (t: Test, lines: Line[], expected: Line[], message: string) {
+  const events = lines.filter((line) => line.event !== undefined)
+  const cut = events.map((line, index) => expected[index] ? Object.fromEntries(Object.keys(expected[index]).map((key) => [key, line[key]])) : line)
+  t.same(cut, expected, message)
+}
+
+/** Sends one request and checks the security events it logged, each carrying that request's id. */
+async function expectEvents (t: Test, log: { text: string }, send: () => Promise<LightMyRequestResponse>, expected: Line[]) {
+  const from = log.text.length
+  const response = await send()
+  const lines = logLines(log.text.slice(from))
+  const reqId = lines.find((line) => line.msg === 'incoming request')?.reqId
+  t.match(reqId, /^req-/, 'the request is logged')
+  assertEvents(t, lines, expected.map((fields) => ({ ...fields, reqId })), `${response.statusCode}: ${expected.map((fields) => fields.event).join(', ') || 'no event'}`)
+  return response
+}
+
 t.test('logs carry security events with user and request ids, and never a secret', async (t) => {
   const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', REFRESH_REUSE_GRACE: '0' })
 
   const email = uniqueEmail()
   const session = await signup(app, email)
-  await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: 'wrong password!' } })
+  await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: WRONG_PASSWORD } })
   const login = (await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })).json()
   await app.inject({ url: `/auth/me?access_token=${login.access_token}&other=1`, headers: bearer(login.access_token) })
   // A token under any name, where no bearer header carries it.
@@ -37,14 +75,12 @@ t.test('logs carry security events with user and request ids, and never a secret
   await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(login.access_token) })
 
   const { password_hash: hash } = await dbGet(app, 'select password_hash from users') as { password_hash: string }
-  for (const secret of [TEST_PASSWORD, session.access_token, session.refresh_token, login.access_token, login.refresh_token, hash, TEST_ENV.JWT_SECRET]) {
-    t.notOk(log.text.includes(secret), `log does not contain ${secret.slice(0, 12)}…`)
-  }
+  assertNoSecrets(t, log.text, [TEST_PASSWORD, session.access_token, session.refresh_token, login.access_token, login.refresh_token, hash, TEST_ENV.JWT_SECRET])
   t.match(log.text, /access_token=\[redacted\]&other=\[redacted\]/, 'query values are masked, their names kept')
   t.match(log.text, /authorization=\[redacted\]&jwt=\[redacted\]/, 'whatever the name')
   t.match(log.text, /"url":"\/me\/permissions\?x=\[redacted\]&\[redacted\]"/, 'or with no name')
 
-  const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
+  const lines = logLines(log.text)
   const event = (name: string) => lines.find((line) => line.event === name)
   for (const name of ['signup', 'login_failed', 'login', 'refresh_token_reuse', 'session_revoked']) {
     const line = event(name)
@@ -61,8 +97,123 @@ t.test('a disabled account\'s right password is logged as a failed sign-in', asy
   await dbRun(app, 'update users set disabled = ? where id = ?', true, session.user.id)
   const response = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
   t.equal(response.statusCode, 403)
-  const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
+  const lines = logLines(log.text)
   t.match(lines.find((line) => line.event === 'login_failed'), { userId: session.user.id, reason: 'account_disabled', reqId: /^req-/ })
+})
+
+t.test('a sign-in past the per-account limit is logged as blocked, at warn, naming the account where it exists', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', RATE_LIMIT_ACCOUNT_MAX: '2', DATABASE_URL: await suiteDatabase() })
+  const login = (email: string, password: string) => app.inject({ method: 'POST', url: '/auth/login', payload: { email, password } })
+  const email = uniqueEmail()
+  const session = await signup(app, email)
+  const blocked = [{ level: 40, event: 'login_blocked', userId: session.user.id }]
+  for (let attempt = 0; attempt < 2; attempt++) await login(email, WRONG_PASSWORD)
+  t.equal((await expectEvents(t, log, () => login(email, TEST_PASSWORD), blocked)).statusCode, 429, 'the right password is refused too')
+  const grant = () => app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: email, password: TEST_PASSWORD } })
+  t.equal((await expectEvents(t, log, grant, blocked)).statusCode, 429, 'and the password grant, on the same count')
+
+  // Unknown emails are counted too: the line has no account to name.
+  const ghost = uniqueEmail('ghost')
+  for (let attempt = 0; attempt < 2; attempt++) await login(ghost, WRONG_PASSWORD)
+  await expectEvents(t, log, () => login(ghost, WRONG_PASSWORD), [{ level: 40, event: 'login_blocked', userId: undefined }])
+
+  const { password_hash: hash } = await dbGet(app, 'select password_hash from users') as { password_hash: string }
+  assertNoSecrets(t, log.text, [TEST_PASSWORD, WRONG_PASSWORD, session.access_token, session.refresh_token, hash, TEST_ENV.JWT_SECRET])
+})
+
+t.test('a password change is logged, refused, blocked or done, with the number of other sessions it revoked', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', RATE_LIMIT_ACCOUNT_MAX: '2', DATABASE_URL: await suiteDatabase() })
+  const newPassword = 'a brand new passphrase 7'
+  const email = uniqueEmail()
+  const session = await signup(app, email)
+  const login = async () => (await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })).json()
+  const others = [await login(), await login()]
+  const change = (current: string) => () => app.inject({
+    method: 'POST', url: '/auth/password', headers: bearer(session.access_token), payload: { current_password: current, new_password: newPassword }
+  })
+  const hashOf = async () => (await dbGet(app, 'select password_hash from users where id = ?', session.user.id))!.password_hash as string
+  const oldHash = await hashOf()
+
+  const failed = await expectEvents(t, log, change(WRONG_PASSWORD), [{ level: 30, event: 'password_change_failed', userId: session.user.id }])
+  t.equal(failed.statusCode, 401)
+  await change(WRONG_PASSWORD)()
+  // Past the per-account limit: a stolen access token must not become a silent password oracle.
+  const blocked = await expectEvents(t, log, change(TEST_PASSWORD), [{ level: 40, event: 'password_change_blocked', userId: session.user.id }])
+  t.equal(blocked.statusCode, 429)
+  t.equal(await hashOf(), oldHash, 'the blocked change changed nothing')
+  await app.signInFailures.reset(email)
+  const changed = await expectEvents(t, log, change(TEST_PASSWORD), [{ level: 30, event: 'password_changed', userId: session.user.id, revokedSessions: 2 }])
+  t.equal(changed.statusCode, 204)
+  t.equal(await dbCount(app, 'select count(*) from sessions where user_id = ? and revoked_at is null', session.user.id), 1, 'only the changing session is left')
+
+  assertNoSecrets(t, log.text, [TEST_PASSWORD, WRONG_PASSWORD, newPassword, session.access_token, session.refresh_token,
+    ...others.flatMap((other) => [other.access_token, other.refresh_token]), oldHash, await hashOf(), TEST_ENV.JWT_SECRET])
+})
+
+t.test('an admin\'s role change, disable and delete are logged with the user, the admin and the sessions revoked', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', DATABASE_URL: await suiteDatabase() })
+  const login = (email: string) => app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
+  const admin = await signupWithRoles(app, ['user', 'admin'])
+  const email = uniqueEmail()
+  const target = await signup(app, email)
+  const second = (await login(email)).json()
+  const url = `/admin/users/${target.user.id}`
+  const patch = (payload: Record<string, unknown>) => () => app.inject({ method: 'PATCH', url, headers: bearer(admin.access_token), payload })
+  const audit = { level: 30, userId: target.user.id, adminId: admin.user.id }
+  const hashes = (await dbAll(app, 'select password_hash from users')).map((row) => row.password_hash as string)
+
+  await expectEvents(t, log, patch({ roles: ['member'] }), [
+    { ...audit, event: 'role_change', roles: ['user', 'member'] },
+    { ...audit, event: 'session_revoked', count: 2, reason: 'admin_change' }
+  ])
+  const third = (await login(email)).json()
+  await expectEvents(t, log, patch({ disabled: true }), [
+    { ...audit, event: 'user_disabled' },
+    { ...audit, event: 'session_revoked', count: 1, reason: 'admin_change' }
+  ])
+  // Disabled, the user has no session left to revoke: no line for none.
+  await expectEvents(t, log, patch({ roles: ['developer'], name: 'Ada' }), [{ ...audit, event: 'role_change', roles: ['user', 'developer'] }])
+  await expectEvents(t, log, patch({ name: 'Ada Lovelace' }), [])
+  const deleted = await expectEvents(t, log, () => app.inject({ method: 'DELETE', url, headers: bearer(admin.access_token) }), [{ ...audit, event: 'user_deleted' }])
+  t.equal(deleted.statusCode, 204)
+
+  assertNoSecrets(t, log.text, [TEST_PASSWORD, ...hashes, TEST_ENV.JWT_SECRET,
+    ...[admin, target, second, third].flatMap((session) => [session.access_token, session.refresh_token])])
+})
+
+t.test('the admin made from ADMIN_EMAIL at start-up is logged once, with no request', async (t) => {
+  const adminPassword = 'an uncommon admin passphrase'
+  const database = await suiteDatabase(`file:${join(t.testdir(), 'gatehouse.db')}`)
+  const env = { LOG_LEVEL: 'info', DATABASE_URL: database, ADMIN_EMAIL: 'Boss@Example.com', ADMIN_PASSWORD: adminPassword }
+  const first = await appWithLog(t, env)
+  const admin = await dbGet(first.app, 'select id, password_hash from users where email = ?', 'boss@example.com') as { id: string, password_hash: string }
+  assertEvents(t, logLines(first.log.text), [{ level: 30, event: 'admin_bootstrapped', userId: admin.id, reqId: undefined }], 'logged at the first start')
+  assertNoSecrets(t, first.log.text, [adminPassword, admin.password_hash, TEST_ENV.JWT_SECRET])
+  await first.app.close()
+
+  const restarted = await appWithLog(t, env)
+  t.same(logLines(restarted.log.text).filter((line) => line.event !== undefined || line.level >= 40), [], 'a restart finds the admin: no event, no warning')
+})
+
+t.test('ADMIN_EMAIL of an existing account is not promoted, and the operator is warned', async (t) => {
+  const adminPassword = 'an uncommon admin passphrase'
+  const database = await suiteDatabase(`file:${join(t.testdir(), 'gatehouse.db')}`)
+  const before = await appWithLog(t, { DATABASE_URL: database })
+  const email = uniqueEmail('taken')
+  const squatter = await signup(before.app, email)
+  await before.app.close()
+
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', DATABASE_URL: database, ADMIN_EMAIL: email.toUpperCase(), ADMIN_PASSWORD: adminPassword })
+  const lines = logLines(log.text)
+  const warnings = lines.filter((line) => line.level >= 40)
+  t.equal(warnings.length, 1, 'one warning')
+  // At start-up, so no request id (undefined: absent).
+  t.match(warnings[0], { level: 40, msg: /^ADMIN_EMAIL belongs to an existing account, which is not promoted/, reqId: undefined })
+  assertEvents(t, lines, [], 'no admin_bootstrapped')
+  const row = await dbGet(app, 'select roles, password_hash from users where id = ?', squatter.user.id) as { roles: string, password_hash: string }
+  t.same(JSON.parse(row.roles), ['user'], 'not promoted')
+  t.equal(await app.usersRepository.hasEnabledAdmin(), false, 'and no admin made')
+  assertNoSecrets(t, log.text, [adminPassword, TEST_PASSWORD, row.password_hash, TEST_ENV.JWT_SECRET])
 })
 
 t.test('a URL the router refuses is answered in the contract\'s shape and logged as completed', async (t) => {
@@ -78,7 +229,7 @@ t.test('a URL the router refuses is answered in the contract\'s shape and logged
     t.equal(response.headers['x-content-type-options'], 'nosniff', `${url}: the API's headers`)
     t.equal(response.headers['cache-control'], 'no-store', `${url}: the route is not known, so no cache keeps it`)
   }
-  const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
+  const lines = logLines(log.text)
   for (const [url] of cases) {
     const incoming = lines.find((line) => line.msg === 'incoming request' && line.req.url === url)
     t.ok(incoming, `${url} is logged as incoming`)
@@ -98,7 +249,7 @@ t.test('a client that drops a chunked upload is not logged as a server error, wh
     socket.destroy()
   }
   await sleep(200)
-  const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
+  const lines = logLines(log.text)
   t.equal(lines.filter((line) => line.msg === 'incoming request' && line.req.url === '/auth/login').length, 2, 'both arrived')
   t.same(lines.filter((line) => line.level >= 50), [], 'no error line')
 })
@@ -114,7 +265,7 @@ t.test('a refresh token superseded by a grace-window retry is refused with its o
   const superseded = await refresh(first.refresh_token)
   t.equal(superseded.statusCode, 401)
   t.equal(superseded.json().code, 'invalid_refresh_token')
-  const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
+  const lines = logLines(log.text)
   t.match(lines, [{ level: 40, event: 'refresh_token_superseded', userId: session.user.id, sessionId: tokenPayload(session.access_token).sid }])
   t.notOk(lines.some((line) => line.event === 'refresh_token_reuse'), 'told apart from plain reuse')
   t.equal((await refresh(retry.refresh_token)).statusCode, 401, 'the session is over, for the retry\'s holder too')
@@ -203,7 +354,7 @@ t.test('a failed query is logged without its parameters', async (t) => {
   log.text = ''
   await app.database.close()
   t.equal((await app.inject({ url: '/health' })).statusCode, 503)
-  const lines = log.text.trim().split('\n').map((line) => JSON.parse(line))
+  const lines = logLines(log.text)
   t.same(lines.map((line) => line.msg), ['database health check failed'], 'one line for one failed health check')
-  t.match(lines[0].err, { type: 'TypeError', message: /database connection is not open/ })
+  t.match(lines[0]?.err, { type: 'TypeError', message: /database connection is not open/ })
 })

@@ -135,11 +135,17 @@ function redisFailureCounter (redis: Redis, max: number): FailureCounter {
 
 /**
  * Checks a password for an account under the per-account limit: 429 once the account is past
- * RATE_LIMIT_ACCOUNT_MAX attempts, whatever the password; a correct one clears the count.
+ * RATE_LIMIT_ACCOUNT_MAX attempts, whatever the password (after `onBlocked`, which logs it);
+ * a correct one clears the count.
  */
-export async function checkPasswordLimited (failures: FailureCounter, account: string, check: () => Promise<boolean>): Promise<boolean> {
+export async function checkPasswordLimited (
+  failures: FailureCounter, account: string, check: () => Promise<boolean>, onBlocked: () => void
+): Promise<boolean> {
   const retryAfter = await failures.attempt(account)
-  if (retryAfter > 0) throw rateLimited(retryAfter)
+  if (retryAfter > 0) {
+    onBlocked()
+    throw rateLimited(retryAfter)
+  }
   const correct = await check()
   if (correct) await failures.reset(account)
   return correct

@@ -77,13 +77,8 @@ async function signInFlowsPlugin (app: FastifyInstance) {
       const found = await app.usersRepository.findCredentialsByEmail(email)
       // Unknown emails are counted too, and spend the same argon2 time as known ones.
       const correct = await checkPasswordLimited(app.signInFailures, email,
-        () => found ? verifyPassword(found.passwordHash, password) : dummyVerify(password)
-      ).catch((error: unknown) => {
-        if ((error as { code?: string }).code === 'rate_limited') {
-          request.log.warn({ event: 'login_blocked', userId: found?.user.id }, 'sign-in refused: too many attempts for this account')
-        }
-        throw error
-      })
+        () => found ? verifyPassword(found.passwordHash, password) : dummyVerify(password),
+        () => request.log.warn({ event: 'login_blocked', userId: found?.user.id }, 'sign-in refused: too many attempts for this account'))
       if (!found || !correct) {
         request.log.info({ event: 'login_failed', userId: found?.user.id, reason: found ? 'wrong_password' : 'unknown_email' }, 'sign-in failed')
         throw invalidCredentials()

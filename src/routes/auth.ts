@@ -173,7 +173,8 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     // A stolen access token must not become a way to guess the password: same per-account limit.
     const currentHash = await app.usersRepository.findPasswordHash(user.id)
     const correct = await checkPasswordLimited(app.signInFailures, user.email,
-      async () => currentHash !== undefined && await verifyPassword(currentHash, currentPassword))
+      async () => currentHash !== undefined && await verifyPassword(currentHash, currentPassword),
+      () => request.log.warn({ event: 'password_change_blocked', userId: user.id }, 'password change refused: too many attempts for this account'))
     const wrongPassword = () => {
       request.log.info({ event: 'password_change_failed', userId: user.id }, 'wrong current password')
       return apiError(401, 'invalid_credentials', 'The current password is wrong.')
