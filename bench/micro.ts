@@ -1,7 +1,8 @@
 // Per-operation costs of the pieces on Gatehouse's hot path, in-process, to tell which are worth
 // removing: a database read through Drizzle (built per call, as the repositories do) against a
-// prepared statement; @fastify/helmet's per-request helmet() against fixed headers; fast-jwt
-// verification and the canonical-JSON check against a cache lookup.
+// prepared statement; a write transaction's commit with and without a sync to disk;
+// @fastify/helmet's per-request helmet() against fixed headers; fast-jwt verification and the
+// canonical-JSON check against a cache lookup.
 // Usage: node --import tsx bench/micro.ts [--users N]
 import Database from 'better-sqlite3'
 import { eq, sql } from 'drizzle-orm'
@@ -80,6 +81,20 @@ time('drizzle .prepare() once, .get({ id }) per call', (index) => preparedDrizzl
 const raw = sqlite.prepare('select id, email, name, roles, disabled, created_at, updated_at from users where id = ?')
 time('better-sqlite3 statement prepared once, .get(id)', (index) => raw.get(pick(index)))
 time('better-sqlite3 prepare + get per call', (index) => sqlite.prepare('select id, email, name, roles, disabled, created_at, updated_at from users where id = ?').get(pick(index)))
+
+// --- a write transaction's commit: what synchronous = FULL (src/db/sqlite/open.ts) costs
+console.log('\none-row write transaction (BEGIN IMMEDIATE … COMMIT), the event loop waiting on it')
+const touch = sqlite.prepare('update users set updated_at = ? where id = ?')
+// A new value each time: SQLite writes no page for a row updated to what it holds, and then syncs nothing.
+let stamp = 0
+for (const mode of ['NORMAL', 'FULL']) {
+  sqlite.pragma(`synchronous = ${mode}`)
+  time(`synchronous = ${mode}`, (index) => {
+    sqlite.exec('BEGIN IMMEDIATE')
+    touch.run(++stamp, pick(index))
+    sqlite.exec('COMMIT')
+  }, 1000)
+}
 
 // --- helmet, as @fastify/helmet calls it for each request
 console.log('\nsecurity headers')

@@ -107,6 +107,17 @@ t.test('the app starts on an empty data folder and migrates', async (t) => {
   }
 })
 
+t.test('every commit is synced to disk, on the first start and on every later one', async (t) => {
+  const dbFile = join(t.testdir(), 'gatehouse.db')
+  for (const start of ['first start', 'restart on the file, already in WAL mode']) {
+    const app = await buildApp(loadConfig({ DATABASE_URL: `file:${dbFile}`, LOG_LEVEL: 'silent' }))
+    await app.ready()
+    // 2 is FULL; better-sqlite3's build would give a file already in WAL mode 1 (NORMAL).
+    t.same(await app.database.query('pragma synchronous'), [{ synchronous: 2 }], start)
+    await app.close()
+  }
+})
+
 /** `npm start` with this environment, expected to refuse to start: its exit status and stderr. */
 function failedStart (env: Record<string, string>) {
   const result = spawnSync(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
