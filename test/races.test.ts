@@ -119,6 +119,9 @@ t.test('of two password changes that both checked the current password, one wins
 
 const refresh = (app: App, token: string) =>
   app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })
+/** Each session's refresh token sent twice at once, as a client retrying a lost answer sends it. */
+const refreshEachTwice = (app: App, sessions: SessionBody[]) =>
+  sessions.flatMap((session) => [refresh(app, session.refresh_token), refresh(app, session.refresh_token)])
 /** A status and its error code, for messages that must not print tokens. */
 const outcome = (answer: { statusCode: number, json (): { code?: string } }) =>
   `${answer.statusCode}${answer.statusCode >= 400 ? ` ${answer.json().code}` : ''}`
@@ -144,10 +147,9 @@ t.test('an admin deleting a user while the user refreshes: the delete wins, neve
     const email = uniqueEmail('deleted')
     const first = await signup(app, email)
     const others = await Promise.all([1, 2].map(async () => (await login(app, email, TEST_PASSWORD)).json() as SessionBody))
-    // Each token twice, as a client retrying a lost answer sends it.
     const [deleted, ...refreshes] = await Promise.all([
       app.inject({ method: 'DELETE', url: `/admin/users/${first.user.id}`, headers: bearer(admin.access_token) }),
-      ...[first, ...others].flatMap((session) => [refresh(app, session.refresh_token), refresh(app, session.refresh_token)])
+      ...refreshEachTwice(app, [first, ...others])
     ])
     t.equal(deleted.statusCode, 204, `round ${round}: ${outcome(deleted)}`)
     for (const answer of refreshes) t.ok([200, 401].includes(answer.statusCode), `round ${round}: ${outcome(answer)}`)
@@ -166,7 +168,7 @@ t.test('an admin changing a user\'s roles while the user refreshes: every sessio
     const other = (await login(app, email, TEST_PASSWORD)).json() as SessionBody
     const [changed, ...refreshes] = await Promise.all([
       app.inject({ method: 'PATCH', url: `/admin/users/${first.user.id}`, headers: bearer(admin.access_token), payload: { roles: ['user', 'member'] } }),
-      ...[first, other].flatMap((session) => [refresh(app, session.refresh_token), refresh(app, session.refresh_token)])
+      ...refreshEachTwice(app, [first, other])
     ])
     t.equal(changed.statusCode, 200, `round ${round}: ${outcome(changed)}`)
     t.same(changed.json().roles, ['user', 'member'])
