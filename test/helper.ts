@@ -178,3 +178,21 @@ export function validClaims (session: SessionBody, overrides: Record<string, unk
     ...overrides
   }
 }
+
+/**
+ * Runs `meanwhile` just before the repository method `name` of `repository` runs once: the moment
+ * a concurrent request would land between a sign-in's password check and its write.
+ */
+export function before<R extends object> (repository: R, name: keyof R, meanwhile: () => Promise<unknown>) {
+  const original = repository[name] as (...args: unknown[]) => Promise<unknown>
+  let armed = true
+  Object.assign(repository, {
+    [name]: async (...args: unknown[]) => {
+      if (armed) {
+        armed = false
+        await meanwhile()
+      }
+      return original(...args)
+    }
+  })
+}

@@ -8,7 +8,7 @@ import { buildApp, serializeError } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { startupProblem } from '../src/errors.ts'
 import {
-  TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, bearer, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, signup, signupWithRoles, tokenPayload, uniqueEmail
+  TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, before, bearer, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, signup, signupWithRoles, tokenPayload, uniqueEmail
 } from './helper.ts'
 import { POSTGRES_URL, postgresReachable } from './services.ts'
 
@@ -99,6 +99,22 @@ t.test('a disabled account\'s right password is logged as a failed sign-in', asy
   t.equal(response.statusCode, 403)
   const lines = logLines(log.text)
   t.match(lines.find((line) => line.event === 'login_failed'), { userId: session.user.id, reason: 'account_disabled', reqId: /^req-/ })
+})
+
+t.test('a sign-in whose account changed after its password check is logged with the reason its answer gives', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', DATABASE_URL: await suiteDatabase() })
+  const cases: Array<[string, string, number, string]> = [
+    ['delete from users where id = ?', 'deleted', 401, 'account_changed'],
+    ['update users set disabled = true where id = ?', 'disabled', 403, 'account_disabled']
+  ]
+  for (const [change, label, status, reason] of cases) {
+    const email = uniqueEmail(label)
+    const session = await signup(app, email)
+    before(app.sessionsRepository, 'open', () => dbRun(app, change, session.user.id))
+    const login = () => app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
+    const response = await expectEvents(t, log, login, [{ level: 30, event: 'login_failed', userId: session.user.id, reason }])
+    t.equal(response.statusCode, status, `${label} meanwhile`)
+  }
 })
 
 t.test('a sign-in past the per-account limit is logged as blocked, at warn, naming the account where it exists', async (t) => {

@@ -2,7 +2,7 @@ import { hash } from '@node-rs/argon2'
 import t from 'tap'
 import { HASH_OPTIONS } from '../src/auth/passwords.ts'
 import type { App } from '../src/app.ts'
-import { TEST_PASSWORD, bearer, build, dbCount, dbGet, dbRun, signup, signupWithRoles, tokenPayload, uniqueEmail, type SessionBody } from './helper.ts'
+import { TEST_PASSWORD, before, bearer, build, dbCount, dbGet, dbRun, signup, signupWithRoles, tokenPayload, uniqueEmail, type SessionBody } from './helper.ts'
 
 t.test('50 concurrent signups with one email produce exactly one user', async (t) => {
   const app = await build(t)
@@ -48,24 +48,6 @@ const changePassword = (app: App, session: SessionBody) => app.inject({
   headers: bearer(session.access_token),
   payload: { current_password: TEST_PASSWORD, new_password: NEW_PASSWORD }
 })
-
-/**
- * Runs `meanwhile` just before the repository method `name` of `repository` runs once: the moment
- * a concurrent request would land between a sign-in's password check and its write.
- */
-function before<R extends object> (repository: R, name: keyof R, meanwhile: () => Promise<unknown>) {
-  const original = repository[name] as (...args: unknown[]) => Promise<unknown>
-  let armed = true
-  Object.assign(repository, {
-    [name]: async (...args: unknown[]) => {
-      if (armed) {
-        armed = false
-        await meanwhile()
-      }
-      return original(...args)
-    }
-  })
-}
 
 t.test('a sign-in whose account changes after its password check opens no session', async (t) => {
   // What a sign-in started after the change would answer: the disabled user's password is still
