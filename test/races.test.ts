@@ -1,4 +1,5 @@
 import { hash } from '@node-rs/argon2'
+import type { InjectOptions } from 'fastify'
 import t from 'tap'
 import { HASH_OPTIONS } from '../src/auth/passwords.ts'
 import type { App } from '../src/app.ts'
@@ -101,9 +102,21 @@ t.test('of two password changes that both checked the current password, one wins
 
 const refresh = (app: App, token: string) =>
   app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })
-/** Each session's refresh token sent twice at once, as a client retrying a lost answer sends it. */
-const refreshEachTwice = (app: App, sessions: SessionBody[]) =>
-  sessions.flatMap((session) => [refresh(app, session.refresh_token), refresh(app, session.refresh_token)])
+/**
+ * A new user with `sessionCount` sessions, and an admin's request about them sent at once with each
+ * session's refresh token twice (as a client retrying a lost answer sends it).
+ */
+async function adminRacingRefreshes (app: App, sessionCount: number, adminRequest: (userId: string) => InjectOptions) {
+  const email = uniqueEmail('raced')
+  const first = await signup(app, email)
+  const sessions = [first, ...await Promise.all(Array.from({ length: sessionCount - 1 },
+    async () => (await login(app, email, TEST_PASSWORD)).json() as SessionBody))]
+  const [answer, ...refreshes] = await Promise.all([
+    app.inject(adminRequest(first.user.id)),
+    ...sessions.flatMap((session) => [refresh(app, session.refresh_token), refresh(app, session.refresh_token)])
+  ])
+  return { first, sessions, answer: answer!, refreshes }
+}
 /** A status and its error code, for messages that must not print tokens. */
 const outcome = (answer: { statusCode: number, json (): { code?: string } }) =>
   `${answer.statusCode}${answer.statusCode >= 400 ? ` ${answer.json().code}` : ''}`
@@ -126,13 +139,8 @@ t.test('an admin deleting a user while the user refreshes: the delete wins, neve
   const app = await build(t)
   const admin = await signupWithRoles(app, ['user', 'admin'])
   for (let round = 0; round < 10; round++) {
-    const email = uniqueEmail('deleted')
-    const first = await signup(app, email)
-    const others = await Promise.all([1, 2].map(async () => (await login(app, email, TEST_PASSWORD)).json() as SessionBody))
-    const [deleted, ...refreshes] = await Promise.all([
-      app.inject({ method: 'DELETE', url: `/admin/users/${first.user.id}`, headers: bearer(admin.access_token) }),
-      ...refreshEachTwice(app, [first, ...others])
-    ])
+    const { first, answer: deleted, refreshes } = await adminRacingRefreshes(app, 3,
+      (user) => ({ method: 'DELETE', url: `/admin/users/${user}`, headers: bearer(admin.access_token) }))
     t.equal(deleted.statusCode, 204, `round ${round}: ${outcome(deleted)}`)
     for (const answer of refreshes) t.ok([200, 401].includes(answer.statusCode), `round ${round}: ${outcome(answer)}`)
     t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ?', first.user.id), 0, 'no session outlives the user')
@@ -145,20 +153,15 @@ t.test('an admin changing a user\'s roles while the user refreshes: every sessio
   const app = await build(t)
   const admin = await signupWithRoles(app, ['user', 'admin'])
   for (let round = 0; round < 10; round++) {
-    const email = uniqueEmail('promoted')
-    const first = await signup(app, email)
-    const other = (await login(app, email, TEST_PASSWORD)).json() as SessionBody
-    const [changed, ...refreshes] = await Promise.all([
-      app.inject({ method: 'PATCH', url: `/admin/users/${first.user.id}`, headers: bearer(admin.access_token), payload: { roles: ['user', 'member'] } }),
-      ...refreshEachTwice(app, [first, other])
-    ])
+    const { first, sessions, answer: changed, refreshes } = await adminRacingRefreshes(app, 2,
+      (user) => ({ method: 'PATCH', url: `/admin/users/${user}`, headers: bearer(admin.access_token), payload: { roles: ['user', 'member'] } }))
     t.equal(changed.statusCode, 200, `round ${round}: ${outcome(changed)}`)
     t.same(changed.json().roles, ['user', 'member'])
     for (const answer of refreshes) t.ok([200, 401].includes(answer.statusCode), `round ${round}: ${outcome(answer)}`)
     t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ? and revoked_at is null', first.user.id), 0,
       'no session outlives the change')
     const issued = refreshes.filter((answer) => answer.statusCode === 200).map((answer) => answer.json() as SessionBody)
-    for (const session of [first, other, ...issued]) {
+    for (const session of [...sessions, ...issued]) {
       t.equal((await refresh(app, session.refresh_token)).statusCode, 401, `round ${round}: a refresh token from before or during the change is refused`)
       t.equal((await app.inject({ url: '/auth/me', headers: bearer(session.access_token) })).statusCode, 401,
         `round ${round}: its access token no longer reaches the account`)
