@@ -73,6 +73,29 @@ t.test('a sign-in whose account changes after its password check opens no sessio
   }
 })
 
+t.test('a sign-in whose roles change after its password check gets a token with the new roles', async (t) => {
+  const app = await build(t)
+  const admin = await signupWithRoles(app, ['admin'])
+  const demoted = await signupWithRoles(app, ['admin'])
+  before(app.sessionsRepository, 'open', async () => {
+    const changed = await app.inject({
+      method: 'PATCH', url: `/admin/users/${demoted.user.id}`, headers: bearer(admin.access_token), payload: { roles: ['user'] }
+    })
+    t.equal(changed.statusCode, 200, 'the demotion lands while the sign-in is between its password check and its session')
+  })
+  const response = await login(app, demoted.user.email, TEST_PASSWORD)
+  t.equal(response.statusCode, 200)
+  const body = response.json() as SessionBody
+  t.same(tokenPayload(body.access_token).roles, ['user'], 'the access token carries the roles of the moment its session opened')
+  t.same(body.user.roles, ['user'])
+  const write = await app.inject({
+    method: 'POST', url: '/clothes', headers: bearer(body.access_token), payload: { name: 'Raincoat', size: 'M', price: 9900 }
+  })
+  t.equal(write.statusCode, 403, 'no admin write with the new session')
+  t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ? and revoked_at is null', demoted.user.id), 1,
+    'the new session is open, the earlier one revoked by the demotion')
+})
+
 t.test('the password change wins over a sign-in with the old password that checked it first', async (t) => {
   const app = await build(t)
   const session = await signup(app)

@@ -70,7 +70,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
           'sign-in failed: the password or the account changed meanwhile')
         throw disabled ? userDisabled() : invalidCredentials()
       }
-      return respond(user, opened.session.id, opened.refreshToken)
+      return respond(opened.user, opened.session.id, opened.refreshToken)
     },
 
     async signIn (request, email, password) {

@@ -74,15 +74,17 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
      * sign-in verified). The check holds the user's row in the session's own transaction, so a
      * password change, disable or delete that commits first refuses this session, and one that
      * commits after it revokes or deletes it: none opened with an old password outlives a change.
+     * The user comes back as that row holds it, so the session's first access token carries the
+     * roles of the moment it opened, not those read before the password check.
      */
     async open (input: OpenSession, times: SessionTimes) {
       return dialect.atomic(async (tx) => {
-        const [holder] = await dialect.forUpdate(tx.select({ id: users.id }).from(users).where(and(
+        const [user] = await dialect.forUpdate(tx.select(userColumns(users)).from(users).where(and(
           eq(users.id, input.userId),
           eq(users.disabled, false),
           input.passwordHash === undefined ? undefined : eq(users.passwordHash, input.passwordHash)
         )))
-        if (!holder) return undefined
+        if (!user) return undefined
         const [session] = await tx.insert(sessions).values({
           id: randomUUID(),
           userId: input.userId,
@@ -92,7 +94,7 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
           userAgent: input.userAgent?.slice(0, 512) ?? null,
           ip: input.ip ?? null
         }).returning()
-        return { session: session!, refreshToken: await insertRefreshToken(tx, session!.id, null, times) }
+        return { user, session: session!, refreshToken: await insertRefreshToken(tx, session!.id, null, times) }
       })
     },
 
