@@ -224,6 +224,10 @@ t.test('TRUST_PROXY and ADMIN_EMAIL are checked at start', async (t) => {
     t.throws(() => loadConfig({ ...base, TRUST_PROXY: bad }), /TRUST_PROXY/, bad)
   }
   t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: 'Ops Team', ADMIN_PASSWORD: 'a long admin password' }), /ADMIN_EMAIL is not an email address/)
+  // What /auth/login's schema refuses, so the admin could never sign in there.
+  for (const email of ['josé@example.com', 'a..b@example.com', 'ops@example.com.']) {
+    t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: email, ADMIN_PASSWORD: 'a long admin password' }), /ADMIN_EMAIL is not an email address/, email)
+  }
   // 254 characters as written, 255 lower-cased (İ becomes two): refused as sign-up would refuse it.
   const lengthened = `İ${'a'.repeat(241)}@example.com`
   t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: lengthened, ADMIN_PASSWORD: 'a long admin password' }), /ADMIN_EMAIL is not an email address/)

@@ -143,7 +143,8 @@ t.test('a form body must be UTF-8, raw or escaped: never decoded into another pa
 t.test('a password grant whose username is no email is refused before hashing and counts against nothing', async (t) => {
   const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '1' })
   // Each distinct username would otherwise hold a window of the per-account limit in memory.
-  for (const username of ['x'.repeat(4000), 'not an email', `${'a'.repeat(250)}@example.com`]) {
+  // The last two pass a looser email check, but not /auth/login's schema.
+  for (const username of ['x'.repeat(4000), 'not an email', `${'a'.repeat(250)}@example.com`, 'a..b@example.com', 'josé@example.com']) {
     for (let attempt = 0; attempt < 3; attempt++) {
       const response = await postForm(app, { grant_type: 'password', username, password: TEST_PASSWORD })
       t.equal(response.statusCode, 400, `${username.slice(0, 20)}…, attempt ${attempt + 1}: not 429`)
@@ -152,14 +153,26 @@ t.test('a password grant whose username is no email is refused before hashing an
   }
 })
 
-t.test('an over-long password grant is refused before hashing and is not counted against the account', async (t) => {
+t.test('a password grant with a password of a length no account has is refused before hashing and is not counted against the account', async (t) => {
   const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '2' })
   const email = uniqueEmail()
   await signup(app, email)
-  for (let attempt = 0; attempt < 3; attempt++) {
-    const response = await postForm(app, { grant_type: 'password', username: email, password: 'x'.repeat(4000) })
-    t.equal(response.statusCode, 400)
-    t.same(response.json(), { error: 'invalid_grant', error_description: 'The email or password is wrong.' })
+  for (const password of ['x'.repeat(4000), 'x'.repeat(129), 'short', '1234567']) {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const response = await postForm(app, { grant_type: 'password', username: email, password })
+      t.equal(response.statusCode, 400, `${password.length} characters`)
+      t.same(response.json(), { error: 'invalid_grant', error_description: 'The email or password is wrong.' })
+    }
   }
   t.equal((await postForm(app, { grant_type: 'password', username: email, password: TEST_PASSWORD })).statusCode, 200)
+})
+
+t.test('a refresh_token grant longer than /auth/refresh accepts is an invalid request', async (t) => {
+  const app = await build(t)
+  const response = await postForm(app, { grant_type: 'refresh_token', refresh_token: 'x'.repeat(513) })
+  t.equal(response.statusCode, 400)
+  t.equal(response.json().error, 'invalid_request')
+  const refresh = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x'.repeat(513) } })
+  t.equal(refresh.statusCode, 400, 'the same limit as /auth/refresh')
+  t.equal(refresh.json().code, 'validation_error')
 })

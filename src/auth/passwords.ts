@@ -101,15 +101,20 @@ const COMMON_PASSWORDS = new Set(dictionary['passwords-common']
 const isCommonPassword = (password: string) => COMMON_PASSWORDS.has(password.toLowerCase())
 
 /** Length in characters (code points), as JSON Schema's maxLength counts, not UTF-16 units. */
-export const characterCount = (text: string) => [...text].length
+const characterCount = (text: string) => [...text].length
+
+/** The length every password must have, set or presented (the schemas' Password and NewPassword). */
+export function hasPasswordLength (password: string): boolean {
+  const length = characterCount(password)
+  return length >= PASSWORD_MIN_LENGTH && length <= PASSWORD_MAX_LENGTH
+}
 
 /**
  * Why a password is refused, or undefined when it is fine. HTTP routes check the length in their
  * schema first (validation_error); the CLI and ADMIN_PASSWORD rely on this alone.
  */
 export function passwordProblem (password: string, email: string): string | undefined {
-  const length = characterCount(password)
-  if (length < PASSWORD_MIN_LENGTH || length > PASSWORD_MAX_LENGTH) {
+  if (!hasPasswordLength(password)) {
     return `The password must be ${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters long.`
   }
   if (password.trim().toLowerCase() === email) return 'The password must not be the email address.'

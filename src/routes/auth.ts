@@ -7,13 +7,13 @@ import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
 import { SIGN_IN_IP_LIMIT, checkPasswordLimited } from '../plugins/rate-limits.ts'
 import { noStore } from '../plugins/security.ts'
-import { Email, ErrorResponse, Name, NewPassword, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
+import { Email, ErrorResponse, Name, NewPassword, REFRESH_TOKEN_MAX_LENGTH, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
 import sessionRoutes from './sessions.ts'
 import tokenRoutes from './token.ts'
 
 const Credentials = Type.Object({ email: Email, password: Password }, { additionalProperties: false })
 const Signup = Type.Object({ email: Email, password: NewPassword, name: Type.Optional(Name) }, { additionalProperties: false })
-const RefreshToken = Type.String({ minLength: 1, maxLength: 512 })
+const RefreshToken = Type.String({ minLength: 1, maxLength: REFRESH_TOKEN_MAX_LENGTH })
 const Logout = Type.Object({
   scope: Type.Optional(Type.Enum(['local', 'global'], { description: 'With a bearer token: this session or every session' })),
   refresh_token: Type.Optional(RefreshToken)

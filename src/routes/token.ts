@@ -4,12 +4,12 @@ import { parse as parseQuerystring } from 'fast-querystring'
 import type { FastifyBodyParser, FastifyError } from 'fastify'
 import { Type } from 'typebox'
 import { looksLikeEmail, normaliseEmail } from '../auth/email.ts'
-import { PASSWORD_MAX_LENGTH, characterCount } from '../auth/passwords.ts'
+import { hasPasswordLength } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import { DATABASE_UNAVAILABLE, isDatabaseUnavailable } from '../plugins/errors.ts'
 import { SIGN_IN_IP_LIMIT } from '../plugins/rate-limits.ts'
 import { utf8Body } from '../plugins/validation.ts'
-import { SessionResponse } from '../schemas/common.ts'
+import { REFRESH_TOKEN_MAX_LENGTH, SessionResponse } from '../schemas/common.ts'
 
 const Parameter = Type.Optional(Type.String({ maxLength: 4096 }))
 
@@ -22,7 +22,8 @@ const TokenRequest = Type.Object({
   grant_type: Type.Optional(Type.String({ maxLength: 64, examples: ['password', 'refresh_token'] })),
   username: Type.Optional(Type.String({ maxLength: 4096, description: 'The email, for grant_type=password' })),
   password: Parameter,
-  refresh_token: Parameter,
+  // The limit of /auth/refresh; empty counts as left out (RFC 6749 §3.1), so no minimum here.
+  refresh_token: Type.Optional(Type.String({ maxLength: REFRESH_TOKEN_MAX_LENGTH })),
   client_id: Parameter,
   client_secret: Parameter,
   scope: Parameter
@@ -122,9 +123,10 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
       case 'password': {
         if (!username || !password) throw invalidRequest('The password grant needs username and password.')
         const email = normaliseEmail(username)
-        // Refused before hashing and before counting, as /auth/login refuses them in its schema: no
-        // account has such an email, and each distinct one would hold a window of the account limit.
-        if (!looksLikeEmail(email) || characterCount(password) > PASSWORD_MAX_LENGTH) {
+        // Refused before hashing and before counting, by the rules of /auth/login's schema: no
+        // account has such an email or password, and each distinct email would hold a window of
+        // the account limit.
+        if (!looksLikeEmail(email) || !hasPasswordLength(password)) {
           throw apiError(400, 'invalid_grant', 'The email or password is wrong.')
         }
         return app.signInFlows.signIn(request, email, password)

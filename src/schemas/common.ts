@@ -22,6 +22,8 @@ export const NewPassword = Type.String({
 })
 /** A password presented to prove who the caller is: only its length is checked before hashing. */
 export const Password = Type.String({ ...passwordLength, description: 'The account\'s current password' })
+/** Ours are 43 characters; a longer one is refused by its schema before any lookup. */
+export const REFRESH_TOKEN_MAX_LENGTH = 512
 export const Uuid = Type.String({ format: 'uuid' })
 /** Uuid's test for an id no schema checked, such as one decoded from a cursor (ids are randomUUID()s). */
 export const isUuid = (text: string) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text)
