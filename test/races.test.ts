@@ -210,3 +210,41 @@ t.test('a sign-in whose password changed and whose account was disabled after it
   t.equal(response.statusCode, 401)
   t.equal(response.json().code, 'invalid_credentials')
 })
+
+t.test('an account deleted while its request is served gets the RFC 6750 invalid_token challenge', async (t) => {
+  const app = await build(t)
+  const challenge = 'Bearer realm="gatehouse", error="invalid_token", error_description="The account behind this access token no longer exists."'
+  const profile = await signup(app)
+  before(app.usersRepository, 'updateName', () => dbRun(app, 'delete from users where id = ?', profile.user.id))
+  const renamed = await app.inject({ method: 'PATCH', url: '/auth/me', headers: bearer(profile.access_token), payload: { name: 'Gone' } })
+  t.equal(renamed.statusCode, 401, 'PATCH /auth/me after loadAccount read the user')
+  t.equal(renamed.json().code, 'invalid_token')
+  t.equal(renamed.headers['www-authenticate'], challenge)
+
+  // Stateless: the token outlives its deleted user until it expires, and the write finds no owner.
+  const developer = await signupWithRoles(app, ['developer'])
+  await dbRun(app, 'delete from users where id = ?', developer.user.id)
+  const published = await app.inject({
+    method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: { title: 'Orphan', author: 'Nobody', url: 'https://example.com/v' }
+  })
+  t.equal(published.statusCode, 401, 'POST /videos')
+  t.equal(published.json().code, 'invalid_token')
+  t.equal(published.headers['www-authenticate'], challenge)
+  t.equal(await dbCount(app, 'select count(*) as n from videos'), 0)
+})
+
+t.test('a video deleted between the ownership check and the change is not found, for a change and for a delete', async (t) => {
+  const app = await build(t)
+  const developer = await signupWithRoles(app, ['developer'])
+  const publish = () => app.inject({
+    method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: { title: 'Soon gone', author: 'Ada', url: 'https://example.com/v' }
+  })
+  for (const [method, payload] of [['PATCH', { title: 'Renamed' }], ['DELETE', undefined]] as const) {
+    const video = (await publish()).json() as { id: string }
+    before(app.videosRepository, method === 'PATCH' ? 'update' : 'delete', () => dbRun(app, 'delete from videos where id = ?', video.id))
+    const response = await app.inject({ method, url: `/videos/${video.id}`, headers: bearer(developer.access_token), ...(payload ? { payload } : {}) })
+    t.equal(response.statusCode, 404, method)
+    t.same(response.json().code, 'not_found')
+    t.equal(response.json().message, 'No such resource.', 'what a request after the delete is told')
+  }
+})

@@ -49,8 +49,6 @@ declare module 'fastify' {
      */
     loadAccount (request: FastifyRequest): Promise<void>
     issueAccessToken (user: { id: string, roles: Role[] }, sessionId: string): IssuedAccessToken
-    /** The RFC 6750 §3 challenge for a response, e.g. `bearerChallenge('insufficient_scope')`. */
-    bearerChallenge (error?: string, description?: string): string
   }
 }
 
@@ -66,6 +64,9 @@ export function bearerChallenge (error?: string, description?: string): string {
 
 const invalidToken = (description: string) =>
   apiError(401, 'invalid_token', description, { 'www-authenticate': bearerChallenge('invalid_token', description) })
+
+/** 401 for a valid access token whose user was deleted before the request could act for them. */
+export const accountGone = () => invalidToken('The account behind this access token no longer exists.')
 
 /**
  * RFC 6750 §2.1: `Bearer <token>`, scheme case-insensitive. No bearer credentials at all is a bare
@@ -130,8 +131,6 @@ async function authPlugin (app: FastifyInstance) {
       }
     }
   })
-
-  app.decorate('bearerChallenge', bearerChallenge)
 
   app.decorate('issueAccessToken', (user: { id: string, roles: Role[] }, sessionId: string): IssuedAccessToken => ({
     access_token: app.jwt.sign(accessTokenPayload(user, sessionId)),

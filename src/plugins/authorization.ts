@@ -30,7 +30,7 @@ declare module 'fastify' {
 
 /** Its `insufficient_scope` challenge is added where every error is answered (errors.ts). */
 const forbidden = () => apiError(403, 'forbidden', 'You are not allowed to do this.')
-const notFound = () => apiError(404, 'not_found', 'No such resource.')
+export const notFound = () => apiError(404, 'not_found', 'No such resource.')
 
 /** A guarded route is one whose preHandler list starts with authenticate. */
 export function isGuardedRoute (app: FastifyInstance, route: Pick<RouteOptions, 'preHandler'>): boolean {

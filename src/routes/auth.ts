@@ -5,6 +5,7 @@ import { normaliseEmail } from '../auth/email.ts'
 import { hashPassword, passwordProblem, verifyPassword } from '../auth/passwords.ts'
 import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
+import { accountGone } from '../plugins/auth.ts'
 import { SIGN_IN_IP_LIMIT, checkPasswordLimited } from '../plugins/rate-limits.ts'
 import { noStore } from '../plugins/security.ts'
 import { Email, ErrorResponse, Name, NewPassword, REFRESH_TOKEN_MAX_LENGTH, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
@@ -151,7 +152,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const user = await app.usersRepository.updateName(request.account.user.id, request.body.name)
     // Deleted since loadAccount read it.
-    if (!user) throw apiError(401, 'invalid_token', 'The account behind this access token no longer exists.')
+    if (!user) throw accountGone()
     return presentUser(user)
   })
 

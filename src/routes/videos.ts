@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import { apiError } from '../errors.ts'
+import { accountGone } from '../plugins/auth.ts'
+import { notFound } from '../plugins/authorization.ts'
 import type { Video } from '../repositories/videos.ts'
 import { ErrorResponse, Timestamp, Uuid } from '../schemas/common.ts'
 
@@ -81,11 +82,7 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const { title, author, url, is_member_only: isMemberOnly = false } = request.body
     const video = await app.videosRepository.create(request.user.id, { title, author, url, isMemberOnly })
     // Access tokens are checked without a database read, so one can outlive its deleted user.
-    if (!video) {
-      throw apiError(401, 'invalid_token', 'The account behind this access token no longer exists.', {
-        'www-authenticate': app.bearerChallenge('invalid_token')
-      })
-    }
+    if (!video) throw accountGone()
     return reply.code(201).send(presentVideo(video))
   })
 
@@ -101,8 +98,8 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const { title, author, url, is_member_only: isMemberOnly } = request.body
     const video = await app.videosRepository.update(request.params.id, { title, author, url, isMemberOnly })
-    // Deleted between the guard and the update.
-    if (!video) throw apiError(404, 'not_found', 'No such video.')
+    // Deleted since the ownership check: the answer a request after the delete gets.
+    if (!video) throw notFound()
     return presentVideo(video)
   })
 
@@ -115,7 +112,7 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 204: Type.Null(), 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse }
     }
   }, async (request, reply) => {
-    await app.videosRepository.delete(request.params.id)
+    if (!await app.videosRepository.delete(request.params.id)) throw notFound()
     return reply.code(204).send(null)
   })
 }
