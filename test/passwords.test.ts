@@ -1,7 +1,7 @@
 import { hash } from '@node-rs/argon2'
 import argon2 from 'argon2'
 import t from 'tap'
-import { HASH_OPTIONS, hashPassword, needsRehash, passwordProblem, verifyPassword } from '../src/auth/passwords.ts'
+import { HASH_OPTIONS, hashPassword, hashSlots, needsRehash, passwordProblem, verifyPassword } from '../src/auth/passwords.ts'
 import { TEST_PASSWORD, build, dbGet, uniqueEmail } from './helper.ts'
 
 t.test('needsRehash upgrades weaker hashes and leaves stronger ones alone', async (t) => {
@@ -23,6 +23,14 @@ t.test('hashes made by the argon2 package (the earlier hasher) keep verifying, a
 
 t.test('verifyPassword fails closed on a malformed hash', async (t) => {
   t.equal(await verifyPassword('not a hash', 'x'), false)
+})
+
+t.test('hashes leave a core and a thread of the libuv pool free', async (t) => {
+  t.equal(hashSlots(2, 4), 1, '2 cores: one hashes')
+  t.equal(hashSlots(16, 4), 3, '16 cores, the default pool of 4: one pool thread stays free for DNS and files')
+  t.equal(hashSlots(16, 64), 15, 'a larger pool (UV_THREADPOOL_SIZE): the cores decide')
+  t.equal(hashSlots(1, 4), 1, 'one core still hashes')
+  t.equal(hashSlots(8, 1), 1, 'a pool of one still hashes')
 })
 
 t.test('password policy', async (t) => {

@@ -19,10 +19,13 @@ export const HASH_OPTIONS: Options = {
 }
 
 /**
- * Hashes run on the thread pool; at most one fewer than the cores at once, so a burst of logins
- * queues here instead of taking every core (and 19 MiB each) from the requests around it.
+ * Hashes run on libuv's thread pool (UV_THREADPOOL_SIZE threads, 4 by default); at most one fewer
+ * than the cores or than the pool's threads at once, so a burst of logins queues here instead of
+ * taking every core (and 19 MiB each) from the requests around it, or every pool thread from the
+ * DNS lookups and file reads that share the pool.
  */
-export const HASH_SLOTS = Math.max(1, availableParallelism() - 1)
+export const hashSlots = (cores: number, poolThreads: number) => Math.max(1, Math.min(cores, poolThreads) - 1)
+export const HASH_SLOTS = hashSlots(availableParallelism(), Number(process.env.UV_THREADPOOL_SIZE) || 4)
 let hashesRunning = 0
 const waitingForSlot: Array<() => void> = []
 
