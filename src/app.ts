@@ -46,7 +46,7 @@ const MAX_CENSOR_DEPTH = 8
  * the caller's objects stay as they were. It runs when a line is written, not for each request:
  * pino's own redaction with `*.password` paths ran over every per-request logger's bindings.
  */
-export function censorSecrets (value: unknown, depth = 0): unknown {
+function censorSecrets (value: unknown, depth = 0): unknown {
   if (value === null || typeof value !== 'object') return value
   // Deeper than any log object we write: censored whole rather than written unread.
   if (depth > MAX_CENSOR_DEPTH) return CENSORED

@@ -47,7 +47,7 @@ export class ConfigError extends Error {
 
 /** The shortest signing secret we accept (RFC 7518 §3.2: an HS256 key must be at least 256 bits). */
 const MIN_SECRET_BYTES = 32
-export const DEFAULT_DATABASE_URL = 'file:./data/gatehouse.db'
+const DEFAULT_DATABASE_URL = 'file:./data/gatehouse.db'
 const LOG_LEVELS: LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
 /** Ten years: longer lifetimes are mistakes, and would overflow the dates they produce. */
 const MAX_DURATION_SECONDS = 10 * 365 * 86400

@@ -29,7 +29,7 @@ interface ErrorBody {
   code: string
 }
 
-export function errorBody (statusCode: number, code: string, message: string): ErrorBody {
+function errorBody (statusCode: number, code: string, message: string): ErrorBody {
   return { statusCode, error: STATUS_CODES[statusCode] ?? 'Error', message, code }
 }
 

@@ -145,7 +145,7 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
           .where(and(eq(refreshTokens.sessionId, session.id), isNull(refreshTokens.usedAt), isNull(refreshTokens.revokedAt)))
         // grace 0 turns the window off. Otherwise `now` may even precede usedAt: a request that
         // waited for the lock while a concurrent one rotated the token.
-        const withinGrace = grace > 0 && token.usedAt !== null && now.getTime() - token.usedAt.getTime() <= grace * 1000
+        const withinGrace = grace > 0 && now.getTime() - token.usedAt.getTime() <= grace * 1000
         if (withinGrace && live && live.parentId === token.id) {
           await tx.update(refreshTokens).set({ revokedAt: now }).where(eq(refreshTokens.id, live.id))
           const refreshToken = await insertRefreshToken(tx, session.id, token.id, rules)

@@ -107,8 +107,8 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
      * The stored hash becomes `to`, but only while it is still `from`, the one the caller just
      * verified: a password changed in the meantime is never overwritten. False when it was.
      */
-    async replacePasswordHash (id: string, from: string, to: string, now = new Date()): Promise<boolean> {
-      return (await replaceHash(db, id, from, to, now)).length > 0
+    async replacePasswordHash (id: string, from: string, to: string): Promise<boolean> {
+      return (await replaceHash(db, id, from, to, new Date())).length > 0
     },
 
     /**
