@@ -103,6 +103,12 @@ t.test('per IP: each auth endpoint allows RATE_LIMIT_IP_MAX requests a minute', 
   t.equal(otherIp.statusCode, 401, 'other clients are unaffected')
   const health = await app.inject({ url: '/health', remoteAddress: ip })
   t.equal(health.statusCode, 200, 'routes outside /auth are not limited')
+
+  const session = await signup(app)
+  const headIp = randomIp()
+  const me = (method: 'GET' | 'HEAD') => app.inject({ method, url: '/auth/me', headers: bearer(session.access_token), remoteAddress: headIp })
+  const answers = [await me('HEAD'), await me('HEAD'), await me('HEAD'), await me('GET'), await me('GET'), await me('GET'), await me('HEAD')]
+  t.same(answers.map((answer) => answer.statusCode), [200, 200, 200, 200, 200, 429, 429], 'a HEAD counts with its GET, not on a budget of its own')
 })
 
 t.test('per IP: an IPv6 client counts by its /64, an IPv4 address written as IPv6 as IPv4', async (t) => {

@@ -278,9 +278,10 @@ async function rateLimitsPlugin (app: FastifyInstance) {
     max: limits.ipMax,
     timeWindow: IP_WINDOW_MS,
     // Per IP and per endpoint, as the contract says: signups do not use up the login budget. The
-    // endpoints of one group share a count (login and the token endpoint: "shares login's limits").
+    // endpoints of one group share a count (login and the token endpoint: "shares login's limits"),
+    // and a HEAD counts with its GET: it costs the same, and must not double the budget.
     keyGenerator: (request: FastifyRequest) =>
-      `${ipLimitSubject(request.ip)}|${request.routeOptions.config.ipLimitGroup ?? `${request.method} ${request.routeOptions.url}`}`
+      `${ipLimitSubject(request.ip)}|${request.routeOptions.config.ipLimitGroup ?? `${request.method === 'HEAD' ? 'GET' : request.method} ${request.routeOptions.url}`}`
   }))
 }
 
