@@ -2,7 +2,7 @@ import { createHmac } from 'node:crypto'
 import t from 'tap'
 import { kidFor } from '../src/auth/tokens.ts'
 import { loadConfig } from '../src/config.ts'
-import { TEST_SECRET, bearer, build, forgeToken, signup, tokenPayload, validClaims } from './helper.ts'
+import { TEST_SECRET, bearer, build, exchange, forgeToken, parseAnswer, signup, tokenPayload, validClaims } from './helper.ts'
 
 const OTHER_SECRET = 'another-secret-of-at-least-thirty-two-bytes!!'
 const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
@@ -170,6 +170,31 @@ t.test('the Authorization header is parsed as RFC 6750 says', async (t) => {
   const query = await app.inject({ url: `/auth/me?access_token=${token}` })
   t.equal(query.statusCode, 401, 'tokens in the query string are not read')
   t.equal(query.json().code, 'missing_token')
+})
+
+t.test('an Authorization header sent twice is refused, whichever of the two is valid', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  const request = (...authorizations: string[]) => exchange(port,
+    `GET /auth/me HTTP/1.1\r\nHost: x\r\n${authorizations.map((value) => `authorization: ${value}\r\n`).join('')}Connection: close\r\n\r\n`)
+
+  const once = await request(`Bearer ${session.access_token}`)
+  t.match(once, /^HTTP\/1\.1 200 /, 'sent once: served')
+  for (const [label, values] of [
+    ['the valid token first', [`Bearer ${session.access_token}`, 'Bearer garbage']],
+    ['the valid token last', ['Bearer garbage', `Bearer ${session.access_token}`]],
+    ['the same token twice', [`Bearer ${session.access_token}`, `Bearer ${session.access_token}`]]
+  ] as const) {
+    const answer = parseAnswer(await request(...values))
+    t.match(answer.statusLine, /^HTTP\/1\.1 400 /, label)
+    t.equal((answer.body as { code: string }).code, 'invalid_request', label)
+    t.match(answer.headers['www-authenticate'], /^Bearer realm="gatehouse", error="invalid_request"/, label)
+  }
+  const stateless = parseAnswer(await exchange(port,
+    `GET /me/permissions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${session.access_token}\r\nAUTHORIZATION: Bearer ${session.access_token}\r\nConnection: close\r\n\r\n`))
+  t.match(stateless.statusLine, /^HTTP\/1\.1 400 /, 'a cached token too, whatever the spelling of the name')
 })
 
 t.test('key rotation: a previous secret verifies while configured and fails once removed', async (t) => {

@@ -1,4 +1,5 @@
 import { createHmac, randomBytes } from 'node:crypto'
+import { connect } from 'node:net'
 import pg from 'pg'
 import tap, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
@@ -195,4 +196,27 @@ export function before<R extends object> (repository: R, name: keyof R, meanwhil
       return original(...args)
     }
   })
+}
+
+/** Sends raw bytes and resolves with everything the server writes before closing. */
+export function exchange (port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => socket.write(request))
+    let answer = ''
+    socket.setEncoding('utf8')
+    socket.on('data', (chunk: string) => { answer += chunk })
+    socket.on('close', () => resolve(answer))
+    socket.on('error', reject)
+  })
+}
+
+/** An HTTP/1.1 answer's status line, headers (lower-cased names) and JSON body. */
+export function parseAnswer (answer: string) {
+  const [head = '', body = ''] = answer.split('\r\n\r\n')
+  const [statusLine, ...lines] = head.split('\r\n')
+  const headers = Object.fromEntries(lines.map((line) => {
+    const colon = line.indexOf(':')
+    return [line.slice(0, colon).toLowerCase(), line.slice(colon + 1).trim()]
+  }))
+  return { statusLine, headers, body: JSON.parse(body) as unknown }
 }

@@ -1,30 +1,7 @@
 // Requests Node's HTTP parser refuses before Fastify sees them still get the contract's shape and
 // the API's security headers, over a real socket (app.inject() never goes through the parser).
-import { connect } from 'node:net'
 import t from 'tap'
-import { build } from './helper.ts'
-
-/** Sends raw bytes and resolves with everything the server writes before closing. */
-function exchange (port: number, request: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1', () => socket.write(request))
-    let answer = ''
-    socket.setEncoding('utf8')
-    socket.on('data', (chunk: string) => { answer += chunk })
-    socket.on('close', () => resolve(answer))
-    socket.on('error', reject)
-  })
-}
-
-function parse (answer: string) {
-  const [head = '', body = ''] = answer.split('\r\n\r\n')
-  const [statusLine, ...lines] = head.split('\r\n')
-  const headers = Object.fromEntries(lines.map((line) => {
-    const colon = line.indexOf(':')
-    return [line.slice(0, colon).toLowerCase(), line.slice(colon + 1).trim()]
-  }))
-  return { statusLine, headers, body: JSON.parse(body) as unknown }
-}
+import { build, exchange, parseAnswer } from './helper.ts'
 
 t.test('requests the HTTP parser refuses answer in the contract\'s shape, with the security headers', async (t) => {
   const app = await build(t)
@@ -39,7 +16,7 @@ t.test('requests the HTTP parser refuses answer in the contract\'s shape, with t
       `GET /me/permissions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large']
   ]
   for (const [name, request, status, code] of cases) {
-    const answer = parse(await exchange(port, request))
+    const answer = parseAnswer(await exchange(port, request))
     t.match(answer.statusLine, new RegExp(`^HTTP/1\\.1 ${status} `), name)
     t.match(answer.body, { statusCode: status, code }, name)
     t.same(Object.keys(answer.body as object).sort(), ['code', 'error', 'message', 'statusCode'], `${name}: nothing else`)
@@ -66,7 +43,7 @@ t.test('a request that does not arrive whole within REQUEST_TIMEOUT gets 408 and
   ]
   for (const [name, request] of stalled) {
     const started = Date.now()
-    const answer = parse(await exchange(port, request))
+    const answer = parseAnswer(await exchange(port, request))
     const waited = Date.now() - started
     t.match(answer.statusLine, /^HTTP\/1\.1 408 /, name)
     t.same(answer.body, { statusCode: 408, error: 'Request Timeout', message: 'The request took too long to arrive.', code: 'request_timeout' }, name)

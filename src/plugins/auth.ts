@@ -68,13 +68,33 @@ const invalidToken = (description: string) =>
 /** 401 for a valid access token whose user was deleted before the request could act for them. */
 export const accountGone = () => invalidToken('The account behind this access token no longer exists.')
 
+const MALFORMED_AUTHORIZATION = 'The Authorization header must be sent once, the Bearer scheme followed by one token.'
+const malformedAuthorization = () => apiError(400, 'invalid_request', MALFORMED_AUTHORIZATION, {
+  'www-authenticate': bearerChallenge('invalid_request', MALFORMED_AUTHORIZATION)
+})
+
+/**
+ * The request's Authorization header; 400 when it was sent twice. Node keeps the first and drops
+ * the rest, so a proxy or log that reads the last would see another token than the one verified
+ * (RFC 9110 §5.3: a field that is no list is sent once).
+ */
+function authorizationHeader (request: FastifyRequest): string | undefined {
+  const raw = request.raw.rawHeaders
+  let seen = 0
+  for (let index = 0; index < raw.length; index += 2) {
+    const name = raw[index]!
+    if (name.length === 13 && name.toLowerCase() === 'authorization' && ++seen > 1) throw malformedAuthorization()
+  }
+  return request.headers.authorization
+}
+
 /**
  * RFC 6750 §2.1: `Bearer <token>`, scheme case-insensitive. No bearer credentials at all is a bare
  * challenge (§3.1); a Bearer header that is malformed is invalid_request (400). Tokens in the query
  * string or body are never read (§2.3 is optional and leaks tokens into logs).
  */
-function bearerToken (authorization: string | undefined): string {
-  const header = authorization?.trim() ?? ''
+function bearerToken (request: FastifyRequest): string {
+  const header = authorizationHeader(request)?.trim() ?? ''
   const [scheme] = header.split(/\s/, 1)
   if (!scheme || scheme.toLowerCase() !== 'bearer') {
     throw apiError(401, 'missing_token', 'This request needs a bearer access token.', {
@@ -82,12 +102,7 @@ function bearerToken (authorization: string | undefined): string {
     })
   }
   const credentials = header.slice(scheme.length).trim()
-  if (credentials === '' || /\s/.test(credentials)) {
-    const description = 'The Authorization header must be the Bearer scheme followed by one token.'
-    throw apiError(400, 'invalid_request', description, {
-      'www-authenticate': bearerChallenge('invalid_request', description)
-    })
-  }
+  if (credentials === '' || /\s/.test(credentials)) throw malformedAuthorization()
   return credentials
 }
 
@@ -125,7 +140,7 @@ async function authPlugin (app: FastifyInstance) {
       checkTyp: ACCESS_TOKEN_TYP,
       clockTolerance: CLOCK_TOLERANCE_SECONDS * 1000,
       extractToken: (request: FastifyRequest) => {
-        const token = bearerToken(request.headers.authorization)
+        const token = bearerToken(request)
         if (token.length > MAX_ACCESS_TOKEN_LENGTH) throw invalidToken('The access token is invalid.')
         return token
       }
@@ -141,7 +156,7 @@ async function authPlugin (app: FastifyInstance) {
   const verified = verifiedTokenCache(VERIFIED_TOKENS_CACHED)
 
   app.decorate('authenticate', accessCheck(async (request: FastifyRequest) => {
-    const token = bearerToken(request.headers.authorization)
+    const token = bearerToken(request)
     const cached = verified.get(token, Date.now())
     if (cached) {
       request.user = cached
