@@ -38,6 +38,11 @@ t.test('password policy', async (t) => {
   t.match(passwordProblem('short', 'a@b.io'), /8 to 128/)
   t.match(passwordProblem('x'.repeat(129), 'a@b.io'), /8 to 128/)
   t.match(passwordProblem(' A@B.io ', 'a@b.io'), /email/)
+  t.match(passwordProblem(' password123 ', 'a@b.io'), /most commonly used/, 'spaces around a common password')
+  t.match(passwordProblem('\tPassword123\n', 'a@b.io'), /most commonly used/)
+  t.match(passwordProblem(' '.repeat(8), 'a@b.io'), /only spaces/)
+  t.match(passwordProblem(' \t '.repeat(4), 'a@b.io'), /only spaces/)
+  t.equal(passwordProblem(' a long passphrase ', 'a@b.io'), undefined, 'spaces are allowed, and kept')
 })
 
 t.test('a login upgrades an outdated hash and keeps the password working', async (t) => {

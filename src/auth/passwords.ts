@@ -120,7 +120,10 @@ export function passwordProblem (password: string, email: string): string | unde
   if (!hasPasswordLength(password)) {
     return `The password must be ${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters long.`
   }
-  if (password.trim().toLowerCase() === email) return 'The password must not be the email address.'
-  if (isCommonPassword(password)) return 'This password is one of the most commonly used; choose another.'
+  // Spaces around a password add nothing a guesser would not try: ` password123 ` is as weak.
+  const trimmed = password.trim()
+  if (trimmed === '') return 'The password must not be only spaces.'
+  if (trimmed.toLowerCase() === email) return 'The password must not be the email address.'
+  if (isCommonPassword(trimmed)) return 'This password is one of the most commonly used; choose another.'
   return undefined
 }
