@@ -138,7 +138,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     // connection for ever. Node checks its connections every second for it (by default, every 30 s),
     // and swaps the two limits when the one for headers is the longer (its default is 60 s).
     requestTimeout: config.requestTimeout * 1000,
-    http: { connectionsCheckingInterval: 1000, headersTimeout: Math.min(60_000, config.requestTimeout * 1000) },
+    // Node's check for a Host header answers with an empty body; security.ts answers it instead.
+    http: { connectionsCheckingInterval: 1000, headersTimeout: Math.min(60_000, config.requestTimeout * 1000), requireHostHeader: false },
     // Every request body here is a few fields: 8 KiB is plenty, and more is refused with 413.
     bodyLimit: 8 * 1024,
     // Start-up migrates the database, which may take as long as it needs; connecting is bounded by

@@ -31,6 +31,22 @@ t.test('requests the HTTP parser refuses answer in the contract\'s shape, with t
   t.match(await exchange(port, 'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /)
 })
 
+t.test('an HTTP/1.1 request without Host gets 400 in the contract\'s shape; an empty Host and HTTP/1.0 are served', async (t) => {
+  const app = await build(t)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  for (const path of ['/health', '/auth/me']) {
+    const answer = parseAnswer(await exchange(port, `GET ${path} HTTP/1.1\r\nConnection: close\r\n\r\n`))
+    t.match(answer.statusLine, /^HTTP\/1\.1 400 /, path)
+    t.same(answer.body, { statusCode: 400, error: 'Bad Request', message: 'An HTTP/1.1 request needs a Host header.', code: 'invalid_request' }, path)
+    t.equal(answer.headers['x-content-type-options'], 'nosniff', `${path}: security headers`)
+  }
+  // RFC 9112 §3.2: a target without an authority is sent with an empty Host.
+  const empty = parseAnswer(await exchange(port, 'GET /auth/me HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n'))
+  t.match(empty.statusLine, /^HTTP\/1\.1 401 /, 'an empty Host is a Host: the request is answered')
+  t.match(await exchange(port, 'GET /health HTTP/1.0\r\n\r\n'), /^HTTP\/1\.1 200 /, 'HTTP/1.0 needs no Host')
+})
+
 t.test('a request that does not arrive whole within REQUEST_TIMEOUT gets 408 and its connection closed', async (t) => {
   const app = await build(t, { REQUEST_TIMEOUT: '1s' })
   await app.listen({ port: 0, host: '127.0.0.1' })

@@ -3,6 +3,7 @@ import type { FastifyInstance, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import helmet, { type HelmetOptions } from 'helmet'
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import { apiError } from '../errors.ts'
 
 /**
  * The API answers JSON that no browser renders as a page, so it gets the headers of the OWASP REST
@@ -62,6 +63,8 @@ export const noStore: onRequestHookHandler = (_request, reply, done) => {
   done()
 }
 
+const missingHost = () => apiError(400, 'invalid_request', 'An HTTP/1.1 request needs a Host header.')
+
 const isDocsPage = (url: string) => url === '/docs' || url.startsWith('/docs/') || url.startsWith('/docs?')
 
 /**
@@ -73,7 +76,9 @@ async function securityPlugin (app: FastifyInstance) {
   const documentHeaders = helmetHeaders(DOCUMENT_HEADERS)
   app.addHook('onRequest', (request, reply, done) => {
     reply.headers(isDocsPage(request.url) ? documentHeaders : API_RESPONSE_HEADERS)
-    done()
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400. Node's own check (off in app.ts)
+    // answered with an empty body, without these headers.
+    done(request.headers.host === undefined && request.raw.httpVersion === '1.1' ? missingHost() : undefined)
   })
 
   if (app.config.corsOrigins.length === 0) return
