@@ -157,33 +157,39 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   // No route reads plain text: such bodies get 415 instead of reaching a JSON schema.
   app.removeContentTypeParser('text/plain')
 
-  // First, so that it sees every route, whichever plugin adds it (deny by default).
-  await app.register(accessAudit)
-  await app.register(configPlugin, config)
-  await app.register(sensible)
-  await app.register(validation)
-  await app.register(errors)
-  await app.register(security)
-  await app.register(gracefulClose)
-  await app.register(database)
-  await app.register(usersRepository)
-  await app.register(sessionsRepository)
-  await app.register(videosRepository)
-  await app.register(clothesRepository)
-  await app.register(bootstrapAdmin)
-  await app.register(rateLimits)
-  await app.register(auth)
-  await app.register(signInFlows)
-  // Before the routes: it documents each as it is added.
-  await app.register(docs)
-  await app.register(authorization)
+  try {
+    // First, so that it sees every route, whichever plugin adds it (deny by default).
+    await app.register(accessAudit)
+    await app.register(configPlugin, config)
+    await app.register(sensible)
+    await app.register(validation)
+    await app.register(errors)
+    await app.register(security)
+    await app.register(gracefulClose)
+    await app.register(database)
+    await app.register(usersRepository)
+    await app.register(sessionsRepository)
+    await app.register(videosRepository)
+    await app.register(clothesRepository)
+    await app.register(bootstrapAdmin)
+    await app.register(rateLimits)
+    await app.register(auth)
+    await app.register(signInFlows)
+    // Before the routes: it documents each as it is added.
+    await app.register(docs)
+    await app.register(authorization)
 
-  await app.register(healthRoutes)
-  await app.register(authRoutes, { prefix: '/auth' })
-  await app.register(meRoutes, { prefix: '/me' })
-  await app.register(videoRoutes, { prefix: '/videos' })
-  await app.register(clothesRoutes, { prefix: '/clothes' })
-  await app.register(adminUserRoutes, { prefix: '/admin' })
+    await app.register(healthRoutes)
+    await app.register(authRoutes, { prefix: '/auth' })
+    await app.register(meRoutes, { prefix: '/me' })
+    await app.register(videoRoutes, { prefix: '/videos' })
+    await app.register(clothesRoutes, { prefix: '/clothes' })
+    await app.register(adminUserRoutes, { prefix: '/admin' })
+  } catch (error) {
+    // What had started (the database, a Redis client) is closed, not left open behind the error.
+    await app.close().catch(() => {})
+    throw error
+  }
 
   if (config.jwt.secretFile) {
     app.log.warn(`JWT_SECRET is not set: signing with the generated secret kept in ${config.jwt.secretFile}. Set JWT_SECRET in production.`)

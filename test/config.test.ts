@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
@@ -263,6 +263,16 @@ t.test('a REDIS_URL that Redis refuses (a database number it does not have, a wr
     t.equal(result.status, 1, reason)
     t.equal(result.stderr, `Gatehouse could not start: Redis refused REDIS_URL: ${reason}\n`)
   }
+
+  // In process (the tests, an embedder): what had started before the refusal is closed again.
+  const dir = t.testdir()
+  const heldOpen = () => readdirSync('/proc/self/fd').map((fd) => {
+    try { return readlinkSync(`/proc/self/fd/${fd}`) } catch { return '' }
+  }).filter((path) => path.startsWith(dir))
+  await t.rejects(buildApp(loadConfig({ DATABASE_URL: join(dir, 'gatehouse.db'), JWT_SECRET: TEST_SECRET, LOG_LEVEL: 'silent', REDIS_URL: missingDatabase.href })),
+    /Redis refused REDIS_URL/)
+  t.ok(existsSync(join(dir, 'gatehouse.db')), 'the database was opened (and migrated) before Redis refused')
+  t.same(heldOpen(), [], 'and is closed again: no file of it is held open')
 })
 
 t.test('a migration the database refuses is reported with the database\'s reason, not the statement', async (t) => {
