@@ -27,6 +27,8 @@ export interface Config {
   accessTokenTtl: number
   refreshTokenTtl: number
   refreshReuseGrace: number
+  /** Seconds after sign-in that a session ends, refreshed or not; 0: no limit. */
+  sessionMaxAge: number
   /** How long a request may take to arrive, headers and body, in whole seconds. */
   requestTimeout: number
   admin?: { email: string, password: string }
@@ -242,6 +244,7 @@ export function loadConfig (env: Env = process.env): Config {
     accessTokenTtl: duration('ACCESS_TOKEN_TTL', '15m', 1),
     refreshTokenTtl: duration('REFRESH_TOKEN_TTL', '30d', 1),
     refreshReuseGrace: duration('REFRESH_REUSE_GRACE', '10s', 0),
+    sessionMaxAge: duration('SESSION_MAX_AGE', '0', 0),
     requestTimeout: duration('REQUEST_TIMEOUT', '30s', 1),
     ...(adminEmail && adminPassword ? { admin: { email: adminEmail, password: adminPassword } } : {}),
     corsOrigins,
@@ -257,6 +260,9 @@ export function loadConfig (env: Env = process.env): Config {
   if (config.accessTokenTtl > config.refreshTokenTtl) {
     // An access token would outlive the session it belongs to on every stateless route.
     problems.push(`ACCESS_TOKEN_TTL (${config.accessTokenTtl}s) must not be longer than REFRESH_TOKEN_TTL (${config.refreshTokenTtl}s)`)
+  }
+  if (config.sessionMaxAge > 0 && config.accessTokenTtl > config.sessionMaxAge) {
+    problems.push(`ACCESS_TOKEN_TTL (${config.accessTokenTtl}s) must not be longer than SESSION_MAX_AGE (${config.sessionMaxAge}s)`)
   }
   const secret = resolveSecret(env.JWT_SECRET, production, databaseUrl, problems)
   if (problems.length > 0) throw new ConfigError(problems)

@@ -50,6 +50,11 @@ t.test('every invalid variable is named in one error', async (t) => {
   t.throws(() => loadConfig({ DATABASE_URL: ':memory:', ACCESS_TOKEN_TTL: '2h', REFRESH_TOKEN_TTL: '1h' }),
     /ACCESS_TOKEN_TTL \(7200s\) must not be longer than REFRESH_TOKEN_TTL \(3600s\)/)
   t.equal(loadConfig({ DATABASE_URL: ':memory:', ACCESS_TOKEN_TTL: '1h', REFRESH_TOKEN_TTL: '1h' }).accessTokenTtl, 3600)
+  t.equal(loadConfig({ DATABASE_URL: ':memory:' }).sessionMaxAge, 0, 'no maximum session age unless set')
+  t.equal(loadConfig({ DATABASE_URL: ':memory:', SESSION_MAX_AGE: '30d' }).sessionMaxAge, 30 * 86_400)
+  t.throws(() => loadConfig({ DATABASE_URL: ':memory:', SESSION_MAX_AGE: 'a month' }), /SESSION_MAX_AGE must be a duration/)
+  t.throws(() => loadConfig({ DATABASE_URL: ':memory:', ACCESS_TOKEN_TTL: '2h', SESSION_MAX_AGE: '1h' }),
+    /ACCESS_TOKEN_TTL \(7200s\) must not be longer than SESSION_MAX_AGE \(3600s\)/)
   for (const name of ['PORT', 'ACCESS_TOKEN_TTL', 'JWT_SECRET', 'LOG_LEVEL']) t.match(error.message, name)
 })
 

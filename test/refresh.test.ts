@@ -71,7 +71,7 @@ t.test('grace 0 turns any reuse into theft', async (t) => {
 
   // Even a replay stamped with the very moment of the rotation (or queued behind its lock).
   const second = await signup(app)
-  const rules = { now: new Date(), ttl: 3600, grace: 0 }
+  const rules = { now: new Date(), ttl: 3600, maxAge: 0, grace: 0 }
   t.equal((await app.sessionsRepository.rotate(second.refresh_token, rules)).outcome, 'rotated')
   t.equal((await app.sessionsRepository.rotate(second.refresh_token, rules)).outcome, 'reused')
 })
@@ -184,6 +184,40 @@ t.test('each refresh moves the session\'s end a full REFRESH_TOKEN_TTL on', asyn
   const tokenEnd = await dbGet(app, 'select expires_at from refresh_tokens where token_hash = ?', hashRefreshToken(next.json().refresh_token))
   const tokenEndsAt = new Date(tokenEnd!.expires_at as string | number).getTime()
   t.ok(tokenEndsAt >= started + 3600_000 && tokenEndsAt <= finished + 3600_000, 'the new refresh token lives an hour too')
+})
+
+t.test('SESSION_MAX_AGE ends a session that long after its sign-in, however often it is refreshed', async (t) => {
+  const app = await build(t, { SESSION_MAX_AGE: '2h', REFRESH_TOKEN_TTL: '1h' })
+  const first = await signup(app)
+  const sid = tokenPayload(first.access_token).sid
+  const times = async () => {
+    const row = (await dbGet(app, 'select created_at, expires_at from sessions where id = ?', sid))!
+    return { createdAt: new Date(row.created_at as string | number).getTime(), expiresAt: new Date(row.expires_at as string | number).getTime() }
+  }
+  const signedIn = await times()
+  t.equal(signedIn.expiresAt - signedIn.createdAt, 3600_000, 'within its maximum age the window slides as before: an hour')
+
+  // An hour and a half after sign-in (moved back in the database): the window stops at two hours.
+  const halfPast = (await times()).createdAt - 90 * 60_000
+  await dbRun(app, 'update sessions set created_at = ? where id = ?', new Date(halfPast), sid)
+  const second = await refresh(app, first.refresh_token)
+  t.equal(second.statusCode, 200)
+  const capped = await times()
+  t.equal(capped.expiresAt, halfPast + 2 * 3600_000, 'the session ends two hours after sign-in, not an hour after this refresh')
+  const token = await dbGet(app, 'select expires_at from refresh_tokens where token_hash = ?', hashRefreshToken(second.json().refresh_token))
+  t.equal(new Date(token!.expires_at as string | number).getTime(), halfPast + 2 * 3600_000, 'and so does its new refresh token')
+
+  // Past two hours, even with a refresh token that has not expired (say SESSION_MAX_AGE was lowered).
+  await dbRun(app, 'update sessions set created_at = ? where id = ?', new Date(Date.now() - 2 * 3600_000 - 1000), sid)
+  const third = await refresh(app, second.json().refresh_token)
+  t.equal(third.statusCode, 401)
+  t.equal(third.json().code, 'invalid_refresh_token')
+
+  // Without SESSION_MAX_AGE (the default) a session slides for as long as it is refreshed.
+  const unlimited = await build(t, { REFRESH_TOKEN_TTL: '1h' })
+  const old = await signup(unlimited)
+  await dbRun(unlimited, 'update sessions set created_at = ? where id = ?', new Date(Date.now() - 400 * 86_400_000), tokenPayload(old.access_token).sid)
+  t.equal((await refresh(unlimited, old.refresh_token)).statusCode, 200, 'a session signed in 400 days ago')
 })
 
 t.test('refresh and access tokens cannot stand in for each other', async (t) => {

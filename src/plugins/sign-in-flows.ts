@@ -46,7 +46,7 @@ const invalidRefreshToken = () =>
  * share, so each answers the same way whatever shape of request carried the credentials.
  */
 async function signInFlowsPlugin (app: FastifyInstance) {
-  const { refreshTokenTtl: ttl, refreshReuseGrace: grace } = app.config
+  const { refreshTokenTtl: ttl, refreshReuseGrace: grace, sessionMaxAge: maxAge } = app.config
   await prepareDummyVerify()
 
   const respond = (user: User, sessionId: string, refreshToken: string) => ({
@@ -59,7 +59,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
     async start (request, user, passwordHash) {
       const opened = await app.sessionsRepository.open(
         { userId: user.id, passwordHash, userAgent: request.headers['user-agent'], ip: request.ip },
-        { now: new Date(), ttl }
+        { now: new Date(), ttl, maxAge }
       )
       if (!opened) {
         // Disabled since its password was checked, and that password is still its own: the answer a
@@ -100,7 +100,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
     },
 
     async refresh (request, refreshToken) {
-      const rotation = await app.sessionsRepository.rotate(refreshToken, { now: new Date(), ttl, grace })
+      const rotation = await app.sessionsRepository.rotate(refreshToken, { now: new Date(), ttl, maxAge, grace })
       if (rotation.outcome === 'invalid') throw invalidRefreshToken()
       if (rotation.outcome === 'reused' || rotation.outcome === 'superseded') {
         const { event, message } = SESSION_THEFT_LOG[rotation.outcome]

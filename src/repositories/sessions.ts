@@ -12,6 +12,8 @@ export interface SessionTimes {
   now: Date
   /** Seconds a refresh token lives (REFRESH_TOKEN_TTL). */
   ttl: number
+  /** Seconds after its sign-in that a session ends however often it is refreshed (SESSION_MAX_AGE); 0: never. */
+  maxAge: number
 }
 
 export interface RotationRules extends SessionTimes {
@@ -34,6 +36,15 @@ export type Rotation =
   | { outcome: 'reused', session: Session }
 
 const plus = (at: Date, seconds: number) => new Date(at.getTime() + seconds * 1000)
+
+/**
+ * Where a session's window ends after a use now: `ttl` from now, but never past `maxAge` from its
+ * sign-in, so a thief who keeps refreshing a stolen session cannot keep it for ever (ASVS 3.3.2).
+ */
+function windowEnd (signedInAt: Date, { now, ttl, maxAge }: SessionTimes): Date {
+  const sliding = plus(now, ttl)
+  return maxAge > 0 && plus(signedInAt, maxAge) < sliding ? plus(signedInAt, maxAge) : sliding
+}
 /** Revoked sessions are kept this long before cleanup, so their tokens still read as revoked. */
 const REVOKED_RETENTION_SECONDS = 86_400
 
@@ -44,24 +55,25 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
     .where(eq(sessions.id, sql.placeholder('id')))
     .prepare('account_by_session_id')
 
-  async function insertRefreshToken (tx: Db, sessionId: string, parentId: string | null, { now, ttl }: SessionTimes): Promise<string> {
+  /** A new refresh token of the session, living as long as the session's window. */
+  async function insertRefreshToken (tx: Db, session: Pick<Session, 'id' | 'createdAt'>, parentId: string | null, times: SessionTimes): Promise<string> {
     const token = newRefreshToken()
     await tx.insert(refreshTokens).values({
       id: randomUUID(),
       tokenHash: hashRefreshToken(token),
-      sessionId,
+      sessionId: session.id,
       parentId,
-      issuedAt: now,
-      expiresAt: plus(now, ttl)
+      issuedAt: times.now,
+      expiresAt: windowEnd(session.createdAt, times)
     })
     return token
   }
 
-  /** Slides the session's end forward and records the use. */
-  async function touch (tx: Db, sessionId: string, { now, ttl }: SessionTimes): Promise<Session> {
-    const [session] = await tx.update(sessions).set({ lastUsedAt: now, expiresAt: plus(now, ttl) })
-      .where(eq(sessions.id, sessionId)).returning()
-    return session!
+  /** Slides the session's end forward (up to its maximum age) and records the use. */
+  async function touch (tx: Db, session: Pick<Session, 'id' | 'createdAt'>, times: SessionTimes): Promise<Session> {
+    const [touched] = await tx.update(sessions).set({ lastUsedAt: times.now, expiresAt: windowEnd(session.createdAt, times) })
+      .where(eq(sessions.id, session.id)).returning()
+    return touched!
   }
 
   const revokeWhere = (condition: SQL | undefined, now: Date) =>
@@ -90,11 +102,11 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
           userId: input.userId,
           createdAt: times.now,
           lastUsedAt: times.now,
-          expiresAt: plus(times.now, times.ttl),
+          expiresAt: windowEnd(times.now, times),
           userAgent: input.userAgent?.slice(0, 512) ?? null,
           ip: input.ip ?? null
         }).returning()
-        return { user, session: session!, refreshToken: await insertRefreshToken(tx, session!.id, null, times) }
+        return { user, session: session!, refreshToken: await insertRefreshToken(tx, session!, null, times) }
       })
     },
 
@@ -123,7 +135,9 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
         if (!session) return { outcome: 'invalid' }
         const [token] = await tx.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, tokenHash))
         if (!token) return { outcome: 'invalid' }
-        if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now) return { outcome: 'invalid' }
+        // The maximum age is checked as configured now, so lowering SESSION_MAX_AGE ends older sessions.
+        const tooOld = rules.maxAge > 0 && plus(session.createdAt, rules.maxAge) <= now
+        if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now || tooOld) return { outcome: 'invalid' }
         const revokeSession = async (outcome: 'superseded' | 'reused'): Promise<Rotation> => {
           await tx.update(sessions).set({ revokedAt: now }).where(eq(sessions.id, session.id))
           return { outcome, session }
@@ -137,8 +151,8 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
 
         if (!token.usedAt) {
           await tx.update(refreshTokens).set({ usedAt: now }).where(eq(refreshTokens.id, token.id))
-          const refreshToken = await insertRefreshToken(tx, session.id, token.id, rules)
-          return { outcome: 'rotated', session: await touch(tx, session.id, rules), refreshToken }
+          const refreshToken = await insertRefreshToken(tx, session, token.id, rules)
+          return { outcome: 'rotated', session: await touch(tx, session, rules), refreshToken }
         }
 
         const [live] = await tx.select().from(refreshTokens)
@@ -148,8 +162,8 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
         const withinGrace = grace > 0 && now.getTime() - token.usedAt.getTime() <= grace * 1000
         if (withinGrace && live && live.parentId === token.id) {
           await tx.update(refreshTokens).set({ revokedAt: now }).where(eq(refreshTokens.id, live.id))
-          const refreshToken = await insertRefreshToken(tx, session.id, token.id, rules)
-          return { outcome: 'rotated', session: await touch(tx, session.id, rules), refreshToken }
+          const refreshToken = await insertRefreshToken(tx, session, token.id, rules)
+          return { outcome: 'rotated', session: await touch(tx, session, rules), refreshToken }
         }
 
         return revokeSession('reused')
