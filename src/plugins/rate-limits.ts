@@ -189,22 +189,27 @@ function failureCounterWithFallback (primary: FailureCounter, fallback: FailureC
 }
 
 /** @fastify/rate-limit store: its Redis store, or its memory store while Redis fails. */
-function storeWithFallback (primary: FastifyRateLimitStore, fallback: FastifyRateLimitStore, outage: ReturnType<typeof outageLog>): FastifyRateLimitStore {
-  return {
-    incr (key, callback, timeWindow, max) {
-      primary.incr(key, (error, result) => {
-        if (!error) {
-          outage.recovered()
-          return callback(null, result)
-        }
-        outage.failed(error)
-        fallback.incr(key, callback, timeWindow, max)
-      }, timeWindow, max)
-    },
-    // The key generator already names the route, so the Redis keys need no per-route prefix.
-    child (routeOptions) {
-      return storeWithFallback(primary, fallback.child(routeOptions), outage)
-    }
+class FallbackStore implements FastifyRateLimitStore {
+  constructor (
+    private readonly primary: FastifyRateLimitStore,
+    private readonly fallback: FastifyRateLimitStore,
+    private readonly outage: ReturnType<typeof outageLog>
+  ) {}
+
+  incr (...[key, callback, timeWindow, max]: Parameters<FastifyRateLimitStore['incr']>) {
+    this.primary.incr(key, (error, result) => {
+      if (!error) {
+        this.outage.recovered()
+        return callback(null, result)
+      }
+      this.outage.failed(error)
+      this.fallback.incr(key, callback, timeWindow, max)
+    }, timeWindow, max)
+  }
+
+  // The key generator already names the route, so the Redis keys need no per-route prefix.
+  child (...[routeOptions]: Parameters<FastifyRateLimitStore['child']>) {
+    return new FallbackStore(this.primary, this.fallback.child(routeOptions), this.outage)
   }
 }
 
@@ -261,11 +266,11 @@ async function rateLimitsPlugin (app: FastifyInstance) {
     global: false,
     ...(redis
       ? {
-          store: class {
+          store: class extends FallbackStore {
             constructor () {
-              return storeWithFallback(new RedisStore(false, false, redis, `${KEY_PREFIX}ip-limit:`), new LocalStore(false, false), outage)
+              super(new RedisStore(false, false, redis, `${KEY_PREFIX}ip-limit:`), new LocalStore(false, false), outage)
             }
-          } as unknown as new () => FastifyRateLimitStore
+          }
         }
       : {}),
     errorResponseBuilder: (_request, context) => rateLimited(Math.max(1, Math.ceil(context.ttl / 1000))),
