@@ -1,6 +1,7 @@
 import type { InjectOptions } from 'fastify'
 import { randomUUID } from 'node:crypto'
 import { Readable } from 'node:stream'
+import { gzipSync } from 'node:zlib'
 import t from 'tap'
 import { TEST_PASSWORD, bearer, build, dbCount, dbGet, dbRun, signup, signupWithRoles, uniqueEmail } from './helper.ts'
 
@@ -156,7 +157,7 @@ t.test('no response body contains a password or its hash', async (t) => {
 
 t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
   const app = await build(t)
-  const cases: Array<[string, string | undefined, string | Buffer, number, string]> = [
+  const cases: Array<[string, string | undefined, string | Buffer, number, string, string?]> = [
     ['broken JSON', 'application/json', '{"email":', 400, 'invalid_body'],
     ['empty JSON body', 'application/json', '', 400, 'invalid_body'],
     ['__proto__ key', 'application/json', '{"email":"a@example.com","password":"long enough!","__proto__":{"roles":["admin"]}}', 400, 'invalid_body'],
@@ -164,13 +165,17 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
     ['JSON array', 'application/json', '[]', 400, 'validation_error'],
     // Node would decode the Latin-1 é to U+FFFD, and the account's password would be another.
     ['not UTF-8', 'application/json', Buffer.from('{"email":"latin1@example.com","password":"caf\xe9 au lait!"}', 'latin1'), 400, 'invalid_body'],
-    ['text body', 'text/plain', 'hello', 415, 'unsupported_media_type']
+    ['text body', 'text/plain', 'hello', 415, 'unsupported_media_type'],
+    // Read as if plain, a client's compressed body would be a puzzling invalid_body, or worse.
+    ['gzip-coded JSON', 'application/json', gzipSync('{"email":"a@example.com","password":"long enough!"}'), 415, 'unsupported_media_type', 'gzip'],
+    ['plain JSON said to be gzip-coded', 'application/json', '{"email":"a@example.com","password":"long enough!"}', 415, 'unsupported_media_type', 'gzip'],
+    ['identity coding', 'application/json', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials', 'Identity']
   ]
-  for (const [label, contentType, body, status, code] of cases) {
+  for (const [label, contentType, body, status, code, coding] of cases) {
     const response = await app.inject({
       method: 'POST',
       url: '/auth/login',
-      headers: contentType ? { 'content-type': contentType } : {},
+      headers: { ...contentType ? { 'content-type': contentType } : {}, ...coding ? { 'content-encoding': coding } : {} },
       body
     })
     t.equal(response.statusCode, status, label)

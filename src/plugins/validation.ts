@@ -60,6 +60,8 @@ export function accessCheck<T extends object> (handler: T): T {
   return handler
 }
 
+const unsupportedCoding = () => apiError(415, 'unsupported_media_type', 'Send the body without a Content-Encoding: none is decoded.')
+
 /**
  * A body parser that first refuses a body which is not UTF-8 (JSON must be, RFC 8259 §8.1; form
  * bodies are held to it too, stricter than the WHATWG decoding). Node's decoding would quietly
@@ -75,6 +77,9 @@ export function accessCheck<T extends object> (handler: T): T {
 export function utf8Body (parse: FastifyBodyParser<string>): FastifyBodyParser<Buffer> {
   return (request, body, done) => {
     if (body.length === 0) return done(null, undefined)
+    // RFC 9110 §8.4: a content coding we do not decode is refused, not read as if it were none.
+    const coding = request.headers['content-encoding']
+    if (coding !== undefined && coding.trim().toLowerCase() !== 'identity') return done(unsupportedCoding(), undefined)
     return isUtf8(body)
       ? parse(request, body.toString(), done)
       : done(apiError(400, 'invalid_body', 'The body is not valid UTF-8.'), undefined)
