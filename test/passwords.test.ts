@@ -1,7 +1,7 @@
 import { hash } from '@node-rs/argon2'
 import argon2 from 'argon2'
 import t from 'tap'
-import { HASH_OPTIONS, hashPassword, hashSlots, needsRehash, passwordProblem, verifyPassword } from '../src/auth/passwords.ts'
+import { HASH_OPTIONS, hashPassword, hashSlots, needsRehash, passwordProblem, poolThreads, verifyPassword } from '../src/auth/passwords.ts'
 import { TEST_PASSWORD, build, dbGet, uniqueEmail } from './helper.ts'
 
 t.test('needsRehash upgrades weaker hashes and leaves stronger ones alone', async (t) => {
@@ -31,17 +31,24 @@ t.test('hashes leave a core and a thread of the libuv pool free', async (t) => {
   t.equal(hashSlots(16, 64), 15, 'a larger pool (UV_THREADPOOL_SIZE): the cores decide')
   t.equal(hashSlots(1, 4), 1, 'one core still hashes')
   t.equal(hashSlots(8, 1), 1, 'a pool of one still hashes')
+  // As libuv reads UV_THREADPOOL_SIZE.
+  t.same([undefined, '8', '0', 'junk', '-3', '5000', '12abc'].map(poolThreads), [4, 8, 1, 1, 1, 1024, 12])
+  t.equal(hashSlots(16, poolThreads('0')), 1, 'UV_THREADPOOL_SIZE=0 is a pool of one: one slot, not three')
 })
 
 t.test('password policy', async (t) => {
   t.equal(passwordProblem('long enough password', 'a@b.io'), undefined)
   t.match(passwordProblem('short', 'a@b.io'), /8 to 128/)
   t.match(passwordProblem('x'.repeat(129), 'a@b.io'), /8 to 128/)
-  t.match(passwordProblem(' A@B.io ', 'a@b.io'), /email/)
+  t.match(passwordProblem(' Ada@Example.io ', 'ada@example.io'), /email/)
   t.match(passwordProblem(' password123 ', 'a@b.io'), /most commonly used/, 'spaces around a common password')
   t.match(passwordProblem('\tPassword123\n', 'a@b.io'), /most commonly used/)
-  t.match(passwordProblem(' '.repeat(8), 'a@b.io'), /only spaces/)
-  t.match(passwordProblem(' \t '.repeat(4), 'a@b.io'), /only spaces/)
+  t.match(passwordProblem(' '.repeat(8), 'a@b.io'), /8 characters besides any whitespace/)
+  t.match(passwordProblem(' \t '.repeat(4), 'a@b.io'), /8 characters besides any whitespace/)
+  // The most common passwords are short: padded to the length, they would pass a list of longer ones.
+  for (const padded of [' 123456 ', '  qwerty', 'abc123  ', ' 1234567', '\u00a0letmein']) {
+    t.match(passwordProblem(padded, 'a@b.io'), /8 characters besides any whitespace/, JSON.stringify(padded))
+  }
   t.equal(passwordProblem(' a long passphrase ', 'a@b.io'), undefined, 'spaces are allowed, and kept')
 })
 

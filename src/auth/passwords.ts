@@ -25,7 +25,15 @@ export const HASH_OPTIONS: Options = {
  * DNS lookups and file reads that share the pool.
  */
 export const hashSlots = (cores: number, poolThreads: number) => Math.max(1, Math.min(cores, poolThreads) - 1)
-export const HASH_SLOTS = hashSlots(availableParallelism(), Number(process.env.UV_THREADPOOL_SIZE) || 4)
+
+/** The pool's size as libuv reads UV_THREADPOOL_SIZE: a whole number from 1 to 1024, 4 when unset. */
+export function poolThreads (setting: string | undefined): number {
+  if (setting === undefined) return 4
+  const threads = Number.parseInt(setting, 10)
+  return Number.isNaN(threads) || threads < 1 ? 1 : Math.min(threads, 1024)
+}
+
+export const HASH_SLOTS = hashSlots(availableParallelism(), poolThreads(process.env.UV_THREADPOOL_SIZE))
 let hashesRunning = 0
 const waitingForSlot: Array<() => void> = []
 
@@ -120,9 +128,12 @@ export function passwordProblem (password: string, email: string): string | unde
   if (!hasPasswordLength(password)) {
     return `The password must be ${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters long.`
   }
-  // Spaces around a password add nothing a guesser would not try: ` password123 ` is as weak.
+  // Whitespace around a password adds nothing a guesser would not try: ` password123 ` is as weak,
+  // and ` 123456 ` is no 8-character password.
   const trimmed = password.trim()
-  if (trimmed === '') return 'The password must not be only spaces.'
+  if (characterCount(trimmed) < PASSWORD_MIN_LENGTH) {
+    return `The password must have ${PASSWORD_MIN_LENGTH} characters besides any whitespace around it.`
+  }
   if (trimmed.toLowerCase() === email) return 'The password must not be the email address.'
   if (isCommonPassword(trimmed)) return 'This password is one of the most commonly used; choose another.'
   return undefined

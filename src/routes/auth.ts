@@ -43,7 +43,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       body: Signup,
       response: {
         201: SessionResponse,
-        400: errorResponse('A password the policy refuses (common, or the email): weak_password'),
+        400: errorResponse('A password the policy refuses (common, the email, or short without its surrounding whitespace): weak_password'),
         // signInFlows.start: only if an admin deletes or disables the account between its creation and its first session.
         401: errorResponse('The new account was deleted or disabled before its session opened: invalid_credentials'),
         409: errorResponse('An account with this email exists: email_taken')

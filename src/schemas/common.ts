@@ -18,7 +18,7 @@ const passwordLength = { minLength: PASSWORD_MIN_LENGTH, maxLength: PASSWORD_MAX
 /** A password being set (signup, the new one of a change): the whole policy applies. */
 export const NewPassword = Type.String({
   ...passwordLength,
-  description: `${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters; not only spaces, not the email, not a common password (spaces around it aside)`
+  description: `${PASSWORD_MIN_LENGTH} to ${PASSWORD_MAX_LENGTH} characters, whitespace around it not counted; not the email, not a common password`
 })
 /** A password presented to prove who the caller is: only its length is checked before hashing. */
 export const Password = Type.String({ ...passwordLength, description: 'The account\'s current password' })
