@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { App } from '../src/app.ts'
 import { hashRefreshToken } from '../src/auth/tokens.ts'
-import { type SessionBody, bearer, build, dbAll, dbCount, dbRun, dbGet, signup, tokenPayload } from './helper.ts'
+import { TEST_PASSWORD, type SessionBody, bearer, build, dbAll, dbCount, dbRun, dbGet, signup, tokenPayload } from './helper.ts'
 
 const refresh = (app: App, token: string) =>
   app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })
@@ -187,7 +187,7 @@ t.test('each refresh moves the session\'s end a full REFRESH_TOKEN_TTL on', asyn
 })
 
 t.test('SESSION_MAX_AGE ends a session that long after its sign-in, however often it is refreshed', async (t) => {
-  const app = await build(t, { SESSION_MAX_AGE: '2h', REFRESH_TOKEN_TTL: '1h' })
+  const app = await build(t, { SESSION_MAX_AGE: '2h', REFRESH_TOKEN_TTL: '1h', ACCESS_TOKEN_TTL: '1h' })
   const first = await signup(app)
   const sid = tokenPayload(first.access_token).sid
   const times = async () => {
@@ -206,12 +206,22 @@ t.test('SESSION_MAX_AGE ends a session that long after its sign-in, however ofte
   t.equal(capped.expiresAt, halfPast + 2 * 3600_000, 'the session ends two hours after sign-in, not an hour after this refresh')
   const token = await dbGet(app, 'select expires_at from refresh_tokens where token_hash = ?', hashRefreshToken(second.json().refresh_token))
   t.equal(new Date(token!.expires_at as string | number).getTime(), halfPast + 2 * 3600_000, 'and so does its new refresh token')
+  const { expires_in: expiresIn, access_token: access } = second.json() as { expires_in: number, access_token: string }
+  t.ok(expiresIn > 1790 && expiresIn <= 1800, `its access token lives the half hour left, not ACCESS_TOKEN_TTL (expires_in ${expiresIn})`)
+  const claims = tokenPayload(access) as { exp: number, iat: number }
+  t.ok(Math.abs(claims.exp - claims.iat - expiresIn) <= 1, 'exp says the same')
+  t.equal((await me(app, access)).statusCode, 200, 'and it is a valid token')
 
   // Past two hours, even with a refresh token that has not expired (say SESSION_MAX_AGE was lowered).
   await dbRun(app, 'update sessions set created_at = ? where id = ?', new Date(Date.now() - 2 * 3600_000 - 1000), sid)
   const third = await refresh(app, second.json().refresh_token)
   t.equal(third.statusCode, 401)
   t.equal(third.json().code, 'invalid_refresh_token')
+  t.equal((await me(app, access)).statusCode, 401, 'the account endpoints refuse its access token too')
+  const again = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: first.user.email, password: TEST_PASSWORD } })
+  const listed = await app.inject({ url: '/auth/sessions', headers: bearer(again.json().access_token) })
+  t.same((listed.json() as Array<{ id: string }>).map((session) => session.id), [tokenPayload(again.json().access_token).sid],
+    'the list of active sessions leaves it out')
 
   // Without SESSION_MAX_AGE (the default) a session slides for as long as it is refreshed.
   const unlimited = await build(t, { REFRESH_TOKEN_TTL: '1h' })

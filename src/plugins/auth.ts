@@ -48,7 +48,11 @@ declare module 'fastify' {
      * user and the session, so a deleted or disabled user or a revoked session is refused at once.
      */
     loadAccount (request: FastifyRequest): Promise<void>
-    issueAccessToken (user: { id: string, roles: Role[] }, sessionId: string): IssuedAccessToken
+    /**
+     * An access token for the session just opened or refreshed (its lastUsedAt is now), living
+     * ACCESS_TOKEN_TTL but never past the session's end, which SESSION_MAX_AGE may bring closer.
+     */
+    issueAccessToken (user: { id: string, roles: Role[] }, session: Pick<Session, 'id' | 'lastUsedAt' | 'expiresAt'>): IssuedAccessToken
   }
 }
 
@@ -147,11 +151,17 @@ async function authPlugin (app: FastifyInstance) {
     }
   })
 
-  app.decorate('issueAccessToken', (user: { id: string, roles: Role[] }, sessionId: string): IssuedAccessToken => ({
-    access_token: app.jwt.sign(accessTokenPayload(user, sessionId)),
-    token_type: 'Bearer',
-    expires_in: accessTokenTtl
-  }))
+  app.decorate('issueAccessToken', (user: { id: string, roles: Role[] }, session: Pick<Session, 'id' | 'lastUsedAt' | 'expiresAt'>): IssuedAccessToken => {
+    const sessionLeft = Math.max(1, Math.floor((session.expiresAt.getTime() - session.lastUsedAt.getTime()) / 1000))
+    const expiresIn = Math.min(accessTokenTtl, sessionLeft)
+    const payload = accessTokenPayload(user, session.id)
+    return {
+      // The registered signer unless the session ends sooner: a signer with other options is built per call.
+      access_token: expiresIn === accessTokenTtl ? app.jwt.sign(payload) : app.jwt.sign(payload, { expiresIn }),
+      token_type: 'Bearer',
+      expires_in: expiresIn
+    }
+  })
 
   const verified = verifiedTokenCache(VERIFIED_TOKENS_CACHED)
 
@@ -183,7 +193,7 @@ async function authPlugin (app: FastifyInstance) {
 
   app.decorateRequest('account', null as unknown as FastifyRequest['account'])
   app.decorate('loadAccount', accessCheck(async (request: FastifyRequest) => {
-    const account = await app.sessionsRepository.findActiveAccount(request.user.sid, new Date())
+    const account = await app.sessionsRepository.findActiveAccount(request.user.sid, { now: new Date(), maxAge: app.config.sessionMaxAge })
     if (!account || account.user.disabled || account.user.id !== request.user.id) {
       throw invalidToken('The session behind this access token has ended.')
     }

@@ -4,6 +4,7 @@ import type { Static } from 'typebox'
 import { dummyVerify, hashPassword, needsRehash, prepareDummyVerify, verifyPassword } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import { checkPasswordLimited } from './rate-limits.ts'
+import type { Session } from '../repositories/sessions.ts'
 import type { User } from '../repositories/users.ts'
 import { presentUser, type SessionResponse } from '../schemas/common.ts'
 
@@ -49,8 +50,8 @@ async function signInFlowsPlugin (app: FastifyInstance) {
   const { refreshTokenTtl: ttl, refreshReuseGrace: grace, sessionMaxAge: maxAge } = app.config
   await prepareDummyVerify()
 
-  const respond = (user: User, sessionId: string, refreshToken: string) => ({
-    ...app.issueAccessToken(user, sessionId),
+  const respond = (user: User, session: Session, refreshToken: string) => ({
+    ...app.issueAccessToken(user, session),
     refresh_token: refreshToken,
     user: presentUser(user)
   })
@@ -70,7 +71,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
           'sign-in failed: the password or the account changed meanwhile')
         throw disabled ? userDisabled() : invalidCredentials()
       }
-      return respond(opened.user, opened.session.id, opened.refreshToken)
+      return respond(opened.user, opened.session, opened.refreshToken)
     },
 
     async signIn (request, email, password) {
@@ -113,7 +114,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
         await app.sessionsRepository.revoke(rotation.session.id, rotation.session.userId, new Date())
         throw invalidRefreshToken()
       }
-      return respond(user, rotation.session.id, rotation.refreshToken)
+      return respond(user, rotation.session, rotation.refreshToken)
     }
   }
   app.decorate('signInFlows', flows)

@@ -16,6 +16,13 @@ export interface SessionTimes {
   maxAge: number
 }
 
+/** What ends a session besides its revocation and its sliding end: its maximum age, as configured now. */
+export type SessionAge = Pick<SessionTimes, 'now' | 'maxAge'>
+
+/** Older than SESSION_MAX_AGE as configured now, so a lowered value ends older sessions too. */
+const pastMaxAge = (session: Pick<Session, 'createdAt'>, { now, maxAge }: SessionAge) =>
+  maxAge > 0 && plus(session.createdAt, maxAge) <= now
+
 export interface RotationRules extends SessionTimes {
   /** Seconds after rotation in which the newest rotated token may be replayed (REFRESH_REUSE_GRACE). */
   grace: number
@@ -135,9 +142,7 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
         if (!session) return { outcome: 'invalid' }
         const [token] = await tx.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, tokenHash))
         if (!token) return { outcome: 'invalid' }
-        // The maximum age is checked as configured now, so lowering SESSION_MAX_AGE ends older sessions.
-        const tooOld = rules.maxAge > 0 && plus(session.createdAt, rules.maxAge) <= now
-        if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now || tooOld) return { outcome: 'invalid' }
+        if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now || pastMaxAge(session, rules)) return { outcome: 'invalid' }
         const revokeSession = async (outcome: 'superseded' | 'reused'): Promise<Rotation> => {
           await tx.update(sessions).set({ revokedAt: now }).where(eq(sessions.id, session.id))
           return { outcome, session }
@@ -170,15 +175,20 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
       })
     },
 
-    /** The session and its user, if the session is neither revoked nor expired. */
-    async findActiveAccount (sessionId: string, now: Date): Promise<{ session: Session, user: User } | undefined> {
+    /** The session and its user, if the session is neither revoked, expired nor past its maximum age. */
+    async findActiveAccount (sessionId: string, age: SessionAge): Promise<{ session: Session, user: User } | undefined> {
       const [account] = await accountBySessionId.execute({ id: sessionId })
-      return account && !account.session.revokedAt && account.session.expiresAt > now ? account : undefined
+      return account && !account.session.revokedAt && account.session.expiresAt > age.now && !pastMaxAge(account.session, age)
+        ? account
+        : undefined
     },
 
-    async listActive (userId: string, now: Date): Promise<Session[]> {
+    async listActive (userId: string, age: SessionAge): Promise<Session[]> {
       return db.select().from(sessions)
-        .where(and(eq(sessions.userId, userId), isNull(sessions.revokedAt), gt(sessions.expiresAt, now)))
+        .where(and(
+          eq(sessions.userId, userId), isNull(sessions.revokedAt), gt(sessions.expiresAt, age.now),
+          age.maxAge > 0 ? gt(sessions.createdAt, plus(age.now, -age.maxAge)) : undefined
+        ))
         .orderBy(desc(sessions.lastUsedAt))
     },
 

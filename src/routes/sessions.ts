@@ -22,7 +22,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request) => {
     const { user, session: current } = request.account
-    const sessions = await app.sessionsRepository.listActive(user.id, new Date())
+    const sessions = await app.sessionsRepository.listActive(user.id, { now: new Date(), maxAge: app.config.sessionMaxAge })
     return sessions.map((session) => ({
       id: session.id,
       created_at: session.createdAt.toISOString(),

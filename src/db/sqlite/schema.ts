@@ -25,7 +25,7 @@ export const sessions = sqliteTable('sessions', {
   userId: text('user_id').notNull().references(() => users.id, { onDelete: 'cascade' }),
   createdAt: integer('created_at', { mode: 'timestamp_ms' }).notNull(),
   lastUsedAt: integer('last_used_at', { mode: 'timestamp_ms' }).notNull(),
-  /** Moves forward with each refresh: a session ends REFRESH_TOKEN_TTL after its last use. */
+  /** Moves forward with each refresh: a session ends REFRESH_TOKEN_TTL after its last use, or at SESSION_MAX_AGE. */
   expiresAt: integer('expires_at', { mode: 'timestamp_ms' }).notNull(),
   userAgent: text('user_agent'),
   ip: text('ip'),
