@@ -758,7 +758,8 @@ function suiteSection (suite: SuiteResult, scale: ScaleResult | undefined): stri
     ...compatibilityLines(suite.compatibility).map((line) => `- ${line}`), '',
     'Both verify the same PHC string (the seeded hash) with 4 verifies in flight (the size of the libuv pool), in',
     'the bench\'s own process while every server is idle; "alone" is one verify at a time. The app lets at most',
-    'cores − 1 verifies run at once; the info row "in flight as in the app" measures the hasher in use that way.', ''
+    'one fewer than the cores (and than libuv\'s pool threads) run at once, here ' + HASH_SLOTS + '; the info row "in flight as in the app"',
+    'measures the hasher in use that way.', ''
   ]
   return out
 }

@@ -181,6 +181,7 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
     t.equal(response.statusCode, status, label)
     t.equal(response.json().code, code, label)
     t.notMatch(response.body, /at .*\.ts:\d+/, `${label}: no stack trace`)
+    if (coding && status === 415) t.equal(response.headers['accept-encoding'], 'identity', `${label}: says which coding would do`)
   }
   const unknownRoute = await app.inject({ method: 'GET', url: '/nope' })
   t.equal(unknownRoute.statusCode, 404)

@@ -1,3 +1,4 @@
+import { gzipSync } from 'node:zlib'
 import t from 'tap'
 import type { App } from '../src/app.ts'
 import { TEST_PASSWORD, bearer, build, dbRun, signup, tokenPayload, uniqueEmail } from './helper.ts'
@@ -104,6 +105,18 @@ t.test('only the token endpoint reads form bodies', async (t) => {
   const response = await app.inject({ method: 'POST', url: '/auth/login', headers: FORM, payload: form({ email, password: TEST_PASSWORD }) })
   t.equal(response.statusCode, 415)
   t.equal(response.json().code, 'unsupported_media_type')
+})
+
+t.test('a content-coded token request is refused in the RFC 6749 shape', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  const response = await app.inject({
+    method: 'POST', url: '/auth/token', headers: { ...FORM, 'content-encoding': 'gzip' }, payload: gzipSync(form({ grant_type: 'password', username: email, password: TEST_PASSWORD }))
+  })
+  t.equal(response.statusCode, 415)
+  t.equal(response.json().error, 'invalid_request')
+  t.equal(response.headers['accept-encoding'], 'identity')
 })
 
 t.test('password length counts characters alike on /auth/login and /auth/token', async (t) => {

@@ -95,12 +95,12 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
     ...schema.body || schema.params || schema.querystring ? ['validation_error names the field'] : [],
     ...takesBody && !schema.body ? ['validation_error for a body other than {}, as it takes none'] : [],
     ...takesBody ? [`invalid_body for a body that is not JSON or not UTF-8${needsBody(route) ? ', or none' : ''}`] : [],
-    ...isGuarded ? ['invalid_request for a malformed Authorization header'] : []
+    ...isGuarded ? ['invalid_request for a malformed Authorization header, or one sent twice'] : []
   ]
   if (invalid.length > 0) add(400, `Invalid request: ${invalid.join('; ')}`)
   if (takesBody) {
     add(413, 'Body over 8 KiB: payload_too_large')
-    add(415, 'Not JSON: unsupported_media_type')
+    add(415, 'Not JSON, or sent with a Content-Encoding: unsupported_media_type')
   }
   if (isGuarded) add(401, 'No, invalid or expired bearer token: missing_token, invalid_token, token_expired')
   if (route.url.startsWith('/auth')) add(429, 'Too many requests: rate_limited, with Retry-After')

@@ -60,7 +60,9 @@ export function accessCheck<T extends object> (handler: T): T {
   return handler
 }
 
-const unsupportedCoding = () => apiError(415, 'unsupported_media_type', 'Send the body without a Content-Encoding: none is decoded.')
+// RFC 9110 §15.5.16: Accept-Encoding tells the client which coding would do.
+const unsupportedCoding = () => apiError(415, 'unsupported_media_type', 'Send the body without a Content-Encoding: none is decoded.',
+  { 'accept-encoding': 'identity' })
 
 /**
  * A body parser that first refuses a body which is not UTF-8 (JSON must be, RFC 8259 §8.1; form

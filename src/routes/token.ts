@@ -112,7 +112,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
         200: SessionResponse,
         400: { ...OAuthError, description: 'invalid_request, invalid_grant (also a disabled user) or unsupported_grant_type' },
         413: { ...OAuthError, description: 'Body over 8 KiB: invalid_request' },
-        415: { ...OAuthError, description: 'Neither form-urlencoded nor JSON: invalid_request' },
+        415: { ...OAuthError, description: 'Neither form-urlencoded nor JSON, or sent with a Content-Encoding: invalid_request' },
         429: { ...OAuthError, description: 'Too many requests: rate_limited, with Retry-After (one per-IP count with POST /auth/login)' },
         503: { ...OAuthError, description: 'The database is unavailable: temporarily_unavailable, with Retry-After' }
       }
