@@ -31,7 +31,7 @@ t.test('requests the HTTP parser refuses answer in the contract\'s shape, with t
   t.match(await exchange(port, 'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /)
 })
 
-t.test('an HTTP/1.1 request without Host gets 400 in the contract\'s shape; an empty Host and HTTP/1.0 are served', async (t) => {
+t.test('an HTTP/1.1 request without Host, or any with two, gets 400 in the contract\'s shape; an empty Host and HTTP/1.0 are served', async (t) => {
   const app = await build(t)
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as { port: number }
@@ -45,6 +45,13 @@ t.test('an HTTP/1.1 request without Host gets 400 in the contract\'s shape; an e
   const empty = parseAnswer(await exchange(port, 'GET /auth/me HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n'))
   t.match(empty.statusLine, /^HTTP\/1\.1 401 /, 'an empty Host is a Host: the request is answered')
   t.match(await exchange(port, 'GET /health HTTP/1.0\r\n\r\n'), /^HTTP\/1\.1 200 /, 'HTTP/1.0 needs no Host')
+
+  // Node keeps the first Host and drops the rest: a proxy reading the last would route it elsewhere.
+  for (const request of ['GET /health HTTP/1.1\r\nHost: x\r\nhost: y\r\nConnection: close\r\n\r\n', 'GET /health HTTP/1.0\r\nHost: x\r\nHOST: x\r\n\r\n']) {
+    const twice = parseAnswer(await exchange(port, request))
+    t.match(twice.statusLine, /^HTTP\/1\.1 400 /, 'two Host headers')
+    t.same(twice.body, { statusCode: 400, error: 'Bad Request', message: 'The Host header must be sent once.', code: 'invalid_request' })
+  }
 })
 
 t.test('a request that does not arrive whole within REQUEST_TIMEOUT gets 408 and its connection closed', async (t) => {

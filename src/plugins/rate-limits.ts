@@ -196,7 +196,7 @@ class FallbackStore implements FastifyRateLimitStore {
     private readonly outage: ReturnType<typeof outageLog>
   ) {}
 
-  incr (...[key, callback, timeWindow, max]: Parameters<FastifyRateLimitStore['incr']>) {
+  incr (key: string, callback: Parameters<FastifyRateLimitStore['incr']>[1], timeWindow: number, max: number) {
     this.primary.incr(key, (error, result) => {
       if (!error) {
         this.outage.recovered()
@@ -208,7 +208,7 @@ class FallbackStore implements FastifyRateLimitStore {
   }
 
   // The key generator already names the route, so the Redis keys need no per-route prefix.
-  child (...[routeOptions]: Parameters<FastifyRateLimitStore['child']>) {
+  child (routeOptions: Parameters<FastifyRateLimitStore['child']>[0]) {
     return new FallbackStore(this.primary, this.fallback.child(routeOptions), this.outage)
   }
 }

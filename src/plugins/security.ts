@@ -1,5 +1,5 @@
 import cors from '@fastify/cors'
-import type { FastifyInstance, onRequestHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyRequest, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import helmet, { type HelmetOptions } from 'helmet'
 import type { IncomingMessage, ServerResponse } from 'node:http'
@@ -63,7 +63,22 @@ export const noStore: onRequestHookHandler = (_request, reply, done) => {
   done()
 }
 
-const missingHost = () => apiError(400, 'invalid_request', 'An HTTP/1.1 request needs a Host header.')
+/**
+ * RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any with more than one (Node
+ * keeps the first and drops the rest, so a proxy reading the last would route it elsewhere).
+ * Node's own check for a missing Host (off in app.ts) answered with an empty body, without these headers.
+ */
+function hostProblem (request: FastifyRequest): Error | undefined {
+  const raw = request.raw.rawHeaders
+  let hosts = 0
+  for (let index = 0; index < raw.length; index += 2) {
+    const name = raw[index]!
+    if (name.length === 4 && name.toLowerCase() === 'host') hosts++
+  }
+  if (hosts > 1) return apiError(400, 'invalid_request', 'The Host header must be sent once.')
+  if (hosts === 0 && request.raw.httpVersion === '1.1') return apiError(400, 'invalid_request', 'An HTTP/1.1 request needs a Host header.')
+  return undefined
+}
 
 const isDocsPage = (url: string) => url === '/docs' || url.startsWith('/docs/') || url.startsWith('/docs?')
 
@@ -76,9 +91,7 @@ async function securityPlugin (app: FastifyInstance) {
   const documentHeaders = helmetHeaders(DOCUMENT_HEADERS)
   app.addHook('onRequest', (request, reply, done) => {
     reply.headers(isDocsPage(request.url) ? documentHeaders : API_RESPONSE_HEADERS)
-    // RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400. Node's own check (off in app.ts)
-    // answered with an empty body, without these headers.
-    done(request.headers.host === undefined && request.raw.httpVersion === '1.1' ? missingHost() : undefined)
+    done(hostProblem(request))
   })
 
   if (app.config.corsOrigins.length === 0) return
