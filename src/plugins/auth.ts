@@ -18,7 +18,7 @@ import {
 } from '../auth/tokens.ts'
 import { VERIFIED_TOKENS_CACHED, verifiedTokenCache } from '../auth/verified-tokens.ts'
 import { apiError } from '../errors.ts'
-import { accessCheck } from './validation.ts'
+import { accessCheck, timesSent } from './validation.ts'
 import type { Session } from '../repositories/sessions.ts'
 import type { User } from '../repositories/users.ts'
 
@@ -83,12 +83,7 @@ const malformedAuthorization = () => apiError(400, 'invalid_request', MALFORMED_
  * (RFC 9110 §5.3: a field that is no list is sent once).
  */
 function authorizationHeader (request: FastifyRequest): string | undefined {
-  const raw = request.raw.rawHeaders
-  let seen = 0
-  for (let index = 0; index < raw.length; index += 2) {
-    const name = raw[index]!
-    if (name.length === 13 && name.toLowerCase() === 'authorization' && ++seen > 1) throw malformedAuthorization()
-  }
+  if (timesSent(request, 'authorization') > 1) throw malformedAuthorization()
   return request.headers.authorization
 }
 

@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import helmet, { type HelmetOptions } from 'helmet'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { apiError } from '../errors.ts'
+import { timesSent } from './validation.ts'
 
 /**
  * The API answers JSON that no browser renders as a page, so it gets the headers of the OWASP REST
@@ -69,12 +70,7 @@ export const noStore: onRequestHookHandler = (_request, reply, done) => {
  * Node's own check for a missing Host (off in app.ts) answered with an empty body, without these headers.
  */
 function hostProblem (request: FastifyRequest): Error | undefined {
-  const raw = request.raw.rawHeaders
-  let hosts = 0
-  for (let index = 0; index < raw.length; index += 2) {
-    const name = raw[index]!
-    if (name.length === 4 && name.toLowerCase() === 'host') hosts++
-  }
+  const hosts = timesSent(request, 'host')
   if (hosts > 1) return apiError(400, 'invalid_request', 'The Host header must be sent once.')
   if (hosts === 0 && request.raw.httpVersion === '1.1') return apiError(400, 'invalid_request', 'An HTTP/1.1 request needs a Host header.')
   return undefined

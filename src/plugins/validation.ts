@@ -60,6 +60,20 @@ export function accessCheck<T extends object> (handler: T): T {
   return handler
 }
 
+/**
+ * How many lines of a header the request sent (`name` in lower case). Node keeps only the first of
+ * a repeated Authorization or Host, so request.headers cannot tell; its raw lines can.
+ */
+export function timesSent (request: FastifyRequest, name: string): number {
+  const raw = request.raw.rawHeaders
+  let count = 0
+  for (let index = 0; index < raw.length; index += 2) {
+    const line = raw[index]!
+    if (line.length === name.length && line.toLowerCase() === name) count++
+  }
+  return count
+}
+
 // RFC 9110 §15.5.16: Accept-Encoding tells the client which coding would do.
 const unsupportedCoding = () => apiError(415, 'unsupported_media_type', 'Send the body without a Content-Encoding: none is decoded.',
   { 'accept-encoding': 'identity' })

@@ -16,13 +16,6 @@ export interface SessionTimes {
   maxAge: number
 }
 
-/** What ends a session besides its revocation and its sliding end: its maximum age, as configured now. */
-export type SessionAge = Pick<SessionTimes, 'now' | 'maxAge'>
-
-/** Older than SESSION_MAX_AGE as configured now, so a lowered value ends older sessions too. */
-const pastMaxAge = (session: Pick<Session, 'createdAt'>, { now, maxAge }: SessionAge) =>
-  maxAge > 0 && plus(session.createdAt, maxAge) <= now
-
 export interface RotationRules extends SessionTimes {
   /** Seconds after rotation in which the newest rotated token may be replayed (REFRESH_REUSE_GRACE). */
   grace: number
@@ -44,6 +37,13 @@ export type Rotation =
 
 const plus = (at: Date, seconds: number) => new Date(at.getTime() + seconds * 1000)
 
+/** What ends a session besides its revocation and its sliding end: its maximum age, as configured now. */
+export type SessionAge = Pick<SessionTimes, 'now' | 'maxAge'>
+
+/** Older than SESSION_MAX_AGE as configured now, so a lowered value ends older sessions too. */
+const pastMaxAge = (session: Pick<Session, 'createdAt'>, { now, maxAge }: SessionAge) =>
+  maxAge > 0 && plus(session.createdAt, maxAge) <= now
+
 /**
  * Where a session's window ends after a use now: `ttl` from now, but never past `maxAge` from its
  * sign-in, so a thief who keeps refreshing a stolen session cannot keep it for ever (ASVS 3.3.2).
@@ -52,6 +52,7 @@ function windowEnd (signedInAt: Date, { now, ttl, maxAge }: SessionTimes): Date 
   const sliding = plus(now, ttl)
   return maxAge > 0 && plus(signedInAt, maxAge) < sliding ? plus(signedInAt, maxAge) : sliding
 }
+
 /** Revoked sessions are kept this long before cleanup, so their tokens still read as revoked. */
 const REVOKED_RETENTION_SECONDS = 86_400
 
