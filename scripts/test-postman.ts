@@ -1,6 +1,8 @@
 // npm run test:postman: starts a throw-away Gatehouse (temporary SQLite database, random secret,
 // an admin from ADMIN_EMAIL/ADMIN_PASSWORD) on a free 127.0.0.1 port, runs the Postman collection
-// against it with newman, stops the server and exits non-zero when any assertion failed.
+// against it with newman, stops the server and exits non-zero when any assertion failed or the run
+// left more behind in the database than the README says.
+import Database from 'better-sqlite3'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -99,6 +101,23 @@ async function stop (child: ChildProcess): Promise<void> {
   }
 }
 
+/**
+ * What the README promises a run leaves behind: only the clothing item it added (the API has no way
+ * to delete one) beside the admin; undefined when that holds, else what it left.
+ */
+function leftBehind (file: string): string | undefined {
+  const database = new Database(file, { readonly: true })
+  try {
+    const count = (from: string) => (database.prepare(`select count(*) as n from ${from}`).get() as { n: number }).n
+    const left = { users: count('users'), sessions: count('sessions where revoked_at is null'), videos: count('videos'), clothes: count('clothes') }
+    return left.users === 1 && left.sessions === 0 && left.videos === 0 && left.clothes === 1
+      ? undefined
+      : `the run left ${JSON.stringify(left)} behind: expected the admin (signed out) and one clothing item`
+  } finally {
+    database.close()
+  }
+}
+
 function runCollection (options: NewmanRunOptions): Promise<NewmanSummary> {
   return new Promise((resolve, reject) => {
     newman.run(options, (error, summary) => error ? reject(error) : resolve(summary))
@@ -112,12 +131,13 @@ async function main (): Promise<number> {
   const port = await freePort()
   const baseUrl = `http://${HOST}:${port}`
 
+  const databaseFile = join(dataDir, 'gatehouse.db')
   const env: NodeJS.ProcessEnv = { ...process.env }
   for (const name of INHERITED_CONFIG) delete env[name]
   Object.assign(env, {
     HOST,
     PORT: String(port),
-    DATABASE_URL: `file:${join(dataDir, 'gatehouse.db')}`,
+    DATABASE_URL: `file:${databaseFile}`,
     JWT_SECRET: randomBytes(48).toString('base64url'),
     ADMIN_EMAIL: adminEmail,
     ADMIN_PASSWORD: adminPassword,
@@ -166,6 +186,11 @@ async function main (): Promise<number> {
     console.error(`postman: ${(error as Error).message}`)
   } finally {
     await stop(child)
+    if (ok) {
+      const problem = leftBehind(databaseFile)
+      if (problem) console.error(`postman: ${problem}`)
+      ok = problem === undefined
+    }
     rmSync(dataDir, { recursive: true, force: true })
     process.off('SIGINT', interrupted)
     process.off('SIGTERM', interrupted)
