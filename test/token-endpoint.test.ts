@@ -156,7 +156,7 @@ t.test('a form body must be UTF-8, raw or escaped: never decoded into another pa
 t.test('a password grant whose username is no email is refused before hashing and counts against nothing', async (t) => {
   const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '1' })
   // Each distinct username would otherwise hold a window of the per-account limit in memory.
-  // The last two pass a looser email check, but not /auth/login's schema.
+  // The last two look like emails, but /auth/login's schema refuses them: no account has one.
   for (const username of ['x'.repeat(4000), 'not an email', `${'a'.repeat(250)}@example.com`, 'a..b@example.com', 'josé@example.com']) {
     for (let attempt = 0; attempt < 3; attempt++) {
       const response = await postForm(app, { grant_type: 'password', username, password: TEST_PASSWORD })
