@@ -1,11 +1,13 @@
 import Fastify, { type LightMyRequestResponse } from 'fastify'
 import fp from 'fastify-plugin'
+import { PassThrough } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
 import { apiError } from '../src/errors.ts'
+import { accountOf } from '../src/plugins/auth.ts'
 import { accessAudit } from '../src/plugins/authorization.ts'
 import { TEST_ENV, type SessionBody, bearer, build, dbCount, dbGet, signup, uniqueEmail, signupWithRoles } from './helper.ts'
 
@@ -652,6 +654,32 @@ t.test('requireOwnerOr: someone else\'s resource is 403, or with othersSee: not_
     t.equal((await remove(othersSee, 'alices', alice)).statusCode, 204, `${othersSee}: the owner may`)
     t.equal((await remove(othersSee, 'alices', admin)).statusCode, 204, `${othersSee}: so may a holder of the permission`)
   }
+})
+
+t.test('accountOf: a route that reads the account without loadAccount fails closed, and the log names it', async (t) => {
+  let log = ''
+  const logStream = new PassThrough().on('data', (chunk) => { log += chunk })
+  const app = await buildApp(loadConfig({ ...TEST_ENV, LOG_LEVEL: 'warn' }), { logStream })
+  t.teardown(() => app.close())
+  let reached = false
+  app.get('/forgot-load-account', { preHandler: app.authenticate }, async (request) => {
+    const { user } = accountOf(request)
+    reached = true
+    return { email: user.email }
+  })
+  app.get('/loads-account', { preHandler: [app.authenticate, app.loadAccount] }, async (request) => ({ email: accountOf(request).user.email }))
+  await app.ready()
+  const session = await signup(app)
+
+  const forgot = await app.inject({ url: '/forgot-load-account', headers: bearer(session.access_token) })
+  t.equal(forgot.statusCode, 500)
+  t.same(forgot.json(), { statusCode: 500, error: 'Internal Server Error', code: 'internal_error', message: 'Something went wrong on our side.' }, 'the generic 500 body, nothing of the cause')
+  t.notOk(reached, 'the handler stops at accountOf')
+  t.match(log, 'GET /forgot-load-account reads the account without the loadAccount preHandler')
+
+  const loaded = await app.inject({ url: '/loads-account', headers: bearer(session.access_token) })
+  t.equal(loaded.statusCode, 200)
+  t.same(loaded.json(), { email: session.user.email })
 })
 
 t.test('GET /videos and /videos/member list newest first', async (t) => {

@@ -5,7 +5,7 @@ import { normaliseEmail } from '../auth/email.ts'
 import { hashPassword, passwordProblem, verifyPassword } from '../auth/passwords.ts'
 import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
-import { accountGone } from '../plugins/auth.ts'
+import { accountGone, accountOf } from '../plugins/auth.ts'
 import { SIGN_IN_IP_LIMIT, checkPasswordLimited } from '../plugins/rate-limits.ts'
 import { noStore } from '../plugins/security.ts'
 import { Email, ErrorResponse, Name, NewPassword, REFRESH_TOKEN_MAX_LENGTH, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
@@ -121,7 +121,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
     await app.authenticate(request)
     await app.loadAccount(request)
-    const { user, session } = request.account
+    const { user, session } = accountOf(request)
     if (body.scope === 'global') {
       const count = await app.sessionsRepository.revokeAllForUser(user.id, now)
       request.log.info({ event: 'session_revoked', userId: user.id, count, reason: 'logout_global' }, 'sessions revoked')
@@ -139,7 +139,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'The signed-in user',
       response: { 200: UserResponse, 401: ErrorResponse }
     }
-  }, async (request) => presentUser(request.account.user))
+  }, async (request) => presentUser(accountOf(request).user))
 
   app.patch('/me', {
     preHandler: [app.authenticate, app.loadAccount],
@@ -150,7 +150,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: UserResponse, 400: ErrorResponse, 401: ErrorResponse }
     }
   }, async (request) => {
-    const user = await app.usersRepository.updateName(request.account.user.id, request.body.name)
+    const user = await app.usersRepository.updateName(accountOf(request).user.id, request.body.name)
     // Deleted since loadAccount read it.
     if (!user) throw accountGone()
     return presentUser(user)
@@ -169,7 +169,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       }
     }
   }, async (request, reply) => {
-    const { user, session } = request.account
+    const { user, session } = accountOf(request)
     const { current_password: currentPassword, new_password: newPassword } = request.body
     // A stolen access token must not become a way to guess the password: same per-account limit.
     const currentHash = await app.usersRepository.findPasswordHash(user.id)

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { apiError } from '../errors.ts'
+import { accountOf } from '../plugins/auth.ts'
 import { ErrorResponse, Timestamp, Uuid } from '../schemas/common.ts'
 
 const SessionView = Type.Object({
@@ -21,7 +22,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: Type.Array(SessionView), 401: ErrorResponse }
     }
   }, async (request) => {
-    const { user, session: current } = request.account
+    const { user, session: current } = accountOf(request)
     const sessions = await app.sessionsRepository.listActive(user.id, { now: new Date(), maxAge: app.config.sessionMaxAge })
     return sessions.map((session) => ({
       id: session.id,
@@ -42,7 +43,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 204: Type.Null(), 400: ErrorResponse, 401: ErrorResponse, 404: ErrorResponse }
     }
   }, async (request, reply) => {
-    const { user } = request.account
+    const { user } = accountOf(request)
     // Another user's session answers 404 like an unknown one: ids are not confirmed to strangers.
     if (!await app.sessionsRepository.revoke(request.params.id, user.id, new Date())) {
       throw apiError(404, 'not_found', 'No such session.')
