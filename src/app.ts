@@ -13,7 +13,7 @@ import security from './plugins/security.ts'
 import signInFlows from './plugins/sign-in-flows.ts'
 import validation from './plugins/validation.ts'
 import errors, { clientErrorHandler, frameworkErrorHandler } from './plugins/errors.ts'
-import gracefulClose from './plugins/graceful-close.ts'
+import { gracefulClose } from './plugins/graceful-close.ts'
 import { withoutQueryParameters } from './errors.ts'
 import clothesRepository from './repositories/clothes.ts'
 import sessionsRepository from './repositories/sessions.ts'
@@ -126,6 +126,7 @@ function loggerOptions (config: Config, { logStream }: BuildOptions): FastifySer
 
 /** The one way to build Gatehouse: the server entry and every test call it. */
 export async function buildApp (config: Config, options: BuildOptions = {}) {
+  const closing = gracefulClose()
   const app = Fastify({
     logger: loggerOptions(config, options),
     trustProxy: config.trustProxy,
@@ -139,7 +140,13 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     // and swaps the two limits when the one for headers is the longer (its default is 60 s).
     requestTimeout: config.requestTimeout * 1000,
     // Node's check for a Host header answers with an empty body; security.ts answers it instead.
-    http: { connectionsCheckingInterval: 1000, headersTimeout: Math.min(60_000, config.requestTimeout * 1000), requireHostHeader: false },
+    // The responses know when the server closes (graceful-close.ts).
+    http: {
+      connectionsCheckingInterval: 1000,
+      headersTimeout: Math.min(60_000, config.requestTimeout * 1000),
+      requireHostHeader: false,
+      ServerResponse: closing.ServerResponse
+    },
     // Every request body here is a few fields: 8 KiB is plenty, and more is refused with 413.
     bodyLimit: 8 * 1024,
     // Start-up migrates the database, which may take as long as it needs; connecting is bounded by
@@ -165,7 +172,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     await app.register(validation)
     await app.register(errors)
     await app.register(security)
-    await app.register(gracefulClose)
+    await app.register(closing.plugin)
     await app.register(database)
     await app.register(usersRepository)
     await app.register(sessionsRepository)

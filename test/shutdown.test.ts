@@ -2,9 +2,13 @@
 // requests in flight are answered, and the server exits cleanly (0) without waiting out
 // close-with-grace's 10 s delay or the connections' keep-alive timeout.
 import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
 import { Agent, request } from 'node:http'
+import { connect } from 'node:net'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
+import { parseAnswer } from './helper.ts'
 import { startServer, withTimeout } from './server-process.ts'
 
 const PASSWORD = 'keep-alive horse battery staple'
@@ -46,6 +50,33 @@ t.test('SIGTERM with busy keep-alive connections: every request answered, exit 0
   const stopped = await withTimeout(server.exited, 20_000, () => server.log.join('\n'))
   t.same(stopped, { code: 0, signal: null }, `exit 0, not the forced exit (${Date.now() - stopping} ms)`)
   t.notMatch(server.log.join('\n'), /killed by timeout/)
+})
+
+t.test('SIGTERM while a request is in flight: its answer says Connection: close and ends the connection', async (t) => {
+  const server = await startServer(t, {
+    DATABASE_URL: `file:${join(t.testdir(), 'gatehouse.db')}`,
+    JWT_SECRET: randomBytes(48).toString('base64url')
+  })
+  const socket = connect(Number(new URL(server.origin).port), '127.0.0.1')
+  await once(socket, 'connect')
+  let answer = ''
+  socket.setEncoding('utf8').on('data', (chunk: string) => { answer += chunk })
+  const closed = once(socket, 'close')
+  // The head and part of the body: the request is routed and waits for the rest of it, so it is in
+  // flight when the close begins. Node had already decided to keep its connection alive.
+  const body = JSON.stringify({ refresh_token: 'not a token we issued' })
+  socket.write(`POST /auth/refresh HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`)
+  await sleep(100)
+  server.child.kill('SIGTERM')
+  await withTimeout((async () => { while (!server.log.some((line) => line.includes('SIGTERM received'))) await sleep(10) })(), 5000, () => server.log.join('\n'))
+  await sleep(50)
+  socket.write(body.slice(10))
+
+  await withTimeout(closed, 5000, () => `the connection stayed open; answer so far:\n${answer}`)
+  const { statusLine, headers } = parseAnswer(answer)
+  t.equal(statusLine, 'HTTP/1.1 401 Unauthorized', 'the request in flight is answered')
+  t.equal(headers.connection, 'close', 'and its answer tells the client to open a new connection')
+  t.same(await withTimeout(server.exited, 20_000, () => server.log.join('\n')), { code: 0, signal: null })
 })
 
 /** One keep-alive connection asking GET /health back to back until the server is gone. */

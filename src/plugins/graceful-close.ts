@@ -1,7 +1,10 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import { ServerResponse, type IncomingMessage, type OutgoingHttpHeader, type OutgoingHttpHeaders } from 'node:http'
 import { Server } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
+
+type Headers = OutgoingHttpHeaders | OutgoingHttpHeader[]
 
 /** How long a closing server waits for its keep-alive clients' next requests. */
 const DRAIN_MS = 1000
@@ -14,25 +17,46 @@ const openConnections = (server: Server) =>
  * SIGTERM while a load balancer's connections are busy). It stops accepting connections but,
  * unlike http.Server.close(), does not drop the idle ones at once: an idle connection's next
  * request may already be on its way, and dropping it answers that client ECONNRESET, with no way
- * to know whether its request ran. Instead each request arriving on an open connection meanwhile
- * is answered (buildApp turns Fastify's bare 503 off) with `Connection: close`, which Fastify adds
- * once closing has begun, so each client moves to a new connection, to another instance. After
- * DRAIN_MS the connections still open are closed as soon as they are idle, so none holds the
- * close open until its keep-alive timeout.
+ * to know whether its request ran. Instead every answer written once closing has begun, to a
+ * request in flight or to one arriving on an open connection meanwhile (buildApp turns Fastify's
+ * bare 503 off), carries `Connection: close` and ends its connection, so each client moves to a
+ * new connection, to another instance. After DRAIN_MS the connections still open are closed as
+ * soon as they are idle, so none holds the close open until its keep-alive timeout.
+ *
+ * Returns the plugin and the response class to give Fastify (`http: { ServerResponse }`): Node
+ * decides a response's keep-alive when its request arrives, and Fastify adds `Connection: close`
+ * only to requests that arrive after closing has begun, so an answer to a request already in
+ * flight would still say keep-alive. The class checks one flag as the answer's head is written.
  */
-async function gracefulClosePlugin (app: FastifyInstance) {
-  let closeIdle: NodeJS.Timeout | undefined
-  app.addHook('preClose', async () => {
-    if (!app.server.listening) return
-    Server.prototype.close.call(app.server)
-    const until = Date.now() + DRAIN_MS
-    while (Date.now() < until && await openConnections(app.server) > 0) await sleep(20)
-    closeIdle = setInterval(() => app.server.closeIdleConnections(), 100).unref()
-  })
-  app.addHook('onClose', (_instance, done) => {
-    clearInterval(closeIdle)
-    done()
-  })
-}
+export function gracefulClose () {
+  let closing = false
 
-export default fp(gracefulClosePlugin, { name: 'graceful-close' })
+  class ClosingAwareResponse<Request extends IncomingMessage = IncomingMessage> extends ServerResponse<Request> {
+    override writeHead (statusCode: number, statusMessage?: string, headers?: Headers): this
+    override writeHead (statusCode: number, headers?: Headers): this
+    override writeHead (statusCode: number, messageOrHeaders?: string | Headers, headers?: Headers): this {
+      if (closing) this.shouldKeepAlive = false
+      return typeof messageOrHeaders === 'string'
+        ? super.writeHead(statusCode, messageOrHeaders, headers)
+        : super.writeHead(statusCode, messageOrHeaders ?? headers)
+    }
+  }
+
+  const plugin = fp(async (app: FastifyInstance) => {
+    let closeIdle: NodeJS.Timeout | undefined
+    app.addHook('preClose', async () => {
+      if (!app.server.listening) return
+      closing = true
+      Server.prototype.close.call(app.server)
+      const until = Date.now() + DRAIN_MS
+      while (Date.now() < until && await openConnections(app.server) > 0) await sleep(20)
+      closeIdle = setInterval(() => app.server.closeIdleConnections(), 100).unref()
+    })
+    app.addHook('onClose', (_instance, done) => {
+      clearInterval(closeIdle)
+      done()
+    })
+  }, { name: 'graceful-close' })
+
+  return { plugin, ServerResponse: ClosingAwareResponse }
+}
