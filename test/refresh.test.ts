@@ -1,8 +1,9 @@
 import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
 import t from 'tap'
 import type { App } from '../src/app.ts'
 import { hashRefreshToken } from '../src/auth/tokens.ts'
-import { TEST_PASSWORD, type SessionBody, bearer, build, dbAll, dbCount, dbRun, dbGet, signup, tokenPayload } from './helper.ts'
+import { TEST_DATABASE_URL, TEST_PASSWORD, type SessionBody, bearer, build, dbAll, dbCount, dbRun, dbGet, signup, tokenPayload } from './helper.ts'
 
 const refresh = (app: App, token: string) =>
   app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })
@@ -263,6 +264,30 @@ t.test('cleanup removes expired sessions and tokens, keeps live ones', async (t)
   t.ok(await sessionRow(app, tokenPayload(live.access_token).sid), 'live session kept')
   t.equal((await refresh(app, live.refresh_token)).statusCode, 200)
 })
+
+// One writer at a time on SQLite: only PostgreSQL's row locks can deadlock.
+if (TEST_DATABASE_URL) {
+  t.test('cleanup takes a session before its tokens, as every writer does, so it never deadlocks with one', async (t) => {
+    const app = await build(t)
+    const expired = await signup(app)
+    const sid = tokenPayload(expired.access_token).sid
+    await dbRun(app, 'update sessions set expires_at = ? where id = ?', new Date(0), sid)
+    await dbRun(app, 'update refresh_tokens set expires_at = ? where session_id = ?', new Date(0), sid)
+
+    // A writer holds the session, as a refresh or a user's deletion does, and then takes its tokens.
+    const writer = new pg.Client({ connectionString: app.config.databaseUrl })
+    await writer.connect()
+    t.teardown(() => writer.end())
+    await writer.query('begin')
+    await writer.query('select id from sessions where id = $1 for update', [sid])
+    const cleanup = app.sessionsRepository.deleteExpired(new Date())
+    await sleep(200)
+    await writer.query('delete from refresh_tokens where session_id = $1', [sid])
+    await writer.query('commit')
+    await cleanup
+    t.equal(await dbCount(app, 'select count(*) as n from sessions where id = ?', sid), 0, 'the cleanup then deletes the session')
+  })
+}
 
 t.test('refresh: an expired token in a live session, and a live token in an expired session, are both refused', async (t) => {
   const app = await build(t)

@@ -214,12 +214,14 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
 
     /** Removes expired sessions, long-revoked ones, and expired refresh tokens. */
     async deleteExpired (now: Date): Promise<void> {
+      // Sessions first, their tokens going with them: the order every writer takes them in, so
+      // a cleanup never waits for a session while holding tokens its writer wants (a deadlock).
       await dialect.atomic(async (tx) => {
-        await tx.delete(refreshTokens).where(lt(refreshTokens.expiresAt, now))
         await tx.delete(sessions).where(or(
           lt(sessions.expiresAt, now),
           and(isNotNull(sessions.revokedAt), lt(sessions.revokedAt, plus(now, -REVOKED_RETENTION_SECONDS)))
         ))
+        await tx.delete(refreshTokens).where(lt(refreshTokens.expiresAt, now))
       })
     }
   }
