@@ -226,6 +226,7 @@ t.test('a Redis that is full or still loading does not stop the start: limits fa
   }
 })
 
+// Those waiting for the checks running before them are refused when those checks fail.
 t.test('per account: 30 parallel guesses cannot get past the limit together', async (t) => {
   const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '3' })
   const email = uniqueEmail()
@@ -236,6 +237,15 @@ t.test('per account: 30 parallel guesses cannot get past the limit together', as
   t.equal(statuses.filter((status) => status === 401).length + statuses.filter((status) => status === 200).length, 3,
     'only RATE_LIMIT_ACCOUNT_MAX attempts reach the password check')
   t.equal(statuses.filter((status) => status === 429).length, 27)
+})
+
+t.test('per account: a burst of correct sign-ins past the limit is served, as its first checks clear the count', async (t) => {
+  const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '3' })
+  const email = uniqueEmail()
+  await signup(app, email)
+  const answers = await Promise.all(Array.from({ length: 10 }, () => login(app, email, TEST_PASSWORD, randomIp())))
+  t.same(answers.map((answer) => answer.statusCode), Array(10).fill(200), 'ten at once with a limit of three: all signed in')
+  t.equal((await login(app, email, 'wrong password!')).statusCode, 401, 'and the count was cleared, not left past the limit')
 })
 
 // The in-memory window ends after 15 minutes, and Retry-After is what is left of it.

@@ -133,22 +133,48 @@ function redisFailureCounter (redis: Redis, max: number): FailureCounter {
   }
 }
 
+/** The password checks of each account running in this process, per counter (an app has one). */
+const checksRunning = new WeakMap<FailureCounter, Map<string, Set<Promise<boolean>>>>()
+
 /**
  * Checks a password for an account under the per-account limit: 429 once the account is past
  * RATE_LIMIT_ACCOUNT_MAX attempts, whatever the password (after `onBlocked`, which logs it);
  * a correct one clears the count.
+ *
+ * Attempts are counted before their check, so a burst can be past the limit only because its
+ * first checks have not finished. A refused attempt whose account has checks running in this
+ * process waits for them and asks again: if one was correct, the count was cleared and it goes
+ * on (a client signing one account in many times at once is served, not told to wait out the
+ * window); if none was, it is refused as before. No more checks run than the limit allows.
  */
 export async function checkPasswordLimited (
   failures: FailureCounter, account: string, check: () => Promise<boolean>, onBlocked: () => void
 ): Promise<boolean> {
-  const retryAfter = await failures.attempt(account)
-  if (retryAfter > 0) {
-    onBlocked()
-    throw rateLimited(retryAfter)
+  let accounts = checksRunning.get(failures)
+  if (!accounts) checksRunning.set(failures, accounts = new Map())
+  for (;;) {
+    const retryAfter = await failures.attempt(account)
+    if (retryAfter === 0) break
+    const running = accounts.get(account)
+    if (!running) {
+      onBlocked()
+      throw rateLimited(retryAfter)
+    }
+    await Promise.allSettled(running)
   }
-  const correct = await check()
-  if (correct) await failures.reset(account)
-  return correct
+  const checked = (async () => {
+    const correct = await check()
+    if (correct) await failures.reset(account)
+    return correct
+  })()
+  const running = accounts.get(account) ?? new Set()
+  accounts.set(account, running.add(checked))
+  try {
+    return await checked
+  } finally {
+    running.delete(checked)
+    if (running.size === 0 && accounts.get(account) === running) accounts.delete(account)
+  }
 }
 
 /**
