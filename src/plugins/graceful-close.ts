@@ -38,7 +38,7 @@ export function gracefulClose () {
       if (closing) this.shouldKeepAlive = false
       return typeof messageOrHeaders === 'string'
         ? super.writeHead(statusCode, messageOrHeaders, headers)
-        : super.writeHead(statusCode, messageOrHeaders ?? headers)
+        : super.writeHead(statusCode, headers ?? messageOrHeaders)
     }
   }
 
