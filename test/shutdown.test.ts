@@ -52,30 +52,49 @@ t.test('SIGTERM with busy keep-alive connections: every request answered, exit 0
   t.notMatch(server.log.join('\n'), /killed by timeout/)
 })
 
-t.test('SIGTERM while a request is in flight: its answer says Connection: close and ends the connection', async (t) => {
+/** A raw connection that keeps everything the server writes, and resolves `closed` when it ends. */
+async function rawConnection (origin: string) {
+  const socket = connect(Number(new URL(origin).port), '127.0.0.1')
+  await once(socket, 'connect')
+  const connection = { socket, text: '', closed: once(socket, 'close') }
+  socket.setEncoding('utf8').on('data', (chunk: string) => { connection.text += chunk })
+  return connection
+}
+
+/** The answers in what a connection received, in order. */
+const answersIn = (text: string) => text.split(/(?=HTTP\/1\.1 \d{3} )/).filter(Boolean).map(parseAnswer)
+
+t.test('SIGTERM while requests are in flight: each is answered, and the last answer on a connection closes it', async (t) => {
   const server = await startServer(t, {
     DATABASE_URL: `file:${join(t.testdir(), 'gatehouse.db')}`,
     JWT_SECRET: randomBytes(48).toString('base64url')
   })
-  const socket = connect(Number(new URL(server.origin).port), '127.0.0.1')
-  await once(socket, 'connect')
-  let answer = ''
-  socket.setEncoding('utf8').on('data', (chunk: string) => { answer += chunk })
-  const closed = once(socket, 'close')
-  // The head and part of the body: the request is routed and waits for the rest of it, so it is in
-  // flight when the close begins. Node had already decided to keep its connection alive.
+  // Each connection sends a request's head and part of its body: the request is routed and waits
+  // for the rest, so it is in flight when the close begins. Node had already decided to keep its
+  // connection alive.
   const body = JSON.stringify({ refresh_token: 'not a token we issued' })
-  socket.write(`POST /auth/refresh HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`)
+  const head = `POST /auth/refresh HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`
+  const alone = await rawConnection(server.origin)
+  const pipelining = await rawConnection(server.origin)
+  for (const { socket } of [alone, pipelining]) socket.write(head + body.slice(0, 10))
   await sleep(100)
   server.child.kill('SIGTERM')
   await withTimeout((async () => { while (!server.log.some((line) => line.includes('SIGTERM received'))) await sleep(10) })(), 5000, () => server.log.join('\n'))
   await sleep(50)
-  socket.write(body.slice(10))
+  alone.socket.write(body.slice(10))
+  // The rest of the body, and a second request right behind it on the same connection.
+  const signup = JSON.stringify({ email: `pipelined-${randomBytes(4).toString('hex')}@example.com`, password: PASSWORD })
+  pipelining.socket.write(body.slice(10) +
+    `POST /auth/signup HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${signup.length}\r\n\r\n${signup}`)
 
-  await withTimeout(closed, 5000, () => `the connection stayed open; answer so far:\n${answer}`)
-  const { statusLine, headers } = parseAnswer(answer)
-  t.equal(statusLine, 'HTTP/1.1 401 Unauthorized', 'the request in flight is answered')
-  t.equal(headers.connection, 'close', 'and its answer tells the client to open a new connection')
+  await withTimeout(Promise.all([alone.closed, pipelining.closed]), 5000, () => `a connection stayed open:\n${alone.text}\n${pipelining.text}`)
+  const [answer] = answersIn(alone.text)
+  t.equal(answer?.statusLine, 'HTTP/1.1 401 Unauthorized', 'the request in flight is answered')
+  t.equal(answer?.headers.connection, 'close', 'and its answer tells the client to open a new connection')
+  const [first, second] = answersIn(pipelining.text)
+  t.equal(first?.statusLine, 'HTTP/1.1 401 Unauthorized', 'with a request behind it, the one in flight is answered')
+  t.equal(second?.statusLine, 'HTTP/1.1 201 Created', 'and so is the request behind it, not dropped with the connection')
+  t.equal(second?.headers.connection, 'close', 'the last answer closes the connection')
   t.same(await withTimeout(server.exited, 20_000, () => server.log.join('\n')), { code: 0, signal: null })
 })
 

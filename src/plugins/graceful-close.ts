@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { ServerResponse, type IncomingMessage, type OutgoingHttpHeader, type OutgoingHttpHeaders } from 'node:http'
-import { Server } from 'node:net'
+import { Server, type Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 type Headers = OutgoingHttpHeaders | OutgoingHttpHeader[]
@@ -26,16 +26,28 @@ const openConnections = (server: Server) =>
  * Returns the plugin and the response class to give Fastify (`http: { ServerResponse }`): Node
  * decides a response's keep-alive when its request arrives, and Fastify adds `Connection: close`
  * only to requests that arrive after closing has begun, so an answer to a request already in
- * flight would still say keep-alive. The class checks one flag as the answer's head is written.
+ * flight would still say keep-alive. The class checks one flag as the answer's head is written,
+ * and ends the connection only after its newest request's answer.
  */
 export function gracefulClose () {
   let closing = false
 
+  // The newest response of each connection: only it may end the connection. Node parses pipelined
+  // requests at once and queues their answers, so ending the connection after an earlier answer
+  // would drop the answers queued behind it, of requests that ran.
+  const newestOnConnection = new WeakMap<Socket, ServerResponse>()
+
   class ClosingAwareResponse<Request extends IncomingMessage = IncomingMessage> extends ServerResponse<Request> {
+    // A rest parameter: Node also passes the server's response options, which @types/node leaves out.
+    constructor (...args: ConstructorParameters<typeof ServerResponse<Request>>) {
+      super(...args)
+      newestOnConnection.set(this.req.socket, this)
+    }
+
     override writeHead (statusCode: number, statusMessage?: string, headers?: Headers): this
     override writeHead (statusCode: number, headers?: Headers): this
     override writeHead (statusCode: number, messageOrHeaders?: string | Headers, headers?: Headers): this {
-      if (closing) this.shouldKeepAlive = false
+      if (closing && newestOnConnection.get(this.req.socket) === this) this.shouldKeepAlive = false
       return typeof messageOrHeaders === 'string'
         ? super.writeHead(statusCode, messageOrHeaders, headers)
         : super.writeHead(statusCode, headers ?? messageOrHeaders)
