@@ -58,7 +58,7 @@ declare module 'fastify' {
 
 /**
  * The account loadAccount read. A route that reads it without that preHandler is a bug in the
- * route: it fails with a 500 that names the route in the log, never acts for nobody.
+ * route: it fails with a 500, whose log line names the route, rather than act without an account.
  */
 export function accountOf (request: FastifyRequest): { user: User, session: Session } {
   if (!request.account) throw new Error(`${request.method} ${request.routeOptions.url} reads the account without the loadAccount preHandler`)

@@ -17,10 +17,10 @@ const openConnections = (server: Server) =>
  * SIGTERM while a load balancer's connections are busy). It stops accepting connections but,
  * unlike http.Server.close(), does not drop the idle ones at once: an idle connection's next
  * request may already be on its way, and dropping it answers that client ECONNRESET, with no way
- * to know whether its request ran. Instead every answer written once closing has begun, to a
- * request in flight or to one arriving on an open connection meanwhile (buildApp turns Fastify's
- * bare 503 off), carries `Connection: close` and ends its connection, so each client moves to a
- * new connection, to another instance. After DRAIN_MS the connections still open are closed as
+ * to know whether its request ran. Instead the requests in flight and those arriving on an open
+ * connection meanwhile are answered (buildApp turns Fastify's bare 503 off), and the last answer
+ * on each connection carries `Connection: close` and ends it, so each client moves to a new
+ * connection, to another instance. After DRAIN_MS the connections still open are closed as
  * soon as they are idle, so none holds the close open until its keep-alive timeout.
  *
  * Returns the plugin and the response class to give Fastify (`http: { ServerResponse }`): Node
