@@ -181,6 +181,57 @@ t.test('PostgreSQL that refuses new connections: 503, then service again', onPos
   }
 })
 
+t.test('PostgreSQL that turns read-only (a failover\'s standby): writes answer 503, then service again', onPostgres, async (t) => {
+  const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
+  const name = new URL(databaseUrl).pathname.slice(1)
+  const app = await build(t, { DATABASE_URL: databaseUrl })
+  const session = await signup(app)
+  const admin = new pg.Client({ connectionString: POSTGRES_URL })
+  await admin.connect()
+  const readOnly = async (on: boolean) => {
+    await admin.query(`alter database "${name}" set default_transaction_read_only = ${on}`)
+    // The setting applies to new connections: end the pooled ones.
+    await admin.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = $1', [name])
+  }
+  t.teardown(async () => {
+    await readOnly(false)
+    await admin.end()
+  })
+
+  await readOnly(true)
+  const [signedUp, signIn, refreshed, token] = await Promise.all([
+    app.inject({ method: 'POST', url: '/auth/signup', payload: { email: 'standby@example.com', password: TEST_PASSWORD } }),
+    login(app, session.user.email),
+    refresh(app, session.refresh_token),
+    app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: session.refresh_token } })
+  ])
+  for (const response of [signedUp, signIn, refreshed]) {
+    t.equal(response.statusCode, 503, response.body)
+    t.equal(response.json().code, 'database_unavailable')
+    t.equal(response.headers['retry-after'], '5')
+  }
+  t.equal(token.statusCode, 503, token.body)
+  t.equal(token.json().error, 'temporarily_unavailable')
+  const me = await app.inject({ url: '/auth/me', headers: { authorization: `Bearer ${session.access_token}` } })
+  t.equal(me.statusCode, 200, 'reads are still served')
+
+  // Writable again. Each pooled connection that failed was dropped; the one the read left keeps the
+  // read-only default until it is ended, as here, and the pool notices that on its next use.
+  await readOnly(false)
+  let health = 0
+  for (let tries = 0; tries < 20 && health !== 200; tries++) health = (await app.inject({ url: '/health' })).statusCode
+  t.equal(health, 200)
+  t.equal((await login(app, session.user.email)).statusCode, 200)
+  t.equal((await refresh(app, session.refresh_token)).statusCode, 200)
+  const users = await app.database.query("select count(*) as n from users where email = 'standby@example.com'")
+  t.equal(Number(users[0]!.n), 0, 'the refused signup left no user')
+
+  // Out of disk or memory (SQLSTATE class 53) and a disk I/O error cannot be caused here.
+  for (const [code, message] of [['53100', 'could not extend file: No space left on device'], ['53200', 'out of memory'], ['58030', 'could not read block']] as const) {
+    t.equal(app.database.dialect.isUnavailable(Object.assign(new Error(message), { code })), true, `${code} ${message}`)
+  }
+})
+
 t.test('PostgreSQL: a transaction that waits too long for a lock is cancelled, and leaves nothing open', onPostgres, async (t) => {
   const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
   const app = await build(t, { DATABASE_URL: databaseUrl })

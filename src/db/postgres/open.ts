@@ -24,8 +24,12 @@ const PING_TIMEOUT_MS = 2_000
 /** PostgreSQL's connection and availability failures: worth a retry, not a bug. */
 const UNAVAILABLE_CODES = new Set([
   'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENOTFOUND', 'EAI_AGAIN',
-  '57P01', '57P02', '57P03', '53300', // shutdowns, cannot connect now, too many connections
+  '57P01', '57P02', '57P03', // shutdowns, cannot connect now
   '57014', '55P03', // statement_timeout, lock_timeout
+  // Writes refused by a database turned read-only: a failover's standby, or
+  // default_transaction_read_only set by an operator. Clients retry; the pool drops the connection.
+  '25006',
+  '58030', // an I/O error on the server's disk
   // Refused at connection start by an operator's change (the database dropped or renamed, the role
   // or its password changed): the requests cannot be served, and the error log says why.
   '3D000', '28000', '28P01',
@@ -122,7 +126,9 @@ export async function openPostgres (databaseUrl: string): Promise<Database> {
       isForeignKeyViolation: (error) => errorCode(error) === '23503',
       isUnavailable: (error) => {
         const code = errorCode(error)
-        return (typeof code === 'string' && (UNAVAILABLE_CODES.has(code) || code.startsWith('08'))) ||
+        // Classes 08 (connection exceptions) and 53 (insufficient resources: disk full, out of
+        // memory, too many connections) are the server's state, not the request's.
+        return (typeof code === 'string' && (UNAVAILABLE_CODES.has(code) || code.startsWith('08') || code.startsWith('53'))) ||
           UNAVAILABLE_MESSAGE.test(driverMessage(error))
       }
     },
