@@ -68,9 +68,14 @@ function toErrorBody (error: FastifyError): ErrorBody {
 /** What a request that met an unavailable database answers, besides its shape: retry in 5 s. */
 export const DATABASE_UNAVAILABLE = { message: 'The database is unavailable; try again shortly.', retryAfter: '5' }
 
-/** The database could not serve this request (an error of its driver, never one of ours). */
+/**
+ * The database could not serve this request (an error of its driver, never one of ours, nor one
+ * Fastify marked as the client's: a body that stopped arriving carries the socket's ECONNRESET
+ * and statusCode 400).
+ */
 export const isDatabaseUnavailable = (app: FastifyInstance, error: FastifyError) =>
-  !(error instanceof HttpError) && !error.validation && (app.database?.dialect.isUnavailable(error) ?? false)
+  !(error instanceof HttpError) && !error.validation && !(error.statusCode !== undefined && error.statusCode < 500) &&
+  (app.database?.dialect.isUnavailable(error) ?? false)
 
 /** Node's HTTP parser refused the request before Fastify saw it: which answer that gets. */
 function clientErrorAnswer (error: Error & { code?: string }): ErrorBody {
