@@ -149,14 +149,21 @@ function bodyOrEmptyObject (request: FastifyRequest, _reply: FastifyReply, done:
  * U+FFFD, and passwords that differ would match).
  */
 function textProblem (value: unknown, path: string): string | undefined {
-  if (typeof value === 'string') {
-    if (value.includes('\u0000')) return `${path} must not contain NUL characters`
-    return value.isWellFormed() ? undefined : `${path} must not contain lone surrogates`
-  }
-  if (value === null || typeof value !== 'object') return undefined
-  for (const [key, item] of Object.entries(value)) {
-    const found = textProblem(item, `${path}/${key}`)
-    if (found) return found
+  // Depth first, in the order sent, on a stack of its own: a body nested thousands deep still fits
+  // the 8 KiB limit, and recursion would overflow the call stack (a 500).
+  const pending: Array<[unknown, string]> = [[value, path]]
+  while (pending.length > 0) {
+    const [item, itemPath] = pending.pop()!
+    if (typeof item === 'string') {
+      if (item.includes('\u0000')) return `${itemPath} must not contain NUL characters`
+      if (!item.isWellFormed()) return `${itemPath} must not contain lone surrogates`
+    } else if (item !== null && typeof item === 'object') {
+      const entries = Object.entries(item)
+      for (let index = entries.length - 1; index >= 0; index--) {
+        const [key, child] = entries[index]!
+        pending.push([child, `${itemPath}/${key}`])
+      }
+    }
   }
   return undefined
 }
