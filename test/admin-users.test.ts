@@ -6,7 +6,7 @@ import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
-import { TEST_ENV, TEST_PASSWORD, type SessionBody, bearer, build, dbAll, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
+import { TEST_ENV, TEST_PASSWORD, type SessionBody, before, bearer, build, dbAll, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
 
 const FORBIDDEN_CHALLENGE = 'Bearer realm="gatehouse", error="insufficient_scope"'
 const ADMIN_USER_KEYS = ['created_at', 'disabled', 'email', 'id', 'name', 'roles', 'updated_at']
@@ -409,6 +409,42 @@ t.test('two admins demoting each other at once: exactly one wins', async (t) => 
       t.equal(admins.length, 1, `${label} round ${round}: exactly one enabled admin remains`)
       const winner = responses[0]!.statusCode === success ? a : b
       t.same(admins, [winner.user.id], 'the winner is that admin')
+    }
+  }
+})
+
+t.test('an admin demoted, disabled, deleted or signed out while their change waits cannot make it', async (t) => {
+  // Three admins, so last_admin never decides: the acting admin's own state does.
+  const endings: Array<[string, (app: App, other: SessionBody, actor: SessionBody) => Promise<LightMyRequestResponse>]> = [
+    ['demoted', (app, other, actor) => app.inject({ method: 'PATCH', url: `/admin/users/${actor.user.id}`, headers: bearer(other.access_token), payload: { roles: ['member'] } })],
+    ['disabled', (app, other, actor) => app.inject({ method: 'PATCH', url: `/admin/users/${actor.user.id}`, headers: bearer(other.access_token), payload: { disabled: true } })],
+    ['deleted', (app, other, actor) => app.inject({ method: 'DELETE', url: `/admin/users/${actor.user.id}`, headers: bearer(other.access_token) })],
+    ['signed out', (app, _other, actor) => app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(actor.access_token), payload: {} })]
+  ]
+  const changes: Array<['PATCH' | 'DELETE', 'adminUpdate' | 'adminDelete']> = [['PATCH', 'adminUpdate'], ['DELETE', 'adminDelete']]
+  for (const [ending, end] of endings) {
+    for (const [method, repositoryMethod] of changes) {
+      const app = await build(t)
+      const [actor, other] = [await asAdmin(app), await asAdmin(app)]
+      await asAdmin(app)
+      const target = await signup(app)
+      // After the request's own checks passed (loadAccount, the permission), before its transaction.
+      before(app.usersRepository, repositoryMethod, async () => {
+        const ended = await end(app, other, actor)
+        t.ok([200, 204].includes(ended.statusCode), `${ending}: ${ended.body}`)
+      })
+      const response = await app.inject({
+        method,
+        url: `/admin/users/${target.user.id}`,
+        headers: bearer(actor.access_token),
+        ...(method === 'PATCH' ? { payload: { roles: ['admin'] } } : {})
+      })
+      t.equal(response.statusCode, 401, `${method} by an admin ${ending} meanwhile`)
+      t.equal(response.json().code, 'invalid_token')
+      t.equal(response.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_token", error_description="The session behind this access token has ended."')
+      const stored = await dbGet(app, 'select roles from users where id = ?', target.user.id)
+      t.ok(stored, `${method} by an admin ${ending} meanwhile: the user is still there`)
+      t.same(JSON.parse(String(stored?.roles)), ['user'], `${method} by an admin ${ending} meanwhile: their roles are unchanged`)
     }
   }
 })

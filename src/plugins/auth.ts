@@ -81,6 +81,9 @@ const invalidToken = (description: string) =>
 /** 401 for a valid access token whose user was deleted before the request could act for them. */
 export const accountGone = () => invalidToken('The account behind this access token no longer exists.')
 
+/** 401 for a valid access token whose session was revoked or expired, or whose user was disabled or deleted. */
+export const sessionEnded = () => invalidToken('The session behind this access token has ended.')
+
 const MALFORMED_AUTHORIZATION = 'The Authorization header must be sent once, the Bearer scheme followed by one token.'
 const malformedAuthorization = () => apiError(400, 'invalid_request', MALFORMED_AUTHORIZATION, {
   'www-authenticate': bearerChallenge('invalid_request', MALFORMED_AUTHORIZATION)
@@ -199,7 +202,7 @@ async function authPlugin (app: FastifyInstance) {
   app.decorate('loadAccount', accessCheck(async (request: FastifyRequest) => {
     const account = await app.sessionsRepository.findActiveAccount(request.user.sid, { now: new Date(), maxAge: app.config.sessionMaxAge })
     if (!account || account.user.disabled || account.user.id !== request.user.id) {
-      throw invalidToken('The session behind this access token has ended.')
+      throw sessionEnded()
     }
     request.account = account
   }))

@@ -2,7 +2,7 @@ import { and, asc, eq, gt, isNull, ne, or, sql, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
-import { isAdmin, normaliseRoles, type Role } from '../auth/permissions.ts'
+import { hasPermission, isAdmin, normaliseRoles, type Role } from '../auth/permissions.ts'
 import type { Database, Db, Tables, UserRow } from '../db/index.ts'
 
 /** A user as the rest of the app sees it: never with the password hash. */
@@ -29,10 +29,17 @@ export interface AdminChanges {
   name?: string | null | undefined
 }
 
+/** The admin making a change: their user and the session their access token names. */
+export interface ActingAdmin {
+  userId: string
+  sessionId: string
+}
+
 export type AdminUpdate =
   | { outcome: 'updated', user: User, rolesChanged: boolean, disabledNow: boolean, revokedSessions: number }
   | { outcome: 'not_found' }
   | { outcome: 'last_admin' }
+  | { outcome: 'admin_ended' }
 
 /** The columns of a User: every one but the password hash. */
 export const userColumns = (users: Tables['users']) => ({
@@ -58,6 +65,18 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
 
   const otherEnabledAdminExists = async (tx: Db, exceptId: string) =>
     (await tx.select({ id: users.id }).from(users).where(and(isEnabledAdmin, ne(users.id, exceptId))).limit(1)).length > 0
+
+  /**
+   * Whether the acting admin may still manage users, read again under the admins lock: a demotion,
+   * disable or delete of theirs (each revokes their sessions), or their sign-out, that committed
+   * after the request's own check ends their right to act, as it would for a request sent after.
+   */
+  const stillActing = async (tx: Db, actor: ActingAdmin) => {
+    const [account] = await tx.select({ roles: users.roles, disabled: users.disabled }).from(sessions)
+      .innerJoin(users, eq(users.id, sessions.userId))
+      .where(and(eq(sessions.id, actor.sessionId), eq(sessions.userId, actor.userId), isNull(sessions.revokedAt)))
+    return account !== undefined && !account.disabled && hasPermission(account.roles, 'users:manage')
+  }
 
   return {
     /** The new user, or null when the (normalised) email is taken. */
@@ -145,11 +164,12 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
     /**
      * An admin's change to a user, refused with last_admin when it would leave no enabled admin.
      * A role change or a disable also revokes the user's sessions.
-     * The check and the write share one transaction under the admins lock, so two admins demoting
-     * each other at once cannot both succeed, on one instance or several.
+     * The checks and the write share one transaction under the admins lock, so two admins demoting
+     * each other at once cannot both succeed, on one instance or several (admin_ended for the second).
      */
-    async adminUpdate (id: string, changes: AdminChanges): Promise<AdminUpdate> {
+    async adminUpdate (actor: ActingAdmin, id: string, changes: AdminChanges): Promise<AdminUpdate> {
       return dialect.atomic(async (tx) => {
+        if (!await stillActing(tx, actor)) return { outcome: 'admin_ended' } as const
         const [current] = await tx.select(publicColumns).from(users).where(eq(users.id, id))
         if (!current) return { outcome: 'not_found' } as const
         const roles = changes.roles ? normaliseRoles(changes.roles) : current.roles
@@ -177,8 +197,9 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
     },
 
     /** Deletes a user (sessions go with it), unless they are the last enabled admin. */
-    async adminDelete (id: string): Promise<'deleted' | 'not_found' | 'last_admin'> {
+    async adminDelete (actor: ActingAdmin, id: string): Promise<'deleted' | 'not_found' | 'last_admin' | 'admin_ended'> {
       return dialect.atomic(async (tx) => {
+        if (!await stillActing(tx, actor)) return 'admin_ended'
         const [current] = await tx.select(publicColumns).from(users).where(eq(users.id, id))
         if (!current) return 'not_found'
         if (isAdmin(current.roles) && !current.disabled && !await otherEnabledAdminExists(tx, id)) return 'last_admin'

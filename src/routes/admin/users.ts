@@ -1,7 +1,9 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import { normaliseEmail } from '../../auth/email.ts'
 import { apiError } from '../../errors.ts'
+import { sessionEnded } from '../../plugins/auth.ts'
 import type { User } from '../../repositories/users.ts'
 import { ErrorResponse, Name, errorResponse, RoleName, UserResponse, Uuid, isUuid, presentUser } from '../../schemas/common.ts'
 
@@ -42,6 +44,8 @@ function decodeCursor (cursor: string): { createdAt: Date, id: string } {
 
 const lastAdmin = () => apiError(409, 'last_admin', 'The last enabled admin cannot lose admin, be disabled or be deleted.')
 const notFound = () => apiError(404, 'not_found', 'No such user.')
+
+const actingAdmin = (request: FastifyRequest) => ({ userId: request.user.id, sessionId: request.user.sid })
 
 const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
   // Admin endpoints act on accounts: the caller's user and session are re-read on every call.
@@ -95,7 +99,8 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: AdminUserResponse, 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse, 409: lastAdminResponse }
     }
   }, async (request) => {
-    const result = await app.usersRepository.adminUpdate(request.params.id, request.body)
+    const result = await app.usersRepository.adminUpdate(actingAdmin(request), request.params.id, request.body)
+    if (result.outcome === 'admin_ended') throw sessionEnded()
     if (result.outcome === 'not_found') throw notFound()
     if (result.outcome === 'last_admin') throw lastAdmin()
     const { user, rolesChanged, disabledNow, revokedSessions } = result
@@ -117,7 +122,8 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 204: Type.Null(), 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse, 409: lastAdminResponse }
     }
   }, async (request, reply) => {
-    const outcome = await app.usersRepository.adminDelete(request.params.id)
+    const outcome = await app.usersRepository.adminDelete(actingAdmin(request), request.params.id)
+    if (outcome === 'admin_ended') throw sessionEnded()
     if (outcome === 'not_found') throw notFound()
     if (outcome === 'last_admin') throw lastAdmin()
     request.log.info({ event: 'user_deleted', userId: request.params.id, adminId: request.user.id }, 'user deleted')
