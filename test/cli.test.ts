@@ -127,6 +127,17 @@ t.test('user:create combines repeated --role flags, canonically ordered', async 
   ])
 })
 
+t.test('user:create never repeats a stray argument, which may be the password', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  const stray = await runCli('user-create', file, ['--email', 'ada@example.com', 'Stray-Secret-98x'], `${TEST_PASSWORD}\n`)
+  t.equal(stray.status, 1)
+  t.match(stray.stderr, /takes no arguments besides its options \(the one given is not shown: it may be a password\)\nusage: /)
+  t.notOk(`${stray.stdout}${stray.stderr}`.includes('Stray-Secret-98x'), 'the argument appears nowhere')
+  const unknown = await runCli('user-create', file, ['--email', 'ada@example.com', '--pasword'], `${TEST_PASSWORD}\n`)
+  t.equal(unknown.status, 1)
+  t.match(unknown.stderr, /Unknown option '--pasword'/, 'an unknown option is still named')
+})
+
 t.test('a database failure ends user:create and db:seed with one line: no stack, no query parameters', async (t) => {
   const targets: Array<{ name: string, database: string, refuse: (table: string) => Promise<void> }> = []
   const file = join(t.testdir(), 'gatehouse.db')

@@ -52,7 +52,9 @@ async function main (): Promise<number> {
       }
     }))
   } catch (error) {
-    console.error(`${(error as Error).message}\n${USAGE}`)
+    // parseArgs quotes a stray argument, which may well be the password: never repeat it.
+    const stray = (error as { code?: string }).code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL'
+    console.error(`${stray ? 'user:create takes no arguments besides its options (the one given is not shown: it may be a password)' : (error as Error).message}\n${USAGE}`)
     return 1
   }
   if (values.help) {
