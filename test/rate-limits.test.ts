@@ -111,6 +111,19 @@ t.test('per IP: each auth endpoint allows RATE_LIMIT_IP_MAX requests a minute', 
   t.same(answers.map((answer) => answer.statusCode), [200, 200, 200, 200, 200, 429, 429], 'a HEAD counts with its GET, not on a budget of its own')
 })
 
+t.test('per IP: traffic from many other addresses does not reset a client\'s count', async (t) => {
+  const app = await build(t, { RATE_LIMIT_IP_MAX: '2' })
+  const ip = randomIp()
+  const refresh = (from: string) => app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: from })
+  t.same([(await refresh(ip)).statusCode, (await refresh(ip)).statusCode, (await refresh(ip)).statusCode], [401, 401, 429])
+  // More addresses than @fastify/rate-limit's default store keeps (5,000), within the minute.
+  for (let index = 0; index < 6_000; index++) {
+    const other = await app.inject({ url: '/auth/me', remoteAddress: `10.${index >> 16}.${(index >> 8) & 255}.${index & 255}` })
+    if (other.statusCode !== 401) t.fail(`request ${index} answered ${other.statusCode}`)
+  }
+  t.equal((await refresh(ip)).statusCode, 429, 'still refused')
+})
+
 t.test('per IP: an IPv6 client counts by its /64, an IPv4 address written as IPv6 as IPv4', async (t) => {
   t.equal(ipLimitSubject('203.0.113.9'), '203.0.113.9')
   t.equal(ipLimitSubject('::ffff:203.0.113.9'), '203.0.113.9')

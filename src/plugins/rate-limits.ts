@@ -77,6 +77,13 @@ const accountDigest = (account: string) => createHash('sha256').update(account).
 /** Accounts under the limit that one process tracks at once: about 160 bytes each. */
 const MAX_OPEN_WINDOWS = 100_000
 
+/**
+ * Per-IP counts one process keeps (about 65 bytes each), the least recently used dropped past it.
+ * @fastify/rate-limit keeps 5,000 by default: traffic from that many other addresses within a
+ * minute, a small IPv6 allocation's worth, would reset every count and so every client's budget.
+ */
+const MAX_IP_COUNTS = 100_000
+
 /** In one process: a fixed window per account, started by its first attempt. */
 export function memoryFailureCounter (max: number): FailureCounter {
   type Window = { count: number, endsAt: number }
@@ -306,6 +313,8 @@ async function rateLimitsPlugin (app: FastifyInstance) {
   })
 
   app.decorate('limitPerIp', app.rateLimit({
+    // This limiter's own store (a child of the plugin's) reads its size from these options.
+    cache: MAX_IP_COUNTS,
     max: limits.ipMax,
     timeWindow: IP_WINDOW_MS,
     // Per IP and per endpoint, as the contract says: signups do not use up the login budget. The
