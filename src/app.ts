@@ -11,7 +11,7 @@ import docs from './plugins/docs.ts'
 import rateLimits from './plugins/rate-limits.ts'
 import security from './plugins/security.ts'
 import signInFlows from './plugins/sign-in-flows.ts'
-import validation from './plugins/validation.ts'
+import validation, { boundedIp } from './plugins/validation.ts'
 import errors, { clientErrorHandler, frameworkErrorHandler } from './plugins/errors.ts'
 import { gracefulClose } from './plugins/graceful-close.ts'
 import { withoutQueryParameters } from './errors.ts'
@@ -117,7 +117,7 @@ function loggerOptions (config: Config, { logStream }: BuildOptions): FastifySer
         method: request.method,
         url: maskQuery(request.url),
         host: request.host,
-        remoteAddress: request.ip
+        remoteAddress: request.ip === undefined ? undefined : boundedIp(request.ip)
       })
     },
     ...(logStream ? { stream: logStream } : process.stdout.isTTY ? { transport: { target: 'pino-pretty' } } : {})

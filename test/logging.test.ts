@@ -274,6 +274,13 @@ t.test('a client that drops an upload is not logged as a server error, whatever 
   t.same(lines.filter((line) => line.level >= 50), [], 'no error line')
 })
 
+t.test('with TRUST_PROXY=true, a forwarded address of any length is logged at an address\'s length', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', TRUST_PROXY: 'true' })
+  await app.inject({ url: '/health', headers: { 'x-forwarded-for': 'b'.repeat(8_000) } })
+  const incoming = logLines(log.text).find((line) => line.msg === 'incoming request')
+  t.equal(incoming?.req.remoteAddress, 'b'.repeat(45))
+})
+
 t.test('a refresh token superseded by a grace-window retry is refused with its own warning, and the session revoked', async (t) => {
   const { app, log } = await appWithLog(t, { LOG_LEVEL: 'warn' })
   const refresh = (token: string) => app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })

@@ -3,7 +3,7 @@ import { createServer, type AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
 import { ipLimitSubject, memoryFailureCounter } from '../src/plugins/rate-limits.ts'
-import { TEST_PASSWORD, bearer, build, signup, uniqueEmail } from './helper.ts'
+import { TEST_PASSWORD, bearer, build, dbAll, signup, uniqueEmail } from './helper.ts'
 import { REDIS_URL, redisReachable } from './services.ts'
 
 const login = (app: App, email: string, password: string, remoteAddress = '127.0.0.1') =>
@@ -122,6 +122,21 @@ t.test('per IP: traffic from many other addresses does not reset a client\'s cou
     if (other.statusCode !== 401) t.fail(`request ${index} answered ${other.statusCode}`)
   }
   t.equal((await refresh(ip)).statusCode, 429, 'still refused')
+})
+
+t.test('with TRUST_PROXY=true, a forwarded address of any length is kept, counted and listed at an address\'s length', async (t) => {
+  const app = await build(t, { TRUST_PROXY: 'true', RATE_LIMIT_IP_MAX: '2' })
+  const { user } = await signup(app)
+  const forwarded = `${'a'.repeat(8_000)}, 203.0.113.9`
+  const send = () => app.inject({ method: 'POST', url: '/auth/login', payload: { email: user.email, password: TEST_PASSWORD }, headers: { 'x-forwarded-for': forwarded } })
+  const first = await send()
+  t.equal(first.statusCode, 200)
+  const listed = await app.inject({ url: '/auth/sessions', headers: bearer(first.json().access_token) })
+  t.same(listed.json().map((session: { ip: string | null }) => session.ip), ['a'.repeat(45), '127.0.0.1'], 'listed cut to 45 characters (after signup\'s session, sent directly)')
+  const stored = await dbAll(app, 'select ip from sessions where user_id = ? order by created_at', user.id)
+  t.same(stored.map((row) => row.ip), ['127.0.0.1', 'a'.repeat(45)], 'stored cut')
+  t.equal((await send()).statusCode, 200)
+  t.equal((await send()).statusCode, 429, 'and counted as one client')
 })
 
 t.test('per IP: an IPv6 client counts by its /64, an IPv4 address written as IPv6 as IPv4', async (t) => {

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { isIPv4 } from 'node:net'
 import { apiError } from '../errors.ts'
+import { boundedIp } from './validation.ts'
 
 // The plugin's own stores, to put a fallback between them (they are not re-exported by its index).
 type StoreCtor = new (continueExceeding: boolean, exponentialBackoff: boolean, ...rest: unknown[]) => FastifyRateLimitStore
@@ -321,7 +322,7 @@ async function rateLimitsPlugin (app: FastifyInstance) {
     // endpoints of one group share a count (login and the token endpoint: "shares login's limits"),
     // and a HEAD counts with its GET: it costs the same, and must not double the budget.
     keyGenerator: (request: FastifyRequest) =>
-      `${ipLimitSubject(request.ip)}|${request.routeOptions.config.ipLimitGroup ?? `${request.method === 'HEAD' ? 'GET' : request.method} ${request.routeOptions.url}`}`
+      `${ipLimitSubject(boundedIp(request.ip))}|${request.routeOptions.config.ipLimitGroup ?? `${request.method === 'HEAD' ? 'GET' : request.method} ${request.routeOptions.url}`}`
   }))
 }
 

@@ -4,6 +4,7 @@ import type { Static } from 'typebox'
 import { dummyVerify, hashPassword, needsRehash, prepareDummyVerify, verifyPassword } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import { checkPasswordLimited } from './rate-limits.ts'
+import { boundedIp } from './validation.ts'
 import type { Session } from '../repositories/sessions.ts'
 import type { User } from '../repositories/users.ts'
 import { presentUser, type SessionResponse } from '../schemas/common.ts'
@@ -59,7 +60,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
   const flows: SignInFlows = {
     async start (request, user, passwordHash) {
       const opened = await app.sessionsRepository.open(
-        { userId: user.id, passwordHash, userAgent: request.headers['user-agent'], ip: request.ip },
+        { userId: user.id, passwordHash, userAgent: request.headers['user-agent'], ip: boundedIp(request.ip) },
         { now: new Date(), ttl, maxAge }
       )
       if (!opened) {

@@ -60,6 +60,16 @@ export function accessCheck<T extends object> (handler: T): T {
   return handler
 }
 
+/** The longest text form of an IP address: an IPv6 address with an IPv4 tail. */
+const MAX_IP_LENGTH = 45
+
+/**
+ * request.ip as it is stored with a session, logged and counted by the per-IP limit: cut to the
+ * longest address's length. With TRUST_PROXY=true it is whatever the client wrote first in
+ * X-Forwarded-For, which may be kilobytes of anything (up to the 16 KiB header limit).
+ */
+export const boundedIp = (ip: string): string => ip.length > MAX_IP_LENGTH ? ip.slice(0, MAX_IP_LENGTH) : ip
+
 /**
  * How many lines of a header the request sent (`name` in lower case). Node keeps only the first of
  * a repeated Authorization or Host, so request.headers cannot tell; its raw lines can.
