@@ -2,11 +2,13 @@ import type { LightMyRequestResponse } from 'fastify'
 import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
 import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
-import { TEST_ENV, TEST_PASSWORD, type SessionBody, before, bearer, build, dbAll, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
+import { ADVISORY_LOCKS } from '../src/db/postgres/open.ts'
+import { TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, type SessionBody, before, bearer, build, freshPostgresUrl, dbAll, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
 
 const FORBIDDEN_CHALLENGE = 'Bearer realm="gatehouse", error="insufficient_scope"'
 const ADMIN_USER_KEYS = ['created_at', 'disabled', 'email', 'id', 'name', 'roles', 'updated_at']
@@ -448,6 +450,38 @@ t.test('an admin demoted, disabled, deleted or signed out while their change wai
     }
   }
 })
+
+// Only PostgreSQL lets two transactions wait on one another; SQLite runs one writer at a time.
+if (TEST_DATABASE_URL) {
+  t.test('an admin signed out while their change waits for the admins lock cannot make it, whatever the default isolation', async (t) => {
+    const base = await freshPostgresUrl(TEST_DATABASE_URL!)
+    // The database's default as an operator may set it: repeatable read would read from before the wait.
+    for (const isolation of ['read committed', 'repeatable read']) {
+      const url = new URL(base)
+      url.searchParams.set('options', `-c default_transaction_isolation=${isolation.replace(' ', '\\ ')}`)
+      const app = await build(t, { DATABASE_URL: url.toString() })
+      t.same(await dbAll(app, 'show default_transaction_isolation'), [{ default_transaction_isolation: isolation }])
+      const [actor] = [await asAdmin(app), await asAdmin(app)]
+      const target = await signup(app)
+      const holder = new pg.Client({ connectionString: base })
+      await holder.connect()
+      t.teardown(() => holder.end())
+      await holder.query('begin')
+      await holder.query('select pg_advisory_xact_lock($1)', [ADVISORY_LOCKS.admins])
+      const change = app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(actor.access_token), payload: { roles: ['admin'] } })
+      const waiting = async () => (await holder.query(
+        "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event = 'advisory'")).rows[0].n
+      for (let tries = 0; tries < 100 && await waiting() === 0; tries++) await sleep(20)
+      t.equal(await waiting(), 1, `${isolation}: the change waits for the lock`)
+      const logout = await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(actor.access_token), payload: {} })
+      t.equal(logout.statusCode, 204)
+      await holder.query('commit')
+      const response = await change
+      t.equal(response.statusCode, 401, `${isolation}: ${response.body}`)
+      t.same(JSON.parse(String((await dbGet(app, 'select roles from users where id = ?', target.user.id))?.roles)), ['user'], `${isolation}: not promoted`)
+    }
+  })
+}
 
 t.test('DELETE /admin/users/:id removes the user and their sessions; their videos stay, ownerless', async (t) => {
   const app = await build(t)

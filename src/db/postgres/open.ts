@@ -27,7 +27,8 @@ const UNAVAILABLE_CODES = new Set([
   '57P01', '57P02', '57P03', // shutdowns, cannot connect now
   '57014', '55P03', // statement_timeout, lock_timeout
   // Writes refused by a database turned read-only: a failover's standby, or
-  // default_transaction_read_only set by an operator. Clients retry; the pool drops the connection.
+  // default_transaction_read_only set by an operator. Clients retry; a connection whose
+  // transaction failed is dropped, and new ones read the setting afresh.
   '25006',
   '58030', // an I/O error on the server's disk
   // Refused at connection start by an operator's change (the database dropped or renamed, the role
@@ -108,10 +109,13 @@ export async function openPostgres (databaseUrl: string): Promise<Database> {
       async atomic (work, lock) {
         const client = await pool.connect()
         try {
+          // Read committed whatever the database's default: what a transaction reads after waiting
+          // for the advisory lock or a row lock must be what the holder committed (the last-admin
+          // and acting-admin checks), not a snapshot taken before the wait, as repeatable read keeps.
           const result = await drizzle(client).transaction(async (tx) => {
             if (lock) await tx.execute(sql`select pg_advisory_xact_lock(${ADVISORY_LOCKS[lock]})`)
             return work(tx as unknown as Db)
-          })
+          }, { isolationLevel: 'read committed' })
           client.release()
           return result
         } catch (error) {
