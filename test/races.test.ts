@@ -1,9 +1,11 @@
 import { hash } from '@node-rs/argon2'
 import type { InjectOptions } from 'fastify'
+import pg from 'pg'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { HASH_OPTIONS } from '../src/auth/passwords.ts'
 import type { App } from '../src/app.ts'
-import { TEST_PASSWORD, before, bearer, build, dbCount, dbGet, dbRun, signup, signupWithRoles, tokenPayload, uniqueEmail, type SessionBody } from './helper.ts'
+import { TEST_DATABASE_URL, TEST_PASSWORD, before, bearer, build, dbCount, dbGet, dbRun, signup, signupWithRoles, tokenPayload, uniqueEmail, type SessionBody } from './helper.ts'
 
 t.test('50 concurrent signups with one email produce exactly one user', async (t) => {
   const app = await build(t)
@@ -122,6 +124,55 @@ t.test('of two password changes that both checked the current password, one wins
   t.equal(first.statusCode, 401, 'the other finds the password changed')
   t.equal(first.json().code, 'invalid_credentials')
 })
+
+t.test('a password change whose session is signed out or disabled while it runs changes nothing', async (t) => {
+  const endings: Array<[string, (app: App, session: SessionBody, admin: SessionBody) => Promise<unknown>]> = [
+    ['signed out', (app, session) => app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(session.access_token), payload: {} })],
+    ['disabled', (app, session, admin) => app.inject({ method: 'PATCH', url: `/admin/users/${session.user.id}`, headers: bearer(admin.access_token), payload: { disabled: true } })]
+  ]
+  for (const [ending, end] of endings) {
+    const app = await build(t)
+    const admin = await signupWithRoles(app, ['user', 'admin'])
+    const session = await signup(app)
+    const other = await login(app, session.user.email, TEST_PASSWORD)
+    const stored = await dbGet(app, 'select password_hash from users where id = ?', session.user.id)
+    // After the current password was checked and the new one hashed, before the write.
+    before(app.usersRepository, 'changePassword', () => end(app, session, admin))
+    const changed = await changePassword(app, session)
+    t.equal(changed.statusCode, 401, `${ending}: ${changed.body}`)
+    t.equal(changed.json().code, 'invalid_token')
+    t.same(await dbGet(app, 'select password_hash from users where id = ?', session.user.id), stored, `${ending}: the hash is unchanged`)
+    if (ending === 'signed out') {
+      t.equal((await refresh(app, other.json().refresh_token)).statusCode, 200, 'the other session was not revoked')
+    }
+  }
+})
+
+// Only PostgreSQL's row locks make the change wait for the disable to commit.
+if (TEST_DATABASE_URL) {
+  t.test('a password change waiting on an admin\'s disable of the account changes nothing', async (t) => {
+    const app = await build(t)
+    const session = await signup(app)
+    const stored = await dbGet(app, 'select password_hash from users where id = ?', session.user.id)
+    const admin = new pg.Client({ connectionString: app.config.databaseUrl })
+    await admin.connect()
+    t.teardown(() => admin.end())
+    // What an admin's disable does, in its transaction: the user's row, then their sessions.
+    await admin.query('begin')
+    await admin.query('update users set disabled = true where id = $1', [session.user.id])
+    const change = changePassword(app, session)
+    const waiting = async () => (await admin.query(
+      "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")).rows[0].n
+    for (let tries = 0; tries < 200 && await waiting() === 0; tries++) await sleep(20)
+    t.equal(await waiting(), 1, 'the change waits for the row')
+    await admin.query('update sessions set revoked_at = now() where user_id = $1', [session.user.id])
+    await admin.query('commit')
+    const changed = await change
+    t.equal(changed.statusCode, 401, changed.body)
+    t.equal(changed.json().code, 'invalid_token')
+    t.same(await dbGet(app, 'select password_hash from users where id = ?', session.user.id), stored, 'the hash is unchanged')
+  })
+}
 
 const refresh = (app: App, token: string) =>
   app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })

@@ -52,6 +52,9 @@ export const userColumns = (users: Tables['users']) => ({
   updatedAt: users.updatedAt
 })
 
+/** Rolls back a password change whose session ended while it waited. */
+class SessionEnded extends Error {}
+
 export function createUserRepository ({ db, tables: { users, sessions }, dialect }: Database) {
   const publicColumns = userColumns(users)
   const isEnabledAdmin = and(eq(users.disabled, false), dialect.hasRole(users.roles, 'admin'))!
@@ -134,16 +137,28 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
      * A password change (ASVS 3.3.3): the new hash, on the terms of replacePasswordHash, and every
      * session but `keepSessionId` revoked in the same transaction, so a session opened with the old
      * password either sees the change (sessionsRepository.open) or is revoked by it. Returns how
-     * many sessions it revoked, or undefined when the hash had changed since it was verified.
+     * many sessions it revoked; 'hash_changed' when the hash changed since it was verified;
+     * 'session_ended' when `keepSessionId` was revoked or its user disabled meanwhile (a sign-out,
+     * or an admin's disable, which holds the user's row until it commits): nothing is changed.
      */
-    async changePassword (id: string, { from, to }: { from: string, to: string }, keepSessionId: string, now: Date): Promise<number | undefined> {
-      return dialect.atomic(async (tx) => {
-        if ((await replaceHash(tx, id, from, to, now)).length === 0) return undefined
-        const revoked = await tx.update(sessions).set({ revokedAt: now })
-          .where(and(eq(sessions.userId, id), ne(sessions.id, keepSessionId), isNull(sessions.revokedAt)))
-          .returning({ id: sessions.id })
-        return revoked.length
-      })
+    async changePassword (id: string, { from, to }: { from: string, to: string }, keepSessionId: string, now: Date): Promise<number | 'hash_changed' | 'session_ended'> {
+      try {
+        return await dialect.atomic(async (tx) => {
+          if ((await replaceHash(tx, id, from, to, now)).length === 0) return 'hash_changed' as const
+          // After the user's row is ours: any disable or sign-out that committed first is seen here.
+          const [live] = await tx.select({ id: sessions.id }).from(sessions).innerJoin(users, eq(users.id, sessions.userId))
+            .where(and(eq(sessions.id, keepSessionId), eq(sessions.userId, id), isNull(sessions.revokedAt), eq(users.disabled, false)))
+          if (!live) throw new SessionEnded()
+          const revoked = await tx.update(sessions).set({ revokedAt: now })
+            .where(and(eq(sessions.userId, id), ne(sessions.id, keepSessionId), isNull(sessions.revokedAt)))
+            .returning({ id: sessions.id })
+          return revoked.length
+        })
+      } catch (error) {
+        // Thrown to roll the new hash back.
+        if (error instanceof SessionEnded) return 'session_ended'
+        throw error
+      }
     },
 
     /** One page in creation order (then id, so ties are stable); limit + 1 rows tell whether more follow. */

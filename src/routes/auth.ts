@@ -5,7 +5,7 @@ import { normaliseEmail } from '../auth/email.ts'
 import { hashPassword, passwordProblem, verifyPassword } from '../auth/passwords.ts'
 import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
-import { accountGone, accountOf } from '../plugins/auth.ts'
+import { accountGone, accountOf, sessionEnded } from '../plugins/auth.ts'
 import { SIGN_IN_IP_LIMIT, checkPasswordLimited } from '../plugins/rate-limits.ts'
 import { noStore } from '../plugins/security.ts'
 import { Email, ErrorResponse, Name, NewPassword, REFRESH_TOKEN_MAX_LENGTH, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
@@ -187,7 +187,9 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     // when the password changed since it was verified (another change won the race).
     const count = await app.usersRepository.changePassword(user.id,
       { from: currentHash!, to: await hashPassword(newPassword) }, session.id, new Date())
-    if (count === undefined) throw wrongPassword()
+    if (count === 'hash_changed') throw wrongPassword()
+    // Signed out or disabled during the checks: the answer a request sent after gets.
+    if (count === 'session_ended') throw sessionEnded()
     request.log.info({ event: 'password_changed', userId: user.id, revokedSessions: count }, 'password changed')
     return reply.code(204).send(null)
   })
