@@ -4,7 +4,9 @@ import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
+import { hash } from '@node-rs/argon2'
 import { buildApp, serializeError } from '../src/app.ts'
+import { HASH_OPTIONS, HASH_SLOTS } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
 import { startupProblem } from '../src/errors.ts'
 import {
@@ -279,6 +281,37 @@ t.test('with TRUST_PROXY=true, a forwarded address of any length is logged at an
   await app.inject({ url: '/health', headers: { 'x-forwarded-for': 'b'.repeat(8_000) } })
   const incoming = logLines(log.text).find((line) => line.msg === 'incoming request')
   t.equal(incoming?.req.remoteAddress, 'b'.repeat(45))
+})
+
+t.test('sign-ins whose clients left while they queued for a hash are not hashed', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', RATE_LIMIT_IP_MAX: '1000', DATABASE_URL: await suiteDatabase() })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  // Every hash slot busy with a slow but valid hash (a stronger one is kept, not upgraded).
+  const slow = await Promise.all(Array.from({ length: HASH_SLOTS }, async () => {
+    const { user } = await signup(app)
+    await dbRun(app, 'update users set password_hash = ? where id = ?', await hash(TEST_PASSWORD, { ...HASH_OPTIONS, timeCost: 150 }), user.id)
+    return user
+  }))
+  const slowSignIns = slow.map((user) => app.inject({ method: 'POST', url: '/auth/login', payload: { email: user.email, password: TEST_PASSWORD } }))
+  const body = (index: number) => JSON.stringify({ email: `gone-${index}@example.com`, password: TEST_PASSWORD })
+  const sockets = Array.from({ length: 10 }, (_, index) => {
+    const socket = connect(port, '127.0.0.1')
+    socket.write(`POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body(index).length}\r\n\r\n${body(index)}`)
+    return socket
+  })
+  const lines = () => logLines(log.text)
+  const arrived = () => lines().filter((line) => line.msg === 'incoming request' && line.req.url === '/auth/login').length
+  for (let tries = 0; tries < 100 && arrived() < HASH_SLOTS + 10; tries++) await sleep(10)
+  await sleep(50)
+  for (const socket of sockets) socket.destroy()
+  t.same((await Promise.all(slowSignIns)).map((response) => response.statusCode), slow.map(() => 200), 'the sign-ins holding the slots')
+  // Queued after the dropped ones (the queue is first come, first served): once it is answered, each had its turn.
+  const after = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: 'after@example.com', password: TEST_PASSWORD } })
+  t.equal(after.statusCode, 401)
+  t.same(lines().filter((line) => line.event === 'login_failed').map((line) => line.reason), ['unknown_email'],
+    'only the sign-in still waiting was checked')
+  t.same(lines().filter((line) => line.level >= 50), [], 'no error line')
 })
 
 t.test('a refresh token superseded by a grace-window retry is refused with its own warning, and the session revoked', async (t) => {

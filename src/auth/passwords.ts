@@ -2,6 +2,7 @@ import { hash, parseOptions, verify, type Options } from '@node-rs/argon2'
 import { dictionary } from '@zxcvbn-ts/language-common'
 import { randomBytes } from 'node:crypto'
 import { availableParallelism } from 'node:os'
+import { apiError } from '../errors.ts'
 
 // The hasher is @node-rs/argon2, not the `argon2` package: the same PHC strings (each verifies
 // the other's hashes), less CPU per verify here, and a prebuilt binary instead of a compile at
@@ -37,10 +38,22 @@ export const HASH_SLOTS = hashSlots(availableParallelism(), poolThreads(process.
 let hashesRunning = 0
 const waitingForSlot: Array<() => void> = []
 
-async function inHashSlot<T> (work: () => Promise<T>): Promise<T> {
+/** Whether the client a hash is for still waits for its answer. */
+export type StillWaiting = () => boolean
+const always: StillWaiting = () => true
+
+/**
+ * Instead of a hash whose client closed the connection while it queued: nginx's 499, "client
+ * closed request", which only the request log sees.
+ */
+const clientGone = () => apiError(499, 'client_closed_request', 'The client closed the connection before its password could be checked.')
+
+async function inHashSlot<T> (work: () => Promise<T>, stillWaiting: StillWaiting): Promise<T> {
   if (hashesRunning < HASH_SLOTS) hashesRunning++
   else await new Promise<void>((resolve) => waitingForSlot.push(resolve))
   try {
+    // A flood of sign-ins that drops its connections must not keep the slots busy after it left.
+    if (!stillWaiting()) throw clientGone()
     return await work()
   } finally {
     // Hand the slot straight to the next in line, so no newcomer can slip in between.
@@ -54,17 +67,21 @@ export const PASSWORD_MIN_LENGTH = 8
 /** Refused before hashing, so an attacker cannot make us hash megabytes (ASVS 2.1.2). */
 export const PASSWORD_MAX_LENGTH = 128
 
-export function hashPassword (password: string): Promise<string> {
-  return inHashSlot(() => hash(password, HASH_OPTIONS))
+/** The argon2id hash of a password; 499 instead when `stillWaiting` says its client left while it queued. */
+export function hashPassword (password: string, stillWaiting = always): Promise<string> {
+  return inHashSlot(() => hash(password, HASH_OPTIONS), stillWaiting)
 }
 
-export async function verifyPassword (stored: string, password: string): Promise<boolean> {
-  try {
-    return await inHashSlot(() => verify(stored, password))
-  } catch {
-    // A malformed stored hash must fail closed, not answer 500.
-    return false
-  }
+/** Whether the password matches the stored hash; 499 instead when `stillWaiting` says its client left while it queued. */
+export async function verifyPassword (stored: string, password: string, stillWaiting = always): Promise<boolean> {
+  return inHashSlot(async () => {
+    try {
+      return await verify(stored, password)
+    } catch {
+      // A malformed stored hash must fail closed, not answer 500.
+      return false
+    }
+  }, stillWaiting)
 }
 
 /**
@@ -95,9 +112,9 @@ export async function prepareDummyVerify (): Promise<void> {
  * Spends the same time as a real verify for an email we do not know, so login timing does not
  * reveal which emails have accounts (ASVS 2.2.x, OWASP Authentication Cheat Sheet).
  */
-export async function dummyVerify (password: string): Promise<false> {
+export async function dummyVerify (password: string, stillWaiting = always): Promise<false> {
   await prepareDummyVerify()
-  await verifyPassword(await dummyHash!, password)
+  await verifyPassword(await dummyHash!, password, stillWaiting)
   return false
 }
 

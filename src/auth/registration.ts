@@ -1,5 +1,5 @@
 import { looksLikeEmail, normaliseEmail } from './email.ts'
-import { hashPassword, passwordProblem } from './passwords.ts'
+import { hashPassword, passwordProblem, type StillWaiting } from './passwords.ts'
 import { normaliseRoles, type Role } from './permissions.ts'
 import type { User, UserRepository } from '../repositories/users.ts'
 
@@ -12,7 +12,8 @@ export type Registration =
 /** Creates an account the one way: normalised email, password policy, argon2id hash. */
 export async function registerUser (
   users: UserRepository,
-  input: { email: string, password: string, name?: string | null | undefined, roles?: Role[] }
+  input: { email: string, password: string, name?: string | null | undefined, roles?: Role[] },
+  stillWaiting?: StillWaiting
 ): Promise<Registration> {
   const email = normaliseEmail(input.email)
   if (!looksLikeEmail(email)) return { outcome: 'invalid_email' }
@@ -21,7 +22,7 @@ export async function registerUser (
   const user = await users.create({
     email,
     name: input.name ?? null,
-    passwordHash: await hashPassword(input.password),
+    passwordHash: await hashPassword(input.password, stillWaiting),
     roles: normaliseRoles(input.roles ?? [])
   })
   return user ? { outcome: 'created', user } : { outcome: 'email_taken' }

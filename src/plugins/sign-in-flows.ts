@@ -4,7 +4,7 @@ import type { Static } from 'typebox'
 import { dummyVerify, hashPassword, needsRehash, prepareDummyVerify, verifyPassword } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import { checkPasswordLimited } from './rate-limits.ts'
-import { boundedIp } from './validation.ts'
+import { boundedIp, stillWaiting } from './validation.ts'
 import type { Session } from '../repositories/sessions.ts'
 import type { User } from '../repositories/users.ts'
 import { presentUser, type SessionResponse } from '../schemas/common.ts'
@@ -79,7 +79,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
       const found = await app.usersRepository.findCredentialsByEmail(email)
       // Unknown emails are counted too, and spend the same argon2 time as known ones.
       const correct = await checkPasswordLimited(app.signInFailures, email,
-        () => found ? verifyPassword(found.passwordHash, password) : dummyVerify(password),
+        () => found ? verifyPassword(found.passwordHash, password, stillWaiting(request)) : dummyVerify(password, stillWaiting(request)),
         () => request.log.warn({ event: 'login_blocked', userId: found?.user.id }, 'sign-in refused: too many attempts for this account'))
       if (!found || !correct) {
         request.log.info({ event: 'login_failed', userId: found?.user.id, reason: found ? 'wrong_password' : 'unknown_email' }, 'sign-in failed')

@@ -60,6 +60,12 @@ export function accessCheck<T extends object> (handler: T): T {
   return handler
 }
 
+/**
+ * Whether the request's client still waits for the answer: false once it closed the connection.
+ * Work queued for a while (password hashes) asks before it starts.
+ */
+export const stillWaiting = (request: FastifyRequest) => () => request.raw.socket?.destroyed !== true
+
 /** The longest text form of an IP address: an IPv6 address with an IPv4 tail. */
 const MAX_IP_LENGTH = 45
 

@@ -8,6 +8,7 @@ import { apiError } from '../errors.ts'
 import { accountGone, accountOf, sessionEnded } from '../plugins/auth.ts'
 import { SIGN_IN_IP_LIMIT, checkPasswordLimited } from '../plugins/rate-limits.ts'
 import { noStore } from '../plugins/security.ts'
+import { stillWaiting } from '../plugins/validation.ts'
 import { Email, ErrorResponse, Name, NewPassword, REFRESH_TOKEN_MAX_LENGTH, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
 import sessionRoutes from './sessions.ts'
 import tokenRoutes from './token.ts'
@@ -50,7 +51,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       }
     }
   }, async (request, reply) => {
-    const registration = await registerUser(app.usersRepository, request.body)
+    const registration = await registerUser(app.usersRepository, request.body, stillWaiting(request))
     if (registration.outcome === 'weak_password') throw apiError(400, 'weak_password', registration.message)
     if (registration.outcome === 'email_taken') throw apiError(409, 'email_taken', 'An account with this email already exists.')
     if (registration.outcome === 'invalid_email') throw apiError(400, 'validation_error', 'body/email must match format "email"')
@@ -174,7 +175,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     // A stolen access token must not become a way to guess the password: same per-account limit.
     const currentHash = await app.usersRepository.findPasswordHash(user.id)
     const correct = await checkPasswordLimited(app.signInFailures, user.email,
-      async () => currentHash !== undefined && await verifyPassword(currentHash, currentPassword),
+      async () => currentHash !== undefined && await verifyPassword(currentHash, currentPassword, stillWaiting(request)),
       () => request.log.warn({ event: 'password_change_blocked', userId: user.id }, 'password change refused: too many attempts for this account'))
     const wrongPassword = () => {
       request.log.info({ event: 'password_change_failed', userId: user.id }, 'wrong current password')
@@ -186,7 +187,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     // ASVS 3.3.3: a password change ends every other session. Refused, like a wrong password,
     // when the password changed since it was verified (another change won the race).
     const count = await app.usersRepository.changePassword(user.id,
-      { from: currentHash!, to: await hashPassword(newPassword) }, session.id, new Date())
+      { from: currentHash!, to: await hashPassword(newPassword, stillWaiting(request)) }, session.id, new Date())
     if (count === 'hash_changed') throw wrongPassword()
     // Signed out or disabled during the checks: the answer a request sent after gets.
     if (count === 'session_ended') throw sessionEnded()
