@@ -62,7 +62,8 @@ export function parseDuration (text: string): number | undefined {
   return Number(match[1]) * DURATION_UNITS[match[2]!]!
 }
 
-export const isPostgresUrl = (url: string) => /^postgres(ql)?:\/\//.test(url)
+// Schemes are case-insensitive (RFC 3986 §3.1): POSTGRES:// is postgres://.
+export const isPostgresUrl = (url: string) => /^postgres(ql)?:\/\//i.test(url)
 
 /**
  * The URL without its password, in the userinfo or in a query parameter (`?password=`,
@@ -92,8 +93,19 @@ function databaseUrlProblem (url: string): string | undefined {
   // `postgres//db/x` is a relative path to SQLite, but surely a URL that lost its colon.
   const got = scheme === undefined
     ? /^(postgres(ql)?|file)\/\//i.test(url) ? 'a URL without the colon after its scheme' : undefined
-    : scheme === 'file' || isPostgresUrl(url) ? undefined : `a "${scheme}:" URL that is neither`
+    : scheme === 'file' ? fileUrlProblem(url.slice('file:'.length)) : isPostgresUrl(url) ? undefined : `a "${scheme}:" URL that is neither`
   return got && `DATABASE_URL must be postgres://… (or postgresql://…) for PostgreSQL, or file:PATH or a path for SQLite (got ${got})`
+}
+
+/**
+ * What is wrong with the part after `file:`, or undefined. `file://./data/g.db` names a host
+ * (`.`): read as a path it is /data/g.db, at the filesystem root. SQLite's URI parameters
+ * (`?mode=memory`) are not read: they would become part of the file's name.
+ */
+function fileUrlProblem (path: string): string | undefined {
+  if (path.startsWith('//') && !path.startsWith('///')) return 'a file:// URL with a host; write file:PATH, or file:///ABSOLUTE/PATH'
+  if (path.includes('?')) return 'a file: URL with a query string, which SQLite would not read'
+  return undefined
 }
 
 /** Why REDIS_URL cannot be used, or undefined: ioredis would crash on a bad database number. */
@@ -134,7 +146,7 @@ export function databaseUrlFrom (env: Env = process.env): string {
 /** `file:PATH`, a bare path, or `:memory:` → what the SQLite driver opens. */
 export function sqlitePath (databaseUrl: string): string {
   if (databaseUrl === ':memory:' || databaseUrl === 'file::memory:') return ':memory:'
-  return resolve(databaseUrl.startsWith('file:') ? databaseUrl.slice('file:'.length) : databaseUrl)
+  return resolve(/^file:/i.test(databaseUrl) ? databaseUrl.slice('file:'.length) : databaseUrl)
 }
 
 const PROXY_KEYWORDS = new Set(['loopback', 'linklocal', 'uniquelocal'])
@@ -191,7 +203,8 @@ export function loadConfig (env: Env = process.env): Config {
   const list = (name: string): string[] =>
     (env[name] ?? '').split(',').map((item) => item.trim()).filter(Boolean)
 
-  const production = env.NODE_ENV === 'production'
+  // As written in a compose file or .env: `Production`, or with a space after it, is production too.
+  const production = env.NODE_ENV?.trim().toLowerCase() === 'production'
   const databaseUrl = text('DATABASE_URL', DEFAULT_DATABASE_URL)
   const databaseProblem = databaseUrlProblem(databaseUrl)
   if (databaseProblem) problems.push(databaseProblem)
@@ -224,6 +237,11 @@ export function loadConfig (env: Env = process.env): Config {
   if (adminEmail && !looksLikeEmail(normaliseEmail(adminEmail))) problems.push(`ADMIN_EMAIL is not an email address (got "${adminEmail}")`)
   const adminPasswordProblem = adminEmail && adminPassword ? passwordProblem(adminPassword, normaliseEmail(adminEmail)) : undefined
   if (adminPasswordProblem) problems.push(`ADMIN_PASSWORD is refused: ${adminPasswordProblem}`)
+  // Whitespace around a password is part of it; around a variable's value (a secret file's
+  // newline) it is almost surely not, and the admin could never sign in as typed.
+  else if (adminPassword && adminPassword !== adminPassword.trim()) {
+    problems.push('ADMIN_PASSWORD has whitespace (a newline?) before or after it, which would be part of the password: remove it')
+  }
 
   const trustProxyText = text('TRUST_PROXY', 'false')
   const trustProxy = parseTrustProxy(trustProxyText)

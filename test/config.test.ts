@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
 import { buildApp } from '../src/app.ts'
-import { ConfigError, keepSecret, loadConfig, parseDuration, redactUrl } from '../src/config.ts'
+import { ConfigError, keepSecret, loadConfig, parseDuration, redactUrl, sqlitePath } from '../src/config.ts'
 import { openDatabase } from '../src/db/index.ts'
 import { TEST_SECRET, freshPostgresUrl } from './helper.ts'
 import { POSTGRES_URL, REDIS_URL, postgresReachable, redisReachable } from './services.ts'
@@ -62,6 +62,9 @@ t.test('production refuses to start without a strong secret', async (t) => {
   t.throws(() => loadConfig({ NODE_ENV: 'production', DATABASE_URL: ':memory:' }), /JWT_SECRET is required in production/)
   t.throws(() => loadConfig({ NODE_ENV: 'production', DATABASE_URL: ':memory:', JWT_SECRET: 'x'.repeat(31) }), /at least 32 bytes/)
   t.equal(loadConfig({ NODE_ENV: 'production', DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET }).jwt.secret, TEST_SECRET)
+  for (const spelling of ['Production', 'PRODUCTION', 'production ', ' production']) {
+    t.throws(() => loadConfig({ NODE_ENV: spelling, DATABASE_URL: ':memory:' }), /JWT_SECRET is required in production/, `"${spelling}"`)
+  }
 })
 
 t.test('outside production a missing secret is generated once, kept 0600, and reused', async (t) => {
@@ -176,8 +179,13 @@ t.test('DATABASE_URL and REDIS_URL must be URLs Gatehouse can use', async (t) =>
     'postgres:/postgres@db:5432/gatehouse', 'sqlite:///tmp/g.db', 'postgres//postgres@db:5432/gatehouse', 'file//tmp/g.db']) {
     t.throws(() => loadConfig({ ...base, DATABASE_URL: bad }), /DATABASE_URL must be postgres:\/\/… \(or postgresql:\/\/…\)/, bad)
   }
-  for (const good of ['postgres://postgres@db/gatehouse', 'postgresql://db/gatehouse', 'file:./data/g.db', 'file:///tmp/g.db', './data/g.db', 'postgres/g.db', ':memory:']) {
+  for (const good of ['postgres://postgres@db/gatehouse', 'postgresql://db/gatehouse', 'POSTGRES://db/gatehouse', 'file:./data/g.db', 'file:///tmp/g.db', 'FILE:./data/g.db', './data/g.db', 'postgres/g.db', ':memory:']) {
     t.equal(loadConfig({ ...base, DATABASE_URL: good }).databaseUrl, good, good)
+  }
+  t.equal(sqlitePath('FILE:./data/g.db'), join(process.cwd(), 'data/g.db'), 'the scheme in any case')
+  t.equal(sqlitePath('file:///tmp/g.db'), '/tmp/g.db')
+  for (const [bad, why] of [['file://./data/g.db', /a file:\/\/ URL with a host/], ['file:./g.db?mode=memory', /a file: URL with a query string/]] as const) {
+    t.throws(() => loadConfig({ ...base, DATABASE_URL: bad }), why, bad)
   }
   for (const bad of ['http://cache:6379', 'garbage', 'cache:6379', 'redis://cache:6379/abc', 'redis:///0', 'redis://u:hunter2@cache/x']) {
     const problem = t.throws(() => loadConfig({ ...base, DATABASE_URL: ':memory:', REDIS_URL: bad }),
@@ -306,6 +314,10 @@ t.test('ADMIN_EMAIL and ADMIN_PASSWORD are set together or not at all', async (t
   const base = { DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET }
   t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: 'ops@example.com' }), /ADMIN_EMAIL and ADMIN_PASSWORD must be set together/)
   t.throws(() => loadConfig({ ...base, ADMIN_PASSWORD: 'a long and uncommon admin passphrase' }), /ADMIN_EMAIL and ADMIN_PASSWORD must be set together/)
+  for (const padded of ['a long and uncommon admin passphrase\n', ' a long and uncommon admin passphrase']) {
+    t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: 'ops@example.com', ADMIN_PASSWORD: padded }), /ADMIN_PASSWORD has whitespace \(a newline\?\) before or after it/, JSON.stringify(padded))
+  }
+  t.equal(loadConfig({ ...base, ADMIN_EMAIL: 'ops@example.com', ADMIN_PASSWORD: 'a long and uncommon admin passphrase' }).admin?.password, 'a long and uncommon admin passphrase')
 })
 
 t.test('a variable set to nothing (PORT= in an env file) takes its default', async (t) => {
