@@ -1,8 +1,10 @@
+import { randomUUID } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { App } from '../src/app.ts'
-import { TEST_PASSWORD, type SessionBody, bearer, build, dbRun, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import { MAX_OPEN_SESSIONS } from '../src/repositories/sessions.ts'
+import { TEST_PASSWORD, type SessionBody, bearer, build, dbCount, dbRun, signup, tokenPayload, uniqueEmail } from './helper.ts'
 
 const login = async (app: App, email: string, password = TEST_PASSWORD, userAgent = 'test-agent'): Promise<SessionBody> => {
   const response = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password }, headers: { 'user-agent': userAgent } })
@@ -36,6 +38,29 @@ t.test('GET /auth/sessions lists the active sessions and marks the current one',
   await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(laptop.access_token) })
   const after = (await app.inject({ url: '/auth/sessions', headers: bearer(phone.access_token) })).json()
   t.equal(after.length, 2, 'revoked sessions are not listed')
+})
+
+t.test(`a user keeps at most ${MAX_OPEN_SESSIONS} open sessions: a new one revokes the least recently used`, async (t) => {
+  const app = await build(t)
+  const first = await signup(app)
+  const userId = first.user.id
+  const now = Date.now()
+  // The rest of the allowance, each used a minute before the last; the oldest is `${MAX_OPEN_SESSIONS - 1}`.
+  for (let index = 1; index < MAX_OPEN_SESSIONS; index++) {
+    await dbRun(app, 'insert into sessions (id, user_id, created_at, last_used_at, expires_at, user_agent, ip) values (?, ?, ?, ?, ?, ?, ?)',
+      randomUUID(), userId, new Date(now - index * 60_000), new Date(now - index * 60_000), new Date(now + 86_400_000), `agent-${index}`, null)
+  }
+  const other = await signup(app)
+  const listed = async (session: SessionBody) => (await app.inject({ url: '/auth/sessions', headers: bearer(session.access_token) })).json()
+  t.equal((await listed(first)).length, MAX_OPEN_SESSIONS, 'at the limit, nothing is revoked')
+
+  const newest = await login(app, first.user.email)
+  const sessions = await listed(newest)
+  t.equal(sessions.length, MAX_OPEN_SESSIONS)
+  t.notOk(sessions.some((session: { user_agent: string }) => session.user_agent === `agent-${MAX_OPEN_SESSIONS - 1}`), 'the least recently used is gone')
+  t.ok(sessions.some((session: { id: string }) => session.id === tokenPayload(first.access_token).sid), 'the signup\'s, used most recently before, is kept')
+  t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ? and revoked_at is not null', userId), 1, 'revoked, one')
+  t.equal((await listed(other)).length, 1, 'another user\'s sessions are their own')
 })
 
 t.test('DELETE /auth/sessions/:id revokes own sessions only; others answer 404', async (t) => {

@@ -72,6 +72,10 @@ async function signInFlowsPlugin (app: FastifyInstance) {
           'sign-in failed: the password or the account changed meanwhile')
         throw disabled ? userDisabled() : invalidCredentials()
       }
+      if (opened.displacedSessions > 0) {
+        request.log.info({ event: 'session_revoked', userId: user.id, count: opened.displacedSessions, reason: 'session_limit' },
+          'sessions revoked: the user has too many open')
+      }
       return respond(opened.user, opened.session, opened.refreshToken)
     },
 

@@ -1,4 +1,4 @@
-import { and, desc, eq, gt, inArray, isNotNull, isNull, lt, or, sql, type SQL } from 'drizzle-orm'
+import { and, desc, eq, gt, inArray, isNotNull, isNull, lt, notInArray, or, sql, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
@@ -52,6 +52,13 @@ function windowEnd (signedInAt: Date, { now, ttl, maxAge }: SessionTimes): Date 
   const sliding = plus(now, ttl)
   return maxAge > 0 && plus(signedInAt, maxAge) < sliding ? plus(signedInAt, maxAge) : sliding
 }
+
+/**
+ * Open sessions one user may have; a new one past it revokes the least recently used. Without a
+ * bound, a client signing in over and over (30 times a minute within the per-IP limit) would grow
+ * the user's sessions, and their GET /auth/sessions answer, for as long as sessions live.
+ */
+export const MAX_OPEN_SESSIONS = 100
 
 /** Revoked sessions are kept this long before cleanup, so their tokens still read as revoked. */
 const REVOKED_RETENTION_SECONDS = 86_400
@@ -114,7 +121,19 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
           userAgent: input.userAgent?.slice(0, 512) ?? null,
           ip: input.ip ?? null
         }).returning()
-        return { user, session: session!, refreshToken: await insertRefreshToken(tx, session!, null, times) }
+        // Under the user's row lock: sign-ins of one user decide this one after another.
+        const kept = tx.select({ id: sessions.id }).from(sessions)
+          .where(and(eq(sessions.userId, input.userId), isNull(sessions.revokedAt)))
+          .orderBy(desc(sessions.lastUsedAt), desc(sessions.createdAt)).limit(MAX_OPEN_SESSIONS)
+        const displaced = await tx.update(sessions).set({ revokedAt: times.now })
+          .where(and(eq(sessions.userId, input.userId), isNull(sessions.revokedAt), notInArray(sessions.id, kept)))
+          .returning({ id: sessions.id })
+        return {
+          user,
+          session: session!,
+          refreshToken: await insertRefreshToken(tx, session!, null, times),
+          displacedSessions: displaced.length
+        }
       })
     },
 
