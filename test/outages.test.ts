@@ -4,6 +4,7 @@ import Database from 'better-sqlite3'
 import pg from 'pg'
 import { createConnection, createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
+import type { LightMyRequestResponse } from 'fastify'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
 import { refuseReadOnly } from '../src/db/sqlite/open.ts'
@@ -142,36 +143,54 @@ t.test('PostgreSQL that stops answering: 503 in bounded time, then service again
   t.equal((await refresh(app, session.refresh_token)).statusCode, 200)
 })
 
-t.test('PostgreSQL that refuses new connections: 503, then service again', onPostgres, async (t) => {
+/**
+ * An app on a fresh database with one user, and the operator's connection, which `restore`
+ * uses after the test to undo what it did to the database (before the connection ends).
+ */
+async function appUnderOperator (t: Test, restore: (operator: pg.Client, name: string) => Promise<unknown>) {
   const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
   const name = new URL(databaseUrl).pathname.slice(1)
   const app = await build(t, { DATABASE_URL: databaseUrl })
   const session = await signup(app)
-  const admin = new pg.Client({ connectionString: POSTGRES_URL })
-  await admin.connect()
-  const allowConnections = (allow: boolean) => admin.query(`alter database "${name}" allow_connections ${allow}`)
+  const operator = new pg.Client({ connectionString: POSTGRES_URL })
+  await operator.connect()
   t.teardown(async () => {
-    await allowConnections(true)
-    await admin.end()
+    await restore(operator, name)
+    await operator.end()
   })
+  const endConnections = () => operator.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = $1', [name])
+  return { app, session, operator, name, endConnections }
+}
 
-  // As an operator closes a database: no new connection, and the open ones ended.
-  await allowConnections(false)
-  await admin.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = $1', [name])
-  const [signIn, refreshed, token] = await Promise.all([
-    login(app, session.user.email),
-    refresh(app, session.refresh_token),
-    app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: session.refresh_token } })
-  ])
-  for (const response of [signIn, refreshed]) {
+/** Each answers 503 in its endpoint's shape, with Retry-After: 5; the last one is the token endpoint's. */
+function expectUnavailable (t: Test, responses: LightMyRequestResponse[]) {
+  for (const response of responses.slice(0, -1)) {
     t.equal(response.statusCode, 503, response.body)
     t.equal(response.json().code, 'database_unavailable')
     t.equal(response.headers['retry-after'], '5')
   }
+  const token = responses.at(-1)!
   t.equal(token.statusCode, 503, token.body)
   t.equal(token.json().error, 'temporarily_unavailable')
+}
 
-  await allowConnections(true)
+const refreshAtTokenEndpoint = (app: App, token: string) =>
+  app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: token } })
+
+t.test('PostgreSQL that refuses new connections: 503, then service again', onPostgres, async (t) => {
+  const allowConnections = (operator: pg.Client, name: string, allow: boolean) => operator.query(`alter database "${name}" allow_connections ${allow}`)
+  const { app, session, operator, name, endConnections } = await appUnderOperator(t, (operator, name) => allowConnections(operator, name, true))
+
+  // As an operator closes a database: no new connection, and the open ones ended.
+  await allowConnections(operator, name, false)
+  await endConnections()
+  expectUnavailable(t, await Promise.all([
+    login(app, session.user.email),
+    refresh(app, session.refresh_token),
+    refreshAtTokenEndpoint(app, session.refresh_token)
+  ]))
+
+  await allowConnections(operator, name, true)
   t.equal((await login(app, session.user.email)).statusCode, 200)
   t.equal((await refresh(app, session.refresh_token)).statusCode, 200)
 
@@ -182,36 +201,19 @@ t.test('PostgreSQL that refuses new connections: 503, then service again', onPos
 })
 
 t.test('PostgreSQL that turns read-only (a failover\'s standby): writes answer 503, then service again', onPostgres, async (t) => {
-  const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
-  const name = new URL(databaseUrl).pathname.slice(1)
-  const app = await build(t, { DATABASE_URL: databaseUrl })
-  const session = await signup(app)
-  const admin = new pg.Client({ connectionString: POSTGRES_URL })
-  await admin.connect()
-  const readOnly = async (on: boolean) => {
-    await admin.query(`alter database "${name}" set default_transaction_read_only = ${on}`)
-    // The setting applies to new connections: end the pooled ones.
-    await admin.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = $1', [name])
-  }
-  t.teardown(async () => {
-    await readOnly(false)
-    await admin.end()
-  })
+  const setReadOnly = (operator: pg.Client, name: string, on: boolean) =>
+    operator.query(`alter database "${name}" set default_transaction_read_only = ${on}`)
+  const { app, session, operator, name, endConnections } = await appUnderOperator(t, (operator, name) => setReadOnly(operator, name, false))
+  // The setting applies to new connections: end the pooled ones.
+  const readOnly = async (on: boolean) => { await setReadOnly(operator, name, on); await endConnections() }
 
   await readOnly(true)
-  const [signedUp, signIn, refreshed, token] = await Promise.all([
+  expectUnavailable(t, await Promise.all([
     app.inject({ method: 'POST', url: '/auth/signup', payload: { email: 'standby@example.com', password: TEST_PASSWORD } }),
     login(app, session.user.email),
     refresh(app, session.refresh_token),
-    app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'refresh_token', refresh_token: session.refresh_token } })
-  ])
-  for (const response of [signedUp, signIn, refreshed]) {
-    t.equal(response.statusCode, 503, response.body)
-    t.equal(response.json().code, 'database_unavailable')
-    t.equal(response.headers['retry-after'], '5')
-  }
-  t.equal(token.statusCode, 503, token.body)
-  t.equal(token.json().error, 'temporarily_unavailable')
+    refreshAtTokenEndpoint(app, session.refresh_token)
+  ]))
   const me = await app.inject({ url: '/auth/me', headers: { authorization: `Bearer ${session.access_token}` } })
   t.equal(me.statusCode, 200, 'reads are still served')
 
