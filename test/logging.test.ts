@@ -283,8 +283,8 @@ t.test('with TRUST_PROXY=true, a forwarded address of any length is logged at an
   t.equal(incoming?.req.remoteAddress, 'b'.repeat(45))
 })
 
-t.test('sign-ins whose clients left while they queued for a hash are not hashed', async (t) => {
-  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', RATE_LIMIT_IP_MAX: '1000', DATABASE_URL: await suiteDatabase() })
+t.test('sign-ins whose clients left while they queued for a hash are not hashed, nor counted', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', RATE_LIMIT_IP_MAX: '1000', RATE_LIMIT_ACCOUNT_MAX: '3', DATABASE_URL: await suiteDatabase() })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as { port: number }
   // Every hash slot busy with a slow but valid hash (a stronger one is kept, not upgraded).
@@ -294,7 +294,9 @@ t.test('sign-ins whose clients left while they queued for a hash are not hashed'
     return user
   }))
   const slowSignIns = slow.map((user) => app.inject({ method: 'POST', url: '/auth/login', payload: { email: user.email, password: TEST_PASSWORD } }))
-  const body = (index: number) => JSON.stringify({ email: `gone-${index}@example.com`, password: TEST_PASSWORD })
+  // Three for one account, its whole per-account allowance, with the right password; the rest unknown.
+  const { user: victim } = await signup(app)
+  const body = (index: number) => JSON.stringify({ email: index < 3 ? victim.email : `gone-${index}@example.com`, password: TEST_PASSWORD })
   const sockets = Array.from({ length: 10 }, (_, index) => {
     const socket = connect(port, '127.0.0.1')
     socket.write(`POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body(index).length}\r\n\r\n${body(index)}`)
@@ -309,6 +311,8 @@ t.test('sign-ins whose clients left while they queued for a hash are not hashed'
   // Queued after the dropped ones (the queue is first come, first served): once it is answered, each had its turn.
   const after = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: 'after@example.com', password: TEST_PASSWORD } })
   t.equal(after.statusCode, 401)
+  const victimSignIn = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: victim.email, password: TEST_PASSWORD } })
+  t.equal(victimSignIn.statusCode, 200, 'the dropped attempts were taken back: the account is not locked')
   t.same(lines().filter((line) => line.event === 'login_failed').map((line) => line.reason), ['unknown_email'],
     'only the sign-in still waiting was checked')
   t.same(lines().filter((line) => line.level >= 50), [], 'no error line')

@@ -190,6 +190,25 @@ t.test('per IP: the token endpoint shares login\'s count, so using both gives no
 
 const redisSkip = await redisReachable() ? false : `Redis is not reachable at ${REDIS_URL} (.ci/run starts it)`
 
+t.test('per account: a withdrawn attempt (its check never ran) no longer counts, in memory and in Redis', async (t) => {
+  const counters: Array<[string, () => Promise<{ attempt (account: string): Promise<number>, withdraw (account: string): Promise<void> }>]> = [
+    ['memory', async () => memoryFailureCounter(2)]
+  ]
+  if (!redisSkip) counters.push(['Redis', async () => (await build(t, { REDIS_URL, RATE_LIMIT_ACCOUNT_MAX: '2' })).signInFailures])
+  for (const [store, make] of counters) {
+    const counter = await make()
+    const account = uniqueEmail('withdrawn')
+    t.same([await counter.attempt(account), await counter.attempt(account)], [0, 0], `${store}: two attempts`)
+    await counter.withdraw(account)
+    t.equal(await counter.attempt(account), 0, `${store}: one was taken back, so a third is allowed`)
+    t.ok(await counter.attempt(account) > 0, `${store}: then the limit holds`)
+    const untouched = uniqueEmail('never')
+    await counter.withdraw(untouched)
+    t.same([await counter.attempt(untouched), await counter.attempt(untouched)], [0, 0], `${store}: withdrawing from nothing gives no credit`)
+    t.ok(await counter.attempt(untouched) > 0, `${store}: the limit holds there too`)
+  }
+})
+
 t.test('with REDIS_URL the limits are shared between instances', { skip: redisSkip }, async (t) => {
   const dir = t.testdir()
   const env = { REDIS_URL, DATABASE_URL: `file:${dir}/shared.db`, RATE_LIMIT_ACCOUNT_MAX: '2', RATE_LIMIT_IP_MAX: '3' }

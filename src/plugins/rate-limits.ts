@@ -25,6 +25,8 @@ export interface FailureCounter {
   attempt (account: string): Promise<number>
   /** A successful sign-in starts the count afresh. */
   reset (account: string): Promise<void>
+  /** Takes back one attempt whose check never ran (its client left while it queued): it tested no password. */
+  withdraw (account: string): Promise<void>
 }
 
 declare module 'fastify' {
@@ -120,6 +122,11 @@ export function memoryFailureCounter (max: number): FailureCounter {
       const key = accountDigest(account)
       open.delete(key)
       locked.delete(key)
+    },
+    async withdraw (account) {
+      const key = accountDigest(account)
+      const window = locked.get(key) ?? open.get(key)
+      if (window && window.count > 0) window.count--
     }
   }
 }
@@ -137,6 +144,10 @@ function redisFailureCounter (redis: Redis, max: number): FailureCounter {
     },
     async reset (account) {
       await redis.del(key(account))
+    },
+    async withdraw (account) {
+      // DECR keeps the window's expiry; a window that has ended meanwhile is left alone.
+      await redis.eval("local c = tonumber(redis.call('GET', KEYS[1])) if c and c > 0 then redis.call('DECR', KEYS[1]) end return 0", 1, key(account))
     }
   }
 }
@@ -171,7 +182,15 @@ export async function checkPasswordLimited (
     await Promise.allSettled(running)
   }
   const checked = (async () => {
-    const correct = await check()
+    let correct: boolean
+    try {
+      correct = await check()
+    } catch (error) {
+      // No verdict (the client left before its hash ran): the attempt tested nothing, so it must
+      // not count against the account, as a correct one would otherwise have cleared it.
+      await failures.withdraw(account)
+      throw error
+    }
     if (correct) await failures.reset(account)
     return correct
   })()
@@ -218,7 +237,8 @@ function failureCounterWithFallback (primary: FailureCounter, fallback: FailureC
     }
   return {
     attempt: guarded((counter, account) => counter.attempt(account)),
-    reset: guarded((counter, account) => counter.reset(account))
+    reset: guarded((counter, account) => counter.reset(account)),
+    withdraw: guarded((counter, account) => counter.withdraw(account))
   }
 }
 
