@@ -63,6 +63,26 @@ t.test(`a user keeps at most ${MAX_OPEN_SESSIONS} open sessions: a new one revok
   t.equal((await listed(other)).length, 1, 'another user\'s sessions are their own')
 })
 
+t.test('the session a sign-in opens is never the one the cap revokes, and expired sessions take no place', async (t) => {
+  const app = await build(t)
+  const { user } = await signup(app)
+  const now = Date.now()
+  const insert = (lastUsedAt: number, expiresAt: number, agent: string) =>
+    dbRun(app, 'insert into sessions (id, user_id, created_at, last_used_at, expires_at, user_agent, ip) values (?, ?, ?, ?, ?, ?, ?)',
+      randomUUID(), user.id, new Date(now - 86_400_000), new Date(lastUsedAt), new Date(expiresAt), agent, null)
+  // Used later than the sign-in's clock reads (another instance's clock, a sign-in that waited for the lock).
+  for (let index = 0; index < MAX_OPEN_SESSIONS; index++) await insert(now + 5_000, now + 86_400_000, 'ahead')
+  for (let index = 0; index < 5; index++) await insert(now - 7_200_000, now - 3_600_000, 'expired')
+
+  const newest = await login(app, user.email)
+  t.equal((await app.inject({ url: '/auth/me', headers: bearer(newest.access_token) })).statusCode, 200, 'the new session works')
+  t.equal((await refreshStatus(app, newest.refresh_token)), 200, 'and refreshes')
+  const open = await dbCount(app, 'select count(*) as n from sessions where user_id = ? and revoked_at is null and expires_at > ?', user.id, new Date())
+  t.equal(open, MAX_OPEN_SESSIONS, 'the cap holds')
+  t.equal(await dbCount(app, "select count(*) as n from sessions where user_id = ? and revoked_at is not null and user_agent = 'expired'", user.id), 0,
+    'expired sessions were not counted, nor revoked')
+})
+
 t.test('DELETE /auth/sessions/:id revokes own sessions only; others answer 404', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()

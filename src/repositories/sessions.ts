@@ -1,4 +1,4 @@
-import { and, desc, eq, gt, inArray, isNotNull, isNull, lt, notInArray, or, sql, type SQL } from 'drizzle-orm'
+import { and, desc, eq, gt, inArray, isNotNull, isNull, lt, ne, notInArray, or, sql, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
@@ -121,12 +121,14 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
           userAgent: input.userAgent?.slice(0, 512) ?? null,
           ip: input.ip ?? null
         }).returning()
-        // Under the user's row lock: sign-ins of one user decide this one after another.
-        const kept = tx.select({ id: sessions.id }).from(sessions)
-          .where(and(eq(sessions.userId, input.userId), isNull(sessions.revokedAt)))
-          .orderBy(desc(sessions.lastUsedAt), desc(sessions.createdAt)).limit(MAX_OPEN_SESSIONS)
+        // Under the user's row lock: sign-ins of one user decide this one after another. The new
+        // session is always kept (another's last use may be as late as this sign-in's now); of the
+        // others still open and unexpired, the most recently used (ties by id) fill the rest.
+        const others = and(eq(sessions.userId, input.userId), ne(sessions.id, session!.id), isNull(sessions.revokedAt), gt(sessions.expiresAt, times.now))
+        const kept = tx.select({ id: sessions.id }).from(sessions).where(others)
+          .orderBy(desc(sessions.lastUsedAt), desc(sessions.id)).limit(MAX_OPEN_SESSIONS - 1)
         const displaced = await tx.update(sessions).set({ revokedAt: times.now })
-          .where(and(eq(sessions.userId, input.userId), isNull(sessions.revokedAt), notInArray(sessions.id, kept)))
+          .where(and(others, notInArray(sessions.id, kept)))
           .returning({ id: sessions.id })
         return {
           user,

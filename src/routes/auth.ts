@@ -9,6 +9,7 @@ import { accountGone, accountOf, sessionEnded } from '../plugins/auth.ts'
 import { SIGN_IN_IP_LIMIT, checkPasswordLimited } from '../plugins/rate-limits.ts'
 import { noStore } from '../plugins/security.ts'
 import { stillWaiting } from '../plugins/validation.ts'
+import { MAX_OPEN_SESSIONS } from '../repositories/sessions.ts'
 import { Email, ErrorResponse, Name, NewPassword, REFRESH_TOKEN_MAX_LENGTH, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
 import sessionRoutes from './sessions.ts'
 import tokenRoutes from './token.ts'
@@ -66,6 +67,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['auth'],
       summary: 'Sign in with email and password',
+      description: `Opens a session. A user keeps at most ${MAX_OPEN_SESSIONS} open sessions: past that, the least recently used one is revoked.`,
       body: Credentials,
       response: {
         200: SessionResponse,

@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { apiError } from '../errors.ts'
 import { accountOf } from '../plugins/auth.ts'
+import { MAX_OPEN_SESSIONS } from '../repositories/sessions.ts'
 import { ErrorResponse, Timestamp, Uuid } from '../schemas/common.ts'
 
 const SessionView = Type.Object({
@@ -19,6 +20,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['sessions'],
       summary: 'The signed-in user\'s active sessions, most recently used first',
+      description: `At most ${MAX_OPEN_SESSIONS}: a sign-in past that revokes the least recently used session.`,
       response: { 200: Type.Array(SessionView), 401: ErrorResponse }
     }
   }, async (request) => {
