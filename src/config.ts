@@ -145,7 +145,7 @@ export function databaseUrlFrom (env: Env = process.env): string {
 
 /** `file:PATH`, a bare path, or `:memory:` → what the SQLite driver opens. */
 export function sqlitePath (databaseUrl: string): string {
-  if (databaseUrl === ':memory:' || databaseUrl === 'file::memory:') return ':memory:'
+  if (/^(file:)?:memory:$/i.test(databaseUrl)) return ':memory:'
   return resolve(/^file:/i.test(databaseUrl) ? databaseUrl.slice('file:'.length) : databaseUrl)
 }
 

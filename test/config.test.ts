@@ -184,6 +184,7 @@ t.test('DATABASE_URL and REDIS_URL must be URLs Gatehouse can use', async (t) =>
   }
   t.equal(sqlitePath('FILE:./data/g.db'), join(process.cwd(), 'data/g.db'), 'the scheme in any case')
   t.equal(sqlitePath('file:///tmp/g.db'), '/tmp/g.db')
+  for (const memory of [':memory:', 'file::memory:', 'FILE::memory:', ':MEMORY:']) t.equal(sqlitePath(memory), ':memory:', memory)
   for (const [bad, why] of [['file://./data/g.db', /a file:\/\/ URL with a host/], ['file:./g.db?mode=memory', /a file: URL with a query string/]] as const) {
     t.throws(() => loadConfig({ ...base, DATABASE_URL: bad }), why, bad)
   }

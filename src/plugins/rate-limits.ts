@@ -81,7 +81,8 @@ const accountDigest = (account: string) => createHash('sha256').update(account).
 const MAX_OPEN_WINDOWS = 100_000
 
 /**
- * Per-IP counts one process keeps (about 65 bytes each), the least recently used dropped past it.
+ * Per-IP counts one process keeps (300–400 bytes each, measured: up to about 40 MB when full,
+ * which takes that many clients within a minute), the least recently used dropped past it.
  * @fastify/rate-limit keeps 5,000 by default: traffic from that many other addresses within a
  * minute, a small IPv6 allocation's worth, would reset every count and so every client's budget.
  */
