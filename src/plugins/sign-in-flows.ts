@@ -82,8 +82,9 @@ async function signInFlowsPlugin (app: FastifyInstance) {
     async signIn (request, email, password) {
       const found = await app.usersRepository.findCredentialsByEmail(email)
       // Unknown emails are counted too, and spend the same argon2 time as known ones.
+      const waiting = stillWaiting(request)
       const correct = await checkPasswordLimited(app.signInFailures, email,
-        () => found ? verifyPassword(found.passwordHash, password, stillWaiting(request)) : dummyVerify(password, stillWaiting(request)),
+        () => found ? verifyPassword(found.passwordHash, password, waiting) : dummyVerify(password, waiting),
         () => request.log.warn({ event: 'login_blocked', userId: found?.user.id }, 'sign-in refused: too many attempts for this account'))
       if (!found || !correct) {
         request.log.info({ event: 'login_failed', userId: found?.user.id, reason: found ? 'wrong_password' : 'unknown_email' }, 'sign-in failed')

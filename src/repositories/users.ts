@@ -70,15 +70,21 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
     (await tx.select({ id: users.id }).from(users).where(and(isEnabledAdmin, ne(users.id, exceptId))).limit(1)).length > 0
 
   /**
-   * Whether the acting admin may still manage users, read again under the admins lock: a demotion,
-   * disable or delete of theirs (each revokes their sessions), or their sign-out, that committed
-   * after the request's own check ends their right to act, as it would for a request sent after.
+   * The roles of a user whose session is still open and who is still enabled, read inside a
+   * write's transaction: a sign-out, disable, demotion or delete (the last three revoke the
+   * sessions) that committed after the request's own check ends its right to act, as it would for
+   * a request sent after. Undefined when it has ended.
    */
+  const liveAccountRoles = async (tx: Db, userId: string, sessionId: string) => {
+    const [account] = await tx.select({ roles: users.roles }).from(sessions).innerJoin(users, eq(users.id, sessions.userId))
+      .where(and(eq(sessions.id, sessionId), eq(sessions.userId, userId), isNull(sessions.revokedAt), eq(users.disabled, false)))
+    return account?.roles
+  }
+
+  /** Whether the acting admin may still manage users, read again under the admins lock. */
   const stillActing = async (tx: Db, actor: ActingAdmin) => {
-    const [account] = await tx.select({ roles: users.roles, disabled: users.disabled }).from(sessions)
-      .innerJoin(users, eq(users.id, sessions.userId))
-      .where(and(eq(sessions.id, actor.sessionId), eq(sessions.userId, actor.userId), isNull(sessions.revokedAt)))
-    return account !== undefined && !account.disabled && hasPermission(account.roles, 'users:manage')
+    const roles = await liveAccountRoles(tx, actor.userId, actor.sessionId)
+    return roles !== undefined && hasPermission(roles, 'users:manage')
   }
 
   return {
@@ -146,9 +152,7 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
         return await dialect.atomic(async (tx) => {
           if ((await replaceHash(tx, id, from, to, now)).length === 0) return 'hash_changed' as const
           // After the user's row is ours: any disable or sign-out that committed first is seen here.
-          const [live] = await tx.select({ id: sessions.id }).from(sessions).innerJoin(users, eq(users.id, sessions.userId))
-            .where(and(eq(sessions.id, keepSessionId), eq(sessions.userId, id), isNull(sessions.revokedAt), eq(users.disabled, false)))
-          if (!live) throw new SessionEnded()
+          if (!await liveAccountRoles(tx, id, keepSessionId)) throw new SessionEnded()
           const revoked = await tx.update(sessions).set({ revokedAt: now })
             .where(and(eq(sessions.userId, id), ne(sessions.id, keepSessionId), isNull(sessions.revokedAt)))
             .returning({ id: sessions.id })
