@@ -284,6 +284,32 @@ t.test('an account deleted while its request is served gets the RFC 6750 invalid
   t.equal(await dbCount(app, 'select count(*) as n from videos'), 0)
 })
 
+t.test('a deleted owner\'s token is told its account is gone on what it once owned, and on any other video', async (t) => {
+  const app = await build(t)
+  const challenge = 'Bearer realm="gatehouse", error="invalid_token", error_description="The account behind this access token no longer exists."'
+  const [owner, other] = [await signupWithRoles(app, ['developer']), await signupWithRoles(app, ['developer'])]
+  const publish = async (session: SessionBody) => (await app.inject({
+    method: 'POST', url: '/videos', headers: bearer(session.access_token), payload: { title: 'Kept', author: 'Ada', url: 'https://example.com/v' }
+  })).json() as { id: string }
+  const [own, others] = [await publish(owner), await publish(other)]
+  await dbRun(app, 'delete from users where id = ?', owner.user.id)
+  t.equal((await dbGet(app, 'select user_id from videos where id = ?', own.id))?.user_id, null, 'the video outlived its owner')
+
+  for (const [label, id] of [['its former video', own.id], ['another\'s video', others.id], ['no such video', '00000000-0000-4000-8000-000000000000']]) {
+    for (const [method, payload] of [['PATCH', { title: 'Changed' }], ['DELETE', undefined]] as const) {
+      const response = await app.inject({ method, url: `/videos/${id}`, headers: bearer(owner.access_token), ...(payload ? { payload } : {}) })
+      t.equal(response.statusCode, 401, `${method} ${label}`)
+      t.equal(response.json().code, 'invalid_token', `${method} ${label}`)
+      t.equal(response.headers['www-authenticate'], challenge, `${method} ${label}`)
+    }
+  }
+  t.same(await dbGet(app, 'select title from videos where id = ?', own.id), { title: 'Kept' }, 'nothing changed or deleted')
+  t.same(await dbGet(app, 'select title from videos where id = ?', others.id), { title: 'Kept' })
+  const byOther = await app.inject({ method: 'PATCH', url: `/videos/${own.id}`, headers: bearer(other.access_token), payload: { title: 'Mine now?' } })
+  t.equal(byOther.statusCode, 403, 'a live account is still refused with 403')
+  t.equal(byOther.json().code, 'forbidden')
+})
+
 t.test('a video deleted between the ownership check and the change is not found, for a change and for a delete', async (t) => {
   const app = await build(t)
   const developer = await signupWithRoles(app, ['developer'])

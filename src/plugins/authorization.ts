@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { hasPermission, type Permission } from '../auth/permissions.ts'
 import { apiError } from '../errors.ts'
+import { accountGone } from './auth.ts'
 import { noStore } from './security.ts'
 import { accessCheck } from './validation.ts'
 
@@ -18,7 +19,8 @@ declare module 'fastify' {
     /**
      * preHandler after authenticate for one resource: 404 when `ownerOf` finds none, 403 unless
      * the caller owns it or holds `permission`; with `{ othersSee: 'not_found' }`, 404 for
-     * someone else's too, where whether an id exists must stay private.
+     * someone else's too, where whether an id exists must stay private; 401 `invalid_token`
+     * instead of either refusal when the caller's account has been deleted.
      */
     requireOwnerOr (
       permission: Permission,
@@ -92,12 +94,17 @@ async function authorizationPlugin (app: FastifyInstance) {
     { othersSee }: { othersSee: 'forbidden' | 'not_found' } = { othersSee: 'forbidden' }
   ) => async (request: FastifyRequest) => {
     const resource = await ownerOf(request)
-    if (!resource) throw notFound()
-    if (resource.ownerId !== request.user.id && !hasPermission(rolesOf(request), permission)) {
-      // OWASP ASVS 4.2.1 (IDOR): the same answer as for no such resource reveals nothing.
-      throw othersSee === 'not_found' ? notFound() : forbidden()
-    }
+    const allowed = resource !== undefined &&
+      (resource.ownerId === request.user.id || hasPermission(rolesOf(request), permission))
+    if (allowed) return
+    // A token can outlive its deleted user (stateless until it expires). Deleting a user leaves
+    // their resources ownerless, so that token is told its account is gone, as on the routes that
+    // write for it, rather than that it may not touch what it once owned. Asked on every refusal
+    // alike, so the answer says nothing about which resources exist.
+    if (!await app.usersRepository.findById(request.user.id)) throw accountGone()
+    // OWASP ASVS 4.2.1 (IDOR): the same answer as for no such resource reveals nothing.
+    throw !resource || othersSee === 'not_found' ? notFound() : forbidden()
   })
 }
 
-export default fp(authorizationPlugin, { name: 'authorization', dependencies: ['auth', 'access-audit'] })
+export default fp(authorizationPlugin, { name: 'authorization', dependencies: ['auth', 'access-audit', 'users-repository'] })
