@@ -14,6 +14,8 @@ const USAGE = `usage: npm run user:create -- --email EMAIL [--role ${ROLES.join(
   Creates a user (role user, plus each --role given). The password is asked for, without echo,
   or read as one line from stdin: echo "$PASSWORD" | npm run user:create -- --email EMAIL`
 
+const NOT_SHOWN = 'what was given is not shown: it may be a password'
+
 /** Reads a password without showing it: a muted output stream swallows readline's echo. */
 async function askPassword (prompt: string): Promise<string> {
   if (!process.stdin.isTTY) {
@@ -52,9 +54,10 @@ async function main (): Promise<number> {
       }
     }))
   } catch (error) {
-    // parseArgs quotes a stray argument, which may well be the password: never repeat it.
-    const stray = (error as { code?: string }).code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL'
-    console.error(`${stray ? 'user:create takes no arguments besides its options (the one given is not shown: it may be a password)' : (error as Error).message}\n${USAGE}`)
+    // parseArgs quotes what it does not know, a stray argument or an unknown option, and either may
+    // well be the password: never repeat it. A missing or surplus value names only our own option.
+    const ownOption = (error as { code?: string }).code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE'
+    console.error(`${ownOption ? (error as Error).message : `user:create takes only the options below (${NOT_SHOWN})`}\n${USAGE}`)
     return 1
   }
   if (values.help) {
@@ -63,7 +66,7 @@ async function main (): Promise<number> {
   }
   const unknownRole = values.role.find((role) => !ROLES.includes(role as Role))
   if (!values.email || unknownRole !== undefined) {
-    console.error(unknownRole !== undefined ? `unknown role "${unknownRole}"\n${USAGE}` : USAGE)
+    console.error(unknownRole !== undefined ? `unknown role given to --role (${NOT_SHOWN})\n${USAGE}` : USAGE)
     return 1
   }
   const password = await askPassword('Password: ')
