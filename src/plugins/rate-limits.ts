@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { isIPv4 } from 'node:net'
 import { apiError } from '../errors.ts'
-import { boundedIp } from './validation.ts'
+import { boundedIp } from '../request-client.ts'
 
 // The plugin's own stores, to put a fallback between them (they are not re-exported by its index).
 type StoreCtor = new (continueExceeding: boolean, exponentialBackoff: boolean, ...rest: unknown[]) => FastifyRateLimitStore

@@ -1,0 +1,19 @@
+// What the server knows of a request's client, as the sign-in flows, the per-IP limit and the
+// request log use it.
+import type { FastifyRequest } from 'fastify'
+
+/**
+ * Whether the request's client still waits for the answer: false once it closed the connection.
+ * Work queued for a while (password hashes) asks before it starts.
+ */
+export const stillWaiting = (request: FastifyRequest) => () => request.raw.socket?.destroyed !== true
+
+/** The longest text form of an IP address: an IPv6 address with an IPv4 tail. */
+const MAX_IP_LENGTH = 45
+
+/**
+ * request.ip as it is stored with a session, logged and counted by the per-IP limit: cut to the
+ * longest address's length. With TRUST_PROXY=true it is whatever the client wrote first in
+ * X-Forwarded-For, which may be kilobytes of anything (up to the 16 KiB header limit).
+ */
+export const boundedIp = (ip: string): string => ip.length > MAX_IP_LENGTH ? ip.slice(0, MAX_IP_LENGTH) : ip
