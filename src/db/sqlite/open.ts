@@ -116,8 +116,11 @@ export function openSqlite (databaseUrl: string): Database {
     return {
       db: drizzleDb as unknown as Db,
       tables: sqliteSchema as unknown as Tables,
+      // A method runs as the repository's own (`this` is the unqueued repository, so one method may
+      // call another within its turn); a call to another serialised repository from inside a turn
+      // would wait for that turn to end, and never run.
       serialise: (repository) => Object.fromEntries(Object.entries(repository).map(([name, method]) =>
-        [name, typeof method === 'function' ? (...args: unknown[]) => inTurn(() => method(...args)) : method]
+        [name, typeof method === 'function' ? (...args: unknown[]) => inTurn(() => method.apply(repository, args)) : method]
       )) as typeof repository,
       dialect: {
         name: 'sqlite',
