@@ -264,6 +264,20 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
     }
   }
 
+  // Guarded routes every signed-in caller may use, on their own account: auth.test.ts,
+  // sessions.test.ts and me-permissions.test.ts cover them. Any other guarded route, a fork's
+  // included, belongs in the matrix above.
+  const OPEN_TO_EVERY_SIGNED_IN_CALLER = [
+    'GET /auth/me', 'PATCH /auth/me', 'POST /auth/password', 'GET /auth/sessions', 'DELETE /auth/sessions/:id',
+    'GET /me/permissions'
+  ]
+  await t.test('the matrix covers every guarded route', async (t) => {
+    const covered = [...routes.map((route) => `${route.method} ${route.path}`), ...OPEN_TO_EVERY_SIGNED_IN_CALLER]
+    for (const { method, url, access } of app.accessPolicies) {
+      if (access === 'guarded' && method !== 'HEAD') t.ok(covered.includes(`${method} ${url}`), `${method} ${url} is in the matrix`)
+    }
+  })
+
   await t.test('GET /videos is public and lists only free videos, to everyone', async (t) => {
     for (const caller of CALLERS) {
       const response = await app.inject({
@@ -536,9 +550,9 @@ t.test('deny by default holds for routes added before the authorization plugin, 
   const early = Fastify()
   t.teardown(() => early.close())
   await early.register(accessAudit)
-  await early.register(fp(async (scope) => { scope.get('/notes', async () => 'open?') }))
+  await early.register(fp(async (scope) => { scope.get('/fixture-unguarded', async () => 'open?') }))
   early.decorate('authenticate', async () => {})
-  await t.rejects(async () => { await early.ready() }, /Route GET \/notes must declare one access policy/)
+  await t.rejects(async () => { await early.ready() }, /Route GET \/fixture-unguarded must declare one access policy/)
 
   // Gatehouse's own early routes: the docs pages and the CORS preflight are declared public.
   const app = await build(t, { CORS_ORIGINS: 'https://app.example.com' })

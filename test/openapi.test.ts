@@ -124,11 +124,12 @@ t.test('every registered route is documented with its security requirement', asy
 t.test('a fork\'s routes get usable operationIds, and the document is checked at start', async (t) => {
   const app = await buildApp(loadConfig(TEST_ENV))
   t.teardown(() => app.close())
-  const Note = Type.Object({ id: Type.String() }, { title: 'Note' })
+  // Names no fork is likely to choose: README's own example resource is notes.
+  const Widget = Type.Object({ id: Type.String() }, { title: 'FixtureWidget' })
   app.route({ method: ['GET', 'POST'], url: '/password-reset/:token_id', config: { access: 'public' }, handler: async () => ({}) })
-  app.get('/notes', {
+  app.get('/fixture-widgets', {
     config: { access: 'public' },
-    schema: { response: { 200: { ...Note, examples: [{ title: 'An example, not a schema', type: 'object' }] } } }
+    schema: { response: { 200: { ...Widget, examples: [{ title: 'An example, not a schema', type: 'object' }] } } }
   }, async () => ({ id: 'n' }))
   await app.ready()
   const document = (await app.inject({ url: '/openapi.json' })).json()
@@ -136,7 +137,7 @@ t.test('a fork\'s routes get usable operationIds, and the document is checked at
   t.equal(document.paths['/password-reset/{token_id}'].post.operationId, 'postPasswordResetByTokenId', 'one per method')
   t.same(Object.keys(document.components.schemas).filter((name) => !/^[A-Z]\w*$/.test(name)), [])
   t.notOk(document.components.schemas['An example, not a schema'], 'examples are not hoisted')
-  t.ok(document.components.schemas.Note)
+  t.ok(document.components.schemas.FixtureWidget)
 
   const clash = await buildApp(loadConfig(TEST_ENV))
   t.teardown(() => clash.close())
