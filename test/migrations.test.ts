@@ -1,10 +1,11 @@
 // Migrations follow the connection's schema on PostgreSQL (README "Database"), so an operator can
 // give Gatehouse a schema of its own in a shared database.
 import Database from 'better-sqlite3'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { readdirSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, relative } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
@@ -26,6 +27,22 @@ async function adminOf (t: Test, databaseUrl: string): Promise<pg.Client> {
   t.teardown(() => admin.end())
   return admin
 }
+
+t.test('the migrations are up to date with both schemas: drizzle-kit finds nothing to generate', async (t) => {
+  const root = fileURLToPath(new URL('../', import.meta.url))
+  const scratch = mkdtempSync(join(tmpdir(), 'gatehouse-migrations-'))
+  t.teardown(() => rmSync(scratch, { recursive: true, force: true }))
+  for (const [dialect, drizzleDialect] of [['sqlite', 'sqlite'], ['postgres', 'postgresql']] as const) {
+    const out = join(scratch, dialect)
+    cpSync(fileURLToPath(new URL(`${dialect}/`, MIGRATIONS)), out, { recursive: true })
+    // drizzle-kit reads --out relative to the working directory, even an absolute one.
+    const generate = spawnSync(process.execPath, [join(root, 'node_modules/drizzle-kit/bin.cjs'), 'generate',
+      '--dialect', drizzleDialect, '--schema', `./src/db/${dialect}/schema.ts`, '--out', relative(root, out)], { cwd: root, encoding: 'utf8' })
+    t.equal(generate.status, 0, generate.stderr)
+    t.match(generate.stdout, /No schema changes/, `${dialect}: run npm run db:generate after changing src/db/${dialect}/schema.ts`)
+    t.same(readdirSync(out).filter((name) => name.endsWith('.sql')).sort(), migrationFiles(dialect), `${dialect}: no migration written`)
+  }
+})
 
 t.test('no migration names a schema (drizzle-kit writes "public". into foreign keys: remove it)', async (t) => {
   for (const dialect of ['postgres', 'sqlite'] as const) {
