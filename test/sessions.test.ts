@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
 import { MAX_OPEN_SESSIONS } from '../src/repositories/sessions.ts'
-import { TEST_PASSWORD, type SessionBody, bearer, build, dbCount, dbRun, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import { TEST_PASSWORD, type SessionBody, bearer, build, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail } from './helper.ts'
 
 const login = async (app: App, email: string, password = TEST_PASSWORD, userAgent = 'test-agent'): Promise<SessionBody> => {
   const response = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password }, headers: { 'user-agent': userAgent } })
@@ -14,6 +14,8 @@ const login = async (app: App, email: string, password = TEST_PASSWORD, userAgen
 const refreshStatus = async (app: App, token: string) =>
   (await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })).statusCode
 const meStatus = async (app: App, token: string) => (await app.inject({ url: '/auth/me', headers: bearer(token) })).statusCode
+const sidOf = (session: SessionBody) => tokenPayload(session.access_token).sid as string
+const revokedAt = async (app: App, sessionId: string) => (await dbGet(app, 'select revoked_at from sessions where id = ?', sessionId))!.revoked_at
 
 t.test('GET /auth/sessions lists the active sessions and marks the current one', async (t) => {
   const app = await build(t)
@@ -83,6 +85,28 @@ t.test('the session a sign-in opens is never the one the cap revokes, and expire
     'expired sessions were not counted, nor revoked')
 })
 
+t.test('revoked sessions take no place under the cap, even the most recently used', async (t) => {
+  const app = await build(t)
+  const first = await signup(app)
+  const userId = first.user.id
+  const now = Date.now()
+  const insert = (lastUsedAt: number, revokedAt: Date | null, agent: string) =>
+    dbRun(app, 'insert into sessions (id, user_id, created_at, last_used_at, expires_at, revoked_at, user_agent, ip) values (?, ?, ?, ?, ?, ?, ?, ?)',
+      randomUUID(), userId, new Date(now - 86_400_000), new Date(lastUsedAt), new Date(now + 86_400_000), revokedAt, agent, null)
+  // One short of the cap with the signup's, and five revoked sessions used after all of them.
+  for (let index = 2; index < MAX_OPEN_SESSIONS; index++) await insert(now - index * 60_000, null, 'live')
+  const revokedAtFirst = new Date(now - 30_000)
+  for (let index = 0; index < 5; index++) await insert(now + 5_000, revokedAtFirst, 'revoked')
+  const live = () => dbCount(app, 'select count(*) as n from sessions where user_id = ? and revoked_at is null', userId)
+  t.equal(await live(), MAX_OPEN_SESSIONS - 1)
+
+  await login(app, first.user.email)
+  t.equal(await live(), MAX_OPEN_SESSIONS, 'the new session fills the last place: nothing is revoked')
+  t.equal(await dbCount(app, "select count(*) as n from sessions where user_id = ? and user_agent = 'live' and revoked_at is null", userId), MAX_OPEN_SESSIONS - 2)
+  t.equal(await dbCount(app, "select count(*) as n from sessions where user_id = ? and user_agent = 'revoked' and revoked_at = ?", userId, revokedAtFirst), 5,
+    'the revoked ones keep their revocation time')
+})
+
 t.test('DELETE /auth/sessions/:id revokes own sessions only; others answer 404', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()
@@ -117,6 +141,41 @@ t.test('DELETE /auth/sessions/:id revokes own sessions only; others answer 404',
 
   const anonymous = await app.inject({ method: 'DELETE', url: `/auth/sessions/${tokenPayload(first.access_token).sid}` })
   t.equal(anonymous.statusCode, 401)
+})
+
+t.test('an ended session\'s still-valid access token gets nothing from the account routes', async (t) => {
+  const app = await build(t)
+  const refusedEverywhere = async (t: Test, token: string, other: SessionBody, name: string | null) => {
+    const renamed = await app.inject({ method: 'PATCH', url: '/auth/me', headers: bearer(token), payload: { name: 'Mallory' } })
+    t.equal(renamed.statusCode, 401, 'PATCH /auth/me')
+    t.equal(renamed.json().code, 'invalid_token')
+    t.equal((await dbGet(app, 'select name from users where id = ?', other.user.id))!.name, name, 'the name is unchanged')
+    const listed = await app.inject({ url: '/auth/sessions', headers: bearer(token) })
+    t.equal(listed.statusCode, 401, 'GET /auth/sessions')
+    t.equal(listed.json().code, 'invalid_token')
+    const deleted = await app.inject({ method: 'DELETE', url: `/auth/sessions/${sidOf(other)}`, headers: bearer(token) })
+    t.equal(deleted.statusCode, 401, 'DELETE /auth/sessions/:id')
+    t.equal(deleted.json().code, 'invalid_token')
+    t.equal(await revokedAt(app, sidOf(other)), null, 'the other session is still open')
+  }
+
+  await t.test('signed out', async (t) => {
+    const email = uniqueEmail()
+    const signedOut = await signup(app, email)
+    const other = await login(app, email)
+    const logout = await app.inject({ method: 'POST', url: '/auth/logout', payload: { refresh_token: signedOut.refresh_token } })
+    t.equal(logout.statusCode, 204)
+    await refusedEverywhere(t, signedOut.access_token, other, null)
+    t.equal(await meStatus(app, other.access_token), 200, 'and works')
+  })
+
+  await t.test('disabled', async (t) => {
+    const email = uniqueEmail()
+    const disabled = await signup(app, email)
+    const other = await login(app, email)
+    await dbRun(app, 'update users set disabled = ? where id = ?', true, disabled.user.id)
+    await refusedEverywhere(t, disabled.access_token, other, null)
+  })
 })
 
 t.test('global logout kills every session of the user and no one else\'s', async (t) => {
@@ -170,6 +229,7 @@ t.test('logout failure paths', async (t) => {
   t.equal(badScope.json().code, 'validation_error')
   const both = await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(session.access_token), payload: { scope: 'global', refresh_token: session.refresh_token } })
   t.equal(both.statusCode, 400, 'scope and refresh_token together are ambiguous')
+  t.equal(both.json().code, 'validation_error')
   t.equal(await meStatus(app, session.access_token), 200, 'a refused logout changes nothing')
 })
 
@@ -265,6 +325,17 @@ t.test('password change needs the current password and keeps only the current se
   t.equal((await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: newPassword } })).statusCode, 200)
 })
 
+t.test('a password change revokes no other user\'s sessions', async (t) => {
+  const app = await build(t)
+  const changer = await signup(app)
+  const bystander = await signup(app)
+  const changed = await app.inject({ method: 'POST', url: '/auth/password', headers: bearer(changer.access_token), payload: { current_password: TEST_PASSWORD, new_password: 'a brand new passphrase' } })
+  t.equal(changed.statusCode, 204)
+  t.equal(await revokedAt(app, sidOf(bystander)), null, 'the other user\'s session is not revoked')
+  t.equal(await meStatus(app, bystander.access_token), 200)
+  t.equal(await refreshStatus(app, bystander.refresh_token), 200)
+})
+
 t.test('a password change that fails halfway changes nothing', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()
@@ -285,9 +356,12 @@ t.test('a password change that fails halfway changes nothing', async (t) => {
 t.test('PATCH /auth/me changes the name', async (t) => {
   const app = await build(t)
   const session = await signup(app)
+  const other = await signup(app)
+  const otherRow = await dbGet(app, 'select name, updated_at from users where id = ?', other.user.id)
   await sleep(5)
   const renamed = await app.inject({ method: 'PATCH', url: '/auth/me', headers: bearer(session.access_token), payload: { name: 'Grace Hopper' } })
   t.equal(renamed.statusCode, 200)
+  t.same(await dbGet(app, 'select name, updated_at from users where id = ?', other.user.id), otherRow, 'another user\'s row is unchanged')
   t.equal(renamed.json().name, 'Grace Hopper')
   t.ok(renamed.json().updated_at > session.user.updated_at, 'updated_at moves on')
   t.equal((await app.inject({ url: '/auth/me', headers: bearer(session.access_token) })).json().name, 'Grace Hopper')
