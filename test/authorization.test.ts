@@ -728,6 +728,8 @@ t.test('PATCH /videos/:id changes author and url too, and keeps created_at', asy
     headers: bearer(developer.access_token),
     payload: { title: 'Intro', author: 'Ada', url: 'https://videos.example.com/intro.mp4' }
   })).json()
+  const sibling = await newVideo(app, developer.user.id, false, 'Outro')
+  const siblingBefore = await videoRow(app, sibling.id)
   await sleep(5)
   const edited = await app.inject({
     method: 'PATCH',
@@ -736,6 +738,7 @@ t.test('PATCH /videos/:id changes author and url too, and keeps created_at', asy
     payload: { author: 'Grace', url: 'https://videos.example.com/intro-v2.mp4' }
   })
   t.equal(edited.statusCode, 200)
+  t.same(await videoRow(app, sibling.id), siblingBefore, 'the same developer\'s other video is unchanged')
   t.match(edited.json(), { title: 'Intro', author: 'Grace', url: 'https://videos.example.com/intro-v2.mp4', is_member_only: false })
   t.equal(edited.json().created_at, created.created_at, 'created_at does not move')
   t.ok(edited.json().updated_at > created.updated_at, 'updated_at does')
