@@ -24,11 +24,25 @@ t.test('issued access tokens carry the contract header and claims', async (t) =>
   t.ok(Number.isInteger(payload.iat) && Number.isInteger(payload.exp))
 })
 
+t.test('every access token has its own jti: a refresh issues a new one', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const refreshed = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
+  t.equal(refreshed.statusCode, 200)
+  const [first, second] = [tokenPayload(session.access_token), tokenPayload(refreshed.json().access_token)]
+  t.equal(second.sid, first.sid, 'the same session')
+  t.type(first.jti, 'string')
+  t.not(second.jti, first.jti, 'another jti')
+  t.not(first.jti, first.sid, 'the jti is not the session id')
+})
+
 t.test('a forged token built like ours is accepted, so the refusals below are about the one defect', async (t) => {
   const app = await build(t)
   const session = await signup(app)
-  const response = await app.inject({ url: '/auth/me', headers: bearer(forgeToken(validClaims(session))) })
-  t.equal(response.statusCode, 200)
+  for (const url of ['/auth/me', '/me/permissions']) {
+    const response = await app.inject({ url, headers: bearer(forgeToken(validClaims(session))) })
+    t.equal(response.statusCode, 200, url)
+  }
 })
 
 /**
@@ -74,12 +88,16 @@ t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => 
     ['no exp', forgeToken({ ...claims, exp: undefined })],
     ['no sub', forgeToken({ ...claims, sub: undefined })],
     ['no sid', forgeToken({ ...claims, sid: undefined })],
+    ['sid not a string', forgeToken({ ...claims, sid: 12345 })],
+    ['jti not a string', forgeToken({ ...claims, jti: 12345 })],
+    ['sub not a string', forgeToken({ ...claims, sub: 12345 })],
     ['roles not an array', forgeToken({ ...claims, roles: 'admin' })],
     ['an unknown role', forgeToken({ ...claims, roles: ['root'] })],
     ['iat an hour in the future', forgeToken({ ...claims, iat: now + 3600, exp: now + 4500 })],
     ['iat just past the 10 s tolerance', forgeToken({ ...claims, iat: now + 12 })],
     ['nbf an hour in the future', forgeToken({ ...claims, nbf: now + 3600 })],
     ['fractional exp', forgeToken({ ...claims, exp: now + 900.5 })],
+    ['fractional iat', forgeToken({ ...claims, iat: now - 0.5 })],
     ['not base64', 'not.a.jwt!'],
     ['two segments', `${realHeader}.${realPayload}`],
     ['garbage', 'garbage'],
@@ -94,12 +112,15 @@ t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => 
     ['the signature spelled a second way', `${realHeader}.${realPayload}.${respelled(realSignature!)}`],
     ['the payload spelled a second way', `${realHeader}.${respelled(realPayload!)}.${realSignature}`]
   ]
-  for (const [label, token] of cases) {
-    const response = await app.inject({ url: '/auth/me', headers: bearer(token) })
-    t.equal(response.statusCode, 401, label)
-    t.equal(response.json().code, 'invalid_token', label)
-    t.equal(response.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_token", error_description="' +
-      response.json().message + '"', label)
+  // /me/permissions answers from the token alone: no database read hides a check the token missed.
+  for (const url of ['/auth/me', '/me/permissions']) {
+    for (const [label, token] of cases) {
+      const response = await app.inject({ url, headers: bearer(token) })
+      t.equal(response.statusCode, 401, `${url}: ${label}`)
+      t.equal(response.json().code, 'invalid_token', `${url}: ${label}`)
+      t.equal(response.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_token", error_description="' +
+        response.json().message + '"', `${url}: ${label}`)
+    }
   }
 })
 
