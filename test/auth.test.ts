@@ -77,6 +77,28 @@ t.test('a 128-character password is accepted', async (t) => {
   t.equal(login.statusCode, 200)
 })
 
+t.test('emails are at most 254 characters: a 255-character login is refused before hashing or counting', async (t) => {
+  const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '1' })
+  // Well-formed: a 64-character local part and labels of at most 63.
+  const emailOf = (length: number) => {
+    const email = `${'a'.repeat(64)}@${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(length - 197)}.com`
+    if (email.length !== length) throw new Error(`${email.length} characters`)
+    return email
+  }
+  const longest = emailOf(254)
+  await signup(app, longest)
+  const accepted = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: longest, password: TEST_PASSWORD } })
+  t.equal(accepted.statusCode, 200, '254 characters')
+
+  const tooLong = emailOf(255)
+  for (let attempt = 1; attempt <= 2; attempt++) {
+    const refused = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: tooLong, password: TEST_PASSWORD } })
+    t.equal(refused.statusCode, 400, `255 characters, attempt ${attempt}: never 401, nor 429 past the limit of 1`)
+    t.equal(refused.json().code, 'validation_error')
+    t.match(refused.json().message, /email/)
+  }
+})
+
 t.test('wrong password and unknown email get the same 401', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()
@@ -124,6 +146,7 @@ t.test('a disabled user gets 403 only after a correct password', async (t) => {
   const right = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
   t.equal(right.statusCode, 403)
   t.equal(right.json().code, 'user_disabled')
+  t.equal(right.headers['www-authenticate'], undefined, 'no insufficient_scope challenge: no token was presented')
   const me = await app.inject({ method: 'GET', url: '/auth/me', headers: bearer(session.access_token) })
   t.equal(me.statusCode, 401, '/auth/me re-reads the user')
   t.equal(me.json().code, 'invalid_token')
