@@ -22,6 +22,12 @@ t.test('defaults match the contract', async (t) => {
   t.equal(config.jwt.audience, 'gatehouse')
   t.equal(config.logLevel, 'info')
   t.same(config.corsOrigins, [])
+  t.same(config.rateLimit, { ipMax: 30, accountMax: 10 })
+  t.same(config.jwt.previousSecrets, [])
+  t.equal(config.jwt.secretFile, join(dir, 'jwt-secret'), 'no JWT_SECRET outside production: one generated and kept beside the database')
+  t.equal(config.admin, undefined)
+  t.equal(config.redisUrl, undefined)
+  t.equal(loadConfig({ JWT_SECRET: TEST_SECRET }).databaseUrl, 'file:./data/gatehouse.db')
 })
 
 t.test('durations accept plain seconds and unit suffixes', async (t) => {
