@@ -71,6 +71,9 @@ t.test('errors have the RFC 6749 §5.2 shape and no-store', async (t) => {
     ['no grant_type', { username: email, password: TEST_PASSWORD }, 400, 'invalid_request'],
     ['no password', { grant_type: 'password', username: email }, 400, 'invalid_request'],
     ['no refresh_token', { grant_type: 'refresh_token' }, 400, 'invalid_request'],
+    // RFC 6749 §3.1: a parameter sent without a value is treated as if it were omitted.
+    ['empty grant_type', { grant_type: '' }, 400, 'invalid_request'],
+    ['empty refresh_token', { grant_type: 'refresh_token', refresh_token: '' }, 400, 'invalid_request'],
     ['unknown grant', { grant_type: 'client_credentials' }, 400, 'unsupported_grant_type'],
     ['authorization_code', { grant_type: 'authorization_code', code: 'x' }, 400, 'unsupported_grant_type'],
     ['bad refresh token', { grant_type: 'refresh_token', refresh_token: 'nope' }, 400, 'invalid_grant']
