@@ -30,7 +30,8 @@ t.test('per account: past the limit every sign-in answers 429, right password or
   const token = await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: email, password: TEST_PASSWORD } })
   t.equal(token.statusCode, 429, 'the password grant shares the limit')
   t.equal(token.json().error, 'rate_limited')
-  t.ok(token.headers['retry-after'])
+  const tokenRetryAfter = Number(token.headers['retry-after'])
+  t.ok(Number.isInteger(tokenRetryAfter) && tokenRetryAfter > 800 && tokenRetryAfter <= 900, `Retry-After ${tokenRetryAfter}s is the rest of the window`)
 
   t.equal((await login(app, bystander, TEST_PASSWORD)).statusCode, 200, 'other accounts are unaffected')
 })
@@ -62,6 +63,20 @@ t.test('per account: password change guesses are limited', async (t) => {
   const blocked = await change(TEST_PASSWORD)
   t.equal(blocked.statusCode, 429)
   t.equal(blocked.json().code, 'rate_limited')
+  t.equal((await login(app, session.user.email, TEST_PASSWORD)).statusCode, 429, 'the account\'s sign-ins share the count')
+
+  // And the other way: failed sign-ins for the email count against a password change.
+  const other = await signup(app)
+  const hashOf = async () => (await dbAll(app, 'select password_hash from users where id = ?', other.user.id))[0]!.password_hash
+  const hashBefore = await hashOf()
+  t.equal((await login(app, other.user.email, 'wrong password!')).statusCode, 401)
+  t.equal((await login(app, other.user.email, 'wrong password!')).statusCode, 401)
+  const shared = await app.inject({
+    method: 'POST', url: '/auth/password', headers: bearer(other.access_token), payload: { current_password: TEST_PASSWORD, new_password: 'a new password 2' }
+  })
+  t.equal(shared.statusCode, 429, 'the correct current password is refused once sign-ins used the limit')
+  t.equal(shared.json().code, 'rate_limited')
+  t.equal(await hashOf(), hashBefore, 'the password was not changed')
 })
 
 t.test('per account, in memory: a flood of other emails cannot unlock an account, and memory stays bounded', async (t) => {
@@ -93,7 +108,8 @@ t.test('per IP: each auth endpoint allows RATE_LIMIT_IP_MAX requests a minute', 
   const limited = await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, remoteAddress: ip })
   t.equal(limited.statusCode, 429)
   t.equal(limited.json().code, 'rate_limited')
-  t.ok(Number(limited.headers['retry-after']) > 0)
+  const retryAfter = Number(limited.headers['retry-after'])
+  t.ok(Number.isInteger(retryAfter) && retryAfter > 0 && retryAfter <= 60, `Retry-After ${retryAfter}s is within the minute`)
   t.equal(limited.headers['x-ratelimit-limit'], '5')
   t.equal(limited.headers['cache-control'], 'no-store')
 
