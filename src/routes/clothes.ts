@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import type { Clothing } from '../repositories/clothes.ts'
-import { ErrorResponse, Timestamp, Uuid } from '../schemas/common.ts'
+import { ErrorResponse, Timestamp, Uuid, guardedErrors } from '../schemas/common.ts'
 
 const Price = Type.Integer({ minimum: 0, maximum: 100_000_000, description: 'Price in cents (integer): 1999 is 19.99', examples: [1999] })
 
@@ -37,7 +37,7 @@ const clothesRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['clothes'],
       summary: 'The catalogue, by name (any signed-in user)',
-      response: { 200: Type.Array(ClothingResponse), 401: ErrorResponse, 403: ErrorResponse }
+      response: { 200: Type.Array(ClothingResponse), ...guardedErrors }
     }
   }, async () => (await app.clothesRepository.list()).map(presentClothing))
 
@@ -47,7 +47,7 @@ const clothesRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['clothes'],
       summary: 'Add an item to the catalogue (admins)',
       body: NewClothing,
-      response: { 201: ClothingResponse, 400: ErrorResponse, 401: ErrorResponse, 403: ErrorResponse }
+      response: { 201: ClothingResponse, 400: ErrorResponse, ...guardedErrors }
     }
   }, async (request, reply) => {
     const { name, color, size, price } = request.body

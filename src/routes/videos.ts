@@ -3,7 +3,7 @@ import { Type } from 'typebox'
 import { accountGone } from '../plugins/auth.ts'
 import { notFound } from '../plugins/authorization.ts'
 import type { Video } from '../repositories/videos.ts'
-import { ErrorResponse, Timestamp, Uuid } from '../schemas/common.ts'
+import { ErrorResponse, Timestamp, Uuid, guardedErrors } from '../schemas/common.ts'
 
 const Title = Type.String({ minLength: 1, maxLength: 200 })
 const Author = Type.String({ minLength: 1, maxLength: 100 })
@@ -44,8 +44,6 @@ const presentVideo = (video: Video) => ({
   created_at: video.createdAt.toISOString(),
   updated_at: video.updatedAt.toISOString()
 })
-
-const guardedErrors = { 401: ErrorResponse, 403: ErrorResponse }
 
 const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
   // Runs after params validation, so the id is a UUID.

@@ -43,6 +43,8 @@ export const ErrorResponse = Type.Object({
  * route of its kind may answer besides (plugins/docs.ts).
  */
 export const errorResponse = (description: string) => ({ ...ErrorResponse, description })
+/** The refusals of a route behind a permission or ownership check: not signed in, not allowed. */
+export const guardedErrors = { 401: ErrorResponse, 403: ErrorResponse }
 
 export const UserResponse = Type.Object({
   id: Uuid,

@@ -5,7 +5,7 @@ import { normaliseEmail } from '../../auth/email.ts'
 import { apiError } from '../../errors.ts'
 import { sessionEnded } from '../../plugins/auth.ts'
 import type { User } from '../../repositories/users.ts'
-import { ErrorResponse, Name, errorResponse, RoleName, UserResponse, Uuid, isUuid, presentUser } from '../../schemas/common.ts'
+import { ErrorResponse, Name, errorResponse, guardedErrors, RoleName, UserResponse, Uuid, isUuid, presentUser } from '../../schemas/common.ts'
 
 const AdminUserResponse = Type.Object({ ...UserResponse.properties, disabled: Type.Boolean() }, { title: 'AdminUser' })
 const UserList = Type.Object({
@@ -50,7 +50,6 @@ const actingAdmin = (request: FastifyRequest) => ({ userId: request.user.id, ses
 const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
   // Admin endpoints act on accounts: the caller's user and session are re-read on every call.
   const adminOnly = [app.authenticate, app.loadAccount, app.requirePermission('users:manage')]
-  const guardedErrors = { 401: ErrorResponse, 403: ErrorResponse }
   const lastAdminResponse = errorResponse('It would leave no enabled admin: last_admin')
 
   app.get('/users', {
