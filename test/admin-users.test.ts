@@ -654,6 +654,16 @@ t.test('PATCH /admin/users/:id changes only the fields sent; name null clears th
   t.match(await dbGet(app, 'select name, disabled, updated_at from users where id = ?', target.user.id),
     { name: 'Ada', disabled: 1, updated_at: Date.parse(named.json().updated_at) })
 
+  const enabledNamed = await patch({ disabled: false })
+  t.equal(enabledNamed.statusCode, 200)
+  t.match(enabledNamed.json(), { name: 'Ada', disabled: false }, 'disabled alone leaves a name that is set')
+  t.equal((await dbGet(app, 'select name from users where id = ?', target.user.id))!.name, 'Ada')
+  const promoted = await patch({ roles: ['member', 'developer', 'admin'] })
+  t.equal(promoted.statusCode, 200)
+  t.match(promoted.json(), { name: 'Ada', roles: ['user', 'member', 'developer', 'admin'] }, 'roles alone leave the name')
+  t.equal((await dbGet(app, 'select name from users where id = ?', target.user.id))!.name, 'Ada')
+  t.equal((await patch({ roles: ['member', 'developer'] })).json().name, 'Ada')
+
   const cleared = await patch({ name: null })
   t.equal(cleared.statusCode, 200)
   t.equal(cleared.json().name, null, 'null clears the name')
