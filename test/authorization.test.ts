@@ -446,7 +446,11 @@ t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodi
     ['javascript url', { ...valid, url: 'javascript:alert(1)' }, /url/],
     ['non-boolean is_member_only', { ...valid, is_member_only: 'yes' }, /is_member_only/],
     ['unknown property', { ...valid, rating: 5 }, /rating/],
-    ['owner in the body', { ...valid, user_id: other.user.id }, /user_id/]
+    ['owner in the body', { ...valid, user_id: other.user.id }, /user_id/],
+    ['201-character title', { ...valid, title: 't'.repeat(201) }, /title/],
+    ['empty author', { ...valid, author: '' }, /author/],
+    ['101-character author', { ...valid, author: 'a'.repeat(101) }, /author/],
+    ['2049-character url', { ...valid, url: `https://videos.example.com/${'v'.repeat(2049 - 27)}` }, /url/]
   ]
   for (const [label, payload, field] of cases) {
     const response = await app.inject({ method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload })
@@ -455,6 +459,27 @@ t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodi
     t.match(response.json().message, field, `${label}: the message names the field`)
   }
   t.equal(await videoCount(app), before, 'no invalid body created a video')
+
+  const longest = { title: 't'.repeat(200), author: 'a'.repeat(100), url: `https://videos.example.com/${'v'.repeat(2048 - 27)}` }
+  t.equal(longest.url.length, 2048)
+  const atLimits = await app.inject({ method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: longest })
+  t.equal(atLimits.statusCode, 201, 'a 200-character title, 100-character author and 2048-character url are accepted')
+  t.match(await videoRow(app, atLimits.json().id), longest)
+  // PATCH takes the same fields under the same limits.
+  const unchanged = await videoRow(app, video.id)
+  const tooLong: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['201-character title', { title: 't'.repeat(201) }, /title/],
+    ['empty author', { author: '' }, /author/],
+    ['101-character author', { author: 'a'.repeat(101) }, /author/],
+    ['2049-character url', { url: `${longest.url}v` }, /url/]
+  ]
+  for (const [label, payload, field] of tooLong) {
+    const response = await app.inject({ method: 'PATCH', url: `/videos/${video.id}`, headers: bearer(developer.access_token), payload })
+    t.equal(response.statusCode, 400, `PATCH: ${label}`)
+    t.equal(response.json().code, 'validation_error', `PATCH: ${label}`)
+    t.match(response.json().message, field, `PATCH: ${label}`)
+  }
+  t.same(await videoRow(app, video.id), unchanged, 'no refused PATCH changed the video')
 })
 
 t.test('clothes: price in integer cents, optional color and size', async (t) => {
