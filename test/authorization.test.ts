@@ -505,7 +505,13 @@ t.test('clothes: price in integer cents, optional color and size', async (t) => 
     ['price as a string', { name: 'Tee', price: '1999' }, /price/],
     ['missing price', { name: 'Tee' }, /price/],
     ['empty name', { name: '', price: 1999 }, /name/],
-    ['unknown property', { name: 'Tee', price: 1999, currency: 'EUR' }, /currency/]
+    ['unknown property', { name: 'Tee', price: 1999, currency: 'EUR' }, /currency/],
+    ['price over 1,000,000.00', { name: 'Tee', price: 100_000_001 }, /price/],
+    ['201-character name', { name: 'n'.repeat(201), price: 1999 }, /name/],
+    ['empty color', { name: 'Tee', color: '', price: 1999 }, /color/],
+    ['51-character color', { name: 'Tee', color: 'c'.repeat(51), price: 1999 }, /color/],
+    ['empty size', { name: 'Tee', size: '', price: 1999 }, /size/],
+    ['21-character size', { name: 'Tee', size: 's'.repeat(21), price: 1999 }, /size/]
   ]
   for (const [label, payload, field] of cases) {
     const response = await app.inject({ method: 'POST', url: '/clothes', headers: bearer(admin.access_token), payload })
@@ -518,6 +524,12 @@ t.test('clothes: price in integer cents, optional color and size', async (t) => 
   const list = await app.inject({ url: '/clothes', headers: bearer(shopper.access_token) })
   t.equal(list.statusCode, 200)
   t.same(list.json().map((item: { name: string, price: number }) => [item.name, item.price]), [['Hoodie', 0], ['Tee', 1999]], 'by name, prices as integers')
+
+  const longest = { name: 'n'.repeat(200), color: 'c'.repeat(50), size: 's'.repeat(20), price: 100_000_000 }
+  const atLimits = await app.inject({ method: 'POST', url: '/clothes', headers: bearer(admin.access_token), payload: longest })
+  t.equal(atLimits.statusCode, 201, 'every field at its limit is accepted')
+  t.match(atLimits.json(), longest)
+  t.same(await dbGet(app, 'select name, color, size, price from clothes where id = ?', atLimits.json().id), longest)
 })
 
 t.test('deny by default: a route without an access policy stops the start', async (t) => {
