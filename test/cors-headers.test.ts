@@ -13,7 +13,10 @@ t.test('CORS: allowed origins get a preflight answer that permits Authorization'
   t.equal(preflight.statusCode, 204)
   t.equal(preflight.headers['access-control-allow-origin'], SPA)
   t.match(String(preflight.headers['access-control-allow-headers']), /Authorization/)
-  t.match(String(preflight.headers['access-control-allow-methods']), /PATCH/)
+  t.same(String(preflight.headers['access-control-allow-headers']).toLowerCase().split(/,\s*/).sort(), ['authorization', 'content-type'],
+    'Content-Type too, as a JSON body needs it')
+  t.same(String(preflight.headers['access-control-allow-methods']).split(/,\s*/).sort(), ['DELETE', 'GET', 'PATCH', 'POST'])
+  t.equal(preflight.headers['access-control-max-age'], '600', 'the preflight is cached for 10 minutes')
   t.equal(preflight.headers['access-control-allow-credentials'], undefined, 'no cookies, so no credentials')
 
   const session = await signup(app)
@@ -66,7 +69,8 @@ t.test('API responses carry the OWASP REST security headers, errors included', a
   const undecodable = await app.inject({ url: '/videos/%zz' })
   t.equal(undecodable.statusCode, 400)
   t.same(undecodable.json(), { statusCode: 400, error: 'Bad Request', message: 'The URL cannot be decoded.', code: 'invalid_request' })
-  for (const url of ['/health', '/auth/me', '/nope', '/openapi.json', '/videos/%zz']) {
+  // /docsearch is no docs page: only /docs and what lies under it get the document headers.
+  for (const url of ['/health', '/auth/me', '/nope', '/openapi.json', '/videos/%zz', '/docsearch', '/docs.json']) {
     const response = await app.inject({ url })
     t.equal(response.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'", url)
     t.equal(response.headers['x-frame-options'], 'DENY', url)
