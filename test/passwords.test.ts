@@ -10,6 +10,7 @@ t.test('needsRehash upgrades weaker hashes and leaves stronger ones alone', asyn
   t.equal(needsRehash(await hash('a password', { ...HASH_OPTIONS, memoryCost: 8192 })), true, 'less memory')
   t.equal(needsRehash(await hash('a password', { ...HASH_OPTIONS, timeCost: 1 })), true, 'fewer passes')
   t.equal(needsRehash(await hash('a password', { ...HASH_OPTIONS, algorithm: 1 })), true, 'argon2i')
+  t.equal(needsRehash(await hash('a password', { ...HASH_OPTIONS, version: 0 })), true, 'argon2 version 0x10')
   t.equal(needsRehash('$2b$10$abcdefghijklmnopqrstuv'), true, 'not argon2 at all')
 })
 
@@ -48,6 +49,10 @@ t.test('password policy', async (t) => {
   // The most common passwords are short: padded to the length, they would pass a list of longer ones.
   for (const padded of [' 123456 ', '  qwerty', 'abc123  ', ' 1234567', '\u00a0letmein']) {
     t.match(passwordProblem(padded, 'a@b.io'), /8 characters besides any whitespace/, JSON.stringify(padded))
+  }
+  // Exactly the minimum length: the list keeps the common passwords of 8 characters too.
+  for (const common of ['password', '12345678', 'PassWord', 'iloveyou']) {
+    t.match(passwordProblem(common, 'a@b.io'), /most commonly used/, common)
   }
   t.equal(passwordProblem(' a long passphrase ', 'a@b.io'), undefined, 'spaces are allowed, and kept')
 })
