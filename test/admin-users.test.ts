@@ -234,6 +234,10 @@ t.test('PATCH /admin/users/:id roles: replaces the extra roles, keeps user, revo
 
   const canonical = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { roles: ['admin', 'developer', 'user'] } })
   t.same(canonical.json().roles, ['user', 'developer', 'admin'], 'stored in canonical order')
+  const everyRole = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { roles: ['user', 'member', 'developer', 'admin'] } })
+  t.equal(everyRole.statusCode, 200, 'all four roles, user included, may be sent')
+  t.same(everyRole.json().roles, ['user', 'member', 'developer', 'admin'])
+  t.same(await rolesInDb(app, target.user.id), ['user', 'member', 'developer', 'admin'])
   const cleared = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload: { roles: [] } })
   t.equal(cleared.statusCode, 200)
   t.same(cleared.json().roles, ['user'], 'an empty list leaves just user')
@@ -247,7 +251,9 @@ t.test('PATCH /admin/users/:id roles: replaces the extra roles, keeps user, revo
     ['empty change', {}],
     ['email is not editable', { email: 'new@example.com' }],
     ['password_hash is not editable', { password_hash: 'x' }],
-    ['disabled not a boolean', { disabled: 'yes' }]
+    ['disabled not a boolean', { disabled: 'yes' }],
+    ['empty name', { name: '' }],
+    ['101-character name', { name: 'n'.repeat(101) }]
   ]
   for (const [label, payload, message] of invalid) {
     const response = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload })
