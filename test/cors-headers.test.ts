@@ -69,6 +69,9 @@ t.test('API responses carry the OWASP REST security headers, errors included', a
   const undecodable = await app.inject({ url: '/videos/%zz' })
   t.equal(undecodable.statusCode, 400)
   t.same(undecodable.json(), { statusCode: 400, error: 'Bad Request', message: 'The URL cannot be decoded.', code: 'invalid_request' })
+  // Refused before routing, so before the guarded routes' hooks: the URL may have been one of /auth's.
+  t.equal(undecodable.headers['cache-control'], 'no-store')
+  t.equal(undecodable.headers.pragma, 'no-cache')
   // /docsearch is no docs page: only /docs and what lies under it get the document headers.
   for (const url of ['/health', '/auth/me', '/nope', '/openapi.json', '/videos/%zz', '/docsearch', '/docs.json']) {
     const response = await app.inject({ url })
