@@ -2,7 +2,7 @@ import { hash } from '@node-rs/argon2'
 import argon2 from 'argon2'
 import t from 'tap'
 import { HASH_OPTIONS, hashPassword, hashSlots, needsRehash, passwordProblem, poolThreads, verifyPassword } from '../src/auth/passwords.ts'
-import { TEST_PASSWORD, build, dbGet, uniqueEmail } from './helper.ts'
+import { TEST_PASSWORD, build, dbGet, signup, uniqueEmail } from './helper.ts'
 
 t.test('needsRehash upgrades weaker hashes and leaves stronger ones alone', async (t) => {
   t.equal(needsRehash(await hashPassword('a password')), false, 'current parameters')
@@ -68,4 +68,20 @@ t.test('a login upgrades an outdated hash and keeps the password working', async
   t.not(upgraded, weak)
   t.equal(needsRehash(upgraded), false)
   t.equal((await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })).statusCode, 200)
+  t.equal((await dbGet(app, 'select password_hash from users where email = ?', email))!.password_hash, upgraded,
+    'the upgraded hash is current: the next login leaves it as it is')
+})
+
+t.test('a login with a current hash leaves it as it is, on both sign-in routes', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  const stored = async () => (await dbGet(app, 'select password_hash, updated_at from users where email = ?', email))!
+  const before = await stored()
+  t.equal(needsRehash(before.password_hash as string), false)
+  const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
+  t.equal(login.statusCode, 200)
+  const token = await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: email, password: TEST_PASSWORD } })
+  t.equal(token.statusCode, 200)
+  t.same(await stored(), before, 'no new hash was written, and updated_at did not move')
 })
