@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
 import { MAX_OPEN_SESSIONS } from '../src/repositories/sessions.ts'
-import { TEST_PASSWORD, type SessionBody, bearer, build, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import { TEST_DATABASE_URL, TEST_PASSWORD, type SessionBody, bearer, build, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, signup, tokenPayload, uniqueEmail } from './helper.ts'
 
 const login = async (app: App, email: string, password = TEST_PASSWORD, userAgent = 'test-agent'): Promise<SessionBody> => {
   const response = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password }, headers: { 'user-agent': userAgent } })
@@ -106,6 +107,46 @@ t.test('revoked sessions take no place under the cap, even the most recently use
   t.equal(await dbCount(app, "select count(*) as n from sessions where user_id = ? and user_agent = 'revoked' and revoked_at = ?", userId, revokedAtFirst), 5,
     'the revoked ones keep their revocation time')
 })
+
+// Only PostgreSQL lets a sign-in wait on a row another transaction holds; SQLite runs one writer at a time.
+if (TEST_DATABASE_URL) {
+  t.test('a session refreshed while the cap waits for its row keeps its place', async (t) => {
+    const url = await freshPostgresUrl(TEST_DATABASE_URL!)
+    const app = await build(t, { DATABASE_URL: url })
+    const { user } = await signup(app)
+    const now = Date.now()
+    const ids: string[] = []
+    // With the signup's, the cap's worth of other sessions: the next sign-in displaces the least recently used.
+    for (let index = 1; index < MAX_OPEN_SESSIONS; index++) {
+      ids.push(randomUUID())
+      await dbRun(app, 'insert into sessions (id, user_id, created_at, last_used_at, expires_at, user_agent, ip) values (?, ?, ?, ?, ?, ?, ?)',
+        ids.at(-1), user.id, new Date(now - 86_400_000), new Date(now - index * 60_000), new Date(now + 86_400_000), `agent-${index}`, null)
+    }
+    const leastRecent = ids.at(-1)!
+    // A refresh of the least recently used session holds its row, as rotate() does, until it commits.
+    const refresh = new pg.Client({ connectionString: url })
+    await refresh.connect()
+    t.teardown(() => refresh.end())
+    await refresh.query('begin')
+    await refresh.query('update sessions set last_used_at = $1 where id = $2', [new Date(now + 1_000), leastRecent])
+
+    const signIn = login(app, user.email)
+    const waiting = async () => (await dbGet(app, "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"))!.n
+    for (let tries = 0; tries < 100 && await waiting() === 0; tries++) await sleep(20)
+    t.equal(await waiting(), 1, 'the sign-in waits for the refreshed row')
+    await refresh.query('commit')
+    const session = await signIn
+
+    t.equal(await revokedAt(app, leastRecent), null, 'the session refreshed meanwhile is not revoked')
+    const open = () => dbCount(app, 'select count(*) as n from sessions where user_id = ? and revoked_at is null', user.id)
+    t.equal(await open(), MAX_OPEN_SESSIONS + 1, 'one over the cap until the next sign-in')
+    t.equal(await meStatus(app, session.access_token), 200)
+    await login(app, user.email)
+    t.equal(await open(), MAX_OPEN_SESSIONS, 'the next sign-in brings it back to the cap')
+    const revoked = await dbAll(app, 'select user_agent from sessions where user_id = ? and revoked_at is not null order by user_agent', user.id)
+    t.same(revoked, [{ user_agent: `agent-${MAX_OPEN_SESSIONS - 3}` }, { user_agent: `agent-${MAX_OPEN_SESSIONS - 2}` }], 'the two least recently used went, not the refreshed one')
+  })
+}
 
 t.test('DELETE /auth/sessions/:id revokes own sessions only; others answer 404', async (t) => {
   const app = await build(t)

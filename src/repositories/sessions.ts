@@ -1,4 +1,4 @@
-import { and, desc, eq, gt, inArray, isNotNull, isNull, lt, ne, notInArray, or, sql, type SQL } from 'drizzle-orm'
+import { and, desc, eq, gt, inArray, isNotNull, isNull, lt, ne, or, sql, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
@@ -125,11 +125,20 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
         // session is always kept (another's last use may be as late as this sign-in's now); of the
         // others still open and unexpired, the most recently used (ties by id) fill the rest.
         const others = and(eq(sessions.userId, input.userId), ne(sessions.id, session!.id), isNull(sessions.revokedAt), gt(sessions.expiresAt, times.now))
-        const kept = tx.select({ id: sessions.id }).from(sessions).where(others)
-          .orderBy(desc(sessions.lastUsedAt), desc(sessions.id)).limit(MAX_OPEN_SESSIONS - 1)
-        const displaced = await tx.update(sessions).set({ revokedAt: times.now })
-          .where(and(others, notInArray(sessions.id, kept)))
-          .returning({ id: sessions.id })
+        const [lastKept] = await tx.select({ id: sessions.id, lastUsedAt: sessions.lastUsedAt }).from(sessions).where(others)
+          .orderBy(desc(sessions.lastUsedAt), desc(sessions.id)).limit(1).offset(MAX_OPEN_SESSIONS - 2)
+        // Those used before the last one kept go, a condition on each row's own columns: PostgreSQL
+        // checks it again on a row a concurrent refresh held, as that refresh left it, so a session
+        // refreshed while this waited keeps its place (the user has one more than the cap until
+        // their next sign-in) rather than ending just after its refresh was answered.
+        const displaced = lastKept
+          ? await tx.update(sessions).set({ revokedAt: times.now })
+            .where(and(others, or(
+              lt(sessions.lastUsedAt, lastKept.lastUsedAt),
+              and(eq(sessions.lastUsedAt, lastKept.lastUsedAt), lt(sessions.id, lastKept.id))
+            )))
+            .returning({ id: sessions.id })
+          : []
         return {
           user,
           session: session!,
