@@ -192,3 +192,17 @@ t.test('a refresh_token grant longer than /auth/refresh accepts is an invalid re
   t.equal(refresh.statusCode, 400, 'the same limit as /auth/refresh')
   t.equal(refresh.json().code, 'validation_error')
 })
+
+t.test('a token request that fails on our side answers server_error, with nothing of the cause', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  Object.assign(app.usersRepository, {
+    findCredentialsByEmail: async () => { throw new Error('internal detail: users table at /var/lib/gatehouse') }
+  })
+  const response = await postForm(app, { grant_type: 'password', username: email, password: TEST_PASSWORD })
+  t.equal(response.statusCode, 500)
+  t.same(response.json(), { error: 'server_error', error_description: 'Something went wrong on our side.' })
+  t.notMatch(response.body, 'internal detail', 'the error\'s message stays in the log')
+  t.equal(response.headers['cache-control'], 'no-store')
+})
