@@ -76,6 +76,7 @@ t.test('SQLite: a write another process holds the lock against answers 503, then
   })
   t.equal(token.statusCode, 503, 'the token endpoint too, in its own shape')
   t.same(token.json(), { error: 'temporarily_unavailable', error_description: 'The database is unavailable; try again shortly.' })
+  t.equal(token.headers['retry-after'], '5', 'with Retry-After, as the other endpoints')
   const me = await app.inject({ url: '/auth/me', headers: { authorization: `Bearer ${session.access_token}` } })
   t.equal(me.statusCode, 200, 'reads go on (WAL)')
 
@@ -172,6 +173,7 @@ function expectUnavailable (t: Test, responses: LightMyRequestResponse[]) {
   const token = responses.at(-1)!
   t.equal(token.statusCode, 503, token.body)
   t.equal(token.json().error, 'temporarily_unavailable')
+  t.equal(token.headers['retry-after'], '5')
 }
 
 const refreshAtTokenEndpoint = (app: App, token: string) =>
