@@ -265,6 +265,35 @@ t.test('cleanup removes expired sessions and tokens, keeps live ones', async (t)
   t.equal((await refresh(app, live.refresh_token)).statusCode, 200)
 })
 
+t.test('cleanup keeps a revoked session for a day, then removes it; expired tokens of a live session go', async (t) => {
+  const app = await build(t, { REFRESH_REUSE_GRACE: '0' })
+  const hour = 3600_000
+  const revokedSince = async (ago: number) => {
+    const session = await signup(app)
+    const sid = tokenPayload(session.access_token).sid
+    t.equal((await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(session.access_token) })).statusCode, 204)
+    await dbRun(app, 'update sessions set revoked_at = ? where id = ?', new Date(Date.now() - ago), sid)
+    return sid
+  }
+  const recentlyRevoked = await revokedSince(hour)
+  const longRevoked = await revokedSince(25 * hour)
+
+  // A live session whose first token, used by a refresh, has expired; its live token has not.
+  const live = await signup(app)
+  const liveSid = tokenPayload(live.access_token).sid
+  const rotated = await refresh(app, live.refresh_token)
+  t.equal(rotated.statusCode, 200)
+  await dbRun(app, 'update refresh_tokens set expires_at = ? where token_hash = ?', new Date(Date.now() - 1000), hashRefreshToken(live.refresh_token))
+
+  await app.sessionsRepository.deleteExpired(new Date())
+  t.ok(await sessionRow(app, recentlyRevoked), 'a session revoked an hour ago is kept')
+  t.notOk(await sessionRow(app, longRevoked), 'one revoked more than a day ago is deleted')
+  t.equal(await dbCount(app, 'select count(*) as n from refresh_tokens where session_id = ?', longRevoked), 0, 'with its tokens')
+  t.same((await dbAll(app, 'select token_hash from refresh_tokens where session_id = ?', liveSid)).map((row) => row.token_hash),
+    [hashRefreshToken(rotated.json().refresh_token)], 'the expired token of the live session is deleted, its live token kept')
+  t.equal((await refresh(app, rotated.json().refresh_token)).statusCode, 200, 'and the session goes on')
+})
+
 // One writer at a time on SQLite: only PostgreSQL's row locks can deadlock.
 if (TEST_DATABASE_URL) {
   t.test('cleanup takes a session before its tokens, as every writer does, so it never deadlocks with one', async (t) => {
