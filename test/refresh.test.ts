@@ -1,3 +1,4 @@
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import t from 'tap'
@@ -292,6 +293,23 @@ t.test('cleanup keeps a revoked session for a day, then removes it; expired toke
   t.same((await dbAll(app, 'select token_hash from refresh_tokens where session_id = ?', liveSid)).map((row) => row.token_hash),
     [hashRefreshToken(rotated.json().refresh_token)], 'the expired token of the live session is deleted, its live token kept')
   t.equal((await refresh(app, rotated.json().refresh_token)).statusCode, 200, 'and the session goes on')
+})
+
+t.test('an app removes expired sessions as it starts', async (t) => {
+  const databaseUrl = TEST_DATABASE_URL ? undefined : `file:${join(t.testdir(), 'gatehouse.db')}`
+  const first = await build(t, databaseUrl ? { DATABASE_URL: databaseUrl } : {})
+  const expired = await signup(first)
+  const live = await signup(first)
+  const expiredSid = tokenPayload(expired.access_token).sid
+  await dbRun(first, 'update sessions set expires_at = ? where id = ?', new Date(Date.now() - 1000), expiredSid)
+  await dbRun(first, 'update refresh_tokens set expires_at = ? where session_id = ?', new Date(Date.now() - 1000), expiredSid)
+
+  // Another instance on the same database, started now: its start-up cleans up before the first hour.
+  const second = await build(t, { DATABASE_URL: first.config.databaseUrl })
+  t.notOk(await sessionRow(second, expiredSid), 'the expired session is gone at start')
+  t.equal(await dbCount(second, 'select count(*) as n from refresh_tokens where session_id = ?', expiredSid), 0)
+  t.ok(await sessionRow(second, tokenPayload(live.access_token).sid), 'a live one is kept')
+  t.equal((await refresh(second, live.refresh_token)).statusCode, 200)
 })
 
 // One writer at a time on SQLite: only PostgreSQL's row locks can deadlock.
