@@ -445,3 +445,23 @@ t.test('GET /auth/sessions lists unexpired sessions only, most recently used fir
   const after = await app.inject({ url: '/auth/sessions', headers: bearer(first.access_token) })
   t.same(after.json().map((session: { id: string }) => session.id), [sid(second), sid(first)], 'an expired session is not active')
 })
+
+t.test('a refresh marks its session used: GET /auth/sessions lists it first, with the refresh as its last use', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  await sleep(20)
+  const older = await login(app, email)
+  await sleep(20)
+  const newer = await login(app, email)
+  const listed = async () => (await app.inject({ url: '/auth/sessions', headers: bearer(newer.access_token) })).json() as Array<{ id: string, created_at: string, last_used_at: string }>
+  t.same((await listed()).map((session) => session.id).slice(0, 2), [sidOf(newer), sidOf(older)], 'before: the later sign-in first')
+
+  await sleep(20)
+  const before = Date.now()
+  t.equal(await refreshStatus(app, older.refresh_token), 200)
+  const after = await listed()
+  t.equal(after[0]!.id, sidOf(older), 'the refreshed session is now the most recently used')
+  t.ok(Date.parse(after[0]!.last_used_at) >= before, 'its last use is the refresh')
+  t.ok(Date.parse(after[0]!.last_used_at) > Date.parse(after[0]!.created_at), 'later than its sign-in')
+})
