@@ -465,3 +465,14 @@ t.test('a refresh marks its session used: GET /auth/sessions lists it first, wit
   t.ok(Date.parse(after[0]!.last_used_at) >= before, 'its last use is the refresh')
   t.ok(Date.parse(after[0]!.last_used_at) > Date.parse(after[0]!.created_at), 'later than its sign-in')
 })
+
+t.test('a session keeps at most 512 characters of the User-Agent', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  const agent = `Agent/1.0 ${'x'.repeat(2000)}`
+  const session = await login(app, email, TEST_PASSWORD, agent)
+  const listed = (await app.inject({ url: '/auth/sessions', headers: bearer(session.access_token) })).json() as Array<{ id: string, user_agent: string }>
+  t.equal(listed.find((row) => row.id === sidOf(session))!.user_agent, agent.slice(0, 512))
+  t.equal((await dbGet(app, 'select user_agent from sessions where id = ?', sidOf(session)))!.user_agent, agent.slice(0, 512), 'as stored')
+})
