@@ -93,6 +93,7 @@ t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => 
     ['sub not a string', forgeToken({ ...claims, sub: 12345 })],
     ['roles not an array', forgeToken({ ...claims, roles: 'admin' })],
     ['an unknown role', forgeToken({ ...claims, roles: ['root'] })],
+    ['a known role beside an unknown one', forgeToken({ ...claims, roles: ['user', 'root'] })],
     ['iat an hour in the future', forgeToken({ ...claims, iat: now + 3600, exp: now + 4500 })],
     ['iat just past the 10 s tolerance', forgeToken({ ...claims, iat: now + 12 })],
     ['nbf an hour in the future', forgeToken({ ...claims, nbf: now + 3600 })],
