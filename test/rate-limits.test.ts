@@ -366,3 +366,16 @@ t.test('per account, in Redis: attempts inside the window do not extend it', {
   t.ok(Number(limited.headers['retry-after']) <= 3, `Retry-After ${limited.headers['retry-after']}s: the window was not restarted`)
   t.ok(await redis.pttl(key) <= 3000, 'nor its key\'s expiry')
 })
+
+t.test('per account, in Redis: a successful sign-in starts the count afresh', { skip: redisSkip }, async (t) => {
+  const app = await build(t, { REDIS_URL, RATE_LIMIT_ACCOUNT_MAX: '2' })
+  // Redis outlives this run: a fresh email keeps reruns from meeting old counts.
+  const email = uniqueEmail(`reset-${randomBytes(4).toString('hex')}`)
+  const created = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email, password: TEST_PASSWORD }, remoteAddress: randomIp() })
+  t.equal(created.statusCode, 201)
+  t.equal((await login(app, email, 'wrong password!', randomIp())).statusCode, 401)
+  t.equal((await login(app, email, TEST_PASSWORD, randomIp())).statusCode, 200, 'the second attempt, correct: the count is cleared')
+  t.equal((await login(app, email, 'wrong password!', randomIp())).statusCode, 401, 'a first failure again')
+  t.equal((await login(app, email, 'wrong password!', randomIp())).statusCode, 401, 'and a second, still within the limit')
+  t.equal((await login(app, email, TEST_PASSWORD, randomIp())).statusCode, 429, 'the third attempt since the reset is past it')
+})
