@@ -2,7 +2,7 @@ import { hash } from '@node-rs/argon2'
 import argon2 from 'argon2'
 import t from 'tap'
 import { HASH_OPTIONS, hashPassword, hashSlots, needsRehash, passwordProblem, poolThreads, verifyPassword } from '../src/auth/passwords.ts'
-import { TEST_PASSWORD, build, dbGet, signup, uniqueEmail } from './helper.ts'
+import { TEST_PASSWORD, build, dbCount, dbGet, dbRun, signup, uniqueEmail } from './helper.ts'
 
 t.test('needsRehash upgrades weaker hashes and leaves stronger ones alone', async (t) => {
   t.equal(needsRehash(await hashPassword('a password')), false, 'current parameters')
@@ -84,4 +84,19 @@ t.test('a login with a current hash leaves it as it is, on both sign-in routes',
   const token = await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: email, password: TEST_PASSWORD } })
   t.equal(token.statusCode, 200)
   t.same(await stored(), before, 'no new hash was written, and updated_at did not move')
+})
+
+t.test('a disabled account\'s outdated hash is not upgraded: its sign-in is refused, not successful', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  const weak = await hash(TEST_PASSWORD, { ...HASH_OPTIONS, memoryCost: 4096, timeCost: 1 })
+  const user = await app.usersRepository.create({ email, passwordHash: weak, roles: ['user'] })
+  await dbRun(app, 'update users set disabled = ? where email = ?', true, email)
+  const stored = async () => (await dbGet(app, 'select password_hash, updated_at from users where email = ?', email))!
+  const before = await stored()
+  const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
+  t.equal(login.statusCode, 403)
+  t.equal(login.json().code, 'user_disabled')
+  t.same(await stored(), before, 'the old hash stays, and updated_at does not move')
+  t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ?', user!.id), 0, 'and no session was opened')
 })
