@@ -422,3 +422,17 @@ t.test('a failed query is logged without its parameters', async (t) => {
   t.same(lines.map((line) => line.msg), ['database health check failed'], 'one line for one failed health check')
   t.match(lines[0]?.err, { type: 'TypeError', message: /database connection is not open/ })
 })
+
+t.test('a token request that fails on our side is logged at error, with its cause', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'error' })
+  const email = uniqueEmail()
+  await signup(app, email)
+  Object.assign(app.usersRepository, { findCredentialsByEmail: async () => { throw new Error('credentials lookup broke') } })
+  const response = await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: email, password: TEST_PASSWORD } })
+  t.equal(response.statusCode, 500)
+  t.equal(response.json().error, 'server_error')
+  const failed = logLines(log.text).filter((line) => line.msg === 'token request failed')
+  t.equal(failed.length, 1, 'one error line')
+  t.match(failed[0], { level: 50, err: { message: 'credentials lookup broke' } })
+  t.ok(failed[0]?.reqId, 'naming the request')
+})
