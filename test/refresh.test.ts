@@ -119,6 +119,24 @@ t.test('a token superseded by a grace-window retry, presented, revokes the whole
   t.equal(me.json().code, 'invalid_token')
 })
 
+t.test('a grace-window retry slides the session and records its use, as any refresh does', async (t) => {
+  const app = await build(t, { REFRESH_REUSE_GRACE: '10s', REFRESH_TOKEN_TTL: '1h' })
+  const first = await signup(app)
+  const sid = tokenPayload(first.access_token).sid
+  t.equal((await refresh(app, first.refresh_token)).statusCode, 200, 'the answer the client loses')
+  // As if that refresh were the last use ten minutes ago, and the session ended ten minutes on.
+  const now = Date.now()
+  await dbRun(app, 'update sessions set last_used_at = ?, expires_at = ? where id = ?', new Date(now - 600_000), new Date(now + 600_000), sid)
+
+  const started = Date.now()
+  const retry = await refresh(app, first.refresh_token)
+  t.equal(retry.statusCode, 200)
+  const row = (await dbGet(app, 'select last_used_at, expires_at from sessions where id = ?', sid))!
+  t.ok(new Date(row.last_used_at as string | number).getTime() >= started, 'the retry is the session\'s last use')
+  t.ok(new Date(row.expires_at as string | number).getTime() >= started + 3600_000, 'and the session ends a full REFRESH_TOKEN_TTL after it')
+  t.equal((await refresh(app, retry.json().refresh_token)).statusCode, 200)
+})
+
 t.test('inside the window, only the newest rotated token may be replayed', async (t) => {
   const app = await build(t, { REFRESH_REUSE_GRACE: '10s' })
   const first = await signup(app)
