@@ -78,6 +78,21 @@ t.test('grace 0 turns any reuse into theft', async (t) => {
   t.equal((await app.sessionsRepository.rotate(second.refresh_token, rules)).outcome, 'reused')
 })
 
+t.test('reuse revokes the session it was presented in, not the user\'s other sessions nor anyone else\'s', async (t) => {
+  const app = await build(t, { REFRESH_REUSE_GRACE: '0' })
+  const stolen = await signup(app)
+  const otherDevice = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: stolen.user.email, password: TEST_PASSWORD } })
+  t.equal(otherDevice.statusCode, 200)
+  const bystander = await signup(app)
+  t.equal((await refresh(app, stolen.refresh_token)).statusCode, 200)
+
+  t.equal((await refresh(app, stolen.refresh_token)).statusCode, 401, 'the replay is theft')
+  t.ok((await sessionRow(app, tokenPayload(stolen.access_token).sid)).revoked_at, 'its session is revoked')
+  t.notOk((await sessionRow(app, tokenPayload(otherDevice.json().access_token).sid)).revoked_at, 'the same user\'s other session is not')
+  t.equal((await refresh(app, otherDevice.json().refresh_token)).statusCode, 200, 'and goes on')
+  t.equal((await refresh(app, bystander.refresh_token)).statusCode, 200, 'as does another user\'s')
+})
+
 t.test('a replay inside the grace window succeeds for the same session', async (t) => {
   const app = await build(t, { REFRESH_REUSE_GRACE: '10s' })
   const first = await signup(app)
