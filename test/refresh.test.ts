@@ -152,6 +152,20 @@ t.test('a grace-window retry slides the session and records its use, as any refr
   t.equal((await refresh(app, retry.json().refresh_token)).statusCode, 200)
 })
 
+t.test('a second grace-window retry replaces the live token again: still one live token, never a fork', async (t) => {
+  const app = await build(t, { REFRESH_REUSE_GRACE: '10s' })
+  const first = await signup(app)
+  const sid = tokenPayload(first.access_token).sid
+  t.equal((await refresh(app, first.refresh_token)).statusCode, 200, 'the answer the client loses')
+  const retried = await refresh(app, first.refresh_token)
+  t.equal(retried.statusCode, 200, 'a retry, whose answer is lost too')
+  const again = await refresh(app, first.refresh_token)
+  t.equal(again.statusCode, 200, 'and a second retry')
+  const live = await dbAll(app, 'select token_hash from refresh_tokens where session_id = ? and used_at is null and revoked_at is null', sid)
+  t.same(live.map((row) => row.token_hash), [hashRefreshToken(again.json().refresh_token)], 'the newest answer holds the one live token')
+  t.equal((await refresh(app, again.json().refresh_token)).statusCode, 200, 'which goes on')
+})
+
 t.test('inside the window, only the newest rotated token may be replayed', async (t) => {
   const app = await build(t, { REFRESH_REUSE_GRACE: '10s' })
   const first = await signup(app)
