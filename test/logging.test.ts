@@ -1,4 +1,5 @@
 import type { LightMyRequestResponse } from 'fastify'
+import { randomUUID } from 'node:crypto'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
@@ -9,6 +10,7 @@ import { buildApp, serializeError } from '../src/app.ts'
 import { HASH_OPTIONS, HASH_SLOTS } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
 import { startupProblem } from '../src/errors.ts'
+import { MAX_OPEN_SESSIONS } from '../src/repositories/sessions.ts'
 import {
   TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, before, bearer, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, signup, signupWithRoles, tokenPayload, uniqueEmail
 } from './helper.ts'
@@ -435,4 +437,20 @@ t.test('a token request that fails on our side is logged at error, with its caus
   t.equal(failed.length, 1, 'one error line')
   t.match(failed[0], { level: 50, err: { message: 'credentials lookup broke' } })
   t.ok(failed[0]?.reqId, 'naming the request')
+})
+
+t.test('a sign-in past the open-session cap logs the one session it revoked', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
+  const first = await signup(app)
+  const now = Date.now()
+  for (let index = 1; index < MAX_OPEN_SESSIONS; index++) {
+    await dbRun(app, 'insert into sessions (id, user_id, created_at, last_used_at, expires_at, user_agent, ip) values (?, ?, ?, ?, ?, ?, ?)',
+      randomUUID(), first.user.id, new Date(now - index * 60_000), new Date(now - index * 60_000), new Date(now + 86_400_000), null, null)
+  }
+  log.text = ''
+  const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: first.user.email, password: TEST_PASSWORD } })
+  t.equal(login.statusCode, 200)
+  const revoked = logLines(log.text).filter((line) => line.event === 'session_revoked')
+  t.equal(revoked.length, 1, 'one line')
+  t.match(revoked[0], { level: 30, userId: first.user.id, count: 1, reason: 'session_limit' })
 })
