@@ -379,3 +379,20 @@ t.test('per account, in Redis: a successful sign-in starts the count afresh', { 
   t.equal((await login(app, email, 'wrong password!', randomIp())).statusCode, 401, 'and a second, still within the limit')
   t.equal((await login(app, email, TEST_PASSWORD, randomIp())).statusCode, 429, 'the third attempt since the reset is past it')
 })
+
+t.test('per IP, in Redis: a forwarded address of any length is counted under an address-length key', { skip: redisSkip }, async (t) => {
+  const app = await build(t, { REDIS_URL, TRUST_PROXY: 'true', RATE_LIMIT_IP_MAX: '2' })
+  const { Redis } = await import('ioredis')
+  const redis = new Redis(REDIS_URL)
+  t.teardown(() => redis.disconnect())
+  // Redis outlives this run: a fresh address keeps reruns from meeting old counts.
+  const forwarded = `${randomBytes(4).toString('hex')}${'a'.repeat(8_000)}`
+  const send = () => app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x' }, headers: { 'x-forwarded-for': forwarded } })
+  t.equal((await send()).statusCode, 401)
+  const keys = await redis.keys(`gatehouse:ip-limit:${forwarded.slice(0, 8)}*`)
+  t.equal(keys.length, 1, 'one count')
+  t.ok(keys[0]!.startsWith(`gatehouse:ip-limit:${forwarded.slice(0, 45)}|`), 'keyed by the address cut to 45 characters')
+  t.ok(keys[0]!.length < 200, `a key of ${keys[0]!.length} characters, not of the header's`)
+  t.equal((await send()).statusCode, 401)
+  t.equal((await send()).statusCode, 429, 'counted as one client')
+})
