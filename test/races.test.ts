@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { HASH_OPTIONS } from '../src/auth/passwords.ts'
 import type { App } from '../src/app.ts'
-import { TEST_DATABASE_URL, TEST_PASSWORD, before, bearer, build, dbCount, dbGet, dbRun, signup, signupWithRoles, tokenPayload, uniqueEmail, type SessionBody } from './helper.ts'
+import { TEST_DATABASE_URL, TEST_PASSWORD, before, bearer, build, dbAll, dbCount, dbGet, dbRun, signup, signupWithRoles, tokenPayload, uniqueEmail, type SessionBody } from './helper.ts'
 
 t.test('50 concurrent signups with one email produce exactly one user', async (t) => {
   const app = await build(t)
@@ -125,6 +125,10 @@ t.test('of two password changes that both checked the current password, one wins
   t.equal(first.json().code, 'invalid_credentials')
 })
 
+/** The backends of the app's pool (PostgreSQL): a connection it closed is missing from a later list. */
+const poolConnections = async (app: App) =>
+  (await dbAll(app, "select pid from pg_stat_activity where datname = current_database() and backend_type = 'client backend'")).map((row) => row.pid)
+
 t.test('a password change whose session is signed out or disabled while it runs changes nothing', async (t) => {
   const endings: Array<[string, (app: App, session: SessionBody, admin: SessionBody) => Promise<unknown>]> = [
     ['signed out', (app, session) => app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(session.access_token), payload: {} })],
@@ -138,10 +142,15 @@ t.test('a password change whose session is signed out or disabled while it runs 
     const stored = await dbGet(app, 'select password_hash from users where id = ?', session.user.id)
     // After the current password was checked and the new one hashed, before the write.
     before(app.usersRepository, 'changePassword', () => end(app, session, admin))
+    const connections = TEST_DATABASE_URL ? await poolConnections(app) : []
     const changed = await changePassword(app, session)
     t.equal(changed.statusCode, 401, `${ending}: ${changed.body}`)
     t.equal(changed.json().code, 'invalid_token')
     t.same(await dbGet(app, 'select password_hash from users where id = ?', session.user.id), stored, `${ending}: the hash is unchanged`)
+    if (TEST_DATABASE_URL) {
+      const kept = await poolConnections(app)
+      t.ok(connections.every((pid) => kept.includes(pid)), `${ending}: rolled back on purpose, its connection stays in the pool`)
+    }
     if (ending === 'signed out') {
       t.equal((await refresh(app, other.json().refresh_token)).statusCode, 200, 'the other session was not revoked')
     }

@@ -43,6 +43,13 @@ export type ClothingRow = Tables['clothes']['$inferSelect']
 /** Serialises a group of writers across instances: the last-admin guard, and db:seed runs. */
 export type AtomicLock = 'admins' | 'seed'
 
+/**
+ * Thrown inside `atomic` to undo its work on purpose (a check inside the transaction failed). It
+ * reaches the caller after the rollback succeeded, so the connection is sound and stays pooled;
+ * any other error, or a rollback that failed, closes it.
+ */
+export class Rollback extends Error {}
+
 export interface Dialect {
   name: 'sqlite' | 'postgres'
   /**

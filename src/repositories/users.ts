@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
 import { hasPermission, isAdmin, normaliseRoles, type Role } from '../auth/permissions.ts'
-import type { Database, Db, Tables, UserRow } from '../db/index.ts'
+import { Rollback, type Database, type Db, type Tables, type UserRow } from '../db/index.ts'
 
 /** A user as the rest of the app sees it: never with the password hash. */
 export type User = Omit<UserRow, 'passwordHash'>
@@ -53,7 +53,7 @@ export const userColumns = (users: Tables['users']) => ({
 })
 
 /** Rolls back a password change whose session ended while it waited. */
-class SessionEnded extends Error {}
+class SessionEnded extends Rollback {}
 
 export function createUserRepository ({ db, tables: { users, sessions }, dialect }: Database) {
   const publicColumns = userColumns(users)

@@ -1,7 +1,7 @@
 import { sql } from 'drizzle-orm'
 import { drizzle } from 'drizzle-orm/node-postgres'
 import pg from 'pg'
-import { MIGRATIONS_TABLE, driverMessage, errorCode, pendingMigrations, type Database, type Db } from '../index.ts'
+import { MIGRATIONS_TABLE, Rollback, driverMessage, errorCode, pendingMigrations, type Database, type Db } from '../index.ts'
 import * as postgresSchema from './schema.ts'
 
 /** pg_advisory_lock keys: the migration run, and each AtomicLock. */
@@ -105,7 +105,8 @@ export async function openPostgres (databaseUrl: string): Promise<Database> {
       // On a client of its own rather than through db.transaction, which releases its client to
       // the pool whatever happened: after a timeout the server may still be inside the
       // transaction (or a failed BEGIN kept the client checked out for good). A transaction that
-      // failed destroys its connection instead (release with the error).
+      // failed destroys its connection instead (release with the error), unless it was rolled
+      // back on purpose.
       async atomic (work, lock) {
         const client = await pool.connect()
         try {
@@ -119,7 +120,7 @@ export async function openPostgres (databaseUrl: string): Promise<Database> {
           client.release()
           return result
         } catch (error) {
-          client.release(error as Error)
+          client.release(error instanceof Rollback ? undefined : error as Error)
           throw error
         }
       },
