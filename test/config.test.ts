@@ -85,6 +85,34 @@ t.test('outside production a missing secret is generated once, kept 0600, and re
   t.equal(loadConfig(env).jwt.secret, first.jwt.secret, 'tokens survive a restart')
 })
 
+/** Runs `load` with `dir` as the working directory, where relative data paths resolve. */
+function loadIn<T> (dir: string, load: () => T): T {
+  const previous = process.cwd()
+  process.chdir(dir)
+  try {
+    return load()
+  } finally {
+    process.chdir(previous)
+  }
+}
+
+t.test('with DATABASE_URL=:memory: a generated secret is kept in memory only', async (t) => {
+  const dir = t.testdir()
+  const [first, second] = loadIn(dir, () => [loadConfig({ DATABASE_URL: ':memory:' }), loadConfig({ DATABASE_URL: ':memory:' })])
+  t.equal(first!.jwt.secretFile, undefined, 'no secret file')
+  t.ok(Buffer.byteLength(first!.jwt.secret) >= 32)
+  t.not(first!.jwt.secret, second!.jwt.secret, 'a new one each start, as the data ends with the process')
+  t.same(readdirSync(dir), [], 'nothing written to the working directory')
+})
+
+t.test('with PostgreSQL and no JWT_SECRET the secret is kept in ./data', async (t) => {
+  const dir = t.testdir()
+  const config = loadIn(dir, () => loadConfig({ DATABASE_URL: 'postgres://u:p@db.internal:5432/gatehouse' }))
+  t.equal(config.jwt.secretFile, join(dir, 'data', 'jwt-secret'))
+  t.equal(readFileSync(join(dir, 'data', 'jwt-secret'), 'utf8').trim(), config.jwt.secret)
+  t.same(readdirSync(dir), ['data'], 'no folder named after the URL')
+})
+
 t.test('a secret another process kept first wins over the one generated here', async (t) => {
   const dir = t.testdir({ 'jwt-secret': `${'a'.repeat(40)}\n` })
   const file = join(dir, 'jwt-secret')
