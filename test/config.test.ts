@@ -243,6 +243,15 @@ t.test('CORS_ORIGINS must list origins, which browsers compare exactly', async (
   }
 })
 
+t.test('a secret of exactly 32 bytes is enough, for JWT_SECRET and each previous secret', async (t) => {
+  const base = { DATABASE_URL: ':memory:' }
+  t.equal(loadConfig({ ...base, JWT_SECRET: 'x'.repeat(32) }).jwt.secret, 'x'.repeat(32))
+  t.same(loadConfig({ ...base, JWT_SECRET: TEST_SECRET, JWT_PREVIOUS_SECRETS: `${'y'.repeat(32)},${'z'.repeat(40)}` }).jwt.previousSecrets,
+    ['y'.repeat(32), 'z'.repeat(40)])
+  t.throws(() => loadConfig({ ...base, JWT_SECRET: TEST_SECRET, JWT_PREVIOUS_SECRETS: `${'z'.repeat(40)},${'y'.repeat(31)}` }),
+    /JWT_PREVIOUS_SECRETS: entry 2 is shorter than 32 bytes/)
+})
+
 t.test('a JWT_SECRET of spaces is no secret', async (t) => {
   t.throws(() => loadConfig({ DATABASE_URL: ':memory:', JWT_SECRET: ' '.repeat(40) }), /JWT_SECRET must be at least 32 bytes/)
   t.throws(() => loadConfig({ DATABASE_URL: ':memory:', JWT_SECRET: ` ${'x'.repeat(30)} ` }), /JWT_SECRET must be at least 32 bytes/)
