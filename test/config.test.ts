@@ -252,6 +252,14 @@ t.test('a secret of exactly 32 bytes is enough, for JWT_SECRET and each previous
     /JWT_PREVIOUS_SECRETS: entry 2 is shorter than 32 bytes/)
 })
 
+t.test('durations may be up to ten years, and no longer', async (t) => {
+  const base = { DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET }
+  t.equal(loadConfig({ ...base, REFRESH_TOKEN_TTL: '3650d' }).refreshTokenTtl, 3650 * 86_400)
+  for (const name of ['REFRESH_TOKEN_TTL', 'SESSION_MAX_AGE', 'REFRESH_REUSE_GRACE', 'REQUEST_TIMEOUT']) {
+    t.throws(() => loadConfig({ ...base, [name]: '3651d' }), new RegExp(`${name} must be a duration from \\ds to 10 years`), name)
+  }
+})
+
 t.test('a JWT_SECRET of spaces is no secret', async (t) => {
   t.throws(() => loadConfig({ DATABASE_URL: ':memory:', JWT_SECRET: ' '.repeat(40) }), /JWT_SECRET must be at least 32 bytes/)
   t.throws(() => loadConfig({ DATABASE_URL: ':memory:', JWT_SECRET: ` ${'x'.repeat(30)} ` }), /JWT_SECRET must be at least 32 bytes/)
