@@ -260,6 +260,13 @@ t.test('durations may be up to ten years, and no longer', async (t) => {
   }
 })
 
+t.test('SESSION_MAX_AGE may equal ACCESS_TOKEN_TTL, not be a second shorter', async (t) => {
+  const base = { DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET }
+  t.equal(loadConfig({ ...base, ACCESS_TOKEN_TTL: '900', SESSION_MAX_AGE: '900' }).sessionMaxAge, 900)
+  t.throws(() => loadConfig({ ...base, ACCESS_TOKEN_TTL: '901', SESSION_MAX_AGE: '900' }),
+    /ACCESS_TOKEN_TTL \(901s\) must not be longer than SESSION_MAX_AGE \(900s\)/)
+})
+
 t.test('a JWT_SECRET of spaces is no secret', async (t) => {
   t.throws(() => loadConfig({ DATABASE_URL: ':memory:', JWT_SECRET: ' '.repeat(40) }), /JWT_SECRET must be at least 32 bytes/)
   t.throws(() => loadConfig({ DATABASE_URL: ':memory:', JWT_SECRET: ` ${'x'.repeat(30)} ` }), /JWT_SECRET must be at least 32 bytes/)
