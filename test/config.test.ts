@@ -292,7 +292,9 @@ t.test('TRUST_PROXY and ADMIN_EMAIL are checked at start', async (t) => {
   t.equal(loadConfig({ ...base, TRUST_PROXY: '10.0.0.0/8, loopback,::1' }).trustProxy, '10.0.0.0/8,loopback,::1')
   const hops = loadConfig({ ...base, TRUST_PROXY: '1' }).trustProxy as (address: string, hop: number) => boolean
   t.same([hops('10.0.0.1', 0), hops('10.0.0.1', 1)], [true, false], 'one hop: trust the proxy in front only')
-  for (const bad of ['yes', '10.0.0.0/33', 'proxy.internal']) {
+  t.equal(loadConfig({ ...base, TRUST_PROXY: '10.0.0.1/32,fd00::/8,::1/128' }).trustProxy, '10.0.0.1/32,fd00::/8,::1/128',
+    'a prefix up to the address\'s length: 32 bits for IPv4, 128 for IPv6')
+  for (const bad of ['yes', '10.0.0.0/33', '::1/129', 'proxy.internal']) {
     t.throws(() => loadConfig({ ...base, TRUST_PROXY: bad }), /TRUST_PROXY/, bad)
   }
   t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: 'Ops Team', ADMIN_PASSWORD: 'a long admin password' }), /ADMIN_EMAIL is not an email address/)
