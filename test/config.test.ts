@@ -378,6 +378,9 @@ t.test('ADMIN_EMAIL and ADMIN_PASSWORD are set together or not at all', async (t
   for (const padded of ['a long and uncommon admin passphrase\n', ' a long and uncommon admin passphrase']) {
     t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: 'ops@example.com', ADMIN_PASSWORD: padded }), /ADMIN_PASSWORD has whitespace \(a newline\?\) before or after it/, JSON.stringify(padded))
   }
+  // Compared as sign-up compares it, with the email normalised: the admin's own address is no password.
+  t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: 'Ops.Team@Example.com', ADMIN_PASSWORD: 'ops.team@example.com' }),
+    /ADMIN_PASSWORD is refused: The password must not be the email address/)
   t.equal(loadConfig({ ...base, ADMIN_EMAIL: 'ops@example.com', ADMIN_PASSWORD: 'a long and uncommon admin passphrase' }).admin?.password, 'a long and uncommon admin passphrase')
 })
 
