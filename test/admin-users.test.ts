@@ -457,6 +457,29 @@ t.test('an admin demoted, disabled, deleted or signed out while their change wai
   }
 })
 
+t.test('an admin whose roles lose admin while their change waits cannot make it, though their session stays open', async (t) => {
+  // Not through the API, whose role changes revoke the sessions too: an operator's SQL, say. The
+  // transaction re-reads the acting admin's roles, not only whether their session is open.
+  for (const [method, repositoryMethod] of [['PATCH', 'adminUpdate'], ['DELETE', 'adminDelete']] as const) {
+    const app = await build(t)
+    const [actor] = [await asAdmin(app), await asAdmin(app)]
+    const target = await signup(app)
+    before(app.usersRepository, repositoryMethod, () => dbRun(app, 'update users set roles = ? where id = ?', ['user', 'member'], actor.user.id))
+    const response = await app.inject({
+      method,
+      url: `/admin/users/${target.user.id}`,
+      headers: bearer(actor.access_token),
+      ...(method === 'PATCH' ? { payload: { roles: ['admin'] } } : {})
+    })
+    t.equal(response.statusCode, 401, `${method}: ${response.body}`)
+    t.equal(response.json().code, 'invalid_token')
+    t.equal(await activeSessions(app, actor.user.id), 1, `${method}: the actor's session was left open`)
+    const stored = await dbGet(app, 'select roles from users where id = ?', target.user.id)
+    t.ok(stored, `${method}: the user is still there`)
+    t.same(JSON.parse(String(stored?.roles)), ['user'], `${method}: their roles are unchanged`)
+  }
+})
+
 // Only PostgreSQL lets two transactions wait on one another; SQLite runs one writer at a time.
 if (TEST_DATABASE_URL) {
   t.test('an admin signed out while their change waits for the admins lock cannot make it, whatever the default isolation', async (t) => {
