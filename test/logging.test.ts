@@ -454,3 +454,17 @@ t.test('a sign-in past the open-session cap logs the one session it revoked', as
   t.equal(revoked.length, 1, 'one line')
   t.match(revoked[0], { level: 30, userId: first.user.id, count: 1, reason: 'session_limit' })
 })
+
+t.test('a logout with a refresh token logs the session it revoked; an unknown token logs none', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', DATABASE_URL: await suiteDatabase() })
+  const session = await signup(app)
+  log.text = ''
+  const unknown = await app.inject({ method: 'POST', url: '/auth/logout', payload: { refresh_token: 'not-a-token-we-issued' } })
+  t.equal(unknown.statusCode, 204)
+  t.same(logLines(log.text).filter((line) => line.event === 'session_revoked'), [], 'nothing was revoked')
+  const logout = await app.inject({ method: 'POST', url: '/auth/logout', payload: { refresh_token: session.refresh_token } })
+  t.equal(logout.statusCode, 204)
+  const revoked = logLines(log.text).filter((line) => line.event === 'session_revoked')
+  t.equal(revoked.length, 1, 'one line')
+  t.match(revoked[0], { level: 30, userId: session.user.id, sessionId: tokenPayload(session.access_token).sid, reason: 'logout', reqId: /^req-/ })
+})
