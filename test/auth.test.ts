@@ -77,6 +77,16 @@ t.test('a 128-character password is accepted', async (t) => {
   t.equal(login.statusCode, 200)
 })
 
+t.test('a password of 128 characters outside the BMP (256 UTF-16 units) is accepted, as its schema accepts it', async (t) => {
+  const app = await build(t)
+  const password = '🦄'.repeat(128)
+  const email = uniqueEmail()
+  const created = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email, password } })
+  t.equal(created.statusCode, 201, created.body)
+  const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password } })
+  t.equal(login.statusCode, 200)
+})
+
 t.test('emails are at most 254 characters: a 255-character login is refused before hashing or counting', async (t) => {
   const app = await build(t, { RATE_LIMIT_ACCOUNT_MAX: '1' })
   // Well-formed: a 64-character local part and labels of at most 63.

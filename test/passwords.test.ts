@@ -55,6 +55,10 @@ t.test('password policy', async (t) => {
     t.match(passwordProblem(common, 'a@b.io'), /most commonly used/, common)
   }
   t.equal(passwordProblem(' a long passphrase ', 'a@b.io'), undefined, 'spaces are allowed, and kept')
+  // Characters are code points, as the schemas' maxLength counts them: an emoji is one, not two UTF-16 units.
+  t.equal(passwordProblem('🦄'.repeat(128), 'a@b.io'), undefined, '128 emoji are 128 characters')
+  t.match(passwordProblem('🦄'.repeat(4), 'a@b.io'), /8 to 128/, 'four emoji are four characters, too few')
+  t.match(passwordProblem(` ${'🦄'.repeat(4)} `, 'a@b.io'), /8 to 128|8 characters besides any whitespace/, 'and padded, still too few')
 })
 
 t.test('a login upgrades an outdated hash and keeps the password working', async (t) => {
