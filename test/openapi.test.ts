@@ -19,7 +19,10 @@ t.test('GET /openapi.json is a valid OpenAPI 3.1 document', async (t) => {
   t.same(result.errors ?? [], [], 'no schema errors')
   t.ok(result.valid)
   t.same(document.components.securitySchemes.oauth2.flows.password.tokenUrl, '/auth/token')
+  // Swagger UI refreshes with grant_type=refresh_token, form-encoded: the token endpoint, not /auth/refresh (JSON).
+  t.equal(document.components.securitySchemes.oauth2.flows.password.refreshUrl, '/auth/token')
   t.equal(document.components.securitySchemes.bearerAuth.scheme, 'bearer')
+  t.equal(document.components.securitySchemes.bearerAuth.bearerFormat, 'JWT')
 })
 
 t.test('every registered route is documented with its security requirement', async (t) => {
