@@ -88,6 +88,12 @@ t.test('every registered route is documented with its security requirement', asy
     t.match(document.paths[path][method].responses[status].headers['Cache-Control'], { required: true, schema: { const: 'no-store' } }, `${method} ${path} ${status}: no-store`)
   }
   t.notOk(document.paths['/health'].get.responses['200'].headers, 'a public route outside /auth: no no-store')
+  // Headers always sent are required; the per-IP counts come only with that limit's 429.
+  for (const [path, method, status, header] of [['/auth/login', 'post', '429', 'Retry-After'], ['/health', 'get', '503', 'Retry-After'],
+    ['/auth/me', 'get', '401', 'WWW-Authenticate']] as const) {
+    t.match(document.paths[path][method].responses[status].headers[header], { required: true }, `${method} ${path} ${status}: ${header} is required`)
+  }
+  t.notOk(document.paths['/auth/login'].post.responses['429'].headers['X-RateLimit-Limit'].required, 'X-RateLimit-Limit is not always sent')
   t.match(described('/videos/{id}', 'patch', 404), /not_found/)
   t.match(described('/auth/token', 'post', 413), /invalid_request/, 'the token endpoint keeps its RFC 6749 codes')
   t.notMatch(described('/auth/token', 'post', 413), /payload_too_large/)
