@@ -162,4 +162,8 @@ t.test('Swagger UI is served at /docs', async (t) => {
   t.match(page.headers['content-type'], /text\/html/)
   t.match(page.body, /swagger-ui/i)
   t.notMatch(String(page.headers['content-security-policy']), /upgrade-insecure-requests/, 'docs work over plain http')
+  // The token Authorize gets stays in the page's memory: persisted, any script of the origin could read it from localStorage.
+  const initializer = await app.inject({ url: '/docs/static/swagger-initializer.js' })
+  t.equal(initializer.statusCode, 200)
+  t.match(initializer.body, /"persistAuthorization":false/)
 })
