@@ -1,6 +1,7 @@
 // When a database or Redis stops serving, requests end in bounded time with a clear answer (503
 // database_unavailable, or the rate limits' memory fallback), and service resumes with them.
 import Database from 'better-sqlite3'
+import { spawn } from 'node:child_process'
 import pg from 'pg'
 import { createConnection, createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
@@ -82,6 +83,27 @@ t.test('SQLite: a write another process holds the lock against answers 503, then
 
   other.exec('ROLLBACK')
   t.equal((await login(app, session.user.email)).statusCode, 200)
+})
+
+t.test('SQLite: a write lock another process holds briefly is waited for, not answered 503', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  const app = await build(t, { DATABASE_URL: `file:${file}` })
+  const session = await signup(app)
+  // Another process (a CLI tool, a second instance) holds the write lock for a quarter of the 1 s busy timeout.
+  const holder = spawn(process.execPath, ['-e', `
+    const db = new (require('better-sqlite3'))(process.argv[1])
+    db.exec('BEGIN IMMEDIATE')
+    process.stdout.write('locked\\n')
+    setTimeout(() => { db.exec('COMMIT'); db.close() }, 250)
+  `, file], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const exited = new Promise((resolve) => holder.on('exit', resolve))
+  t.teardown(() => { holder.kill() })
+  await new Promise((resolve) => holder.stdout.once('data', resolve))
+
+  const renamed = await app.inject({ method: 'PATCH', url: '/auth/me', headers: { authorization: `Bearer ${session.access_token}` }, payload: { name: 'Waited' } })
+  t.equal(renamed.statusCode, 200, renamed.body)
+  t.equal(renamed.json().name, 'Waited')
+  t.equal(await exited, 0, 'the other process committed and ended')
 })
 
 t.test('SQLite: a database that turns read-only answers 503, and one that is read-only at start stops it', async (t) => {
