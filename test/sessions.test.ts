@@ -197,6 +197,9 @@ t.test('an ended session\'s still-valid access token gets nothing from the accou
     const deleted = await app.inject({ method: 'DELETE', url: `/auth/sessions/${sidOf(other)}`, headers: bearer(token) })
     t.equal(deleted.statusCode, 401, 'DELETE /auth/sessions/:id')
     t.equal(deleted.json().code, 'invalid_token')
+    const loggedOut = await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(token), payload: { scope: 'global' } })
+    t.equal(loggedOut.statusCode, 401, 'POST /auth/logout with the bearer token')
+    t.equal(loggedOut.json().code, 'invalid_token')
     t.equal(await revokedAt(app, sidOf(other)), null, 'the other session is still open')
   }
 
