@@ -271,6 +271,8 @@ t.test('PostgreSQL: a transaction that waits too long for a lock is cancelled, a
   await other.query('select id from users where id = $1 for update', [session.user.id])
   const refused = await login(app, session.user.email)
   t.equal(refused.statusCode, 503, 'the session insert waited past the statement timeout')
+  // The server's own timeout, before the client's 10 s query timeout gives up on the connection.
+  t.same(await app.database.query('show statement_timeout'), [{ statement_timeout: '8s' }], 'statement_timeout is 8 s on the pool\'s connections')
   t.equal(refused.json().code, 'database_unavailable')
   await other.query('commit')
 
