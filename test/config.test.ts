@@ -149,6 +149,18 @@ t.test('the app starts on an empty data folder and migrates', async (t) => {
   }
 })
 
+t.test('with JWT_SECRET set, the data folder the database creates is 0700 too', async (t) => {
+  // No secret is kept, so the SQLite driver's opening creates the folder, not keepSecret.
+  const dir = t.testdir()
+  const dbFile = join(dir, 'fresh', 'gatehouse.db')
+  const app = await buildApp(loadConfig({ DATABASE_URL: `file:${dbFile}`, JWT_SECRET: TEST_SECRET, LOG_LEVEL: 'silent' }))
+  t.teardown(() => app.close())
+  await app.ready()
+  t.notOk(existsSync(join(dir, 'fresh', 'jwt-secret')), 'no secret kept')
+  t.equal(statSync(join(dir, 'fresh')).mode & 0o777, 0o700, 'the folder it created')
+  t.equal(statSync(dbFile).mode & 0o777, 0o600, 'the database file')
+})
+
 t.test('every commit is synced to disk, on the first start and on every later one', async (t) => {
   const dbFile = join(t.testdir(), 'gatehouse.db')
   for (const start of ['first start', 'restart on the file, already in WAL mode']) {
