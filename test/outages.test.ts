@@ -89,12 +89,12 @@ t.test('SQLite: a write lock another process holds briefly is waited for, not an
   const file = join(t.testdir(), 'gatehouse.db')
   const app = await build(t, { DATABASE_URL: `file:${file}` })
   const session = await signup(app)
-  // Another process (a CLI tool, a second instance) holds the write lock for a quarter of the 1 s busy timeout.
+  // Another process (a CLI tool, a second instance) holds the write lock for a tenth of the 1 s busy timeout.
   const holder = spawn(process.execPath, ['-e', `
     const db = new (require('better-sqlite3'))(process.argv[1])
     db.exec('BEGIN IMMEDIATE')
     process.stdout.write('locked\\n')
-    setTimeout(() => { db.exec('COMMIT'); db.close() }, 250)
+    setTimeout(() => { db.exec('COMMIT'); db.close() }, 100)
   `, file], { stdio: ['ignore', 'pipe', 'inherit'] })
   const exited = new Promise((resolve) => holder.on('exit', resolve))
   t.teardown(() => { holder.kill() })
