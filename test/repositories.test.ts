@@ -2,7 +2,7 @@
 // on SQLite, where it queues their calls, as on PostgreSQL, where it returns them as they are.
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import { build } from './helper.ts'
+import { build, dbCount, signup } from './helper.ts'
 
 t.test('a serialised repository\'s method keeps `this` and may call another of its methods in its turn', async (t) => {
   const app = await build(t)
@@ -16,4 +16,16 @@ t.test('a serialised repository\'s method keeps `this` and may call another of i
     }
   })
   t.equal(await Promise.race([notes.countPlusOne(), sleep(5000, 'still waiting after 5 s', { ref: false })]), 1)
+})
+
+t.test('transactions of concurrent repository calls do not interleave: each runs whole, in its turn', async (t) => {
+  const app = await build(t)
+  const { user } = await signup(app)
+  const times = { now: new Date(), ttl: 3600, maxAge: 0 }
+  // Each sign-in is a transaction with awaits between its statements; on SQLite's one connection,
+  // the second's BEGIN inside the first's transaction would fail without the queue.
+  const opened = await Promise.all(Array.from({ length: 5 }, () => app.sessionsRepository.open({ userId: user.id }, times)))
+  t.equal(opened.filter((result) => result?.session.userId === user.id).length, 5, 'every one opened its session')
+  t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ?', user.id), 6, 'all stored, with the signup\'s')
+  t.equal(await dbCount(app, 'select count(*) as n from refresh_tokens where session_id in (select id from sessions where user_id = ?)', user.id), 6)
 })
