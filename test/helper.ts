@@ -1,4 +1,4 @@
-import { createHmac, randomBytes } from 'node:crypto'
+import { createHmac, randomBytes, randomUUID } from 'node:crypto'
 import { connect } from 'node:net'
 import pg from 'pg'
 import tap, { type Test } from 'tap'
@@ -106,6 +106,19 @@ export async function dbGet (app: App, query: string, ...params: unknown[]): Pro
 
 export async function dbRun (app: App, query: string, ...params: unknown[]): Promise<void> {
   await dbAll(app, query, ...params)
+}
+
+/**
+ * A session stored directly, as if signed in long ago (the cap and cleanup tests): it has no
+ * refresh token. Times default to a day ago (created and last used) and a day ahead (expiry).
+ */
+export async function insertSession (app: App, userId: string, times: { lastUsedAt?: number, expiresAt?: number, revokedAt?: Date | null } = {}, userAgent: string | null = null): Promise<string> {
+  const id = randomUUID()
+  const now = Date.now()
+  await dbRun(app, 'insert into sessions (id, user_id, created_at, last_used_at, expires_at, revoked_at, user_agent, ip) values (?, ?, ?, ?, ?, ?, ?, ?)',
+    id, userId, new Date(now - 86_400_000), new Date(times.lastUsedAt ?? now - 86_400_000), new Date(times.expiresAt ?? now + 86_400_000),
+    times.revokedAt ?? null, userAgent, null)
+  return id
 }
 
 /** The first column of the first row as a number: `select count(*) from …`. */

@@ -1,5 +1,4 @@
 import type { LightMyRequestResponse } from 'fastify'
-import { randomUUID } from 'node:crypto'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
@@ -12,7 +11,7 @@ import { loadConfig } from '../src/config.ts'
 import { startupProblem } from '../src/errors.ts'
 import { MAX_OPEN_SESSIONS } from '../src/repositories/sessions.ts'
 import {
-  TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, before, bearer, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, signup, signupWithRoles, tokenPayload, uniqueEmail
+  TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, before, bearer, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, insertSession, signup, signupWithRoles, tokenPayload, uniqueEmail
 } from './helper.ts'
 import { POSTGRES_URL, postgresReachable } from './services.ts'
 
@@ -443,10 +442,7 @@ t.test('a sign-in past the open-session cap logs the one session it revoked', as
   const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
   const first = await signup(app)
   const now = Date.now()
-  for (let index = 1; index < MAX_OPEN_SESSIONS; index++) {
-    await dbRun(app, 'insert into sessions (id, user_id, created_at, last_used_at, expires_at, user_agent, ip) values (?, ?, ?, ?, ?, ?, ?)',
-      randomUUID(), first.user.id, new Date(now - index * 60_000), new Date(now - index * 60_000), new Date(now + 86_400_000), null, null)
-  }
+  for (let index = 1; index < MAX_OPEN_SESSIONS; index++) await insertSession(app, first.user.id, { lastUsedAt: now - index * 60_000 })
   log.text = ''
   const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email: first.user.email, password: TEST_PASSWORD } })
   t.equal(login.statusCode, 200)

@@ -1,11 +1,10 @@
-import { randomUUID } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
 import { MAX_OPEN_SESSIONS } from '../src/repositories/sessions.ts'
-import { TEST_DATABASE_URL, TEST_PASSWORD, type SessionBody, bearer, build, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import { TEST_DATABASE_URL, TEST_PASSWORD, type SessionBody, bearer, build, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, insertSession, signup, tokenPayload, uniqueEmail } from './helper.ts'
 
 const login = async (app: App, email: string, password = TEST_PASSWORD, userAgent = 'test-agent'): Promise<SessionBody> => {
   const response = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password }, headers: { 'user-agent': userAgent } })
@@ -49,10 +48,7 @@ t.test(`a user keeps at most ${MAX_OPEN_SESSIONS} open sessions: a new one revok
   const userId = first.user.id
   const now = Date.now()
   // The rest of the allowance, each used a minute before the last; the oldest is `${MAX_OPEN_SESSIONS - 1}`.
-  for (let index = 1; index < MAX_OPEN_SESSIONS; index++) {
-    await dbRun(app, 'insert into sessions (id, user_id, created_at, last_used_at, expires_at, user_agent, ip) values (?, ?, ?, ?, ?, ?, ?)',
-      randomUUID(), userId, new Date(now - index * 60_000), new Date(now - index * 60_000), new Date(now + 86_400_000), `agent-${index}`, null)
-  }
+  for (let index = 1; index < MAX_OPEN_SESSIONS; index++) await insertSession(app, userId, { lastUsedAt: now - index * 60_000 }, `agent-${index}`)
   const other = await signup(app)
   const listed = async (session: SessionBody) => (await app.inject({ url: '/auth/sessions', headers: bearer(session.access_token) })).json()
   t.equal((await listed(first)).length, MAX_OPEN_SESSIONS, 'at the limit, nothing is revoked')
@@ -70,9 +66,7 @@ t.test('the session a sign-in opens is never the one the cap revokes, and expire
   const app = await build(t)
   const { user } = await signup(app)
   const now = Date.now()
-  const insert = (lastUsedAt: number, expiresAt: number, agent: string) =>
-    dbRun(app, 'insert into sessions (id, user_id, created_at, last_used_at, expires_at, user_agent, ip) values (?, ?, ?, ?, ?, ?, ?)',
-      randomUUID(), user.id, new Date(now - 86_400_000), new Date(lastUsedAt), new Date(expiresAt), agent, null)
+  const insert = (lastUsedAt: number, expiresAt: number, agent: string) => insertSession(app, user.id, { lastUsedAt, expiresAt }, agent)
   // Used later than the sign-in's clock reads (another instance's clock, a sign-in that waited for the lock).
   for (let index = 0; index < MAX_OPEN_SESSIONS; index++) await insert(now + 5_000, now + 86_400_000, 'ahead')
   for (let index = 0; index < 5; index++) await insert(now - 7_200_000, now - 3_600_000, 'expired')
@@ -91,9 +85,7 @@ t.test('revoked sessions take no place under the cap, even the most recently use
   const first = await signup(app)
   const userId = first.user.id
   const now = Date.now()
-  const insert = (lastUsedAt: number, revokedAt: Date | null, agent: string) =>
-    dbRun(app, 'insert into sessions (id, user_id, created_at, last_used_at, expires_at, revoked_at, user_agent, ip) values (?, ?, ?, ?, ?, ?, ?, ?)',
-      randomUUID(), userId, new Date(now - 86_400_000), new Date(lastUsedAt), new Date(now + 86_400_000), revokedAt, agent, null)
+  const insert = (lastUsedAt: number, revokedAt: Date | null, agent: string) => insertSession(app, userId, { lastUsedAt, revokedAt }, agent)
   // One short of the cap with the signup's, and five revoked sessions used after all of them.
   for (let index = 2; index < MAX_OPEN_SESSIONS; index++) await insert(now - index * 60_000, null, 'live')
   const revokedAtFirst = new Date(now - 30_000)
@@ -117,11 +109,7 @@ if (TEST_DATABASE_URL) {
     const now = Date.now()
     const ids: string[] = []
     // With the signup's, the cap's worth of other sessions: the next sign-in displaces the least recently used.
-    for (let index = 1; index < MAX_OPEN_SESSIONS; index++) {
-      ids.push(randomUUID())
-      await dbRun(app, 'insert into sessions (id, user_id, created_at, last_used_at, expires_at, user_agent, ip) values (?, ?, ?, ?, ?, ?, ?)',
-        ids.at(-1), user.id, new Date(now - 86_400_000), new Date(now - index * 60_000), new Date(now + 86_400_000), `agent-${index}`, null)
-    }
+    for (let index = 1; index < MAX_OPEN_SESSIONS; index++) ids.push(await insertSession(app, user.id, { lastUsedAt: now - index * 60_000 }, `agent-${index}`))
     const leastRecent = ids.at(-1)!
     // A refresh of the least recently used session holds its row, as rotate() does, until it commits.
     const refresh = new pg.Client({ connectionString: url })
@@ -312,7 +300,7 @@ t.test('a Content-Length of 00 is no body, whatever Content-Type it names: no 41
   // Node keeps the header as sent; Fastify reads `00` as an empty body, and so must the 415 check.
   const deleted = await app.inject({
     method: 'DELETE',
-    url: `/auth/sessions/${tokenPayload(second.access_token).sid}`,
+    url: `/auth/sessions/${sidOf(second)}`,
     headers: { ...bearer(first.access_token), 'content-type': 'text/plain', 'content-length': '00' }
   })
   t.equal(deleted.statusCode, 204, deleted.body)
