@@ -361,25 +361,44 @@ t.test('an app removes expired sessions as it starts', async (t) => {
 
 // One writer at a time on SQLite: only PostgreSQL's row locks can deadlock.
 if (TEST_DATABASE_URL) {
-  t.test('cleanup takes a session before its tokens, as every writer does, so it never deadlocks with one', async (t) => {
-    const app = await build(t)
-    const expired = await signup(app)
-    const sid = tokenPayload(expired.access_token).sid
-    await dbRun(app, 'update sessions set expires_at = ? where id = ?', new Date(0), sid)
-    await dbRun(app, 'update refresh_tokens set expires_at = ? where session_id = ?', new Date(0), sid)
+  t.test('cleanup leaves the rows another transaction holds for the next one, and never waits for them', async (t) => {
+    const app = await build(t, { REFRESH_REUSE_GRACE: '0' })
+    const expire = async (sid: unknown) => {
+      await dbRun(app, 'update sessions set expires_at = ? where id = ?', new Date(0), sid)
+      await dbRun(app, 'update refresh_tokens set expires_at = ? where session_id = ?', new Date(0), sid)
+    }
+    const heldSid = tokenPayload((await signup(app)).access_token).sid
+    const freeSid = tokenPayload((await signup(app)).access_token).sid
+    await expire(heldSid)
+    await expire(freeSid)
+    // A live session whose first token, used by a refresh, has expired.
+    const live = await signup(app)
+    t.equal((await refresh(app, live.refresh_token)).statusCode, 200)
+    const usedToken = hashRefreshToken(live.refresh_token)
+    await dbRun(app, 'update refresh_tokens set expires_at = ? where token_hash = ?', new Date(0), usedToken)
+    const tokenCount = () => dbCount(app, 'select count(*) as n from refresh_tokens where token_hash = ?', usedToken)
 
-    // A writer holds the session, as a refresh or a user's deletion does, and then takes its tokens.
+    // A writer holds an expired session and an expired token, as a sign-in's cap, a refresh or a
+    // user's deletion may while they expire: a cleanup that waited for them could deadlock with it.
     const writer = new pg.Client({ connectionString: app.config.databaseUrl })
     await writer.connect()
     t.teardown(() => writer.end())
     await writer.query('begin')
-    await writer.query('select id from sessions where id = $1 for update', [sid])
+    await writer.query('select id from sessions where id = $1 for update', [heldSid])
+    await writer.query('select id from refresh_tokens where token_hash = $1 for update', [usedToken])
     const cleanup = app.sessionsRepository.deleteExpired(new Date())
-    await sleep(200)
-    await writer.query('delete from refresh_tokens where session_id = $1', [sid])
+    t.equal(await Promise.race([cleanup.then(() => 'done'), sleep(5000).then(() => 'waited')]), 'done', 'the cleanup did not wait for the held rows')
+    t.equal(await dbCount(app, 'select count(*) as n from sessions where id = ?', freeSid), 0, 'an expired session no one holds is deleted')
+    // The writer goes on with the session's tokens after the cleanup, as a deletion's cascade does.
+    await writer.query('delete from refresh_tokens where session_id = $1', [heldSid])
     await writer.query('commit')
     await cleanup
-    t.equal(await dbCount(app, 'select count(*) as n from sessions where id = ?', sid), 0, 'the cleanup then deletes the session')
+    t.equal(await dbCount(app, 'select count(*) as n from sessions where id = ?', heldSid), 1, 'the held session is left')
+    t.equal(await tokenCount(), 1, 'and the held token')
+
+    await app.sessionsRepository.deleteExpired(new Date())
+    t.equal(await dbCount(app, 'select count(*) as n from sessions where id = ?', heldSid), 0, 'the next cleanup deletes the session')
+    t.equal(await tokenCount(), 0, 'and the token')
   })
 }
 

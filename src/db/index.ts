@@ -58,8 +58,11 @@ export interface Dialect {
    * `forUpdate` locks rows and `lock` takes a transaction-scoped advisory lock.
    */
   atomic<T> (work: (tx: Db) => Promise<T>, lock?: AtomicLock): Promise<T>
-  /** Locks the selected rows until the transaction ends (PostgreSQL); SQLite already holds the write lock. */
-  forUpdate<Q extends { for (strength: 'update'): unknown }> (query: Q): Q
+  /**
+   * Locks the selected rows until the transaction ends (PostgreSQL); SQLite already holds the write
+   * lock. With `skipLocked`, rows another transaction holds are left out instead of waited for.
+   */
+  forUpdate<Q extends { for (strength: 'update', config?: { skipLocked: true }): unknown }> (query: Q, options?: { skipLocked: true }): Q
   /** `roles` (a JSON array) contains `role`. */
   hasRole (roles: Column, role: string): SQL
   /** `text` contains `part` literally (no LIKE wildcards). */

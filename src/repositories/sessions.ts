@@ -242,16 +242,21 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
       return revoked
     },
 
-    /** Removes expired sessions, long-revoked ones, and expired refresh tokens. */
+    /**
+     * Removes expired sessions, long-revoked ones, and expired refresh tokens; rows another
+     * transaction holds are left for the next cleanup. A cleanup that never waits for a row can
+     * never be one side of a deadlock (PostgreSQL), whatever order the holder takes its rows in: a
+     * sign-in's cap revoking sessions that expire meanwhile, a user's deletion and its cascade.
+     */
     async deleteExpired (now: Date): Promise<void> {
-      // Sessions first, their tokens going with them: the order every writer takes them in, so
-      // a cleanup never waits for a session while holding tokens its writer wants (a deadlock).
+      const unheld = <Q extends Parameters<typeof dialect.forUpdate>[0]>(query: Q) => dialect.forUpdate(query, { skipLocked: true })
       await dialect.atomic(async (tx) => {
-        await tx.delete(sessions).where(or(
+        await tx.delete(sessions).where(inArray(sessions.id, unheld(tx.select({ id: sessions.id }).from(sessions).where(or(
           lt(sessions.expiresAt, now),
           and(isNotNull(sessions.revokedAt), lt(sessions.revokedAt, plus(now, -REVOKED_RETENTION_SECONDS)))
-        ))
-        await tx.delete(refreshTokens).where(lt(refreshTokens.expiresAt, now))
+        )))))
+        await tx.delete(refreshTokens).where(inArray(refreshTokens.id,
+          unheld(tx.select({ id: refreshTokens.id }).from(refreshTokens).where(lt(refreshTokens.expiresAt, now)))))
       })
     }
   }

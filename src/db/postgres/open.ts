@@ -124,7 +124,7 @@ export async function openPostgres (databaseUrl: string): Promise<Database> {
           throw error
         }
       },
-      forUpdate: (query) => query.for('update') as typeof query,
+      forUpdate: (query, options) => query.for('update', options) as typeof query,
       hasRole: (roles, role) => sql`${roles} @> ${JSON.stringify([role])}::jsonb`,
       contains: (text, part) => sql`strpos(${text}, ${part}) > 0`,
       isUniqueViolation: (error) => errorCode(error) === '23505',
