@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { gzipSync } from 'node:zlib'
 import t from 'tap'
-import { TEST_PASSWORD, bearer, build, dbCount, dbGet, dbRun, signup, signupWithRoles, tokenPayload, uniqueEmail } from './helper.ts'
+import { TEST_PASSWORD, bearer, build, dbCount, dbGet, dbRun, exchange, parseAnswer, signup, signupWithRoles, tokenPayload, uniqueEmail } from './helper.ts'
 
 t.test('signup, login and /auth/me work end to end', async (t) => {
   const app = await build(t)
@@ -266,6 +266,19 @@ t.test('a path served under other methods answers 405 with Allow; an unknown pat
       const response = await app.inject({ method: 'POST', url, headers, payload: Readable.from(['a=b']) })
       t.equal(response.statusCode, status, `POST ${url}, ${JSON.stringify(headers)}: ${response.body}`)
     }
+  }
+})
+
+t.test('a Swagger UI file path that leads out of its folder is a 404, not a refusal of rights', async (t) => {
+  const app = await build(t)
+  // Over a real socket: app.inject() resolves the dot segments before the router sees them.
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  for (const path of ['/docs/static/%2e%2e/%2e%2e/package.json', '/docs/static/%2E%2E/index.html']) {
+    const answer = parseAnswer(await exchange(port, `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`))
+    t.match(answer.statusLine, /^HTTP\/1\.1 404 /, path)
+    t.same(answer.body, { statusCode: 404, error: 'Not Found', message: 'No such file.', code: 'not_found' }, path)
+    t.equal(answer.headers['www-authenticate'], undefined, `${path}: no insufficient_scope challenge, no token was presented`)
   }
 })
 

@@ -623,6 +623,7 @@ t.test('errors a route module throws its own way keep the contract\'s shape, cod
   app.get('/sensible-forbidden', guard, async () => { throw app.httpErrors.forbidden() })
   app.get('/own-code', guard, async () => { throw apiError(409, 'note_v2_conflict', 'That note changed meanwhile.') })
   app.get('/no-code', guard, async () => { throw app.httpErrors.unprocessableEntity('Not like this.') })
+  app.get('/public-forbidden', { config: { access: 'public' } }, async () => { throw app.httpErrors.forbidden() })
   await app.ready()
   const session = await signup(app)
   const get = (url: string) => app.inject({ url, headers: bearer(session.access_token) })
@@ -635,6 +636,13 @@ t.test('errors a route module throws its own way keep the contract\'s shape, cod
   const named = await get('/no-code')
   t.equal(named.statusCode, 422)
   t.same(named.json(), { statusCode: 422, error: 'Unprocessable Entity', message: 'Not like this.', code: 'unprocessable_entity' })
+  // RFC 6750 §3.1's insufficient_scope speaks of a token: a public route's 403 has none to speak of.
+  for (const headers of [{}, bearer(session.access_token)]) {
+    const publicForbidden = await app.inject({ url: '/public-forbidden', headers })
+    t.equal(publicForbidden.statusCode, 403)
+    t.equal(publicForbidden.json().code, 'forbidden')
+    t.equal(publicForbidden.headers['www-authenticate'], undefined, 'no challenge on a public route\'s 403')
+  }
 })
 
 t.test('who may ask is answered before whether the request is well-formed: 401, then 403, then 400', async (t) => {

@@ -57,6 +57,9 @@ const isApiError = (error: FastifyError): error is FastifyError & HttpError =>
 /** Maps any thrown error to the contract's shape; 5xx answers never carry internals. */
 function toErrorBody (error: FastifyError): ErrorBody {
   if (error.validation) return errorBody(400, 'validation_error', validationMessage(error))
+  // @fastify/static's refusal of a path that leads out of its folder (`/docs/static/%2e%2e/…`):
+  // no such file is served there, as for any other it lacks; a 403 would read as a lack of rights.
+  if (error.code === 'FST_STATIC_FORBIDDEN_PATH') return errorBody(404, 'not_found', 'No such file.')
   if (isApiError(error)) return errorBody(error.statusCode, error.code, error.message)
   const statusCode = error.statusCode && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
   if (statusCode >= 500) return errorBody(500, 'internal_error', 'Something went wrong on our side.')
@@ -132,10 +135,11 @@ async function errorsPlugin (app: FastifyInstance) {
     if (unavailable) reply.header('retry-after', DATABASE_UNAVAILABLE.retryAfter)
     if (error.headers) reply.headers(error.headers)
     // RFC 9110 §15.5.2: every 401 carries a challenge; token errors set their own, richer one.
-    // RFC 6750 §3.1: a token without the rights gets insufficient_scope, whoever threw the 403.
+    // RFC 6750 §3.1: a token without the rights gets insufficient_scope, whoever threw the 403 after
+    // authenticate set `request.user`; a request without one has no scope to fall short.
     if (!reply.hasHeader('www-authenticate')) {
       if (body.statusCode === 401) reply.header('www-authenticate', bearerChallenge())
-      if (body.code === 'forbidden') reply.header('www-authenticate', bearerChallenge('insufficient_scope'))
+      if (body.code === 'forbidden' && request.user) reply.header('www-authenticate', bearerChallenge('insufficient_scope'))
     }
     return reply.code(body.statusCode).send(body)
   })
