@@ -107,4 +107,15 @@ t.test('CORS: the preflight route, which matches every path, turns no 404 into a
   t.equal(wrongMethod.statusCode, 405)
   t.equal(wrongMethod.headers.allow, 'GET, HEAD, PATCH')
   t.equal(wrongMethod.headers['access-control-allow-origin'], SPA)
+
+  // An OPTIONS request from an allowed origin that is no preflight (no Access-Control-Request-Method)
+  // is answered as any OPTIONS is: in the contract's shape, not as a failed preflight.
+  for (const [url, status, code] of [['/auth/me', 405, 'method_not_allowed'], ['/nope', 404, 'not_found']] as const) {
+    const options = await app.inject({ method: 'OPTIONS', url, headers: { origin: SPA } })
+    t.equal(options.statusCode, status, `OPTIONS ${url}`)
+    t.match(String(options.headers['content-type']), /^application\/json/, `OPTIONS ${url}`)
+    t.equal(options.json().code, code, `OPTIONS ${url}`)
+    t.equal(options.headers['access-control-allow-origin'], SPA, `OPTIONS ${url}: a script may read why`)
+    t.equal(options.headers['access-control-allow-methods'], undefined, `OPTIONS ${url}: no preflight answer`)
+  }
 })
