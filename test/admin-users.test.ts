@@ -654,10 +654,29 @@ t.test('GET /admin/users refuses cursors it never issued, an empty email filter 
     t.equal(response.statusCode, 400, label)
     t.equal(response.json().code, 'invalid_cursor', label)
   }
-  const empty = await list('email=')
-  t.equal(empty.statusCode, 400, 'an empty email filter')
-  t.equal(empty.json().code, 'validation_error')
-  t.match(empty.json().message, /email/)
+  for (const blank of ['', '%20', '%C2%A0%09']) {
+    const empty = await list(`email=${blank}`)
+    t.equal(empty.statusCode, 400, `a blank email filter: "${blank}" (trimmed, it would filter nothing)`)
+    t.equal(empty.json().code, 'validation_error')
+    t.match(empty.json().message, /email/)
+  }
+  const emptyCursor = await list('cursor=')
+  t.equal(emptyCursor.statusCode, 400, 'an empty cursor is no position either')
+  t.equal(emptyCursor.json().code, 'invalid_cursor')
+
+  // The next_cursor of a real page, then other spellings of it and of the same position.
+  await signup(app)
+  const page = await list('limit=1')
+  t.equal(page.statusCode, 200)
+  const issued = page.json().next_cursor as string
+  t.equal((await list(`cursor=${issued}`)).statusCode, 200, 'the cursor as issued')
+  const [ms, next] = JSON.parse(Buffer.from(issued, 'base64url').toString()) as [number, string]
+  for (const [label, cursor] of [['padded', `${issued}==`], ['with a space after it', `${issued} `], ['with an element more', b64([ms, next, 'extra'])],
+    ['with the id in upper case', b64([ms, next.toUpperCase()])]] as const) {
+    const response = await list(`cursor=${encodeURIComponent(cursor)}`)
+    t.equal(response.statusCode, 400, label)
+    t.equal(response.json().code, 'invalid_cursor', label)
+  }
   const unknown = await list('limit=5&sort=email')
   t.equal(unknown.statusCode, 400, 'an unknown parameter is refused, not ignored')
   t.same(unknown.json(), { statusCode: 400, error: 'Bad Request', message: 'querystring/sort is not allowed', code: 'validation_error' })

@@ -9,7 +9,7 @@ import { loadConfig } from '../src/config.ts'
 import { apiError } from '../src/errors.ts'
 import { accountOf } from '../src/plugins/auth.ts'
 import { accessAudit } from '../src/plugins/authorization.ts'
-import { TEST_ENV, type SessionBody, bearer, build, dbCount, dbGet, signup, uniqueEmail, signupWithRoles } from './helper.ts'
+import { TEST_ENV, type SessionBody, bearer, build, dbCount, dbGet, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
 
 type Caller = 'anonymous' | 'user' | 'member' | 'developer' | 'admin'
 type SignedInCaller = Exclude<Caller, 'anonymous'>
@@ -805,4 +805,28 @@ t.test('GET /clothes is by name, then id', async (t) => {
   const list = (await app.inject({ url: '/clothes', headers: bearer(admin.access_token) })).json() as Array<{ id: string, name: string }>
   t.same(list.map((item) => item.name), [...names].sort(), 'by name')
   t.same(list.filter((item) => item.name === 'Cap').map((item) => item.id), [...ids.Cap!].sort(), 'one name: by id')
+})
+
+t.test('ids in paths are read case-insensitively (RFC 9562): an upper-case id finds what the lower-case one does', async (t) => {
+  const app = await build(t)
+  const developer = await signupWithRoles(app, ['user', 'developer'])
+  const admin = await signupWithRoles(app, ['user', 'admin'])
+  const video = await newVideo(app, developer.user.id)
+  const upper = (id: string) => id.toUpperCase()
+
+  const renamed = await app.inject({ method: 'PATCH', url: `/videos/${upper(video.id)}`, headers: bearer(developer.access_token), payload: { title: 'Renamed' } })
+  t.equal(renamed.statusCode, 200, 'the owner edits their video by its upper-case id')
+  t.equal(renamed.json().id, video.id, 'answered with the id as stored')
+  t.equal((await videoRow(app, video.id))?.title, 'Renamed')
+
+  const user = await app.inject({ url: `/admin/users/${upper(developer.user.id)}`, headers: bearer(admin.access_token) })
+  t.equal(user.statusCode, 200, 'an admin reads a user by the upper-case id')
+  t.equal(user.json().id, developer.user.id)
+
+  const sid = String(tokenPayload(developer.access_token).sid)
+  const revoked = await app.inject({ method: 'DELETE', url: `/auth/sessions/${upper(sid)}`, headers: bearer(admin.access_token) })
+  t.equal(revoked.statusCode, 404, 'someone else\'s session stays out of reach in any case')
+  const own = await app.inject({ method: 'DELETE', url: `/auth/sessions/${upper(sid)}`, headers: bearer(developer.access_token) })
+  t.equal(own.statusCode, 204, 'the user revokes their own session by the upper-case id')
+  t.equal((await app.inject({ url: '/auth/me', headers: bearer(developer.access_token) })).statusCode, 401, 'and it is revoked')
 })

@@ -32,6 +32,8 @@ async function validationPlugin (app: FastifyInstance) {
     if (takesBody && route.config?.bodyOptional) {
       route.preValidation = [bodyOrEmptyObject, ...[route.preValidation ?? []].flat()]
     }
+    const uuids = uuidParameters(route.schema?.params)
+    if (uuids.length > 0) route.preValidation = [lowerCaseUuids(uuids), ...[route.preValidation ?? []].flat()]
     if (takesBody || route.schema?.querystring || route.schema?.params) {
       // Fastify validates before any preHandler: keep its verdict and give it after the access
       // checks, so a caller who may not ask gets 401 or 403, never a lesson in the schema.
@@ -45,6 +47,27 @@ async function validationPlugin (app: FastifyInstance) {
       route.preHandler = [...handlers.slice(0, accessChecks), ...checks, ...handlers.slice(accessChecks)]
     }
   })
+}
+
+/** The path parameters whose schema is a UUID (`format: 'uuid'`). */
+function uuidParameters (schema: unknown): string[] {
+  const properties = (schema as { properties?: Record<string, { format?: unknown }> } | undefined)?.properties ?? {}
+  return Object.keys(properties).filter((name) => properties[name]!.format === 'uuid')
+}
+
+/**
+ * RFC 9562 §4: UUIDs are case-insensitive on input. Ids are stored as randomUUID() writes them,
+ * lower case, so `/videos/E404D462-…` finds the video `/videos/e404d462-…` does.
+ */
+function lowerCaseUuids (names: string[]) {
+  return function lowerCaseUuids (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
+    const params = request.params as Record<string, unknown>
+    for (const name of names) {
+      const value = params[name]
+      if (typeof value === 'string') params[name] = value.toLowerCase()
+    }
+    done()
+  }
 }
 
 const ACCESS_CHECKS = new WeakSet<object>()

@@ -25,8 +25,11 @@ export const Password = Type.String({ ...passwordLength, description: 'The accou
 /** Ours are 43 characters; a longer one is refused by its schema before any lookup. */
 export const REFRESH_TOKEN_MAX_LENGTH = 512
 export const Uuid = Type.String({ format: 'uuid' })
-/** Uuid's test for an id no schema checked, such as one decoded from a cursor (ids are randomUUID()s). */
-export const isUuid = (text: string) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text)
+/**
+ * An id as stored (randomUUID(): lower case), for one no schema checked, such as one decoded from
+ * a cursor. Path parameters that are Uuids arrive lower-cased (plugins/validation.ts).
+ */
+export const isUuid = (text: string) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(text)
 export const Name = Type.String({ minLength: 1, maxLength: 100 })
 // `type` beside the enum: generators of typed clients read it, not the values, to type the field.
 export const RoleName = Type.Enum(ROLES, { type: 'string' })

@@ -15,7 +15,8 @@ const UserList = Type.Object({
 const ListQuery = Type.Object({
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 20 })),
   cursor: Type.Optional(Type.String({ maxLength: 200 })),
-  email: Type.Optional(Type.String({ minLength: 1, maxLength: 254, description: 'Case-insensitive substring of the email' }))
+  // Not blank: whitespace alone, trimmed as emails are, would filter nothing and list everyone.
+  email: Type.Optional(Type.String({ minLength: 1, maxLength: 254, pattern: '\\S', description: 'Case-insensitive substring of the email' }))
 }, { additionalProperties: false })
 const UserChange = Type.Object({
   roles: Type.Optional(Type.Array(RoleName, { maxItems: 4, uniqueItems: true, description: 'Replaces the extra roles; user is always kept' })),
@@ -30,13 +31,16 @@ const presentAdminUser = (user: User) => ({ ...presentUser(user), disabled: user
 const LATEST_CURSOR_TIME = 253_402_300_799_999
 
 /** Cursors are opaque to clients: base64url of the last row's [created_at ms, id]. */
-const encodeCursor = (user: User) => Buffer.from(JSON.stringify([user.createdAt.getTime(), user.id])).toString('base64url')
+const encodeCursor = (user: Pick<User, 'createdAt' | 'id'>) => Buffer.from(JSON.stringify([user.createdAt.getTime(), user.id])).toString('base64url')
 function decodeCursor (cursor: string): { createdAt: Date, id: string } {
   try {
     const [ms, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as unknown[]
     const createdAt = new Date(ms as number)
     if (Number.isSafeInteger(ms) && (ms as number) >= 0 && (ms as number) <= LATEST_CURSOR_TIME && typeof id === 'string' && isUuid(id)) {
-      return { createdAt, id }
+      const position = { createdAt, id }
+      // Only a cursor spelled as we issue it: the same bytes in another spelling (padding, `+/`, more
+      // elements) is no next_cursor of ours.
+      if (encodeCursor(position) === cursor) return position
     }
   } catch {}
   throw apiError(400, 'invalid_cursor', 'The cursor is not a position in the list: pass next_cursor back as it came.')
@@ -64,7 +68,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const { limit = 20, cursor, email } = request.query
     const rows = await app.usersRepository.page({
       limit: limit + 1,
-      after: cursor ? decodeCursor(cursor) : undefined,
+      after: cursor === undefined ? undefined : decodeCursor(cursor),
       emailContains: email ? normaliseEmail(email) : undefined
     })
     const users = rows.slice(0, limit)
