@@ -1,13 +1,16 @@
 // When a database or Redis stops serving, requests end in bounded time with a clear answer (503
 // database_unavailable, or the rate limits' memory fallback), and service resumes with them.
 import Database from 'better-sqlite3'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import { chmodSync } from 'node:fs'
 import pg from 'pg'
 import { createConnection, createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import type { LightMyRequestResponse } from 'fastify'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
+import { openDatabase } from '../src/db/index.ts'
 import { refuseReadOnly } from '../src/db/sqlite/open.ts'
 import { TEST_PASSWORD, build, freshPostgresUrl, signup } from './helper.ts'
 import { POSTGRES_URL, REDIS_URL, postgresReachable, redisReachable } from './services.ts'
@@ -132,6 +135,28 @@ t.test('SQLite: a database that turns read-only answers 503, and one that is rea
   t.doesNotThrow(() => refuseReadOnly(other), 'another process holding the write lock proves nothing')
   writer.exec('ROLLBACK')
   t.doesNotThrow(() => refuseReadOnly(other))
+})
+
+t.test('SQLite: a start on a file this process may read but not write stops, saying so, not a start whose every write fails', async (t) => {
+  const file = join(t.testdir(), 'gatehouse.db')
+  // Migrated: nothing is pending, so without its probe the start would write nothing, succeed, and
+  // answer every write 503 (SQLite opens a file it may not write read-only, without a word).
+  await (await openDatabase(`file:${file}`)).close()
+  chmodSync(file, 0o444)
+  // Root writes a 0444 file all the same: as root the start runs without the capability that lets
+  // it (CAP_DAC_OVERRIDE), and still reads the repository wherever it is checked out.
+  const withoutWriteOverride = process.getuid?.() === 0 ? ['setpriv', '--bounding-set', '-dac_override', '--'] : []
+  const [command, ...args] = [...withoutWriteOverride, process.execPath, '--import', 'tsx', 'src/cli/db-migrate.ts']
+  const run = spawnSync(command!, args, {
+    cwd: fileURLToPath(new URL('..', import.meta.url)),
+    env: { ...process.env, DATABASE_URL: `file:${file}` },
+    encoding: 'utf8',
+    timeout: 60_000
+  })
+  t.equal(run.status, 1, run.error ? `the start stops (${run.error.message})` : 'the start stops')
+  t.equal(run.stdout, '', 'and does not say it migrated')
+  t.match(run.stderr, /^Cannot open the database at file:\S+: this process may read the database but not write it \(attempt to write a readonly database\)\n$/,
+    'with one line saying why')
 })
 
 const onPostgres = { skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`, timeout: 60_000 }
