@@ -240,6 +240,27 @@ t.test('on SQLite instances starting at once on a database with a migration pend
   t.same(await Promise.all(instances.map((instance) => instance.exited)), [0, 0, 0], 'and end with their input')
 })
 
+t.test('on SQLite instances starting at once on a new file all start, and migrate it once', async (t) => {
+  const migrations = pendingMigrations('sqlite', null)
+  const instances = Array.from({ length: 3 }, () => opener(t))
+  t.same(await Promise.all(instances.map((instance) => instance.answer())), ['ready', 'ready', 'ready'], 'every instance loaded its code')
+  const dir = t.testdir()
+  // Each switches the new file to WAL first, which SQLite may refuse one of them at once (busy, with
+  // no wait) while another switches it: a few rounds in a hundred, without the retry.
+  for (let round = 1; round <= 100; round++) {
+    const file = join(dir, `round-${round}.db`)
+    for (const instance of instances) instance.child.stdin.write(`${file}\n`)
+    t.same(await Promise.all(instances.map((instance) => instance.answer())), ['ok', 'ok', 'ok'], `round ${round}: every instance started`)
+    const migrated = new Database(file, { readonly: true })
+    t.equal(migrated.pragma('journal_mode', { simple: true }), 'wal', `round ${round}: in WAL mode`)
+    t.same(migrated.prepare(`select hash from ${MIGRATIONS_TABLE} order by created_at`).pluck().all(), migrations.map((migration) => migration.hash),
+      `round ${round}: each migration recorded once`)
+    migrated.close()
+  }
+  for (const instance of instances) instance.child.stdin.end()
+  t.same(await Promise.all(instances.map((instance) => instance.exited)), [0, 0, 0], 'and end with their input')
+})
+
 t.test('on PostgreSQL a start waits for another instance\'s migration lock, then migrates', {
   skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`
 }, async (t) => {

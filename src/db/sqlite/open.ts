@@ -37,6 +37,30 @@ export function refuseReadOnly (sqlite: Sqlite.Database): void {
 /** How long a starting process waits for another one's migration of the same file. */
 const MIGRATION_WAIT_MS = 60_000
 
+const pause = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
+
+/**
+ * Switches the file to WAL. Processes opening a new file at once each try to, and SQLite may refuse
+ * one at once, busy without its busy wait, while another switches it ("database is locked"): it
+ * tries again, a few milliseconds later, for as long as a start waits for a migration. Synchronous
+ * like the rest of opening: nothing is served before the database is open.
+ */
+function switchToWal (sqlite: Sqlite.Database): void {
+  const deadline = Date.now() + MIGRATION_WAIT_MS
+  for (;;) {
+    try {
+      sqlite.pragma('journal_mode = WAL')
+      return
+    } catch (error) {
+      if (errorCode(error) === 'SQLITE_READONLY_DIRECTORY') {
+        throw new Error(`this process may not create files in the database's folder, as SQLite's -wal and -shm files beside it need (${(error as Error).message})`)
+      }
+      if (!/^SQLITE_BUSY/.test(String(errorCode(error))) || Date.now() >= deadline) throw error
+      pause(5)
+    }
+  }
+}
+
 /**
  * The pending migrations in one BEGIN IMMEDIATE: Drizzle's own migrator reads which ones ran before
  * it takes the write lock, so two processes opening a new file at once could both apply the first
@@ -91,7 +115,7 @@ export function openSqlite (databaseUrl: string): Database {
   }
   const sqlite = new Sqlite(path)
   try {
-    sqlite.pragma('journal_mode = WAL')
+    switchToWal(sqlite)
     // A write that answered 2xx (a revocation, a password change, a signup) survives an OS crash or
     // a power loss, not only a crash of this process: every commit is synced to disk. better-sqlite3
     // builds SQLite with WAL's default at NORMAL (synced only at checkpoints), which SQLite applies
