@@ -137,26 +137,34 @@ t.test('SQLite: a database that turns read-only answers 503, and one that is rea
   t.doesNotThrow(() => refuseReadOnly(other))
 })
 
-t.test('SQLite: a start on a file this process may read but not write stops, saying so, not a start whose every write fails', async (t) => {
-  const file = join(t.testdir(), 'gatehouse.db')
-  // Migrated: nothing is pending, so without its probe the start would write nothing, succeed, and
-  // answer every write 503 (SQLite opens a file it may not write read-only, without a word).
-  await (await openDatabase(`file:${file}`)).close()
-  chmodSync(file, 0o444)
+t.test('SQLite: a start where this process may read the database but not write it (the file, or its folder) stops, saying so, not a start whose every write fails', async (t) => {
   // Root writes a 0444 file all the same: as root the start runs without the capability that lets
   // it (CAP_DAC_OVERRIDE), and still reads the repository wherever it is checked out.
   const withoutWriteOverride = process.getuid?.() === 0 ? ['setpriv', '--bounding-set', '-dac_override', '--'] : []
-  const [command, ...args] = [...withoutWriteOverride, process.execPath, '--import', 'tsx', 'src/cli/db-migrate.ts']
-  const run = spawnSync(command!, args, {
-    cwd: fileURLToPath(new URL('..', import.meta.url)),
-    env: { ...process.env, DATABASE_URL: `file:${file}` },
-    encoding: 'utf8',
-    timeout: 60_000
-  })
-  t.equal(run.status, 1, run.error ? `the start stops (${run.error.message})` : 'the start stops')
-  t.equal(run.stdout, '', 'and does not say it migrated')
-  t.match(run.stderr, /^Cannot open the database at file:\S+: this process may read the database but not write it \(attempt to write a readonly database\)\n$/,
-    'with one line saying why')
+  const cases = [
+    { name: 'a 0444 file', readOnly: (_folder: string, file: string) => chmodSync(file, 0o444), why: 'this process may read the database but not write it' },
+    { name: 'a 0555 folder', readOnly: (folder: string) => chmodSync(folder, 0o555), why: 'this process may not create files in the database\'s folder, as SQLite\'s -wal and -shm files beside it need' }
+  ]
+  const base = t.testdir()
+  for (const { name, readOnly, why } of cases) {
+    const folder = join(base, name.replace(/\W/g, '-'))
+    const file = join(folder, 'gatehouse.db')
+    // Migrated: nothing is pending, so without its probe the start would write nothing, succeed, and
+    // answer every write 503 (SQLite opens a file it may not write read-only, without a word).
+    await (await openDatabase(`file:${file}`)).close()
+    readOnly(folder, file)
+    const [command, ...args] = [...withoutWriteOverride, process.execPath, '--import', 'tsx', 'src/cli/db-migrate.ts']
+    const run = spawnSync(command!, args, {
+      cwd: fileURLToPath(new URL('..', import.meta.url)),
+      env: { ...process.env, DATABASE_URL: `file:${file}` },
+      encoding: 'utf8',
+      timeout: 60_000
+    })
+    chmodSync(folder, 0o755)
+    t.equal(run.status, 1, run.error ? `${name}: the start stops (${run.error.message})` : `${name}: the start stops`)
+    t.equal(run.stdout, '', `${name}: and does not say it migrated`)
+    t.equal(run.stderr, `Cannot open the database at file:${file}: ${why} (attempt to write a readonly database)\n`, `${name}: with one line saying why`)
+  }
 })
 
 const onPostgres = { skip: await postgresReachable() ? false : `PostgreSQL is not reachable at ${POSTGRES_URL}`, timeout: 60_000 }
