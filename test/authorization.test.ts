@@ -9,7 +9,7 @@ import { loadConfig } from '../src/config.ts'
 import { apiError } from '../src/errors.ts'
 import { accountOf } from '../src/plugins/auth.ts'
 import { accessAudit } from '../src/plugins/authorization.ts'
-import { TEST_ENV, type SessionBody, bearer, build, dbCount, dbGet, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
+import { TEST_ENV, type SessionBody, bearer, build, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
 
 type Caller = 'anonymous' | 'user' | 'member' | 'developer' | 'admin'
 type SignedInCaller = Exclude<Caller, 'anonymous'>
@@ -829,4 +829,45 @@ t.test('ids in paths are read case-insensitively (RFC 9562): an upper-case id fi
   const own = await app.inject({ method: 'DELETE', url: `/auth/sessions/${upper(sid)}`, headers: bearer(developer.access_token) })
   t.equal(own.statusCode, 204, 'the user revokes their own session by the upper-case id')
   t.equal((await app.inject({ url: '/auth/me', headers: bearer(developer.access_token) })).statusCode, 401, 'and it is revoked')
+})
+
+t.test('writes re-read the caller\'s account: a demotion, a disable or a sign-out applies to them at once, while reads go on until the token expires', async (t) => {
+  const app = await build(t)
+  const call = (method: 'GET' | 'POST' | 'PATCH' | 'DELETE', url: string, token: string, payload?: object) =>
+    app.inject({ method, url, headers: bearer(token), ...(payload ? { payload } : {}) })
+  const item = { name: 'Scarf', price: 1500 }
+  const video = { title: 'Fresh', author: 'Ada', url: 'https://videos.example.com/fresh.mp4' }
+
+  // Demoted in the database; the access token still names the old roles.
+  const admin = await signupWithRoles(app, ['user', 'admin'])
+  await dbRun(app, 'update users set roles = ? where id = ?', ['user'], admin.user.id)
+  assertForbidden(t, await call('POST', '/clothes', admin.access_token, item))
+  t.equal(await clothesCount(app), 0, 'nothing added')
+  t.equal((await call('GET', '/clothes', admin.access_token)).statusCode, 200, 'reading the catalogue stays stateless')
+
+  const developer = await signupWithRoles(app, ['user', 'developer'])
+  const own = await newVideo(app, developer.user.id)
+  const others = await newVideo(app, admin.user.id)
+  await dbRun(app, 'update users set roles = ? where id = ?', ['user'], developer.user.id)
+  assertForbidden(t, await call('POST', '/videos', developer.access_token, video))
+  assertForbidden(t, await call('PATCH', `/videos/${others.id}`, developer.access_token, { title: 'Taken' }))
+  t.equal((await call('PATCH', `/videos/${own.id}`, developer.access_token, { title: 'Still mine' })).statusCode, 200, 'an owner still changes their own video')
+  t.equal(await videoCount(app), 2, 'nothing published')
+  t.equal((await videoRow(app, others.id))?.title, others.title)
+
+  // A disabled user, and a session signed out, are refused as on the account endpoints.
+  const disabled = await signupWithRoles(app, ['user', 'admin'])
+  await dbRun(app, 'update users set disabled = ? where id = ?', true, disabled.user.id)
+  const signedOut = await signupWithRoles(app, ['user', 'admin'])
+  t.equal((await call('POST', '/auth/logout', signedOut.access_token)).statusCode, 204)
+  for (const [label, session] of [['disabled', disabled], ['signed out', signedOut]] as const) {
+    for (const [method, url, payload] of [['POST', '/clothes', item], ['POST', '/videos', video], ['PATCH', `/videos/${own.id}`, { title: 'No' }], ['DELETE', `/videos/${own.id}`, undefined]] as const) {
+      const response = await call(method, url, session.access_token, payload)
+      t.equal(response.statusCode, 401, `${label}: ${method} ${url}`)
+      t.equal(response.json().code, 'invalid_token', `${label}: ${method} ${url}`)
+    }
+  }
+  t.equal(await clothesCount(app), 0)
+  t.equal(await videoCount(app), 2)
+  t.equal((await videoRow(app, own.id))?.title, 'Still mine')
 })

@@ -42,7 +42,7 @@ const clothesRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async () => (await app.clothesRepository.list()).map(presentClothing))
 
   app.post('', {
-    preHandler: [app.authenticate, app.requirePermission('clothes:write')],
+    preHandler: [app.authenticate, app.loadAccount, app.requirePermission('clothes:write')],
     schema: {
       tags: ['clothes'],
       summary: 'Add an item to the catalogue (admins)',

@@ -69,7 +69,7 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async () => (await app.videosRepository.list(true)).map(presentVideo))
 
   app.post('', {
-    preHandler: [app.authenticate, app.requirePermission('videos:publish')],
+    preHandler: [app.authenticate, app.loadAccount, app.requirePermission('videos:publish')],
     schema: {
       tags: ['videos'],
       summary: 'Publish a video (developers, admins); the caller owns it',
@@ -79,13 +79,13 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const { title, author, url, is_member_only: isMemberOnly = false } = request.body
     const video = await app.videosRepository.create(request.user.id, { title, author, url, isMemberOnly })
-    // Access tokens are checked without a database read, so one can outlive its deleted user.
+    // Deleted since loadAccount read it: the video would have no owner.
     if (!video) throw accountGone()
     return reply.code(201).send(presentVideo(video))
   })
 
   app.patch('/:id', {
-    preHandler: [app.authenticate, ownerOrAdmin],
+    preHandler: [app.authenticate, app.loadAccount, ownerOrAdmin],
     schema: {
       tags: ['videos'],
       summary: 'Change a video (its owner or an admin)',
@@ -102,7 +102,7 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   app.delete('/:id', {
-    preHandler: [app.authenticate, ownerOrAdmin],
+    preHandler: [app.authenticate, app.loadAccount, ownerOrAdmin],
     schema: {
       tags: ['videos'],
       summary: 'Delete a video (its owner or an admin)',
