@@ -430,6 +430,10 @@ t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodi
   const upperCaseScheme = await app.inject({ method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: { ...valid, url: 'HTTPS://videos.example.com/a.mp4' } })
   t.equal(upperCaseScheme.statusCode, 201, 'URL schemes are case-insensitive')
   t.equal(upperCaseScheme.json().url, 'HTTPS://videos.example.com/a.mp4', 'stored as sent')
+  for (const url of ['https://videos.example.com', 'http://[::1]:8080/a.mp4', 'https://videos.example.com/by/@ada?at=a@b#@', 'https://videos.example.com?list=1']) {
+    const accepted = await app.inject({ method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: { ...valid, url } })
+    t.equal(accepted.statusCode, 201, `${url}: a host, and an @ past it, are fine`)
+  }
 
   const memberOnly = await app.inject({ method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: { ...valid, is_member_only: true } })
   t.equal(memberOnly.statusCode, 201)
@@ -444,6 +448,9 @@ t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodi
     ['ftp url', { ...valid, url: 'ftp://videos.example.com/intro.mp4' }, /url/],
     ['not a url', { ...valid, url: 'not a url' }, /url/],
     ['javascript url', { ...valid, url: 'javascript:alert(1)' }, /url/],
+    ['url without a host', { ...valid, url: 'https:///intro.mp4' }, /url/],
+    ['url with credentials, which every reader would see', { ...valid, url: 'https://ada:secret@videos.example.com/a.mp4' }, /url/],
+    ['url with an empty user', { ...valid, url: 'https://@videos.example.com/a.mp4' }, /url/],
     ['non-boolean is_member_only', { ...valid, is_member_only: 'yes' }, /is_member_only/],
     ['unknown property', { ...valid, rating: 5 }, /rating/],
     ['owner in the body', { ...valid, user_id: other.user.id }, /user_id/],
