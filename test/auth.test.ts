@@ -269,6 +269,20 @@ t.test('a path served under other methods answers 405 with Allow; an unknown pat
   }
 })
 
+t.test('a 404 or 405 names a long path by its first 200 characters, not echoing it whole', async (t) => {
+  const app = await build(t)
+  const long = 'a'.repeat(10_000)
+  for (const [method, url, status] of [['GET', `/${long}`, 404], ['PUT', `/videos/${long}`, 405]] as const) {
+    const response = await app.inject({ method, url })
+    t.equal(response.statusCode, status, `${method} ${status}`)
+    const shown = url.slice(0, 200)
+    t.ok(response.json().message.startsWith(`Route ${method} ${shown}… not found`), `${method} ${status}: ${response.json().message.slice(0, 60)}…`)
+    t.ok(response.body.length < 600, `${method} ${status}: an answer of ${response.body.length} bytes`)
+  }
+  const short = await app.inject({ method: 'PUT', url: `/videos/${'b'.repeat(192)}` })
+  t.equal(short.json().message, `Route PUT /videos/${'b'.repeat(192)} not found; /videos/${'b'.repeat(192)} answers DELETE, PATCH`, 'a path of 200 characters is shown whole')
+})
+
 t.test('a Swagger UI file path that leads out of its folder is a 404, not a refusal of rights', async (t) => {
   const app = await build(t)
   // Over a real socket: app.inject() resolves the dot segments before the router sees them.

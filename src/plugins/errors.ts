@@ -122,6 +122,9 @@ export function frameworkErrorHandler (_error: FastifyError, request: FastifyReq
   reply.code(body.statusCode).headers({ ...API_RESPONSE_HEADERS, ...NO_STORE_HEADERS }).send(body)
 }
 
+/** Up to 16 KiB of path, as the request line may hold, is not echoed back whole: its first 200 characters say which. */
+const shownPath = (path: string) => path.length > 200 ? `${path.slice(0, 200)}…` : path
+
 async function errorsPlugin (app: FastifyInstance) {
   app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {
     const unavailable = isDatabaseUnavailable(app, error)
@@ -159,7 +162,7 @@ async function errorsPlugin (app: FastifyInstance) {
   })
 
   app.setNotFoundHandler((request, reply) => {
-    const path = request.url.split('?')[0]
+    const path = shownPath(request.url.split('?')[0]!)
     const allowed = [...methods].filter((method) => routes.find(method, request.url) !== null)
     // A route of this very method that found nothing (a missing file under /docs/static) is a 404.
     if (allowed.length > 0 && !allowed.includes(request.method as HTTPMethod)) {
