@@ -6,13 +6,14 @@ import { chmodSync } from 'node:fs'
 import pg from 'pg'
 import { createConnection, createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import type { LightMyRequestResponse } from 'fastify'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
 import { openDatabase } from '../src/db/index.ts'
 import { refuseReadOnly } from '../src/db/sqlite/open.ts'
-import { TEST_PASSWORD, build, freshPostgresUrl, signup } from './helper.ts'
+import { TEST_PASSWORD, build, freshPostgresUrl, signup, tokenPayload } from './helper.ts'
 import { POSTGRES_URL, REDIS_URL, postgresReachable, redisReachable } from './services.ts'
 
 /**
@@ -323,6 +324,45 @@ t.test('PostgreSQL: a transaction that waits too long for a lock is cancelled, a
   t.equal(app.database.dialect.isUnavailable(wrapped), false, 'a unique violation is not an outage, whatever the parameters say')
   const deadlocked = new Error('Failed query: update "refresh_tokens" …', { cause: Object.assign(new Error('deadlock detected'), { code: '40P01' }) })
   t.equal(app.database.dialect.isUnavailable(deadlocked), true, 'a deadlock victim was rolled back whole: 503, worth a retry')
+})
+
+t.test('PostgreSQL: connections lost inside transactions (a failover, pg_terminate_backend) answer 503, and the process serves on', onPostgres, async (t) => {
+  const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
+  const app = await build(t, { DATABASE_URL: databaseUrl })
+  const session = await signup(app)
+  const operator = new pg.Client({ connectionString: databaseUrl })
+  await operator.connect()
+  t.teardown(() => operator.end())
+  const appConnections = async () => (await operator.query<{ pid: number, state: string }>(
+    'select pid, state from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()')).rows
+
+  // A holder keeps the session's and the user's rows, so a refresh and a sign-in wait inside their transactions.
+  const holder = new pg.Client({ connectionString: databaseUrl })
+  await holder.connect()
+  t.teardown(() => holder.end())
+  await holder.query('begin')
+  await holder.query('select id from sessions where id = $1 for update', [tokenPayload(session.access_token).sid])
+  await holder.query('select id from users where id = $1 for update', [session.user.id])
+  const holderPid = (await holder.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid
+  const waiting = [refresh(app, session.refresh_token), login(app, session.user.email)]
+  let inTransaction: Array<{ pid: number }> = []
+  for (let tries = 0; tries < 100 && inTransaction.length < 2; tries++) {
+    await sleep(50)
+    inTransaction = (await appConnections()).filter((connection) => connection.pid !== holderPid && connection.state === 'active')
+  }
+  t.equal(inTransaction.length, 2, 'both wait for a row, inside their transactions')
+  for (const { pid } of inTransaction) await operator.query('select pg_terminate_backend($1)', [pid])
+  for (const response of await Promise.all(waiting)) {
+    t.equal(response.statusCode, 503, response.body)
+    t.equal(response.json().code, 'database_unavailable')
+    t.equal(response.headers['retry-after'], '5')
+  }
+  await holder.query('commit')
+
+  // Still here: the lost connections were errors of their requests, not of the process.
+  t.equal((await app.inject({ url: '/health' })).statusCode, 200)
+  t.equal((await login(app, session.user.email)).statusCode, 200, 'a sign-in is served again')
+  t.equal((await refresh(app, session.refresh_token)).statusCode, 200, 'and the refresh, whose token the lost transaction left unused')
 })
 
 t.test('Redis that stops answering: sign-ins go on under the per-instance limits', {

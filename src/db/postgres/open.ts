@@ -82,6 +82,8 @@ async function migratePostgres (databaseUrl: string): Promise<void> {
   }
 }
 
+const ignoreLostConnection = () => {}
+
 /** PostgreSQL through a node-postgres pool, after migrating. */
 export async function openPostgres (databaseUrl: string): Promise<Database> {
   await migratePostgres(databaseUrl)
@@ -109,6 +111,15 @@ export async function openPostgres (databaseUrl: string): Promise<Database> {
       // back on purpose.
       async atomic (work, lock) {
         const client = await pool.connect()
+        // pg-pool stops listening for a client's errors while it is checked out: a connection lost
+        // mid-transaction (a failover, pg_terminate_backend) would be an unhandled 'error' event,
+        // which ends the process. The statement in flight fails with it, and the client is
+        // destroyed below (the listener stays with it); one kept goes back to the pool without it.
+        client.on('error', ignoreLostConnection)
+        const keep = () => {
+          client.removeListener('error', ignoreLostConnection)
+          client.release()
+        }
         try {
           // Read committed whatever the database's default: what a transaction reads after waiting
           // for the advisory lock or a row lock must be what the holder committed (the last-admin
@@ -117,10 +128,11 @@ export async function openPostgres (databaseUrl: string): Promise<Database> {
             if (lock) await tx.execute(sql`select pg_advisory_xact_lock(${ADVISORY_LOCKS[lock]})`)
             return work(tx as unknown as Db)
           }, { isolationLevel: 'read committed' })
-          client.release()
+          keep()
           return result
         } catch (error) {
-          client.release(error instanceof Rollback ? undefined : error as Error)
+          if (error instanceof Rollback) keep()
+          else client.release(error as Error)
           throw error
         }
       },
