@@ -451,6 +451,8 @@ t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodi
     ['url without a host', { ...valid, url: 'https:///intro.mp4' }, /url/],
     ['url with credentials, which every reader would see', { ...valid, url: 'https://ada:secret@videos.example.com/a.mp4' }, /url/],
     ['url with an empty user', { ...valid, url: 'https://@videos.example.com/a.mp4' }, /url/],
+    ...['https://:443/a.mp4', 'https://%40/a', 'https://a%00b/x', 'https://videos.example.com:99999999/x', 'https://videos.example.com/a b', 'https:\\\\videos.example.com/a']
+      .map((url): [string, Record<string, unknown>, RegExp] => [`url a browser cannot open: ${url}`, { ...valid, url }, /url/]),
     ['non-boolean is_member_only', { ...valid, is_member_only: 'yes' }, /is_member_only/],
     ['unknown property', { ...valid, rating: 5 }, /rating/],
     ['owner in the body', { ...valid, user_id: other.user.id }, /user_id/],

@@ -20,8 +20,8 @@ const common = { useDefaults: true, removeAdditional: false, allErrors: false } 
  * properties are refused, not dropped (removeAdditional: false).
  */
 async function validationPlugin (app: FastifyInstance) {
-  const bodies = addFormats.default(new Ajv({ ...common, coerceTypes: false }))
-  const textParts = addFormats.default(new Ajv({ ...common, coerceTypes: 'array' }))
+  const bodies = addFormats.default(new Ajv({ ...common, coerceTypes: false })).addFormat('http-url', isHttpUrl)
+  const textParts = addFormats.default(new Ajv({ ...common, coerceTypes: 'array' })).addFormat('http-url', isHttpUrl)
   app.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodies : textParts).compile(schema))
   app.removeContentTypeParser('application/json')
@@ -69,6 +69,17 @@ function lowerCaseUuids (names: string[]) {
     done()
   }
 }
+
+const URI_FORMAT = addFormats.default.get('uri') as (text: string) => boolean
+/** http or https, then an authority that is not empty and holds no `user:password@` (RFC 3986 §3.2). */
+const HTTP_AUTHORITY = /^https?:\/\/[^/?#@]+(?:[/?#]|$)/i
+
+/**
+ * `format: 'http-url'`: an absolute URI (RFC 3986, as `format: 'uri'` has it) of http or https
+ * whose authority names a host the WHATWG URL parser, a browser's, accepts; without credentials,
+ * which every reader of a list that shows it would see.
+ */
+export const isHttpUrl = (text: string): boolean => HTTP_AUTHORITY.test(text) && URI_FORMAT(text) && URL.canParse(text)
 
 const ACCESS_CHECKS = new WeakSet<object>()
 
