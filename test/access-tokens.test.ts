@@ -230,6 +230,15 @@ t.test('key rotation: a previous secret verifies while configured and fails once
 
   const rotated = await build(t, { ...database, JWT_SECRET: TEST_SECRET, JWT_PREVIOUS_SECRETS: `${OTHER_SECRET}\n` })
   t.equal((await rotated.inject({ url: '/auth/me', headers: bearer(session.access_token) })).statusCode, 200, 'old token still verifies')
+  // Several instances: the first deploy adds the new secret as a previous one, so an instance not yet
+  // rotated verifies the tokens of one that is (README, "Rotating the signing secret").
+  const rotatedSession = await signup(rotated)
+  const notYetRotated = await build(t, { ...database, JWT_SECRET: OTHER_SECRET, JWT_PREVIOUS_SECRETS: TEST_SECRET })
+  t.equal((await notYetRotated.inject({ url: '/auth/me', headers: bearer(rotatedSession.access_token) })).statusCode, 200,
+    'an instance with the new secret among its previous ones verifies the new tokens')
+  const unprepared = await build(t, { ...database, JWT_SECRET: OTHER_SECRET })
+  t.equal((await unprepared.inject({ url: '/auth/me', headers: bearer(rotatedSession.access_token) })).statusCode, 401, 'one without it refuses them')
+  await Promise.all([notYetRotated.close(), unprepared.close()])
   const fresh = await rotated.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
   t.equal(fresh.statusCode, 200, 'refresh tokens do not depend on the signing secret')
   const newHeader = JSON.parse(Buffer.from(fresh.json().access_token.split('.')[0], 'base64url').toString())
