@@ -243,10 +243,11 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
     },
 
     /**
-     * Removes expired sessions, long-revoked ones, and expired refresh tokens; rows another
-     * transaction holds are left for the next cleanup. A cleanup that never waits for a row can
-     * never be one side of a deadlock (PostgreSQL), whatever order the holder takes its rows in: a
-     * sign-in's cap revoking sessions that expire meanwhile, a user's deletion and its cascade.
+     * Removes expired sessions, long-revoked ones, and expired refresh tokens; sessions and tokens
+     * another transaction holds are left for the next cleanup, so a sign-in's cap revoking sessions
+     * that expire meanwhile, or a user's deletion, never deadlocks with it (PostgreSQL). A session's
+     * tokens go with it (the foreign key's cascade), and that delete would wait for a token held
+     * alone: every writer takes a session before its tokens.
      */
     async deleteExpired (now: Date): Promise<void> {
       const unheld = <Q extends Parameters<typeof dialect.forUpdate>[0]>(query: Q) => dialect.forUpdate(query, { skipLocked: true })
