@@ -37,16 +37,19 @@ export function refuseReadOnly (sqlite: Sqlite.Database): void {
 /** How long a starting process waits for another one's migration of the same file. */
 const MIGRATION_WAIT_MS = 60_000
 
-const pause = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
+/** How long a starting process retries the switch to WAL: another's switch takes milliseconds. */
+const WAL_SWITCH_WAIT_MS = 5_000
+const sleeper = new Int32Array(new SharedArrayBuffer(4))
 
 /**
  * Switches the file to WAL. Processes opening a new file at once each try to, and SQLite may refuse
  * one at once, busy without its busy wait, while another switches it ("database is locked"): it
- * tries again, a few milliseconds later, for as long as a start waits for a migration. Synchronous
- * like the rest of opening: nothing is served before the database is open.
+ * tries again a few milliseconds later, for 5 s at most (longer means another process holds the
+ * file: an open sqlite3 shell's transaction). Synchronous like the rest of opening: nothing is
+ * served before the database is open.
  */
 function switchToWal (sqlite: Sqlite.Database): void {
-  const deadline = Date.now() + MIGRATION_WAIT_MS
+  const deadline = Date.now() + WAL_SWITCH_WAIT_MS
   for (;;) {
     try {
       sqlite.pragma('journal_mode = WAL')
@@ -56,7 +59,7 @@ function switchToWal (sqlite: Sqlite.Database): void {
         throw new Error(`this process may not create files in the database's folder, as SQLite's -wal and -shm files beside it need (${(error as Error).message})`)
       }
       if (!/^SQLITE_BUSY/.test(String(errorCode(error))) || Date.now() >= deadline) throw error
-      pause(5)
+      Atomics.wait(sleeper, 0, 0, 5)
     }
   }
 }
