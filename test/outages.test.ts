@@ -140,8 +140,9 @@ t.test('SQLite: a database that turns read-only answers 503, and one that is rea
 
 t.test('SQLite: a start where this process may read the database but not write it (the file, or its folder) stops, saying so, not a start whose every write fails', async (t) => {
   // Root writes a 0444 file all the same: as root the start runs without the capability that lets
-  // it (CAP_DAC_OVERRIDE), and still reads the repository wherever it is checked out.
-  const withoutWriteOverride = process.getuid?.() === 0 ? ['setpriv', '--bounding-set', '-dac_override', '--'] : []
+  // it (CAP_DAC_OVERRIDE, out of the bounding and the inheritable sets, as either would pass it on),
+  // and still reads the repository wherever it is checked out.
+  const withoutWriteOverride = process.getuid?.() === 0 ? ['setpriv', '--bounding-set', '-dac_override', '--inh-caps', '-dac_override', '--'] : []
   const cases = [
     { name: 'a 0444 file', readOnly: (_folder: string, file: string) => chmodSync(file, 0o444), why: 'this process may read the database but not write it' },
     { name: 'a 0555 folder', readOnly: (folder: string) => chmodSync(folder, 0o555), why: 'this process may not create files in the database\'s folder, as SQLite\'s -wal and -shm files beside it need' }

@@ -387,7 +387,7 @@ if (TEST_DATABASE_URL) {
     await writer.query('select id from sessions where id = $1 for update', [heldSid])
     await writer.query('select id from refresh_tokens where token_hash = $1 for update', [usedToken])
     const cleanup = app.sessionsRepository.deleteExpired(new Date())
-    t.equal(await Promise.race([cleanup.then(() => 'done'), sleep(5000).then(() => 'waited')]), 'done', 'the cleanup did not wait for the held rows')
+    t.equal(await Promise.race([cleanup.then(() => 'done'), sleep(5000, 'waited', { ref: false })]), 'done', 'the cleanup did not wait for the held rows')
     t.equal(await dbCount(app, 'select count(*) as n from sessions where id = ?', freeSid), 0, 'an expired session no one holds is deleted')
     // The writer goes on with the session's tokens after the cleanup, as a deletion's cascade does.
     await writer.query('delete from refresh_tokens where session_id = $1', [heldSid])
