@@ -831,6 +831,12 @@ t.test('ids in paths are read case-insensitively (RFC 9562): an upper-case id fi
   const user = await app.inject({ url: `/admin/users/${upper(developer.user.id)}`, headers: bearer(admin.access_token) })
   t.equal(user.statusCode, 200, 'an admin reads a user by the upper-case id')
   t.equal(user.json().id, developer.user.id)
+  // ajv's uuid format also takes a `urn:uuid:` prefix, which no stored id has: refused, not a 404.
+  for (const prefix of ['urn:uuid:', 'URN:UUID:']) {
+    const urn = await app.inject({ url: `/admin/users/${prefix}${developer.user.id}`, headers: bearer(admin.access_token) })
+    t.equal(urn.statusCode, 400, `${prefix}: refused`)
+    t.equal(urn.json().code, 'validation_error')
+  }
 
   const sid = String(tokenPayload(developer.access_token).sid)
   const revoked = await app.inject({ method: 'DELETE', url: `/auth/sessions/${upper(sid)}`, headers: bearer(admin.access_token) })

@@ -24,12 +24,16 @@ export const NewPassword = Type.String({
 export const Password = Type.String({ ...passwordLength, description: 'The account\'s current password' })
 /** Ours are 43 characters; a longer one is refused by its schema before any lookup. */
 export const REFRESH_TOKEN_MAX_LENGTH = 512
-export const Uuid = Type.String({ format: 'uuid' })
+/** A UUID's text, `hex` being the class of one hex digit. */
+const uuidPattern = (hex: string) => `^${hex}{8}-${hex}{4}-${hex}{4}-${hex}{4}-${hex}{12}$`
 /**
- * An id as stored (randomUUID(): lower case), for one no schema checked, such as one decoded from
- * a cursor. Path parameters that are Uuids arrive lower-cased (plugins/validation.ts).
+ * A UUID in either case (RFC 9562 §4: case-insensitive on input; path parameters are lower-cased
+ * before use, plugins/validation.ts), without the `urn:uuid:` prefix ajv's format also takes.
  */
-export const isUuid = (text: string) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(text)
+export const Uuid = Type.String({ format: 'uuid', pattern: uuidPattern('[0-9a-fA-F]') })
+const STORED_UUID = new RegExp(uuidPattern('[0-9a-f]'))
+/** An id as stored (randomUUID(): lower case), for one no schema checked, such as one decoded from a cursor. */
+export const isUuid = (text: string) => STORED_UUID.test(text)
 export const Name = Type.String({ minLength: 1, maxLength: 100 })
 // `type` beside the enum: generators of typed clients read it, not the values, to type the field.
 export const RoleName = Type.Enum(ROLES, { type: 'string' })
