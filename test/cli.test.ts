@@ -55,7 +55,7 @@ t.test('user:create makes an account with the given roles from a password on std
 
   const created = await runCli('user-create', file, ['--email', '  Ada@Example.COM ', '--role', 'admin', '--name', 'Ada'], `${TEST_PASSWORD}\n`)
   t.equal(created.status, 0, created.stderr)
-  t.match(created.stdout, /created ada@example\.com \([0-9a-f-]{36}\) with roles user, admin/)
+  t.match(created.stdout, new RegExp(`^created ada@example\\.com \\([0-9a-f-]{36}\\) with roles user, admin in file:${file}\n$`), 'naming the database it wrote to')
   t.notMatch(created.stdout + created.stderr, TEST_PASSWORD, 'the password is never printed')
 
   const [row, ...rest] = users(t, file)
@@ -373,7 +373,7 @@ t.test('db:seed counts member-only videos as videos present', async (t) => {
   await app.close()
   const seeded = await runCli('db-seed', file)
   t.equal(seeded.status, 0, seeded.stderr)
-  t.match(seeded.stdout, /^videos: already present; clothes: \d+ added/)
+  t.equal(seeded.stdout, `videos: already present; clothes: 5 added; in file:${file}\n`, 'naming the database it wrote to')
   const db = new Database(file, { readonly: true })
   t.same(db.prepare('select title from videos').all(), [{ title: 'Ours' }], 'no demo video beside a member-only one')
   db.close()

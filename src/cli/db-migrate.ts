@@ -1,7 +1,6 @@
 // npm run db:migrate: applies pending migrations to DATABASE_URL and exits. The server also
 // migrates at start; this is for deployments that migrate once before starting instances.
-import { databaseUrlFrom, redactUrl } from '../config.ts'
-import { openDatabaseOrExit } from './open-database.ts'
+import { databaseName, openDatabaseOrExit } from './open-database.ts'
 
 await (await openDatabaseOrExit()).close()
-console.log(`Migrations applied to ${redactUrl(databaseUrlFrom())}`)
+console.log(`Migrations applied to ${databaseName()}`)

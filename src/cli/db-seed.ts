@@ -1,7 +1,7 @@
 // npm run db:seed: demo videos and clothes, so a new user sees real lists. Adds nothing to a table
 // that already has rows, so it is safe to run twice, even at once. Seeded videos have no owner: admins manage them.
 import { startupProblem } from '../errors.ts'
-import { openDatabaseOrExit } from './open-database.ts'
+import { databaseName, openDatabaseOrExit } from './open-database.ts'
 import { createClothingRepository } from '../repositories/clothes.ts'
 import { createVideoRepository, type VideoFields } from '../repositories/videos.ts'
 
@@ -34,7 +34,7 @@ try {
     if (!hasClothes) for (const item of CLOTHES) await clothes.create(item)
     return { hasVideos, hasClothes }
   }, 'seed')
-  console.log(`videos: ${hasVideos ? 'already present' : `${VIDEOS.length} added`}; clothes: ${hasClothes ? 'already present' : `${CLOTHES.length} added`}`)
+  console.log(`videos: ${hasVideos ? 'already present' : `${VIDEOS.length} added`}; clothes: ${hasClothes ? 'already present' : `${CLOTHES.length} added`}; in ${databaseName()}`)
 } catch (error) {
   // One line, as for a database that cannot be opened; nothing was added (one transaction).
   console.error(`could not seed: ${startupProblem(error)}`)

@@ -1,4 +1,4 @@
-import { databaseUrlFrom } from '../config.ts'
+import { databaseUrlFrom, redactUrl } from '../config.ts'
 import { openDatabase, type Database } from '../db/index.ts'
 import { startupProblem } from '../errors.ts'
 
@@ -14,3 +14,6 @@ export async function openDatabaseOrExit (): Promise<Database> {
     process.exit(1)
   }
 }
+
+/** Which database a tool wrote to, without its password: DATABASE_URL may be unset in this shell. */
+export const databaseName = () => redactUrl(databaseUrlFrom())

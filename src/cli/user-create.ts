@@ -8,7 +8,7 @@ import { ROLES, type Role } from '../auth/permissions.ts'
 import { registerUser } from '../auth/registration.ts'
 import { startupProblem } from '../errors.ts'
 import { createUserRepository } from '../repositories/users.ts'
-import { openDatabaseOrExit } from './open-database.ts'
+import { databaseName, openDatabaseOrExit } from './open-database.ts'
 
 const USAGE = `usage: npm run user:create -- --email EMAIL [--role ${ROLES.join('|')}]... [--name NAME]
   Creates a user (role user, plus each --role given). The password is asked for, without echo,
@@ -88,7 +88,7 @@ async function main (): Promise<number> {
     }
     switch (registration.outcome) {
       case 'created':
-        console.log(`created ${registration.user.email} (${registration.user.id}) with roles ${registration.user.roles.join(', ')}`)
+        console.log(`created ${registration.user.email} (${registration.user.id}) with roles ${registration.user.roles.join(', ')} in ${databaseName()}`)
         return 0
       case 'weak_password':
         console.error(registration.message)
