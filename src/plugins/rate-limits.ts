@@ -205,17 +205,26 @@ export async function checkPasswordLimited (
   }
 }
 
+/** How long the limits keep to memory after Redis failed, before asking it again. */
+const REDIS_RETRY_MS = 5_000
+
 /**
  * While Redis is unreachable, limits fall back to this process's memory: each instance then limits
  * on its own, weaker than shared limits but never unlimited, and requests keep being served.
- * One log line when the outage starts and one when it ends, not one per request.
+ * After a failure Redis is left alone for REDIS_RETRY_MS: a Redis that stops answering costs one
+ * request its command timeouts then, not every sign-in (three commands, 1.5 s). One log line when
+ * the outage starts and one when it ends, not one per request.
  */
-function outageLog (log: FastifyBaseLogger) {
+function redisOutage (log: FastifyBaseLogger) {
   let failing = false
+  let retryAt = 0
   return {
+    /** Whether to go straight to memory: Redis failed less than REDIS_RETRY_MS ago. */
+    get waiting () { return failing && Date.now() < retryAt },
     failed (error: unknown) {
       if (!failing) log.error({ err: error }, 'Redis unreachable: rate limits fall back to per-instance memory')
       failing = true
+      retryAt = Date.now() + REDIS_RETRY_MS
     },
     recovered () {
       if (failing) log.warn('Redis reachable again: rate limits are shared again')
@@ -223,10 +232,12 @@ function outageLog (log: FastifyBaseLogger) {
     }
   }
 }
+type RedisOutage = ReturnType<typeof redisOutage>
 
-function failureCounterWithFallback (primary: FailureCounter, fallback: FailureCounter, outage: ReturnType<typeof outageLog>): FailureCounter {
+function failureCounterWithFallback (primary: FailureCounter, fallback: FailureCounter, outage: RedisOutage): FailureCounter {
   const guarded = <R>(run: (counter: FailureCounter, account: string) => Promise<R>) =>
     async (account: string): Promise<R> => {
+      if (outage.waiting) return run(fallback, account)
       try {
         const result = await run(primary, account)
         outage.recovered()
@@ -248,10 +259,11 @@ class FallbackStore implements FastifyRateLimitStore {
   constructor (
     private readonly primary: FastifyRateLimitStore,
     private readonly fallback: FastifyRateLimitStore,
-    private readonly outage: ReturnType<typeof outageLog>
+    private readonly outage: RedisOutage
   ) {}
 
   incr (key: string, callback: Parameters<FastifyRateLimitStore['incr']>[1], timeWindow: number, max: number) {
+    if (this.outage.waiting) return this.fallback.incr(key, callback, timeWindow, max)
     this.primary.incr(key, (error, result) => {
       if (!error) {
         this.outage.recovered()
@@ -298,7 +310,7 @@ function refuseRedisUrl (redis: Redis): Promise<void> {
 
 async function rateLimitsPlugin (app: FastifyInstance) {
   const { rateLimit: limits, redisUrl } = app.config
-  const outage = outageLog(app.log)
+  const outage = redisOutage(app.log)
 
   // ioredis is loaded only when Redis is configured: a single instance never needs its 5 MiB.
   const redis = redisUrl
@@ -306,7 +318,7 @@ async function rateLimitsPlugin (app: FastifyInstance) {
     ? new (await import('ioredis')).Redis(redisUrl, REDIS_OPTIONS)
     : undefined
   if (redis) {
-    // Connection errors surface through outageLog when a limit is checked; ioredis stays quiet.
+    // Connection errors surface through redisOutage when a limit is checked; ioredis stays quiet.
     redis.on('error', () => {})
     await refuseRedisUrl(redis)
     app.addHook('onClose', async () => { redis.disconnect() })
