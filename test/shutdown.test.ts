@@ -98,6 +98,24 @@ t.test('SIGTERM while requests are in flight: each is answered, and the last ans
   t.same(await withTimeout(server.exited, 20_000, () => server.log.join('\n')), { code: 0, signal: null })
 })
 
+t.test('a second signal during the close exits at once with 1, the request in flight unanswered', async (t) => {
+  const server = await startServer(t, {
+    DATABASE_URL: `file:${join(t.testdir(), 'gatehouse.db')}`,
+    JWT_SECRET: randomBytes(48).toString('base64url')
+  })
+  // A request in flight, as above: routed, waiting for the rest of its body.
+  const body = JSON.stringify({ refresh_token: 'not a token we issued' })
+  const waiting = await rawConnection(server.origin)
+  waiting.socket.write(`POST /auth/refresh HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`)
+  await sleep(100)
+  server.child.kill('SIGTERM')
+  await withTimeout((async () => { while (!server.log.some((line) => line.includes('SIGTERM received'))) await sleep(10) })(), 5000, () => server.log.join('\n'))
+  server.child.kill('SIGINT')
+  t.same(await withTimeout(server.exited, 5000, () => server.log.join('\n')), { code: 1, signal: null }, 'exit 1, without the 10 s delay')
+  await withTimeout(waiting.closed, 5000, () => 'the connection stayed open')
+  t.equal(waiting.text, '', 'the request in flight got no answer')
+})
+
 /** One keep-alive connection asking GET /health back to back until the server is gone. */
 async function askUntilRefused (agent: Agent, origin: string) {
   const answers: Array<{ status?: number, connection?: string, error?: string }> = []
