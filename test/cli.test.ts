@@ -145,7 +145,20 @@ t.test('user:create never repeats an argument it does not know, which may be the
   const missingValue = await runCli('user-create', file, ['--email'], '')
   t.equal(missingValue.status, 1)
   t.match(missingValue.stderr, /^Option '--email <value>' argument missing\nusage: /, 'a missing value names our own option')
+  // What the API refuses, and an option given twice, which would otherwise keep the last silently.
+  for (const [label, args, message] of [
+    ['an empty name', ['--email', 'ada@example.com', '--name', ''], /^--name must be 1 to 100 characters\nusage: /],
+    ['a 101-character name', ['--email', 'ada@example.com', '--name', 'n'.repeat(101)], /^--name must be 1 to 100 characters\nusage: /],
+    ['two emails', ['--email', 'ada@example.com', '--email', 'grace@example.com'], /^--email given more than once\nusage: /],
+    ['two names', ['--email', 'ada@example.com', '--name', 'Ada', '--name', 'Grace'], /^--name given more than once\nusage: /]
+  ] as const) {
+    const refused = await runCli('user-create', file, [...args], `${TEST_PASSWORD}\n`)
+    t.equal(refused.status, 1, label)
+    t.match(refused.stderr, message, label)
+  }
   t.notOk(existsSync(file), 'argument errors stop before the database is opened')
+  const longest = await runCli('user-create', file, ['--email', 'ada@example.com', '--name', '🦄'.repeat(100)], `${TEST_PASSWORD}\n`)
+  t.equal(longest.status, 0, `a 100-character name, counted in characters as the API counts them: ${longest.stderr}`)
 })
 
 t.test('a database failure ends user:create and db:seed with one line: no stack, no query parameters', async (t) => {

@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util'
 import { ROLES, type Role } from '../auth/permissions.ts'
 import { registerUser } from '../auth/registration.ts'
 import { startupProblem } from '../errors.ts'
+import { NAME_MAX_LENGTH } from '../schemas/common.ts'
 import { createUserRepository } from '../repositories/users.ts'
 import { databaseName, openDatabaseOrExit } from './open-database.ts'
 
@@ -47,9 +48,10 @@ async function main (): Promise<number> {
   try {
     ({ values } = parseArgs({
       options: {
-        email: { type: 'string' },
+        // Collected, so that one given twice is refused rather than the last silently kept.
+        email: { type: 'string', multiple: true, default: [] },
         role: { type: 'string', multiple: true, default: [] },
-        name: { type: 'string' },
+        name: { type: 'string', multiple: true, default: [] },
         help: { type: 'boolean', short: 'h' }
       }
     }))
@@ -65,8 +67,18 @@ async function main (): Promise<number> {
     return 0
   }
   const unknownRole = values.role.find((role) => !ROLES.includes(role as Role))
-  if (!values.email || unknownRole !== undefined) {
+  const [email, name] = [values.email[0], values.name[0]]
+  if (values.email.length > 1 || values.name.length > 1) {
+    console.error(`--${values.email.length > 1 ? 'email' : 'name'} given more than once\n${USAGE}`)
+    return 1
+  }
+  if (!email || unknownRole !== undefined) {
     console.error(unknownRole !== undefined ? `unknown role given to --role (${NOT_SHOWN})\n${USAGE}` : USAGE)
+    return 1
+  }
+  // The API's rule for a name (schemas/common.ts Name), counted in characters as its schema counts them.
+  if (name !== undefined && (name.length === 0 || [...name].length > NAME_MAX_LENGTH)) {
+    console.error(`--name must be 1 to ${NAME_MAX_LENGTH} characters\n${USAGE}`)
     return 1
   }
   const password = await askPassword('Password: ')
@@ -76,9 +88,9 @@ async function main (): Promise<number> {
     let registration
     try {
       registration = await registerUser(createUserRepository(database), {
-        email: values.email,
+        email,
         password,
-        name: values.name,
+        name,
         roles: values.role as Role[]
       })
     } catch (error) {
@@ -94,10 +106,10 @@ async function main (): Promise<number> {
         console.error(registration.message)
         return 1
       case 'email_taken':
-        console.error(`an account with the email ${values.email} already exists`)
+        console.error(`an account with the email ${email} already exists`)
         return 1
       case 'invalid_email':
-        console.error(`"${values.email}" is not an email address`)
+        console.error(`"${email}" is not an email address`)
         return 1
     }
   } finally {

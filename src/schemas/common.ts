@@ -34,7 +34,8 @@ export const Uuid = Type.String({ format: 'uuid', pattern: uuidPattern('[0-9a-fA
 const STORED_UUID = new RegExp(uuidPattern('[0-9a-f]'))
 /** An id as stored (randomUUID(): lower case), for one no schema checked, such as one decoded from a cursor. */
 export const isUuid = (text: string) => STORED_UUID.test(text)
-export const Name = Type.String({ minLength: 1, maxLength: 100 })
+export const NAME_MAX_LENGTH = 100
+export const Name = Type.String({ minLength: 1, maxLength: NAME_MAX_LENGTH })
 // `type` beside the enum: generators of typed clients read it, not the values, to type the field.
 export const RoleName = Type.Enum(ROLES, { type: 'string' })
 export const Timestamp = Type.String({ format: 'date-time' })
