@@ -12,6 +12,9 @@ import { TEST_PASSWORD, build, freshPostgresUrl } from './helper.ts'
 import { POSTGRES_URL, postgresReachable } from './services.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
+// About fifty CLI processes, each paying tsx's start-up (1 to 3 s on a busy two-core machine):
+// more than the 120 s .taprc gives a file.
+t.setTimeout(300_000)
 
 interface Run { status: number | null, stdout: string, stderr: string }
 
