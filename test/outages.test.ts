@@ -306,13 +306,19 @@ t.test('PostgreSQL that turns read-only (a failover\'s standby): writes answer 5
   }
 })
 
+/** A connection of the test's own to `databaseUrl` (an operator's, a long transaction's), ended with the test. */
+async function clientOf (t: Test, databaseUrl: string): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: databaseUrl })
+  await client.connect()
+  t.teardown(() => client.end())
+  return client
+}
+
 t.test('PostgreSQL: a transaction that waits too long for a lock is cancelled, and leaves nothing open', onPostgres, async (t) => {
   const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
   const app = await build(t, { DATABASE_URL: databaseUrl })
   const session = await signup(app)
-  const other = new pg.Client({ connectionString: databaseUrl })
-  await other.connect()
-  t.teardown(() => other.end())
+  const other = await clientOf(t, databaseUrl)
 
   // Another session holds the user's row, as a long admin transaction could.
   await other.query('begin')
@@ -344,16 +350,12 @@ t.test('PostgreSQL: connections lost inside transactions (a failover, pg_termina
   const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
   const app = await build(t, { DATABASE_URL: databaseUrl })
   const session = await signup(app)
-  const operator = new pg.Client({ connectionString: databaseUrl })
-  await operator.connect()
-  t.teardown(() => operator.end())
+  const operator = await clientOf(t, databaseUrl)
   const appConnections = async () => (await operator.query<{ pid: number, state: string }>(
     'select pid, state from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()')).rows
 
   // A holder keeps the session's and the user's rows, so a refresh and a sign-in wait inside their transactions.
-  const holder = new pg.Client({ connectionString: databaseUrl })
-  await holder.connect()
-  t.teardown(() => holder.end())
+  const holder = await clientOf(t, databaseUrl)
   await holder.query('begin')
   await holder.query('select id from sessions where id = $1 for update', [tokenPayload(session.access_token).sid])
   await holder.query('select id from users where id = $1 for update', [session.user.id])
