@@ -7,13 +7,16 @@ import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import { createInterface } from 'node:readline'
+import { PassThrough } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import t, { type Test } from 'tap'
+import { buildApp } from '../src/app.ts'
+import { loadConfig } from '../src/config.ts'
 import { MIGRATIONS_TABLE, openDatabase, pendingMigrations } from '../src/db/index.ts'
 import { ADVISORY_LOCKS } from '../src/db/postgres/open.ts'
-import { TEST_PASSWORD, build, dbCount, freshPostgresUrl, signup } from './helper.ts'
+import { TEST_ENV, TEST_PASSWORD, build, dbCount, freshPostgresUrl, signup } from './helper.ts'
 import { POSTGRES_URL, postgresReachable } from './services.ts'
 
 const MIGRATIONS = new URL('../migrations/', import.meta.url)
@@ -270,13 +273,26 @@ t.test('on PostgreSQL a start waits for another instance\'s migration lock, then
   t.teardown(() => holder.end())
   await holder.query('select pg_advisory_lock($1)', [ADVISORY_LOCKS.migrations])
   let opened = false
-  const opening = openDatabase(url).then((database) => { opened = true; return database })
+  let waitsTold = 0
+  const opening = openDatabase(url, { onMigrationWait: () => { waitsTold++ } }).then((database) => { opened = true; return database })
+  // The app's start says why it waits, in its log.
+  const log = new PassThrough()
+  let logged = ''
+  log.on('data', (chunk) => { logged += chunk })
+  const app = buildApp(loadConfig({ ...TEST_ENV, DATABASE_URL: url, LOG_LEVEL: 'info' }), { logStream: log })
   await sleep(1500)
   t.equal(opened, false, 'still waiting for the lock')
+  t.equal(waitsTold, 1, 'and said so, once')
+  t.match(logged, /"msg":"waiting for another instance to finish migrating the database"/, 'the app logs why its start waits')
   const { rows: [before] } = await holder.query("select count(*)::int as n from information_schema.tables where table_schema = current_schema() and table_name = 'users'")
   t.equal(before.n, 0, 'and nothing migrated meanwhile')
   await holder.query('select pg_advisory_unlock($1)', [ADVISORY_LOCKS.migrations])
   const database = await opening
   t.teardown(() => database.close())
   t.same(await database.query("select count(*)::int as n from information_schema.tables where table_schema = current_schema() and table_name = 'users'"), [{ n: 1 }])
+  await (await app).close()
+  // With no one holding the lock, nothing is said.
+  const unheld = await openDatabase(url, { onMigrationWait: () => { waitsTold++ } })
+  await unheld.close()
+  t.equal(waitsTold, 1, 'a start that takes the lock at once says nothing')
 })

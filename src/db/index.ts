@@ -116,13 +116,18 @@ export const driverMessage = (error: unknown): string => {
   return String(cause instanceof Error ? cause.message : message)
 }
 
+export interface OpenOptions {
+  /** Called when the start waits for another instance's migration (PostgreSQL's migration lock is held). */
+  onMigrationWait?: () => void
+}
+
 /**
  * Opens the database DATABASE_URL names. Each dialect's driver is loaded only when it is used: a
  * SQLite deployment never loads node-postgres (about 5 MiB of memory), nor PostgreSQL better-sqlite3.
  */
-export async function openDatabase (databaseUrl: string): Promise<Database> {
+export async function openDatabase (databaseUrl: string, options: OpenOptions = {}): Promise<Database> {
   try {
-    if (isPostgresUrl(databaseUrl)) return await (await import('./postgres/open.ts')).openPostgres(databaseUrl)
+    if (isPostgresUrl(databaseUrl)) return await (await import('./postgres/open.ts')).openPostgres(databaseUrl, options)
     return (await import('./sqlite/open.ts')).openSqlite(databaseUrl)
   } catch (error) {
     // Says which database, without its password: the server and the CLI tools print this line.

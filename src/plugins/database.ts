@@ -10,7 +10,9 @@ declare module 'fastify' {
 }
 
 async function databasePlugin (app: FastifyInstance) {
-  const database = await openDatabase(app.config.databaseUrl)
+  const database = await openDatabase(app.config.databaseUrl, {
+    onMigrationWait: () => app.log.info('waiting for another instance to finish migrating the database')
+  })
   app.decorate('database', database)
   app.addHook('onClose', async () => database.close())
 }

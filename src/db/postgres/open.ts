@@ -1,7 +1,7 @@
 import { sql } from 'drizzle-orm'
 import { drizzle } from 'drizzle-orm/node-postgres'
 import pg from 'pg'
-import { MIGRATIONS_TABLE, Rollback, driverMessage, errorCode, pendingMigrations, type Database, type Db } from '../index.ts'
+import { MIGRATIONS_TABLE, Rollback, driverMessage, errorCode, pendingMigrations, type Database, type Db, type OpenOptions } from '../index.ts'
 import * as postgresSchema from './schema.ts'
 
 /** pg_advisory_lock keys: the migration run, and each AtomicLock. */
@@ -49,13 +49,18 @@ const UNAVAILABLE_MESSAGE = /Query read timeout|timeout exceeded when trying to 
  * migrator this never runs CREATE SCHEMA, which needs CREATE on the database: a role that owns
  * only its schema can migrate.
  */
-async function migratePostgres (databaseUrl: string): Promise<void> {
+async function migratePostgres (databaseUrl: string, { onMigrationWait }: OpenOptions): Promise<void> {
   const client = new pg.Client({ connectionString: databaseUrl, connectionTimeoutMillis: CONNECT_TIMEOUT_MS })
   // A connection lost mid-migration fails the migration; it must not also crash the process.
   client.on('error', () => {})
   await client.connect()
   try {
-    await client.query('select pg_advisory_lock($1)', [ADVISORY_LOCKS.migrations])
+    const { rows: [first] } = await client.query<{ locked: boolean }>('select pg_try_advisory_lock($1) as locked', [ADVISORY_LOCKS.migrations])
+    if (!first!.locked) {
+      // Another instance is migrating (or a stuck one holds the lock): say why the start waits.
+      onMigrationWait?.()
+      await client.query('select pg_advisory_lock($1)', [ADVISORY_LOCKS.migrations])
+    }
     const { rows: [current] } = await client.query<{ schema: string | null, path: string }>(
       'select current_schema() as schema, current_setting(\'search_path\') as path')
     if (current!.schema === null) {
@@ -85,8 +90,8 @@ async function migratePostgres (databaseUrl: string): Promise<void> {
 const ignoreLostConnection = () => {}
 
 /** PostgreSQL through a node-postgres pool, after migrating. */
-export async function openPostgres (databaseUrl: string): Promise<Database> {
-  await migratePostgres(databaseUrl)
+export async function openPostgres (databaseUrl: string, options: OpenOptions = {}): Promise<Database> {
+  await migratePostgres(databaseUrl, options)
   const pool = new pg.Pool({
     connectionString: databaseUrl,
     max: 10,
