@@ -1,6 +1,7 @@
 import sensible from '@fastify/sensible'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Fastify, { type FastifyServerOptions } from 'fastify'
+import { randomUUID } from 'node:crypto'
 import type { Config } from './config.ts'
 import auth from './plugins/auth.ts'
 import authorization, { accessAudit } from './plugins/authorization.ts'
@@ -130,6 +131,9 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
   const closing = gracefulClose()
   const app = Fastify({
     logger: loggerOptions(config, options),
+    // Unique across instances and restarts (Fastify's own count starts at req-1 in every process),
+    // so a security event's reqId names one request of the whole fleet.
+    genReqId: () => randomUUID(),
     trustProxy: config.trustProxy,
     // A path parameter of any length reaches its route, so who asks is answered first (401, 403) and
     // an over-long id then fails its schema like any other (400 validation_error), with the route's

@@ -27,6 +27,8 @@ async function appWithLog (t: Test, env: Record<string, string>) {
 }
 
 type Line = Record<string, any>
+/** A request id: a UUID, unique across instances and restarts. */
+const REQUEST_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 const WRONG_PASSWORD = 'wrong password!'
 
 /** The JSON lines of a log's text. */
@@ -55,7 +57,7 @@ async function expectEvents (t: Test, log: { text: string }, send: () => Promise
   const response = await send()
   const lines = logLines(log.text.slice(from))
   const reqId = lines.find((line) => line.msg === 'incoming request')?.reqId
-  t.match(reqId, /^req-/, 'the request is logged')
+  t.match(reqId, REQUEST_ID, 'the request is logged')
   assertEvents(t, lines, expected.map((fields) => ({ ...fields, reqId })), `${response.statusCode}: ${expected.map((fields) => fields.event).join(', ') || 'no event'}`)
   return response
 }
@@ -89,7 +91,7 @@ t.test('logs carry security events with user and request ids, and never a secret
     const line = event(name)
     t.ok(line, `a ${name} line`)
     t.equal(line?.userId, session.user.id, `${name} names the user`)
-    t.match(line?.reqId, /^req-/, `${name} names the request`)
+    t.match(line?.reqId, REQUEST_ID, `${name} names the request`)
   }
 })
 
@@ -101,7 +103,7 @@ t.test('a disabled account\'s right password is logged as a failed sign-in', asy
   const response = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
   t.equal(response.statusCode, 403)
   const lines = logLines(log.text)
-  t.match(lines.find((line) => line.event === 'login_failed'), { userId: session.user.id, reason: 'account_disabled', reqId: /^req-/ })
+  t.match(lines.find((line) => line.event === 'login_failed'), { userId: session.user.id, reason: 'account_disabled', reqId: REQUEST_ID })
 })
 
 t.test('a sign-in whose account changed after its password check is logged with the reason its answer gives', async (t) => {
@@ -462,5 +464,18 @@ t.test('a logout with a refresh token logs the session it revoked; an unknown to
   t.equal(logout.statusCode, 204)
   const revoked = logLines(log.text).filter((line) => line.event === 'session_revoked')
   t.equal(revoked.length, 1, 'one line')
-  t.match(revoked[0], { level: 30, userId: session.user.id, sessionId: tokenPayload(session.access_token).sid, reason: 'logout', reqId: /^req-/ })
+  t.match(revoked[0], { level: 30, userId: session.user.id, sessionId: tokenPayload(session.access_token).sid, reason: 'logout', reqId: REQUEST_ID })
+})
+
+t.test('request ids are unique across instances and restarts, not a count each process starts again', async (t) => {
+  const first = await appWithLog(t, { LOG_LEVEL: 'info' })
+  const second = await appWithLog(t, { LOG_LEVEL: 'info' })
+  const ids: unknown[] = []
+  for (const { app, log } of [first, second, first]) {
+    const from = log.text.length
+    t.equal((await app.inject({ url: '/health' })).statusCode, 200)
+    ids.push(logLines(log.text.slice(from)).find((line) => line.msg === 'incoming request')?.reqId)
+  }
+  for (const id of ids) t.match(id, REQUEST_ID)
+  t.equal(new Set(ids).size, 3, 'each request its own id, in either instance')
 })
