@@ -20,8 +20,9 @@ const common = { useDefaults: true, removeAdditional: false, allErrors: false } 
  * properties are refused, not dropped (removeAdditional: false).
  */
 async function validationPlugin (app: FastifyInstance) {
-  const bodies = addFormats.default(new Ajv({ ...common, coerceTypes: false })).addFormat('http-url', isHttpUrl)
-  const textParts = addFormats.default(new Ajv({ ...common, coerceTypes: 'array' })).addFormat('http-url', isHttpUrl)
+  const withFormats = (ajv: Ajv) => addFormats.default(ajv).addFormat('http-url', isHttpUrl)
+  const bodies = withFormats(new Ajv({ ...common, coerceTypes: false }))
+  const textParts = withFormats(new Ajv({ ...common, coerceTypes: 'array' }))
   app.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodies : textParts).compile(schema))
   app.removeContentTypeParser('application/json')
@@ -79,7 +80,7 @@ const HTTP_AUTHORITY = /^https?:\/\/[^/?#@]+(?:[/?#]|$)/i
  * whose authority names a host the WHATWG URL parser, a browser's, accepts; without credentials,
  * which every reader of a list that shows it would see.
  */
-export const isHttpUrl = (text: string): boolean => HTTP_AUTHORITY.test(text) && URI_FORMAT(text) && URL.canParse(text)
+const isHttpUrl = (text: string): boolean => HTTP_AUTHORITY.test(text) && URI_FORMAT(text) && URL.canParse(text)
 
 const ACCESS_CHECKS = new WeakSet<object>()
 
