@@ -369,6 +369,18 @@ t.test('GET /health checks the database', async (t) => {
   t.equal(down.json().code, 'database_unavailable')
 })
 
+t.test('GET /health answers 503 when the database has lost its tables, so the instance gets restarted and migrates it', async (t) => {
+  const app = await build(t)
+  await signup(app)
+  t.equal((await app.inject({ url: '/health' })).statusCode, 200)
+  // As in a database recreated empty under a running instance.
+  await dbRun(app, app.database.dialect.name === 'postgres' ? 'drop table users cascade' : 'drop table users')
+  const gone = await app.inject({ url: '/health' })
+  t.equal(gone.statusCode, 503)
+  t.same(gone.json(), { statusCode: 503, error: 'Service Unavailable', message: 'The database is unavailable; try again shortly.', code: 'database_unavailable' })
+  t.equal(gone.headers['retry-after'], '5')
+})
+
 t.test('NUL characters in text are refused alike on every database', async (t) => {
   const app = await build(t)
   const session = await signup(app)

@@ -80,11 +80,19 @@ export interface Database {
   dialect: Dialect
   /** The repository, its calls run one at a time on SQLite (see openSqlite); as is on PostgreSQL. */
   serialise<R extends object> (repository: R): R
+  /** Runs PING_STATEMENT: fails on a database that cannot be reached or has lost its tables. */
   ping (): Promise<void>
   /** Raw SQL with `$1`-style parameters on PostgreSQL and `?` on SQLite; for tools and tests. */
   query (text: string, params?: unknown[]): Promise<Array<Record<string, unknown>>>
   close (): Promise<void>
 }
+
+/**
+ * A statement on the table every sign-in and account read needs, so /health fails on a database
+ * whose tables are gone (one recreated empty under running instances: a restart migrates it), not
+ * only on one that cannot be reached. It reads no row.
+ */
+export const PING_STATEMENT = 'select 1 from users limit 0'
 
 /** Each dialect's migrations live in its own folder here. */
 export const MIGRATIONS = join(dirname(fileURLToPath(import.meta.url)), '../../migrations')

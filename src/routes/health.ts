@@ -10,7 +10,7 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['health'],
       summary: 'Liveness and database check',
-      response: { 200: Type.Object({ status: Type.Literal('ok') }), 503: errorResponse('The database cannot be reached: database_unavailable, with Retry-After') }
+      response: { 200: Type.Object({ status: Type.Literal('ok') }), 503: errorResponse('The database cannot be reached or has lost its tables: database_unavailable, with Retry-After') }
     }
   }, async (request) => {
     try {

@@ -4,7 +4,7 @@ import { drizzle } from 'drizzle-orm/better-sqlite3'
 import { closeSync, mkdirSync, openSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { sqlitePath } from '../../config.ts'
-import { MIGRATIONS_TABLE, errorCode, pendingMigrations, type Database, type Db, type Tables } from '../index.ts'
+import { MIGRATIONS_TABLE, PING_STATEMENT, errorCode, pendingMigrations, type Database, type Db, type Tables } from '../index.ts'
 import * as sqliteSchema from './schema.ts'
 
 /**
@@ -133,7 +133,7 @@ export function openSqlite (databaseUrl: string): Database {
     refuseReadOnly(sqlite)
     migrateSqlite(sqlite)
     const drizzleDb = drizzle(sqlite, { schema: sqliteSchema })
-    const probe = sqlite.prepare('select 1')
+    const probe = sqlite.prepare(PING_STATEMENT)
     let queue: Promise<unknown> = Promise.resolve()
     const inTurn = <T>(call: () => Promise<T>): Promise<T> => {
       const turn = queue.then(call, call)
