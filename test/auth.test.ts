@@ -208,7 +208,12 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
     // Read as if plain, a client's compressed body would be a puzzling invalid_body, or worse.
     ['gzip-coded JSON', 'application/json', gzipSync('{"email":"a@example.com","password":"long enough!"}'), 415, 'unsupported_media_type', 'gzip'],
     ['plain JSON said to be gzip-coded', 'application/json', '{"email":"a@example.com","password":"long enough!"}', 415, 'unsupported_media_type', 'gzip'],
-    ['identity coding', 'application/json', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials', 'Identity']
+    ['identity coding', 'application/json', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials', 'Identity'],
+    // Latin-1 `Ã©` is valid UTF-8 too: read as UTF-8 it would be `é`, another password.
+    ['a Latin-1 charset', 'application/json; charset=latin1', Buffer.from('{"email":"latin1@example.com","password":"caf\xc3\xa9 au lait!"}', 'latin1'), 415, 'unsupported_media_type'],
+    ['a quoted non-UTF-8 charset', 'application/json;charset="ISO-8859-1"', '{"email":"nobody@example.com","password":"long enough!"}', 415, 'unsupported_media_type'],
+    ['charset=UTF-8', 'application/json; charset=UTF-8', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials'],
+    ['charset=utf8', 'application/json; charset="utf8"', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials']
   ]
   for (const [label, contentType, body, status, code, coding] of cases) {
     const response = await app.inject({
@@ -221,6 +226,7 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
     t.equal(response.json().code, code, label)
     t.notMatch(response.body, /at .*\.ts:\d+/, `${label}: no stack trace`)
     if (coding && status === 415) t.equal(response.headers['accept-encoding'], 'identity', `${label}: says which coding would do`)
+    if (contentType?.includes('charset') && status === 415) t.equal(response.json().message, 'Send the body in UTF-8, with charset=utf-8 or no charset.', label)
   }
   const unknownRoute = await app.inject({ method: 'GET', url: '/nope' })
   t.equal(unknownRoute.statusCode, 404)

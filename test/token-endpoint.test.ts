@@ -122,6 +122,19 @@ t.test('a content-coded token request is refused in the RFC 6749 shape', async (
   t.equal(response.headers['accept-encoding'], 'identity')
 })
 
+t.test('a token request in a charset other than UTF-8 is refused in the RFC 6749 shape', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  const request = (charset: string) => app.inject({
+    method: 'POST', url: '/auth/token', headers: { 'content-type': `application/x-www-form-urlencoded; charset=${charset}` }, payload: form({ grant_type: 'password', username: email, password: TEST_PASSWORD })
+  })
+  const refused = await request('windows-1252')
+  t.equal(refused.statusCode, 415)
+  t.same(refused.json(), { error: 'invalid_request', error_description: 'Send the body in UTF-8, with charset=utf-8 or no charset.' })
+  t.equal((await request('UTF-8')).statusCode, 200, 'UTF-8 said aloud is welcome')
+})
+
 t.test('password length counts characters alike on /auth/login and /auth/token', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()

@@ -112,12 +112,20 @@ export function timesSent (request: FastifyRequest, name: string): number {
 // RFC 9110 §15.5.16: Accept-Encoding tells the client which coding would do.
 const unsupportedCoding = () => apiError(415, 'unsupported_media_type', 'Send the body without a Content-Encoding: none is decoded.',
   { 'accept-encoding': 'identity' })
+const unsupportedCharset = () => apiError(415, 'unsupported_media_type', 'Send the body in UTF-8, with charset=utf-8 or no charset.')
+
+/** The charset parameter of a Content-Type (RFC 9110 §8.3.1), lower-cased, or undefined. */
+const CHARSET_PARAMETER = /;\s*charset\s*=\s*(?:"([^"]*)"|([^;\s]*))/i
+function charsetOf (contentType: string | undefined): string | undefined {
+  const found = contentType === undefined ? null : CHARSET_PARAMETER.exec(contentType)
+  return found === null ? undefined : (found[1] ?? found[2]!).toLowerCase()
+}
 
 /**
- * A body parser that first refuses a body which is not UTF-8 (JSON must be, RFC 8259 §8.1; form
- * bodies are held to it too, stricter than the WHATWG decoding). Node's decoding would quietly
- * turn each bad byte into U+FFFD, and a name or password would be stored or hashed as something
- * the client never sent.
+ * A body parser that first refuses a body which is not UTF-8, or says it is in another charset
+ * (JSON must be UTF-8, RFC 8259 §8.1; form bodies are held to it too, stricter than the WHATWG
+ * decoding). Node's decoding would quietly turn each bad byte into U+FFFD, and a name or password
+ * would be stored or hashed as something the client never sent.
  *
  * A request with nothing in it has no body, whatever its Content-Type says and however it says
  * so (Content-Length: 0, none, or an empty chunked body): a fetch() client that sends
@@ -131,6 +139,10 @@ export function utf8Body (parse: FastifyBodyParser<string>): FastifyBodyParser<B
     // RFC 9110 §8.4: a content coding we do not decode is refused, not read as if it were none.
     const coding = request.headers['content-encoding']
     if (coding !== undefined && coding.trim().toLowerCase() !== 'identity') return done(unsupportedCoding(), undefined)
+    // Bodies are read as UTF-8 whatever they say; one that says another charset would be misread
+    // where its bytes happen to be UTF-8 too (Latin-1 `Ã©` as `é`), so it is refused.
+    const charset = charsetOf(request.headers['content-type'])
+    if (charset !== undefined && charset !== 'utf-8' && charset !== 'utf8') return done(unsupportedCharset(), undefined)
     return isUtf8(body)
       ? parse(request, body.toString(), done)
       : done(apiError(400, 'invalid_body', 'The body is not valid UTF-8.'), undefined)
