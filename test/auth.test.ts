@@ -387,12 +387,47 @@ t.test('GET /health answers 503 when the database has lost its tables, so the in
   t.equal(gone.headers['retry-after'], '5')
 })
 
+t.test('a name needs something to show and no control characters, wherever it is set', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  const admin = await signupWithRoles(app, ['user', 'admin'])
+  const before = await dbGet(app, 'select name, updated_at from users where id = ?', session.user.id)
+  const setters: Array<[string, (name: string) => InjectOptions]> = [
+    ['signup', (name) => ({ method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: TEST_PASSWORD, name } })],
+    ['profile', (name) => ({ method: 'PATCH', url: '/auth/me', headers: bearer(session.access_token), payload: { name } })],
+    ['admin', (name) => ({ method: 'PATCH', url: `/admin/users/${session.user.id}`, headers: bearer(admin.access_token), payload: { name } })]
+  ]
+  const refused = [
+    ['spaces only', '   '], ['an ideographic space only', '\u3000'], ['a zero-width space only', '\u200b'],
+    ['a newline', 'Ada\nLovelace'], ['a tab', 'Ada\tLovelace'], ['a terminal escape', 'Ada\u001b[31m'],
+    ['DEL', 'Ada\u007f'], ['a C1 control (NEL)', 'Ada\u0085'], ['NUL', 'a\u0000b']
+  ]
+  const users = await dbCount(app, 'select count(*) as n from users')
+  for (const [setter, request] of setters) {
+    for (const [label, name] of refused) {
+      const response = await app.inject(request(name!))
+      t.equal(response.statusCode, 400, `${setter}: ${label}`)
+      t.same(response.json(), { statusCode: 400, error: 'Bad Request', message: 'body/name must match format "display-name"', code: 'validation_error' }, `${setter}: ${label}`)
+    }
+  }
+  t.equal(await dbCount(app, 'select count(*) as n from users'), users, 'no account was made')
+  t.same(await dbGet(app, 'select name, updated_at from users where id = ?', session.user.id), before, 'the name is unchanged')
+
+  for (const [setter, request] of setters) {
+    for (const name of ['Zoë', ' Ada ', '李 小龙', '🦄', '👩\u200d💻 Grace']) {
+      const response = await app.inject(request(name))
+      t.equal(response.statusCode, setter === 'signup' ? 201 : 200, `${setter}: ${JSON.stringify(name)}`)
+      t.equal((setter === 'signup' ? response.json().user : response.json()).name, name, `${setter}: stored as sent`)
+    }
+  }
+})
+
 t.test('NUL characters in text are refused alike on every database', async (t) => {
   const app = await build(t)
   const session = await signup(app)
   const cases: Array<[string, InjectOptions]> = [
-    ['signup name', { method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: TEST_PASSWORD, name: 'a\u0000b' } }],
-    ['profile name', { method: 'PATCH', url: '/auth/me', headers: bearer(session.access_token), payload: { name: 'a\u0000b' } }],
+    ['signup password', { method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: `${TEST_PASSWORD}\u0000` } }],
+    ['new password', { method: 'POST', url: '/auth/password', headers: bearer(session.access_token), payload: { current_password: TEST_PASSWORD, new_password: `${TEST_PASSWORD}\u0000` } }],
     ['token username', { method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: 'a\u0000@b.io', password: TEST_PASSWORD } }],
     ['admin email filter', { url: '/admin/users?email=a%00b', headers: bearer((await signupWithRoles(app, ['user', 'admin'])).access_token) }]
   ]

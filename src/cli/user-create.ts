@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util'
 import { ROLES, type Role } from '../auth/permissions.ts'
 import { registerUser } from '../auth/registration.ts'
 import { startupProblem } from '../errors.ts'
-import { NAME_MAX_LENGTH } from '../schemas/common.ts'
+import { NAME_MAX_LENGTH, NAME_RULE, isDisplayName } from '../schemas/common.ts'
 import { createUserRepository } from '../repositories/users.ts'
 import { databaseName, openDatabaseOrExit } from './open-database.ts'
 
@@ -77,8 +77,8 @@ async function main (): Promise<number> {
     return 1
   }
   // The API's rule for a name (schemas/common.ts Name), counted in characters as its schema counts them.
-  if (name !== undefined && (name.length === 0 || [...name].length > NAME_MAX_LENGTH)) {
-    console.error(`--name must be 1 to ${NAME_MAX_LENGTH} characters\n${USAGE}`)
+  if (name !== undefined && (name.length === 0 || [...name].length > NAME_MAX_LENGTH || !isDisplayName(name))) {
+    console.error(`--name must be ${NAME_RULE}\n${USAGE}`)
     return 1
   }
   const password = await askPassword('Password: ')

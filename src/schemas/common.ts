@@ -35,7 +35,21 @@ const STORED_UUID = new RegExp(uuidPattern('[0-9a-f]'))
 /** An id as stored (randomUUID(): lower case), for one no schema checked, such as one decoded from a cursor. */
 export const isUuid = (text: string) => STORED_UUID.test(text)
 export const NAME_MAX_LENGTH = 100
-export const Name = Type.String({ minLength: 1, maxLength: NAME_MAX_LENGTH })
+const CONTROL_CHARACTER = /\p{Cc}/u
+const SHOWN_CHARACTER = /[^\p{C}\p{Z}]/u
+/**
+ * `format: 'display-name'`: something to show (not only spaces or invisible format characters)
+ * and no control character (C0, DEL, C1): a newline or a terminal escape in a name would forge
+ * lines or colours wherever users are listed.
+ */
+export const isDisplayName = (text: string) => SHOWN_CHARACTER.test(text) && !CONTROL_CHARACTER.test(text)
+export const NAME_RULE = `1 to ${NAME_MAX_LENGTH} characters, not only spaces, no control characters`
+export const Name = Type.String({
+  minLength: 1,
+  maxLength: NAME_MAX_LENGTH,
+  format: 'display-name',
+  description: NAME_RULE
+})
 // `type` beside the enum: generators of typed clients read it, not the values, to type the field.
 export const RoleName = Type.Enum(ROLES, { type: 'string' })
 export const Timestamp = Type.String({ format: 'date-time' })
