@@ -6,6 +6,7 @@ import ipaddr from 'ipaddr.js'
 import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { isIPv4 } from 'node:net'
+import { redactUrl } from '../config.ts'
 import { apiError } from '../errors.ts'
 import { boundedIp } from '../request-client.ts'
 
@@ -287,14 +288,15 @@ const REDIS_OPTIONS = { maxRetriesPerRequest: 1, enableOfflineQueue: false, conn
 const FIRST_ANSWER_MS = REDIS_OPTIONS.connectTimeout + REDIS_OPTIONS.commandTimeout
 
 /**
- * Waits a moment for Redis's first answer. A Redis that cannot be reached, is loading or busy is
+ * Waits a moment for Redis's first answer: undefined once Redis is ready, else why it is not (its
+ * error, or none within FIRST_ANSWER_MS). A Redis that cannot be reached, is loading or busy is
  * no reason not to start (the limits fall back to memory until it answers), but one that refuses
  * REDIS_URL is: a wrong password, or a database number it does not have, which is only an
  * 'error' event to ioredis before it shares database 0 with whatever else uses it.
  */
-function refuseRedisUrl (redis: Redis): Promise<void> {
+function firstAnswer (redis: Redis): Promise<Error | undefined> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(settle, FIRST_ANSWER_MS)
+    const timer = setTimeout(() => settle(new Error(`no answer within ${FIRST_ANSWER_MS} ms`)), FIRST_ANSWER_MS)
     function settle (error?: Error) {
       clearTimeout(timer)
       redis.off('ready', settle).off('error', settle)
@@ -302,7 +304,7 @@ function refuseRedisUrl (redis: Redis): Promise<void> {
         redis.disconnect()
         return reject(new Error(`Redis refused REDIS_URL: ${error.message}`))
       }
-      resolve()
+      resolve(error)
     }
     redis.on('ready', settle).on('error', settle)
   })
@@ -310,7 +312,8 @@ function refuseRedisUrl (redis: Redis): Promise<void> {
 
 async function rateLimitsPlugin (app: FastifyInstance) {
   const { rateLimit: limits, redisUrl } = app.config
-  const outage = redisOutage(app.log)
+  // Its log lines name the Redis (without its password): an operator's first question.
+  const outage = redisOutage(redisUrl ? app.log.child({ redis: redactUrl(redisUrl) }) : app.log)
 
   // ioredis is loaded only when Redis is configured: a single instance never needs its 5 MiB.
   const redis = redisUrl
@@ -320,7 +323,9 @@ async function rateLimitsPlugin (app: FastifyInstance) {
   if (redis) {
     // Connection errors surface through redisOutage when a limit is checked; ioredis stays quiet.
     redis.on('error', () => {})
-    await refuseRedisUrl(redis)
+    const unavailable = await firstAnswer(redis)
+    // Said at start, not at the first sign-in, which then goes straight to memory.
+    if (unavailable) outage.failed(unavailable)
     app.addHook('onClose', async () => { redis.disconnect() })
   }
 
