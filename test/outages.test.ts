@@ -3,6 +3,7 @@
 import Database from 'better-sqlite3'
 import { spawn, spawnSync } from 'node:child_process'
 import { chmodSync } from 'node:fs'
+import { sql } from 'drizzle-orm'
 import pg from 'pg'
 import { createConnection, createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
@@ -344,6 +345,20 @@ t.test('PostgreSQL: a transaction that waits too long for a lock is cancelled, a
   t.equal(app.database.dialect.isUnavailable(wrapped), false, 'a unique violation is not an outage, whatever the parameters say')
   const deadlocked = new Error('Failed query: update "refresh_tokens" …', { cause: Object.assign(new Error('deadlock detected'), { code: '40P01' }) })
   t.equal(app.database.dialect.isUnavailable(deadlocked), true, 'a deadlock victim was rolled back whole: 503, worth a retry')
+})
+
+t.test('PostgreSQL: a transaction whose connection is lost fails with that error, not with the ROLLBACK that fails after it', onPostgres, async (t) => {
+  const database = await openDatabase(await freshPostgresUrl(POSTGRES_URL))
+  t.teardown(() => database.close())
+  const lost = await database.dialect.atomic(async (tx) => {
+    await tx.execute(sql`select pg_terminate_backend(pg_backend_pid())`)
+  }).then(() => undefined, (error: Error) => error)
+  t.ok(lost, 'the transaction failed')
+  const messages = [lost!.message, (lost!.cause as Error | undefined)?.message].join(' | ')
+  t.match(messages, /terminating connection due to administrator command/, `the first error, the server's: ${messages}`)
+  t.notMatch(lost!.message, /rollback/i, 'not the failed ROLLBACK')
+  t.equal(database.dialect.isUnavailable(lost), true, 'an outage: 503')
+  t.same(await database.query('select 1 as one'), [{ one: 1 }], 'the pool serves on with a new connection')
 })
 
 t.test('PostgreSQL: connections lost inside transactions (a failover, pg_terminate_backend) answer 503, and the process serves on', onPostgres, async (t) => {

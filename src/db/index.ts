@@ -44,9 +44,9 @@ export type ClothingRow = Tables['clothes']['$inferSelect']
 export type AtomicLock = 'admins' | 'seed'
 
 /**
- * Thrown inside `atomic` to undo its work on purpose (a check inside the transaction failed). It
- * reaches the caller after the rollback succeeded, so the connection is sound and stays pooled;
- * any other error, or a rollback that failed, closes it.
+ * Thrown inside `atomic` to undo its work on purpose (a check inside the transaction failed); it
+ * reaches the caller. When the rollback succeeded the connection is sound and stays pooled; any
+ * other error, or a rollback that failed, closes it.
  */
 export class Rollback extends Error {}
 

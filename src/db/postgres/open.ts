@@ -125,20 +125,30 @@ export async function openPostgres (databaseUrl: string, options: OpenOptions = 
           client.removeListener('error', ignoreLostConnection)
           client.release()
         }
+        const workFailure: { error?: unknown } = {}
         try {
           // Read committed whatever the database's default: what a transaction reads after waiting
           // for the advisory lock or a row lock must be what the holder committed (the last-admin
           // and acting-admin checks), not a snapshot taken before the wait, as repeatable read keeps.
           const result = await drizzle(client).transaction(async (tx) => {
-            if (lock) await tx.execute(sql`select pg_advisory_xact_lock(${ADVISORY_LOCKS[lock]})`)
-            return work(tx as unknown as Db)
+            try {
+              if (lock) await tx.execute(sql`select pg_advisory_xact_lock(${ADVISORY_LOCKS[lock]})`)
+              return await work(tx as unknown as Db)
+            } catch (error) {
+              workFailure.error = error
+              throw error
+            }
           }, { isolationLevel: 'read committed' })
           keep()
           return result
         } catch (error) {
-          if (error instanceof Rollback) keep()
+          // Drizzle rethrows the work's error once its ROLLBACK succeeded. On a lost connection the
+          // ROLLBACK fails too, and its "Failed query: rollback" would hide what failed first: the
+          // request is answered, and logged, with the first error.
+          const rolledBack = 'error' in workFailure && workFailure.error === error
+          if (rolledBack && error instanceof Rollback) keep()
           else client.release(error as Error)
-          throw error
+          throw 'error' in workFailure ? workFailure.error : error
         }
       },
       forUpdate: (query, options) => query.for('update', options) as typeof query,
