@@ -577,11 +577,24 @@ t.test('deny by default: a route without an access policy stops the start', asyn
   t.match(both.error?.message, /GET \/both/, 'public and authenticate together is refused')
   t.match(both.error?.message, policy)
 
+  // A write on the token's roles alone would serve a demoted or disabled caller until the token expires.
+  const fresh = /may change data: its preHandler list must run app\.loadAccount right after app\.authenticate/
+  for (const [label, method, preHandler] of [
+    ['a write without loadAccount', 'POST', (app: App) => [app.authenticate, app.requirePermission('clothes:write')]],
+    ['loadAccount after the permission check, which then read the token\'s roles', 'DELETE', (app: App) => [app.authenticate, app.requirePermission('clothes:write'), app.loadAccount]],
+    ['a PUT, written in no route of ours', 'PUT', (app: App) => [app.authenticate]]
+  ] as const) {
+    const stale = await startWith((app) => { app.route({ method, url: '/stale', preHandler: preHandler(app), handler: async () => 'x' }) })
+    t.match(stale.error?.message, new RegExp(`^Route ${method} /stale `), `${label}: the message names the route`)
+    t.match(stale.error?.message, fresh, `${label}: refused at start`)
+  }
+
   const guarded = await startWith((app) => {
+    app.post('/fresh', { preHandler: [app.authenticate, app.loadAccount, app.requirePermission('clothes:write')] }, async () => 'x')
     app.get('/guarded', { preHandler: [app.authenticate, app.requirePermission('clothes:read')] }, async () => 'x')
     app.get('/open', { config: { access: 'public' } }, async () => 'open')
   })
-  t.equal(guarded.error, undefined, 'a guarded and a declared-public route start fine')
+  t.equal(guarded.error, undefined, 'a guarded read, a write that re-reads the caller and a declared-public route start fine')
   const anonymous = await guarded.app.inject({ url: '/guarded' })
   assertUnauthenticated(t, anonymous)
   const session = await signup(guarded.app)
@@ -699,7 +712,7 @@ t.test('requireOwnerOr: someone else\'s resource is 403, or with othersSee: not_
   }
   for (const othersSee of ['forbidden', 'not_found'] as const) {
     app.delete(`/${othersSee}/:id`, {
-      preHandler: [app.authenticate, app.requireOwnerOr('videos:manage-any', ownerOf, { othersSee })]
+      preHandler: [app.authenticate, app.loadAccount, app.requireOwnerOr('videos:manage-any', ownerOf, { othersSee })]
     }, async (_request, reply) => reply.code(204).send())
   }
   await app.ready()

@@ -57,6 +57,24 @@ function auditAccessPolicy (app: FastifyInstance, route: RouteOptions): 'public'
   return guarded ? 'guarded' : 'public'
 }
 
+/** RFC 9110 §9.2.1: a method other than these may change something on the server. */
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
+
+/**
+ * A guarded route that may change something re-reads the caller first: its preHandler list runs
+ * app.loadAccount right after app.authenticate, so the permission checks after it see the roles
+ * held now, and a demoted, disabled or signed-out caller is refused at once, not when the access
+ * token expires (ASVS 4.1.1: access rules enforced on the trusted service layer, per request).
+ */
+function auditFreshAccount (app: FastifyInstance, route: RouteOptions) {
+  const methods = [route.method].flat()
+  if (methods.every((method) => SAFE_METHODS.has(method)) || [route.preHandler ?? []].flat()[1] === app.loadAccount) return
+  throw new Error(
+    `Route ${methods.join(',')} ${route.url} may change data: its preHandler list must run app.loadAccount ` +
+    'right after app.authenticate, so the caller\'s roles, account and session are read fresh'
+  )
+}
+
 /**
  * The audit of every route's access policy. buildApp registers it before anything else, so it
  * sees every route, whichever plugin adds it; it judges them once all are added (app.ready), when
@@ -75,6 +93,7 @@ export const accessAudit = fp(async (app: FastifyInstance) => {
   app.addHook('onReady', async () => {
     for (const route of routes) {
       const access = auditAccessPolicy(app, route)
+      if (access === 'guarded') auditFreshAccount(app, route)
       for (const method of [route.method].flat()) policies.push({ method, url: route.url, access })
     }
   })
