@@ -141,6 +141,30 @@ t.test('on PostgreSQL a failed migration leaves nothing behind, not even its boo
   t.same(rows.map((row) => row.name), [clash], 'only the other application\'s table')
 })
 
+t.test('a migration older than the newest applied but never applied (merged late) stops the start, naming it', async (t) => {
+  const journalOf = (dialect: 'sqlite' | 'postgres') =>
+    (JSON.parse(readFileSync(new URL(`${dialect}/meta/_journal.json`, MIGRATIONS), 'utf8')) as { entries: Array<{ when: number, tag: string }> }).entries
+  const url = `file:${join(t.testdir(), 'gatehouse.db')}`
+  const journal = journalOf('sqlite')
+  const [oldest, newest] = [journal[0]!, journal.at(-1)!]
+  const database = await openDatabase(url)
+  // As if the oldest migration had come in a merge after the database had applied the newer ones.
+  await database.query(`delete from ${MIGRATIONS_TABLE} where created_at = ${oldest.when}`)
+  await database.close()
+  const refusal = `migration ${oldest.tag} was never applied, and is older than ${newest.tag}, which was: ` +
+    'give it a later "when" than the others in migrations/sqlite/meta/_journal.json, so that it is applied after them'
+  // Drizzle's rule alone would skip it for good: the start would record nothing and serve without its tables.
+  await t.rejects(openDatabase(url), { message: `Cannot open the database at ${url}: ${refusal}` }, 'the start stops')
+  await t.rejects(openDatabase(url), { message: `Cannot open the database at ${url}: ${refusal}` }, 'and again: nothing was recorded meanwhile')
+
+  // PostgreSQL's one migration can only be skipped behind one this checkout does not have: named by its time.
+  const [initial] = journalOf('postgres')
+  const later = initial!.when + 1000
+  t.throws(() => pendingMigrations('postgres', [String(later)]),
+    { message: `migration ${initial!.tag} was never applied, and is older than the migration of ${new Date(later).toISOString()}, which was: give it a later "when" than the others in migrations/postgres/meta/_journal.json, so that it is applied after them` })
+  t.same(pendingMigrations('postgres', [String(initial!.when), String(later)]), [], 'both applied: nothing pending')
+})
+
 t.test('on SQLite a start waits for another process\'s migration of the same file, then finds it done', async (t) => {
   const file = join(t.testdir(), 'gatehouse.db')
   // Another instance, migrating: it holds the write lock.
@@ -207,7 +231,7 @@ function opener (t: Test) {
 }
 
 t.test('on SQLite instances starting at once on a database with a migration pending all start, and apply it once', async (t) => {
-  const migrations = pendingMigrations('sqlite', null)
+  const migrations = pendingMigrations('sqlite', [])
   const added = [...migrations.at(-1)!.sql.join('\n').matchAll(/CREATE TABLE `(\w+)`/g)].map((match) => match[1]!)
   const instances = Array.from({ length: 3 }, () => opener(t))
   t.same(await Promise.all(instances.map((instance) => instance.answer())), ['ready', 'ready', 'ready'], 'every instance loaded its code')
@@ -244,7 +268,7 @@ t.test('on SQLite instances starting at once on a database with a migration pend
 })
 
 t.test('on SQLite instances starting at once on a new file all start, and migrate it once', async (t) => {
-  const migrations = pendingMigrations('sqlite', null)
+  const migrations = pendingMigrations('sqlite', [])
   const instances = Array.from({ length: 3 }, () => opener(t))
   t.same(await Promise.all(instances.map((instance) => instance.answer())), ['ready', 'ready', 'ready'], 'every instance loaded its code')
   const dir = t.testdir()

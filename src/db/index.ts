@@ -2,6 +2,7 @@ import type { NodePgDatabase } from 'drizzle-orm/node-postgres'
 import type { PgColumn } from 'drizzle-orm/pg-core'
 import type { SQL } from 'drizzle-orm'
 import { readMigrationFiles, type MigrationMeta } from 'drizzle-orm/migrator'
+import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { isPostgresUrl, redactUrl } from '../config.ts'
@@ -105,10 +106,24 @@ export const MIGRATIONS = join(dirname(fileURLToPath(import.meta.url)), '../../m
  */
 export const MIGRATIONS_TABLE = '"__drizzle_migrations"'
 
-export function pendingMigrations (dialect: Dialect['name'], newestApplied: unknown): MigrationMeta[] {
-  const migrations = readMigrationFiles({ migrationsFolder: join(MIGRATIONS, dialect) })
-  if (newestApplied === undefined || newestApplied === null) return migrations
-  return migrations.filter((migration) => migration.folderMillis > Number(newestApplied))
+/**
+ * The migrations to apply, given the folder times recorded as applied. One older than the newest
+ * applied but never applied itself (a branch's migration merged after the database had moved past
+ * its time) stops the start: Drizzle's rule would skip it for good, and its tables with it.
+ */
+export function pendingMigrations (dialect: Dialect['name'], appliedTimes: unknown[]): MigrationMeta[] {
+  const folder = join(MIGRATIONS, dialect)
+  const migrations = readMigrationFiles({ migrationsFolder: folder })
+  const applied = new Set(appliedTimes.map(Number))
+  const newest = Math.max(-Infinity, ...applied)
+  const skipped = migrations.find((migration) => migration.folderMillis <= newest && !applied.has(migration.folderMillis))
+  if (skipped) {
+    const journal = JSON.parse(readFileSync(join(folder, 'meta/_journal.json'), 'utf8')) as { entries: Array<{ when: number, tag: string }> }
+    const tagOf = (time: number) => journal.entries.find((entry) => entry.when === time)?.tag ?? `the migration of ${new Date(time).toISOString()}`
+    throw new Error(`migration ${tagOf(skipped.folderMillis)} was never applied, and is older than ${tagOf(newest)}, which was: ` +
+      `give it a later "when" than the others in migrations/${dialect}/meta/_journal.json, so that it is applied after them`)
+  }
+  return migrations.filter((migration) => migration.folderMillis > newest)
 }
 
 /** The driver's error code, wherever Drizzle left it. */

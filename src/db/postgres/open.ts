@@ -70,9 +70,8 @@ async function migratePostgres (databaseUrl: string, { onMigrationWait }: OpenOp
     await client.query('begin')
     try {
       await client.query(`create table if not exists ${MIGRATIONS_TABLE} (id serial primary key, hash text not null, created_at bigint)`)
-      const { rows: [newest] } = await client.query<{ created_at: string }>(
-        `select created_at from ${MIGRATIONS_TABLE} order by created_at desc limit 1`)
-      for (const migration of pendingMigrations('postgres', newest?.created_at)) {
+      const { rows: applied } = await client.query<{ created_at: string }>(`select created_at from ${MIGRATIONS_TABLE}`)
+      for (const migration of pendingMigrations('postgres', applied.map((row) => row.created_at))) {
         for (const statement of migration.sql) await client.query(statement)
         await client.query(`insert into ${MIGRATIONS_TABLE} (hash, created_at) values ($1, $2)`, [migration.hash, migration.folderMillis])
       }

@@ -77,9 +77,9 @@ export function migrateSqlite (sqlite: Sqlite.Database): void {
     sqlite.exec('BEGIN IMMEDIATE')
     try {
       sqlite.exec(`CREATE TABLE IF NOT EXISTS ${MIGRATIONS_TABLE} (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at numeric)`)
-      const newest = sqlite.prepare(`SELECT created_at FROM ${MIGRATIONS_TABLE} ORDER BY created_at DESC LIMIT 1`).pluck().get()
+      const applied = sqlite.prepare(`SELECT created_at FROM ${MIGRATIONS_TABLE}`).pluck().all()
       const record = sqlite.prepare(`INSERT INTO ${MIGRATIONS_TABLE} ("hash", "created_at") VALUES (?, ?)`)
-      for (const migration of pendingMigrations('sqlite', newest)) {
+      for (const migration of pendingMigrations('sqlite', applied)) {
         for (const statement of migration.sql) sqlite.exec(statement)
         record.run(migration.hash, migration.folderMillis)
       }
