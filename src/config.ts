@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { isIP } from 'node:net'
-import { looksLikeEmail, normaliseEmail } from './auth/email.ts'
+import { EMAIL_LOCAL_PART_MAX_LENGTH, isNewAccountEmail, normaliseEmail } from './auth/email.ts'
 import { passwordProblem } from './auth/passwords.ts'
 import { dirname, join, resolve } from 'node:path'
 
@@ -234,7 +234,7 @@ export function loadConfig (env: Env = process.env): Config {
   }
   // Checked as sign-up checks them (normalised email, password policy), so that a refused one
   // opens no database.
-  if (adminEmail && !looksLikeEmail(normaliseEmail(adminEmail))) problems.push(`ADMIN_EMAIL is not an email address (got "${adminEmail}")`)
+  if (adminEmail && !isNewAccountEmail(normaliseEmail(adminEmail))) problems.push(`ADMIN_EMAIL is not an email address with at most ${EMAIL_LOCAL_PART_MAX_LENGTH} characters before the @ (got "${adminEmail}")`)
   const adminPasswordProblem = adminEmail && adminPassword ? passwordProblem(adminPassword, normaliseEmail(adminEmail)) : undefined
   if (adminPasswordProblem) problems.push(`ADMIN_PASSWORD is refused: ${adminPasswordProblem}`)
   // Whitespace around a password is part of it; around a variable's value (a secret file's

@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { gzipSync } from 'node:zlib'
 import t from 'tap'
+import { hashPassword } from '../src/auth/passwords.ts'
 import { TEST_PASSWORD, bearer, build, dbCount, dbGet, dbRun, exchange, parseAnswer, signup, signupWithRoles, tokenPayload, uniqueEmail } from './helper.ts'
 
 t.test('signup, login and /auth/me work end to end', async (t) => {
@@ -85,6 +86,23 @@ t.test('a password of 128 characters outside the BMP (256 UTF-16 units) is accep
   t.equal(created.statusCode, 201, created.body)
   const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password } })
   t.equal(login.statusCode, 200)
+})
+
+t.test('a new account\'s email has at most 64 characters before the @; an older account with more still signs in', async (t) => {
+  const app = await build(t)
+  const local = (length: number) => `${'a'.repeat(length)}@example.com`
+  const refused = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email: local(65), password: TEST_PASSWORD } })
+  t.equal(refused.statusCode, 400)
+  t.same(refused.json(), { statusCode: 400, error: 'Bad Request', message: 'body/email must have at most 64 characters before the @', code: 'validation_error' })
+  t.equal(await dbCount(app, 'select count(*) as n from users'), 0, 'no account was made')
+  t.equal((await app.inject({ method: 'POST', url: '/auth/signup', payload: { email: local(64), password: TEST_PASSWORD } })).statusCode, 201, '64 characters')
+
+  // Made before the rule (an earlier version took it): its owner must not be locked out.
+  const older = ` ${local(65).toUpperCase()} `
+  await app.usersRepository.create({ email: local(65), passwordHash: await hashPassword(TEST_PASSWORD), roles: ['user'] })
+  t.equal((await app.inject({ method: 'POST', url: '/auth/login', payload: { email: older, password: TEST_PASSWORD } })).statusCode, 200, '/auth/login')
+  const token = await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: older, password: TEST_PASSWORD } })
+  t.equal(token.statusCode, 200, '/auth/token')
 })
 
 t.test('emails are at most 254 characters: a 255-character login is refused before hashing or counting', async (t) => {

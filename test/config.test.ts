@@ -314,6 +314,8 @@ t.test('TRUST_PROXY and ADMIN_EMAIL are checked at start', async (t) => {
   for (const email of ['josé@example.com', 'a..b@example.com', 'ops@example.com.']) {
     t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: email, ADMIN_PASSWORD: 'a long admin password' }), /ADMIN_EMAIL is not an email address/, email)
   }
+  t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: `${'a'.repeat(65)}@example.com`, ADMIN_PASSWORD: 'a long admin password' }),
+    /ADMIN_EMAIL is not an email address with at most 64 characters before the @/, 'as sign-up refuses it')
   // 254 characters as written, 255 lower-cased (İ becomes two): refused as sign-up would refuse it.
   const lengthened = `İ${'a'.repeat(241)}@example.com`
   t.throws(() => loadConfig({ ...base, ADMIN_EMAIL: lengthened, ADMIN_PASSWORD: 'a long admin password' }), /ADMIN_EMAIL is not an email address/)

@@ -13,3 +13,13 @@ const EMAIL_FORMAT = addFormats.default.get('email') as RegExp
  * endpoint's username): an account created here can always sign in at /auth/login.
  */
 export const looksLikeEmail = (email: string) => email.length <= 254 && EMAIL_FORMAT.test(email)
+
+/** RFC 5321 §4.5.3.1.1; the format allows ASCII only before the @, so characters are octets. */
+export const EMAIL_LOCAL_PART_MAX_LENGTH = 64
+
+/**
+ * The email of a new account (sign-up, user:create, ADMIN_EMAIL): the schemas' rule and at most 64
+ * characters before the @, as no mail server takes more. Sign-in asks only looksLikeEmail, so an
+ * account made before this rule still signs in.
+ */
+export const isNewAccountEmail = (email: string) => looksLikeEmail(email) && email.indexOf('@') <= EMAIL_LOCAL_PART_MAX_LENGTH

@@ -1,4 +1,4 @@
-import { looksLikeEmail, normaliseEmail } from './email.ts'
+import { isNewAccountEmail, normaliseEmail } from './email.ts'
 import { hashPassword, passwordProblem, type StillWaiting } from './passwords.ts'
 import { normaliseRoles, type Role } from './permissions.ts'
 import type { User, UserRepository } from '../repositories/users.ts'
@@ -16,7 +16,7 @@ export async function registerUser (
   stillWaiting?: StillWaiting
 ): Promise<Registration> {
   const email = normaliseEmail(input.email)
-  if (!looksLikeEmail(email)) return { outcome: 'invalid_email' }
+  if (!isNewAccountEmail(email)) return { outcome: 'invalid_email' }
   const problem = passwordProblem(input.password, email)
   if (problem) return { outcome: 'weak_password', message: problem }
   const user = await users.create({

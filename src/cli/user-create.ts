@@ -4,6 +4,7 @@
 import { createInterface } from 'node:readline/promises'
 import { Writable } from 'node:stream'
 import { parseArgs } from 'node:util'
+import { EMAIL_LOCAL_PART_MAX_LENGTH } from '../auth/email.ts'
 import { ROLES, type Role } from '../auth/permissions.ts'
 import { registerUser } from '../auth/registration.ts'
 import { startupProblem } from '../errors.ts'
@@ -109,7 +110,7 @@ async function main (): Promise<number> {
         console.error(`an account with the email ${email} already exists`)
         return 1
       case 'invalid_email':
-        console.error(`"${email}" is not an email address`)
+        console.error(`"${email}" is not an email address with at most ${EMAIL_LOCAL_PART_MAX_LENGTH} characters before the @`)
         return 1
     }
   } finally {

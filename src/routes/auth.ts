@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
-import { normaliseEmail } from '../auth/email.ts'
+import { EMAIL_LOCAL_PART_MAX_LENGTH, normaliseEmail } from '../auth/email.ts'
 import { hashPassword, passwordProblem, verifyPassword } from '../auth/passwords.ts'
 import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
@@ -55,7 +55,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const registration = await registerUser(app.usersRepository, request.body, stillWaiting(request))
     if (registration.outcome === 'weak_password') throw apiError(400, 'weak_password', registration.message)
     if (registration.outcome === 'email_taken') throw apiError(409, 'email_taken', 'An account with this email already exists.')
-    if (registration.outcome === 'invalid_email') throw apiError(400, 'validation_error', 'body/email must match format "email"')
+    if (registration.outcome === 'invalid_email') throw apiError(400, 'validation_error', `body/email must have at most ${EMAIL_LOCAL_PART_MAX_LENGTH} characters before the @`)
     const { user } = registration
     request.log.info({ event: 'signup', userId: user.id }, 'user signed up')
     return reply.code(201).send(await app.signInFlows.start(request, user))

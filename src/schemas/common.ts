@@ -11,7 +11,7 @@ import type { User } from '../repositories/users.ts'
 export const Email = Type.String({
   format: 'email',
   maxLength: 254,
-  description: 'Surrounding spaces are trimmed and letters lower-cased first; the format and the length limit apply to the result',
+  description: 'Surrounding spaces are trimmed and letters lower-cased first; the format and the length limit apply to the result. A new account\'s has at most 64 characters before the @',
   examples: ['ada@example.com']
 })
 const passwordLength = { minLength: PASSWORD_MIN_LENGTH, maxLength: PASSWORD_MAX_LENGTH }
