@@ -416,6 +416,24 @@ t.test('Redis that stops answering: sign-ins go on under the per-instance limits
   t.ok(proxy.received() > askedOnce, '5 s on, Redis is asked again, and answers')
 })
 
+t.test('Redis that stops answering: a correct sign-in meanwhile clears the account\'s count in Redis too, once it answers', {
+  skip: await redisReachable() ? false : `Redis is not reachable at ${REDIS_URL}`,
+  timeout: 30_000
+}, async (t) => {
+  const proxy = await stallableProxy(t, REDIS_URL)
+  const app = await build(t, { REDIS_URL: proxy.url, RATE_LIMIT_ACCOUNT_MAX: '3' })
+  const session = await signup(app)
+  const wrong = () => app.inject({ method: 'POST', url: '/auth/login', payload: { email: session.user.email, password: 'wrong password!' } })
+  t.same([(await wrong()).statusCode, (await wrong()).statusCode], [401, 401], 'two failures counted in Redis')
+  proxy.stall()
+  t.equal((await login(app, session.user.email)).statusCode, 200, 'a correct sign-in on the memory fallback')
+  proxy.resume()
+  await sleep(5000)
+  // Without the clearing, Redis would still hold the two failures (three, with the stalled sign-in's count arriving late).
+  t.same([(await wrong()).statusCode, (await wrong()).statusCode, (await wrong()).statusCode], [401, 401, 401], 'a fresh count of three')
+  t.equal((await wrong()).statusCode, 429, 'and the limit holds in Redis after it')
+})
+
 // SQLSTATE class 08 (connection exceptions) is an outage: what PgBouncer answers when it
 // cannot give a server connection (08P01 "no more connections allowed", "query_wait_timeout").
 t.test('PostgreSQL: connection exceptions (SQLSTATE class 08) answer 503', {

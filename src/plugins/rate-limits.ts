@@ -235,22 +235,41 @@ function redisOutage (log: FastifyBaseLogger) {
 }
 type RedisOutage = ReturnType<typeof redisOutage>
 
+/** Correct sign-ins while Redis failed whose clearing Redis is still to be told: about 300 bytes each. */
+const MAX_OWED_RESETS = 10_000
+
 function failureCounterWithFallback (primary: FailureCounter, fallback: FailureCounter, outage: RedisOutage): FailureCounter {
-  const guarded = <R>(run: (counter: FailureCounter, account: string) => Promise<R>) =>
+  // A correct sign-in while Redis failed cleared only this instance's count. Redis is told before
+  // it is next asked anything, or the account would find its count from before the outage there.
+  const owedResets = new Set<string>()
+  const settleOwedResets = async () => {
+    if (owedResets.size === 0) return
+    const accounts = [...owedResets]
+    await Promise.all(accounts.map((account) => primary.reset(account)))
+    for (const account of accounts) owedResets.delete(account)
+  }
+  const guarded = <R>(run: (counter: FailureCounter, account: string) => Promise<R>, onFallback?: (account: string) => void) =>
     async (account: string): Promise<R> => {
-      if (outage.waiting) return run(fallback, account)
-      try {
-        const result = await run(primary, account)
-        outage.recovered()
-        return result
-      } catch (error) {
-        outage.failed(error)
-        return run(fallback, account)
+      if (!outage.waiting) {
+        try {
+          await settleOwedResets()
+          const result = await run(primary, account)
+          outage.recovered()
+          return result
+        } catch (error) {
+          outage.failed(error)
+        }
       }
+      onFallback?.(account)
+      return run(fallback, account)
     }
   return {
     attempt: guarded((counter, account) => counter.attempt(account)),
-    reset: guarded((counter, account) => counter.reset(account)),
+    reset: guarded((counter, account) => counter.reset(account), (account) => {
+      owedResets.delete(account)
+      owedResets.add(account)
+      if (owedResets.size > MAX_OWED_RESETS) owedResets.delete(owedResets.values().next().value!)
+    }),
     withdraw: guarded((counter, account) => counter.withdraw(account))
   }
 }
