@@ -589,6 +589,24 @@ t.test('ADMIN_EMAIL and ADMIN_PASSWORD bootstrap the first admin', async (t) => 
     t.same(JSON.parse(third_!.roles), ['user', 'admin'])
   })
 
+  t.test('instances starting at once with different ADMIN_EMAILs make one admin, not one each', async (t) => {
+    const databaseUrl = TEST_DATABASE_URL ? await freshPostgresUrl(TEST_DATABASE_URL) : `file:${join(t.testdir(), 'gatehouse.db')}`
+    // Migrated first, so the starts below race only to bootstrap.
+    await (await buildApp(loadConfig({ ...TEST_ENV, DATABASE_URL: databaseUrl }))).close()
+    for (let round = 0; round < 3; round++) {
+      const emails = ['a', 'b', 'c'].map((name) => `${name}${round}@example.com`)
+      const apps = await Promise.all(emails.map((email) => build(t, { DATABASE_URL: databaseUrl, ADMIN_EMAIL: email, ADMIN_PASSWORD: adminPassword })))
+      const admins = await enabledAdmins(apps[0]!)
+      t.equal(admins.length, 1, `round ${round}: one admin`)
+      t.ok(emails.includes(String((await dbGet(apps[0]!, 'select email from users where id = ?', admins[0]))!.email)), 'made from one of the ADMIN_EMAILs')
+      t.equal(await dbCount(apps[0]!, 'select count(*) as n from users'), 1, 'and no other account')
+      for (const app of apps) await app.close()
+      const cleaner = await buildApp(loadConfig({ ...TEST_ENV, DATABASE_URL: databaseUrl }))
+      await dbRun(cleaner, 'delete from users')
+      await cleaner.close()
+    }
+  })
+
   t.test('never promotes an existing account with that email', async (t) => {
     const databaseUrl = `file:${join(t.testdir(), 'gatehouse.db')}`
     const before = await buildApp(loadConfig({ ...TEST_ENV, DATABASE_URL: databaseUrl }))

@@ -11,7 +11,7 @@ export type Registration =
 
 /** Creates an account the one way: normalised email, password policy, argon2id hash. */
 export async function registerUser (
-  users: UserRepository,
+  users: Pick<UserRepository, 'create'>,
   input: { email: string, password: string, name?: string | null | undefined, roles?: Role[] },
   stillWaiting?: StillWaiting
 ): Promise<Registration> {

@@ -10,7 +10,8 @@ import { registerUser } from '../auth/registration.ts'
 async function bootstrapAdminPlugin (app: FastifyInstance) {
   const { admin } = app.config
   if (!admin || await app.usersRepository.hasEnabledAdmin()) return
-  const registration = await registerUser(app.usersRepository, { ...admin, roles: ['admin'] })
+  const firstAdmin = { create: app.usersRepository.createFirstAdmin.bind(app.usersRepository) }
+  const registration = await registerUser(firstAdmin, { ...admin, roles: ['admin'] })
   switch (registration.outcome) {
     case 'created':
       app.log.info({ event: 'admin_bootstrapped', userId: registration.user.id }, 'created the first admin from ADMIN_EMAIL')
@@ -21,7 +22,8 @@ async function bootstrapAdminPlugin (app: FastifyInstance) {
     case 'weak_password':
       throw new Error(`ADMIN_PASSWORD is refused: ${registration.message}`)
     case 'email_taken':
-      // Another instance starting at the same moment may have just created this very admin.
+      // Or not created: another instance starting at the same moment made an admin first (this
+      // very one, or one of its own ADMIN_EMAIL), and then there is nothing to say.
       if (!await app.usersRepository.hasEnabledAdmin()) {
         app.log.warn('ADMIN_EMAIL belongs to an existing account, which is not promoted: create the first admin with another email (ADMIN_EMAIL or `npm run user:create`), who can then give this account roles (PATCH /admin/users/{id})')
       }

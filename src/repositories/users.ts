@@ -54,6 +54,8 @@ export const userColumns = (users: Tables['users']) => ({
 
 /** Rolls back a password change whose session ended while it waited. */
 class SessionEnded extends Rollback {}
+/** Rolls back the first admin's insert: the email is taken. */
+class EmailTaken extends Rollback {}
 
 export function createUserRepository ({ db, tables: { users, sessions }, dialect }: Database) {
   const publicColumns = userColumns(users)
@@ -66,8 +68,24 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
     tx.update(users).set({ passwordHash: to, updatedAt: now })
       .where(and(eq(users.id, id), eq(users.passwordHash, from))).returning({ id: users.id })
 
-  const otherEnabledAdminExists = async (tx: Db, exceptId: string) =>
-    (await tx.select({ id: users.id }).from(users).where(and(isEnabledAdmin, ne(users.id, exceptId))).limit(1)).length > 0
+  const enabledAdminExists = async (executor: Db, exceptId?: string) =>
+    (await executor.select({ id: users.id }).from(users)
+      .where(exceptId === undefined ? isEnabledAdmin : and(isEnabledAdmin, ne(users.id, exceptId))).limit(1)).length > 0
+
+  /** Inserts a user; a taken (normalised) email throws the dialect's unique violation. */
+  const insertUser = async (executor: Db, input: NewUser): Promise<User> => {
+    const at = new Date()
+    const [created] = await executor.insert(users).values({
+      id: randomUUID(),
+      email: input.email,
+      name: input.name ?? null,
+      roles: input.roles,
+      passwordHash: input.passwordHash,
+      createdAt: at,
+      updatedAt: at
+    }).returning(publicColumns)
+    return created!
+  }
 
   /**
    * The roles of a user whose session is still open and who is still enabled, read inside a
@@ -90,20 +108,31 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
   return {
     /** The new user, or null when the (normalised) email is taken. */
     async create (input: NewUser): Promise<User | null> {
-      const at = new Date()
       try {
-        const [created] = await db.insert(users).values({
-          id: randomUUID(),
-          email: input.email,
-          name: input.name ?? null,
-          roles: input.roles,
-          passwordHash: input.passwordHash,
-          createdAt: at,
-          updatedAt: at
-        }).returning(publicColumns)
-        return created!
+        return await insertUser(db, input)
       } catch (error) {
         if (dialect.isUniqueViolation(error)) return null
+        throw error
+      }
+    },
+
+    /**
+     * The first admin (ADMIN_EMAIL), created only while no enabled admin exists, decided under the
+     * admins lock: instances starting at once with different ADMIN_EMAILs make one admin, not one
+     * each. Null when an enabled admin exists or the email is taken.
+     */
+    async createFirstAdmin (input: NewUser): Promise<User | null> {
+      try {
+        return await dialect.atomic(async (tx) => {
+          if (await enabledAdminExists(tx)) return null
+          try {
+            return await insertUser(tx, input)
+          } catch (error) {
+            throw dialect.isUniqueViolation(error) ? new EmailTaken() : error
+          }
+        }, 'admins')
+      } catch (error) {
+        if (error instanceof EmailTaken) return null
         throw error
       }
     },
@@ -177,7 +206,7 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
     },
 
     async hasEnabledAdmin (): Promise<boolean> {
-      return (await db.select({ id: users.id }).from(users).where(isEnabledAdmin).limit(1)).length > 0
+      return enabledAdminExists(db)
     },
 
     /**
@@ -194,7 +223,7 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
         const roles = changes.roles ? normaliseRoles(changes.roles) : current.roles
         const disabled = changes.disabled ?? current.disabled
         const wasEnabledAdmin = isAdmin(current.roles) && !current.disabled
-        if (wasEnabledAdmin && !(isAdmin(roles) && !disabled) && !await otherEnabledAdminExists(tx, id)) {
+        if (wasEnabledAdmin && !(isAdmin(roles) && !disabled) && !await enabledAdminExists(tx, id)) {
           return { outcome: 'last_admin' } as const
         }
         const now = new Date()
@@ -221,7 +250,7 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
         if (!await stillActing(tx, actor)) return 'admin_ended'
         const [current] = await tx.select(publicColumns).from(users).where(eq(users.id, id))
         if (!current) return 'not_found'
-        if (isAdmin(current.roles) && !current.disabled && !await otherEnabledAdminExists(tx, id)) return 'last_admin'
+        if (isAdmin(current.roles) && !current.disabled && !await enabledAdminExists(tx, id)) return 'last_admin'
         await tx.delete(users).where(eq(users.id, id))
         return 'deleted'
       }, 'admins')
