@@ -81,7 +81,7 @@ export interface Database {
   dialect: Dialect
   /** The repository, its calls run one at a time on SQLite (see openSqlite); as is on PostgreSQL. */
   serialise<R extends object> (repository: R): R
-  /** Runs PING_STATEMENT: fails on a database that cannot be reached or has lost its tables. */
+  /** Fails on a database that cannot be reached or has no users table (requireUsersTable). */
   ping (): Promise<void>
   /** Raw SQL with `$1`-style parameters on PostgreSQL and `?` on SQLite; for tools and tests. */
   query (text: string, params?: unknown[]): Promise<Array<Record<string, unknown>>>
@@ -89,11 +89,14 @@ export interface Database {
 }
 
 /**
- * A statement on the table every sign-in and account read needs, so /health fails on a database
- * whose tables are gone (one recreated empty under running instances: a restart migrates it), not
- * only on one that cannot be reached. It reads no row.
+ * What ping asks besides an answer: whether the table every sign-in and account read needs is
+ * there, so /health fails on a database emptied or recreated under a running instance, not only on
+ * one that cannot be reached. Asked of the catalogue, which no lock on the table itself (a
+ * migration's, an ALTER TABLE's) holds up.
  */
-export const PING_STATEMENT = 'select 1 from users limit 0'
+export function requireUsersTable (present: unknown): void {
+  if (!present) throw new Error('the database has no users table: was it emptied or recreated?')
+}
 
 /** Each dialect's migrations live in its own folder here. */
 export const MIGRATIONS = join(dirname(fileURLToPath(import.meta.url)), '../../migrations')

@@ -1,7 +1,7 @@
 import { sql } from 'drizzle-orm'
 import { drizzle } from 'drizzle-orm/node-postgres'
 import pg from 'pg'
-import { MIGRATIONS_TABLE, PING_STATEMENT, Rollback, driverMessage, errorCode, pendingMigrations, type Database, type Db, type OpenOptions } from '../index.ts'
+import { MIGRATIONS_TABLE, Rollback, driverMessage, errorCode, pendingMigrations, requireUsersTable, type Database, type Db, type OpenOptions } from '../index.ts'
 import * as postgresSchema from './schema.ts'
 
 /** pg_advisory_lock keys: the migration run, and each AtomicLock. */
@@ -164,7 +164,11 @@ export async function openPostgres (databaseUrl: string, options: OpenOptions = 
       }
     },
     // node-postgres reads query_timeout from a query's config too; its types leave it out.
-    async ping () { await pool.query({ text: PING_STATEMENT, query_timeout: PING_TIMEOUT_MS } as pg.QueryConfig) },
+    async ping () {
+      // to_regclass looks the name up on the search_path, as the queries do.
+      const { rows: [found] } = await pool.query({ text: "select to_regclass('users') is not null as present", query_timeout: PING_TIMEOUT_MS } as pg.QueryConfig)
+      requireUsersTable(found?.present)
+    },
     async query (text, params = []) { return (await pool.query(text, params)).rows },
     async close () {
       // Like better-sqlite3's close, safe to call twice (pool.end() is not).

@@ -4,7 +4,7 @@ import { drizzle } from 'drizzle-orm/better-sqlite3'
 import { closeSync, mkdirSync, openSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { sqlitePath } from '../../config.ts'
-import { MIGRATIONS_TABLE, PING_STATEMENT, errorCode, pendingMigrations, type Database, type Db, type Tables } from '../index.ts'
+import { MIGRATIONS_TABLE, errorCode, pendingMigrations, requireUsersTable, type Database, type Db, type Tables } from '../index.ts'
 import * as sqliteSchema from './schema.ts'
 
 /**
@@ -133,7 +133,7 @@ export function openSqlite (databaseUrl: string): Database {
     refuseReadOnly(sqlite)
     migrateSqlite(sqlite)
     const drizzleDb = drizzle(sqlite, { schema: sqliteSchema })
-    const probe = sqlite.prepare(PING_STATEMENT)
+    const probe = sqlite.prepare("select 1 from sqlite_schema where type = 'table' and name = 'users'").pluck()
     let queue: Promise<unknown> = Promise.resolve()
     const inTurn = <T>(call: () => Promise<T>): Promise<T> => {
       const turn = queue.then(call, call)
@@ -169,7 +169,7 @@ export function openSqlite (databaseUrl: string): Database {
         isForeignKeyViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_FOREIGNKEY',
         isUnavailable: (error) => UNAVAILABLE.test(String(errorCode(error)))
       },
-      async ping () { probe.get() },
+      async ping () { requireUsersTable(probe.get()) },
       async query (text, params = []) {
         const statement = sqlite.prepare(text)
         if (statement.reader) return statement.all(...params) as Array<Record<string, unknown>>
