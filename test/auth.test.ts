@@ -430,7 +430,10 @@ t.test('a name needs something to show and no control characters, wherever it is
   const refused = [
     ['spaces only', '   '], ['an ideographic space only', '\u3000'], ['a zero-width space only', '\u200b'],
     ['a newline', 'Ada\nLovelace'], ['a tab', 'Ada\tLovelace'], ['a terminal escape', 'Ada\u001b[31m'],
-    ['DEL', 'Ada\u007f'], ['a C1 control (NEL)', 'Ada\u0085'], ['NUL', 'a\u0000b']
+    ['DEL', 'Ada\u007f'], ['a C1 control (NEL)', 'Ada\u0085'], ['NUL', 'a\u0000b'],
+    ['a line separator', 'Ada\u2028Admin: yes'], ['a paragraph separator', 'Ada\u2029'], ['a right-to-left override', 'Ada\u202egnp.exe'],
+    ['a right-to-left isolate', 'Ada\u2067x'], ['a Hangul filler only', '\u3164'], ['a halfwidth filler only', '\uffa0'],
+    ['the braille blank only', '\u2800'], ['a combining accent only', '\u0301'], ['private use only', '\ue000']
   ]
   const users = await dbCount(app, 'select count(*) as n from users')
   for (const [setter, request] of setters) {
@@ -444,7 +447,7 @@ t.test('a name needs something to show and no control characters, wherever it is
   t.same(await dbGet(app, 'select name, updated_at from users where id = ?', session.user.id), before, 'the name is unchanged')
 
   for (const [setter, request] of setters) {
-    for (const name of ['Zoë', ' Ada ', '李 小龙', '🦄', '👩\u200d💻 Grace']) {
+    for (const name of ['Zoë', ' Ada ', '李 小龙', '🦄', '👩\u200d💻 Grace', 'مرحبا', 'नमस्ते', 'e\u0301']) {
       const response = await app.inject(request(name))
       t.equal(response.statusCode, setter === 'signup' ? 201 : 200, `${setter}: ${JSON.stringify(name)}`)
       t.equal((setter === 'signup' ? response.json().user : response.json()).name, name, `${setter}: stored as sent`)

@@ -35,15 +35,17 @@ const STORED_UUID = new RegExp(uuidPattern('[0-9a-f]'))
 /** An id as stored (randomUUID(): lower case), for one no schema checked, such as one decoded from a cursor. */
 export const isUuid = (text: string) => STORED_UUID.test(text)
 export const NAME_MAX_LENGTH = 100
-const CONTROL_CHARACTER = /\p{Cc}/u
-const SHOWN_CHARACTER = /[^\p{C}\p{Z}]/u
+/** Controls (C0, DEL, C1), line and paragraph separators, and the bidirectional format characters. */
+const REFUSED_IN_NAMES = /[\p{Cc}\p{Zl}\p{Zp}\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/u
+/** A character that shows: not a control, format, space, combining mark, default-ignorable filler nor the braille blank. */
+const VISIBLE_CHARACTER = /[^\p{C}\p{Z}\p{M}\p{Default_Ignorable_Code_Point}\u2800]/u
 /**
- * `format: 'display-name'`: something to show (not only spaces or invisible format characters)
- * and no control character (C0, DEL, C1): a newline or a terminal escape in a name would forge
- * lines or colours wherever users are listed.
+ * `format: 'display-name'`: something visible, and none of what would forge lines or reorder the
+ * text wherever users are listed (a newline, a terminal escape, U+2028, a right-to-left override:
+ * `Ada\u202Egnp.exe` shows as `Adaexe.png`).
  */
-export const isDisplayName = (text: string) => SHOWN_CHARACTER.test(text) && !CONTROL_CHARACTER.test(text)
-export const NAME_RULE = `1 to ${NAME_MAX_LENGTH} characters, not only spaces, no control characters`
+export const isDisplayName = (text: string) => VISIBLE_CHARACTER.test(text) && !REFUSED_IN_NAMES.test(text)
+export const NAME_RULE = `1 to ${NAME_MAX_LENGTH} characters, at least one visible, none a control, line-break or text-direction character`
 export const Name = Type.String({
   minLength: 1,
   maxLength: NAME_MAX_LENGTH,
