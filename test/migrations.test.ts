@@ -160,9 +160,19 @@ t.test('a migration older than the newest applied but never applied (merged late
   // PostgreSQL's one migration can only be skipped behind one this checkout does not have: named by its time.
   const [initial] = journalOf('postgres')
   const later = initial!.when + 1000
-  t.throws(() => pendingMigrations('postgres', [String(later)]),
+  const [initialMigration] = pendingMigrations('postgres', [])
+  t.throws(() => pendingMigrations('postgres', [{ hash: 'another', created_at: String(later) }]),
     { message: `migration ${initial!.tag} was never applied, and is older than the migration of ${new Date(later).toISOString()}, which was: give it a later "when" than the others in migrations/postgres/meta/_journal.json, so that it is applied after them` })
-  t.same(pendingMigrations('postgres', [String(initial!.when), String(later)]), [], 'both applied: nothing pending')
+  t.same(pendingMigrations('postgres', [{ hash: initialMigration!.hash, created_at: String(initial!.when) }, { hash: 'another', created_at: String(later) }]), [],
+    'both applied: nothing pending')
+
+  // Given a later time as the refusal says, a migration is applied where it was missing, and known by
+  // its content where it was applied under its old time: not applied again.
+  const sqliteMigrations = pendingMigrations('sqlite', [])
+  const underOldTime = sqliteMigrations.map((migration, index) => ({ hash: migration.hash, created_at: index === 0 ? migration.folderMillis - 5000 : migration.folderMillis }))
+  t.same(pendingMigrations('sqlite', underOldTime), [], 'recorded under another time, known by its hash')
+  const missing = sqliteMigrations.slice(1).map((migration) => ({ hash: migration.hash, created_at: migration.folderMillis }))
+  t.throws(() => pendingMigrations('sqlite', missing), /^migration /, 'recorded by neither: refused, as above')
 })
 
 t.test('on SQLite a start waits for another process\'s migration of the same file, then finds it done', async (t) => {

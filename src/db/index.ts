@@ -109,24 +109,31 @@ export const MIGRATIONS = join(dirname(fileURLToPath(import.meta.url)), '../../m
  */
 export const MIGRATIONS_TABLE = '"__drizzle_migrations"'
 
+/** A row of the bookkeeping table: the migration's hash (of its SQL) and folder time. */
+export interface AppliedMigration { hash: unknown, created_at: unknown }
+
 /**
- * The migrations to apply, given the folder times recorded as applied. One older than the newest
- * applied but never applied itself (a branch's migration merged after the database had moved past
- * its time) stops the start: Drizzle's rule would skip it for good, and its tables with it.
+ * The migrations to apply. One is applied when its folder time or its hash is recorded: a
+ * migration given a later time, as one merged late must be (below), is known by its content to the
+ * databases that applied it under the old one. One not applied and older than the newest applied
+ * (a branch's migration merged after the database had moved past its time) stops the start:
+ * Drizzle's rule, only those newer than the newest applied, would skip it for good.
  */
-export function pendingMigrations (dialect: Dialect['name'], appliedTimes: unknown[]): MigrationMeta[] {
+export function pendingMigrations (dialect: Dialect['name'], applied: AppliedMigration[]): MigrationMeta[] {
   const folder = join(MIGRATIONS, dialect)
-  const migrations = readMigrationFiles({ migrationsFolder: folder })
-  const applied = new Set(appliedTimes.map(Number))
-  const newest = Math.max(-Infinity, ...applied)
-  const skipped = migrations.find((migration) => migration.folderMillis <= newest && !applied.has(migration.folderMillis))
+  const times = new Set(applied.map((row) => Number(row.created_at)))
+  const hashes = new Set(applied.map((row) => row.hash))
+  const newest = Math.max(-Infinity, ...times)
+  const pending = readMigrationFiles({ migrationsFolder: folder })
+    .filter((migration) => !times.has(migration.folderMillis) && !hashes.has(migration.hash))
+  const skipped = pending.find((migration) => migration.folderMillis <= newest)
   if (skipped) {
     const journal = JSON.parse(readFileSync(join(folder, 'meta/_journal.json'), 'utf8')) as { entries: Array<{ when: number, tag: string }> }
     const tagOf = (time: number) => journal.entries.find((entry) => entry.when === time)?.tag ?? `the migration of ${new Date(time).toISOString()}`
     throw new Error(`migration ${tagOf(skipped.folderMillis)} was never applied, and is older than ${tagOf(newest)}, which was: ` +
       `give it a later "when" than the others in migrations/${dialect}/meta/_journal.json, so that it is applied after them`)
   }
-  return migrations.filter((migration) => migration.folderMillis > newest)
+  return pending
 }
 
 /** The driver's error code, wherever Drizzle left it. */

@@ -1,7 +1,7 @@
 import { sql } from 'drizzle-orm'
 import { drizzle } from 'drizzle-orm/node-postgres'
 import pg from 'pg'
-import { MIGRATIONS_TABLE, Rollback, driverMessage, errorCode, pendingMigrations, requireUsersTable, type Database, type Db, type OpenOptions } from '../index.ts'
+import { MIGRATIONS_TABLE, Rollback, driverMessage, errorCode, pendingMigrations, requireUsersTable, type AppliedMigration, type Database, type Db, type OpenOptions } from '../index.ts'
 import * as postgresSchema from './schema.ts'
 
 /** pg_advisory_lock keys: the migration run, and each AtomicLock. */
@@ -70,8 +70,8 @@ async function migratePostgres (databaseUrl: string, { onMigrationWait }: OpenOp
     await client.query('begin')
     try {
       await client.query(`create table if not exists ${MIGRATIONS_TABLE} (id serial primary key, hash text not null, created_at bigint)`)
-      const { rows: applied } = await client.query<{ created_at: string }>(`select created_at from ${MIGRATIONS_TABLE}`)
-      for (const migration of pendingMigrations('postgres', applied.map((row) => row.created_at))) {
+      const { rows: applied } = await client.query<AppliedMigration>(`select hash, created_at from ${MIGRATIONS_TABLE}`)
+      for (const migration of pendingMigrations('postgres', applied)) {
         for (const statement of migration.sql) await client.query(statement)
         await client.query(`insert into ${MIGRATIONS_TABLE} (hash, created_at) values ($1, $2)`, [migration.hash, migration.folderMillis])
       }

@@ -4,7 +4,7 @@ import { drizzle } from 'drizzle-orm/better-sqlite3'
 import { closeSync, mkdirSync, openSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { sqlitePath } from '../../config.ts'
-import { MIGRATIONS_TABLE, errorCode, pendingMigrations, requireUsersTable, type Database, type Db, type Tables } from '../index.ts'
+import { MIGRATIONS_TABLE, errorCode, pendingMigrations, requireUsersTable, type AppliedMigration, type Database, type Db, type Tables } from '../index.ts'
 import * as sqliteSchema from './schema.ts'
 
 /**
@@ -77,7 +77,7 @@ export function migrateSqlite (sqlite: Sqlite.Database): void {
     sqlite.exec('BEGIN IMMEDIATE')
     try {
       sqlite.exec(`CREATE TABLE IF NOT EXISTS ${MIGRATIONS_TABLE} (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at numeric)`)
-      const applied = sqlite.prepare(`SELECT created_at FROM ${MIGRATIONS_TABLE}`).pluck().all()
+      const applied = sqlite.prepare(`SELECT hash, created_at FROM ${MIGRATIONS_TABLE}`).all() as AppliedMigration[]
       const record = sqlite.prepare(`INSERT INTO ${MIGRATIONS_TABLE} ("hash", "created_at") VALUES (?, ?)`)
       for (const migration of pendingMigrations('sqlite', applied)) {
         for (const statement of migration.sql) sqlite.exec(statement)
