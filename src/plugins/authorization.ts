@@ -34,9 +34,11 @@ declare module 'fastify' {
 const forbidden = () => apiError(403, 'forbidden', 'You are not allowed to do this.')
 export const notFound = () => apiError(404, 'not_found', 'No such resource.')
 
+const preHandlersOf = (route: Pick<RouteOptions, 'preHandler'>) => [route.preHandler ?? []].flat()
+
 /** A guarded route is one whose preHandler list starts with authenticate. */
 export function isGuardedRoute (app: FastifyInstance, route: Pick<RouteOptions, 'preHandler'>): boolean {
-  const first = [route.preHandler ?? []].flat()[0]
+  const first = preHandlersOf(route)[0]
   return first !== undefined && first === app.authenticate
 }
 
@@ -58,7 +60,7 @@ function auditAccessPolicy (app: FastifyInstance, route: RouteOptions): 'public'
 }
 
 /** RFC 9110 §9.2.1: a method other than these may change something on the server. */
-const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE'])
 
 /**
  * A guarded route that may change something re-reads the caller first: its preHandler list runs
@@ -68,7 +70,7 @@ const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
  */
 function auditFreshAccount (app: FastifyInstance, route: RouteOptions) {
   const methods = [route.method].flat()
-  if (methods.every((method) => SAFE_METHODS.has(method)) || [route.preHandler ?? []].flat()[1] === app.loadAccount) return
+  if (methods.every((method) => SAFE_METHODS.has(method)) || preHandlersOf(route)[1] === app.loadAccount) return
   throw new Error(
     `Route ${methods.join(',')} ${route.url} may change data: its preHandler list must run app.loadAccount ` +
     'right after app.authenticate, so the caller\'s roles, account and session are read fresh'
