@@ -232,7 +232,9 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
     ['a Latin-1 charset', 'application/json; charset=latin1', Buffer.from('{"email":"latin1@example.com","password":"caf\xc3\xa9 au lait!"}', 'latin1'), 415, 'unsupported_media_type'],
     ['a quoted non-UTF-8 charset', 'application/json;charset="ISO-8859-1"', '{"email":"nobody@example.com","password":"long enough!"}', 415, 'unsupported_media_type'],
     ['charset=UTF-8', 'application/json; charset=UTF-8', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials'],
-    ['charset=utf8', 'application/json; charset="utf8"', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials']
+    ['charset=utf8', 'application/json; charset="utf8"', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials'],
+    ['US-ASCII, a subset of UTF-8', 'application/json; charset=US-ASCII', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials'],
+    ['UTF-8, then another charset', 'application/json; charset=utf-8; charset=latin1', '{"email":"nobody@example.com","password":"long enough!"}', 415, 'unsupported_media_type']
   ]
   for (const [label, contentType, body, status, code, coding] of cases) {
     const response = await app.inject({

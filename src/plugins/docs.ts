@@ -100,7 +100,7 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
   if (invalid.length > 0) add(400, `Invalid request: ${invalid.join('; ')}`)
   if (takesBody) {
     add(413, 'Body over 8 KiB: payload_too_large')
-    add(415, 'Not JSON, in a charset other than UTF-8, or sent with a Content-Encoding: unsupported_media_type')
+    add(415, 'Not JSON, JSON labelled with a charset other than UTF-8, or sent with a Content-Encoding: unsupported_media_type')
   }
   if (isGuarded) add(401, 'No, invalid or expired bearer token: missing_token, invalid_token, token_expired')
   if (route.url.startsWith('/auth')) add(429, 'Too many requests: rate_limited, with Retry-After')

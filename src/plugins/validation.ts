@@ -27,7 +27,7 @@ async function validationPlugin (app: FastifyInstance) {
   app.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodies : textParts).compile(schema))
   app.removeContentTypeParser('application/json')
-  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Body(app.getDefaultJsonParser('error', 'error')))
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Body(utf8Declared(app.getDefaultJsonParser('error', 'error'))))
   app.addContentTypeParser('*', unsupportedUnlessEmpty)
   app.addHook('onRoute', (route) => {
     const takesBody = takesBodyMethod(route)
@@ -115,18 +115,29 @@ const unsupportedCoding = () => apiError(415, 'unsupported_media_type', 'Send th
   { 'accept-encoding': 'identity' })
 const unsupportedCharset = () => apiError(415, 'unsupported_media_type', 'Send the body in UTF-8, with charset=utf-8 or no charset.')
 
-/** The charset parameter of a Content-Type (RFC 9110 §8.3.1), lower-cased, or undefined. */
-const CHARSET_PARAMETER = /;\s*charset\s*=\s*(?:"([^"]*)"|([^;\s]*))/i
-function charsetOf (contentType: string | undefined): string | undefined {
-  const found = contentType === undefined ? null : CHARSET_PARAMETER.exec(contentType)
-  return found === null ? undefined : (found[1] ?? found[2]!).toLowerCase()
+/** The charset parameters of a Content-Type (RFC 9110 §8.3.1), lower-cased: one, none, or several. */
+const CHARSET_PARAMETER = /;\s*charset\s*=\s*(?:"([^"]*)"|([^;\s]*))/gi
+const charsetsOf = (contentType = '') => [...contentType.matchAll(CHARSET_PARAMETER)].map((found) => (found[1] ?? found[2]!).toLowerCase())
+/** UTF-8, by either name, and US-ASCII, its subset. */
+const UTF8_CHARSETS = new Set(['utf-8', 'utf8', 'us-ascii'])
+
+/**
+ * JSON bodies are read as UTF-8 whatever their Content-Type says; one that says another charset
+ * would be misread where its bytes happen to be UTF-8 too (Latin-1 `Ã©` as `é`), so it is refused.
+ * Forms are not held to their label: theirs is ASCII, and the escapes in it are read as UTF-8 or
+ * refused (RFC 6749 Appendix B), whatever a client library writes there by default.
+ */
+function utf8Declared (parse: FastifyBodyParser<string>): FastifyBodyParser<string> {
+  return (request, body, done) => charsetsOf(request.headers['content-type']).every((charset) => UTF8_CHARSETS.has(charset))
+    ? parse(request, body, done)
+    : done(unsupportedCharset(), undefined)
 }
 
 /**
- * A body parser that first refuses a body which is not UTF-8, or says it is in another charset
- * (JSON must be UTF-8, RFC 8259 §8.1; form bodies are held to it too, stricter than the WHATWG
- * decoding). Node's decoding would quietly turn each bad byte into U+FFFD, and a name or password
- * would be stored or hashed as something the client never sent.
+ * A body parser that first refuses a body which is not UTF-8 (JSON must be, RFC 8259 §8.1; form
+ * bodies are held to it too, stricter than the WHATWG decoding). Node's decoding would quietly
+ * turn each bad byte into U+FFFD, and a name or password would be stored or hashed as something
+ * the client never sent.
  *
  * A request with nothing in it has no body, whatever its Content-Type says and however it says
  * so (Content-Length: 0, none, or an empty chunked body): a fetch() client that sends
@@ -140,10 +151,6 @@ export function utf8Body (parse: FastifyBodyParser<string>): FastifyBodyParser<B
     // RFC 9110 §8.4: a content coding we do not decode is refused, not read as if it were none.
     const coding = request.headers['content-encoding']
     if (coding !== undefined && coding.trim().toLowerCase() !== 'identity') return done(unsupportedCoding(), undefined)
-    // Bodies are read as UTF-8 whatever they say; one that says another charset would be misread
-    // where its bytes happen to be UTF-8 too (Latin-1 `Ã©` as `é`), so it is refused.
-    const charset = charsetOf(request.headers['content-type'])
-    if (charset !== undefined && charset !== 'utf-8' && charset !== 'utf8') return done(unsupportedCharset(), undefined)
     return isUtf8(body)
       ? parse(request, body.toString(), done)
       : done(apiError(400, 'invalid_body', 'The body is not valid UTF-8.'), undefined)
