@@ -347,8 +347,9 @@ t.test('PostgreSQL: a transaction that waits too long for a lock is cancelled, a
   t.equal(app.database.dialect.isUnavailable(deadlocked), true, 'a deadlock victim was rolled back whole: 503, worth a retry')
 })
 
-t.test('PostgreSQL: a transaction whose connection is lost fails with that error, not with the ROLLBACK that fails after it', onPostgres, async (t) => {
-  const database = await openDatabase(await freshPostgresUrl(POSTGRES_URL))
+t.test('PostgreSQL: a transaction whose connection is lost, in its work or at its COMMIT, fails with that error, not with the ROLLBACK that fails after it', onPostgres, async (t) => {
+  const databaseUrl = await freshPostgresUrl(POSTGRES_URL)
+  const database = await openDatabase(databaseUrl)
   t.teardown(() => database.close())
   const lost = await database.dialect.atomic(async (tx) => {
     await tx.execute(sql`select pg_terminate_backend(pg_backend_pid())`)
@@ -359,6 +360,17 @@ t.test('PostgreSQL: a transaction whose connection is lost fails with that error
   t.notMatch(lost!.message, /rollback/i, 'not the failed ROLLBACK')
   t.equal(database.dialect.isUnavailable(lost), true, 'an outage: 503')
   t.same(await database.query('select 1 as one'), [{ one: 1 }], 'the pool serves on with a new connection')
+
+  // Lost between the work and its COMMIT: the COMMIT's failure, not the ROLLBACK's after it.
+  const operator = await clientOf(t, databaseUrl)
+  const atCommit = await database.dialect.atomic(async (tx) => {
+    const { rows: [own] } = await tx.execute<{ pid: number }>(sql`select pg_backend_pid() as pid`)
+    await operator.query('select pg_terminate_backend($1)', [own!.pid])
+  }).then(() => undefined, (error: Error) => error)
+  t.ok(atCommit, 'the transaction failed')
+  t.notMatch(atCommit!.message, /rollback/i, `not the failed ROLLBACK: ${atCommit!.message}`)
+  t.equal(database.dialect.isUnavailable(atCommit), true, 'an outage: 503')
+  t.same(await database.query('select 1 as one'), [{ one: 1 }], 'and the pool serves on')
 })
 
 t.test('PostgreSQL: connections lost inside transactions (a failover, pg_terminate_backend) answer 503, and the process serves on', onPostgres, async (t) => {

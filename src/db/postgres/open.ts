@@ -124,30 +124,24 @@ export async function openPostgres (databaseUrl: string, options: OpenOptions = 
           client.removeListener('error', ignoreLostConnection)
           client.release()
         }
-        const workFailure: { error?: unknown } = {}
+        // Begun and ended here rather than by Drizzle's transaction(), whose ROLLBACK after a
+        // failed statement or COMMIT fails too on a lost connection and is what it throws: the
+        // request is answered, and logged, with the error that came first.
         try {
           // Read committed whatever the database's default: what a transaction reads after waiting
           // for the advisory lock or a row lock must be what the holder committed (the last-admin
           // and acting-admin checks), not a snapshot taken before the wait, as repeatable read keeps.
-          const result = await drizzle(client).transaction(async (tx) => {
-            try {
-              if (lock) await tx.execute(sql`select pg_advisory_xact_lock(${ADVISORY_LOCKS[lock]})`)
-              return await work(tx as unknown as Db)
-            } catch (error) {
-              workFailure.error = error
-              throw error
-            }
-          }, { isolationLevel: 'read committed' })
+          await client.query('begin isolation level read committed')
+          if (lock) await client.query('select pg_advisory_xact_lock($1)', [ADVISORY_LOCKS[lock]])
+          const result = await work(drizzle(client) as unknown as Db)
+          await client.query('commit')
           keep()
           return result
         } catch (error) {
-          // Drizzle rethrows the work's error once its ROLLBACK succeeded. On a lost connection the
-          // ROLLBACK fails too, and its "Failed query: rollback" would hide what failed first: the
-          // request is answered, and logged, with the first error.
-          const rolledBack = 'error' in workFailure && workFailure.error === error
+          const rolledBack = await client.query('rollback').then(() => true, () => false)
           if (rolledBack && error instanceof Rollback) keep()
           else client.release(error as Error)
-          throw 'error' in workFailure ? workFailure.error : error
+          throw error
         }
       },
       forUpdate: (query, options) => query.for('update', options) as typeof query,
