@@ -1,6 +1,7 @@
 // How repositories behave through app.database.serialise (README "Adding a resource", step 3),
 // on SQLite, where it queues their calls, as on PostgreSQL, where it returns them as they are.
 import { setTimeout as sleep } from 'node:timers/promises'
+import { readdirSync, readFileSync } from 'node:fs'
 import t from 'tap'
 import { build, dbCount, signup } from './helper.ts'
 
@@ -28,4 +29,20 @@ t.test('transactions of concurrent repository calls do not interleave: each runs
   t.equal(opened.filter((result) => result?.session.userId === user.id).length, 5, 'every one opened its session')
   t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ?', user.id), 6, 'all stored, with the signup\'s')
   t.equal(await dbCount(app, 'select count(*) as n from refresh_tokens where session_id in (select id from sessions where user_id = ?)', user.id), 6)
+})
+
+// On PostgreSQL a prepared statement's name is shared by every statement of a connection: two
+// statements of one name fail only when both reach the same connection, so at random at run time.
+t.test('prepared statement names are unique across the repositories', async (t) => {
+  const folder = new URL('../src/repositories/', import.meta.url)
+  const names = readdirSync(folder).filter((file) => file.endsWith('.ts')).flatMap((file) =>
+    [...readFileSync(new URL(file, folder), 'utf8').matchAll(/\.prepare\(([^)]*)\)/g)]
+      .flatMap(([, argument]) => [...argument!.matchAll(/'([^']+)'/g)].map(([, name]) => `${name} (${file})`)))
+  t.ok(names.length >= 5, `found: ${names.join(', ')}`)
+  const seen = new Map<string, string>()
+  for (const entry of names) {
+    const name = entry.split(' ')[0]!
+    t.notOk(seen.has(name), `${entry}${seen.has(name) ? ` repeats ${seen.get(name)}` : ''}`)
+    seen.set(name, entry)
+  }
 })
