@@ -191,6 +191,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
     await app.register(docs)
     await app.register(authorization)
 
+    // Each route module is an encapsulated plugin (its hooks stay its own) that names what it
+    // uses: one registered without its repository stops the start, naming the repository.
     await app.register(healthRoutes)
     await app.register(authRoutes, { prefix: '/auth' })
     await app.register(meRoutes, { prefix: '/me' })

@@ -9,6 +9,8 @@ import { loadConfig } from '../src/config.ts'
 import { apiError } from '../src/errors.ts'
 import { accountOf } from '../src/plugins/auth.ts'
 import { accessAudit } from '../src/plugins/authorization.ts'
+import clothesRoutes from '../src/routes/clothes.ts'
+import videoRoutes from '../src/routes/videos.ts'
 import { TEST_ENV, type SessionBody, bearer, build, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
 
 type Caller = 'anonymous' | 'user' | 'member' | 'developer' | 'admin'
@@ -619,6 +621,16 @@ t.test('deny by default holds for routes added before the authorization plugin, 
   t.equal(policyOf('GET', '/docs/json'), 'public', 'the docs, added before the authorization plugin, were audited')
   t.equal(policyOf('OPTIONS', '*'), 'public', 'and so was the CORS preflight route')
   t.equal(policyOf('GET', '/auth/me'), 'guarded')
+})
+
+t.test('a route module registered without the repository it uses stops the start, naming it', async (t) => {
+  for (const [routes, module, repository] of [[clothesRoutes, 'clothes-routes', 'clothes-repository'], [videoRoutes, 'video-routes', 'videos-repository']] as const) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    // A stand-in by name: the check runs before the module does.
+    await app.register(fp(async () => {}, { name: 'authorization' }))
+    await t.rejects(async () => { await app.register(routes) }, { message: `The dependency '${repository}' of plugin '${module}' is not registered` })
+  }
 })
 
 t.test('every guarded answer is kept by no cache, errors included; public ones may be', async (t) => {

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
+import fp from 'fastify-plugin'
 import { EMAIL_LOCAL_PART_MAX_LENGTH, normaliseEmail } from '../auth/email.ts'
 import { hashPassword, passwordProblem, verifyPassword } from '../auth/passwords.ts'
 import { registerUser } from '../auth/registration.ts'
@@ -199,4 +200,4 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 }
 
-export default authRoutes
+export default fp(authRoutes, { name: 'auth-routes', dependencies: ['auth', 'rate-limits', 'sign-in-flows', 'users-repository', 'sessions-repository'], encapsulate: true })

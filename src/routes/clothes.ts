@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
+import fp from 'fastify-plugin'
 import type { Clothing } from '../repositories/clothes.ts'
 import { ErrorResponse, Timestamp, Uuid, guardedErrors } from '../schemas/common.ts'
 
@@ -56,4 +57,4 @@ const clothesRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 }
 
-export default clothesRoutes
+export default fp(clothesRoutes, { name: 'clothes-routes', dependencies: ['authorization', 'clothes-repository'], encapsulate: true })

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
+import fp from 'fastify-plugin'
 import { apiError } from '../errors.ts'
 import { DATABASE_UNAVAILABLE } from '../plugins/errors.ts'
 import { errorResponse } from '../schemas/common.ts'
@@ -23,4 +24,4 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 }
 
-export default healthRoutes
+export default fp(healthRoutes, { name: 'health-routes', dependencies: ['database'], encapsulate: true })

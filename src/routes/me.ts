@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
+import fp from 'fastify-plugin'
 import { PERMISSIONS, permissionsOf } from '../auth/permissions.ts'
 import { ErrorResponse, RoleName, Uuid } from '../schemas/common.ts'
 
@@ -29,4 +30,4 @@ const meRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 }
 
-export default meRoutes
+export default fp(meRoutes, { name: 'me-routes', dependencies: ['auth'], encapsulate: true })

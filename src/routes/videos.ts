@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
+import fp from 'fastify-plugin'
 import { accountGone } from '../plugins/auth.ts'
 import { notFound } from '../plugins/authorization.ts'
 import type { Video } from '../repositories/videos.ts'
@@ -119,4 +120,4 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 }
 
-export default videoRoutes
+export default fp(videoRoutes, { name: 'video-routes', dependencies: ['authorization', 'videos-repository'], encapsulate: true })

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
+import fp from 'fastify-plugin'
 import { normaliseEmail } from '../../auth/email.ts'
 import { apiError } from '../../errors.ts'
 import { sessionEnded } from '../../plugins/auth.ts'
@@ -134,4 +135,4 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 }
 
-export default adminUserRoutes
+export default fp(adminUserRoutes, { name: 'admin-user-routes', dependencies: ['authorization', 'users-repository'], encapsulate: true })
