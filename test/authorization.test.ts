@@ -62,6 +62,8 @@ interface GuardedRoute {
   path: string
   success: number
   allowed: SignedInCaller[]
+  /** What the others get: 403, or 404 from a route whose refusals keep ids private (`othersSee: 'not_found'`). */
+  refused?: 403 | 404
   prepare (caller: Caller): Promise<Prepared>
 }
 
@@ -247,7 +249,7 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
   for (const route of routes) {
     for (const caller of CALLERS) {
       const allowed = caller !== 'anonymous' && route.allowed.includes(caller)
-      const expected = caller === 'anonymous' ? 401 : allowed ? route.success : 403
+      const expected = caller === 'anonymous' ? 401 : allowed ? route.success : route.refused ?? 403
       await t.test(`${route.method} ${route.path} as ${caller} → ${expected}`, async (t) => {
         const prepared = await route.prepare(caller)
         const response = await app.inject({
@@ -259,6 +261,7 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
         t.equal(response.statusCode, expected, response.body)
         if (expected === 401) assertUnauthenticated(t, response)
         if (expected === 403) assertForbidden(t, response)
+        if (!allowed && expected === 404) t.equal(response.json().code, 'not_found')
         t.notOk(response.headers['www-authenticate'] && allowed, 'no challenge on success')
         t.notMatch(response.body, /password_hash|passwordHash|\$argon2/)
         await prepared.verify(t, response, allowed)
