@@ -172,6 +172,27 @@ t.test('DELETE /auth/sessions/:id revokes own sessions only; others answer 404',
   t.equal(anonymous.statusCode, 401)
 })
 
+t.test('a session that has ended (expired, or past SESSION_MAX_AGE) is not found by DELETE nor by a logout, as it is not listed', async (t) => {
+  // Sessions of insertSession start a day ago: past a 12-hour maximum age.
+  for (const [label, env, times] of [
+    ['expired', {}, { expiresAt: Date.now() - 1000 }],
+    ['past SESSION_MAX_AGE', { SESSION_MAX_AGE: '12h' }, {}]
+  ] as const) {
+    const app = await build(t, env)
+    const current = await signup(app)
+    const ended = await insertSession(app, current.user.id, times)
+    t.same((await app.inject({ url: '/auth/sessions', headers: bearer(current.access_token) })).json().map((session: { id: string }) => session.id),
+      [tokenPayload(current.access_token).sid], `${label}: not listed`)
+    const deleted = await app.inject({ method: 'DELETE', url: `/auth/sessions/${ended}`, headers: bearer(current.access_token) })
+    t.equal(deleted.statusCode, 404, `${label}: DELETE finds none`)
+    t.equal(deleted.json().code, 'not_found')
+    const global = await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(current.access_token), payload: { scope: 'global' } })
+    t.equal(global.statusCode, 204)
+    t.same(await dbAll(app, 'select id from sessions where revoked_at is not null'), [{ id: tokenPayload(current.access_token).sid }],
+      `${label}: a global logout revokes the open session only`)
+  }
+})
+
 t.test('an ended session\'s still-valid access token gets nothing from the account routes', async (t) => {
   const app = await build(t)
   const refusedEverywhere = async (t: Test, token: string, other: SessionBody, name: string | null) => {

@@ -117,7 +117,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
       // Roles and the disabled flag are read again, so changes take effect at the next refresh.
       const user = await app.usersRepository.findById(rotation.session.userId)
       if (!user || user.disabled) {
-        await app.sessionsRepository.revoke(rotation.session.id, rotation.session.userId, new Date())
+        await app.sessionsRepository.revoke(rotation.session.id, rotation.session.userId, { now: new Date(), maxAge })
         throw invalidRefreshToken()
       }
       return respond(user, rotation.session, rotation.refreshToken)

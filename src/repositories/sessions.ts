@@ -91,8 +91,13 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
     return touched!
   }
 
-  const revokeWhere = (condition: SQL | undefined, now: Date) =>
-    db.update(sessions).set({ revokedAt: now }).where(and(condition, isNull(sessions.revokedAt))).returning()
+  /** A session neither revoked, expired nor past its maximum age: one GET /auth/sessions lists. */
+  const isOpen = ({ now, maxAge }: SessionAge) => and(
+    isNull(sessions.revokedAt), gt(sessions.expiresAt, now), maxAge > 0 ? gt(sessions.createdAt, plus(now, -maxAge)) : undefined)
+
+  // Only open sessions: one that has ended is not found, as it is not listed.
+  const revokeWhere = (condition: SQL | undefined, age: SessionAge) =>
+    db.update(sessions).set({ revokedAt: age.now }).where(and(condition, isOpen(age))).returning()
 
   return {
     /**
@@ -215,30 +220,25 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
     },
 
     async listActive (userId: string, age: SessionAge): Promise<Session[]> {
-      return db.select().from(sessions)
-        .where(and(
-          eq(sessions.userId, userId), isNull(sessions.revokedAt), gt(sessions.expiresAt, age.now),
-          age.maxAge > 0 ? gt(sessions.createdAt, plus(age.now, -age.maxAge)) : undefined
-        ))
-        .orderBy(desc(sessions.lastUsedAt))
+      return db.select().from(sessions).where(and(eq(sessions.userId, userId), isOpen(age))).orderBy(desc(sessions.lastUsedAt))
     },
 
-    /** Revokes one session of this user; false when it is not theirs or already gone. */
-    async revoke (sessionId: string, userId: string, now: Date): Promise<boolean> {
-      return (await revokeWhere(and(eq(sessions.id, sessionId), eq(sessions.userId, userId)), now)).length > 0
+    /** Revokes one open session of this user; false when it is not theirs or has ended. */
+    async revoke (sessionId: string, userId: string, age: SessionAge): Promise<boolean> {
+      return (await revokeWhere(and(eq(sessions.id, sessionId), eq(sessions.userId, userId)), age)).length > 0
     },
 
-    /** Revokes every session of the user; returns how many. */
-    async revokeAllForUser (userId: string, now: Date): Promise<number> {
-      return (await revokeWhere(eq(sessions.userId, userId), now)).length
+    /** Revokes every open session of the user; returns how many. */
+    async revokeAllForUser (userId: string, age: SessionAge): Promise<number> {
+      return (await revokeWhere(eq(sessions.userId, userId), age)).length
     },
 
-    /** Revokes the session a refresh token belongs to (logout without an access token). */
-    async revokeByRefreshToken (presented: string, now: Date): Promise<Session | undefined> {
+    /** Revokes the open session a refresh token belongs to (logout without an access token). */
+    async revokeByRefreshToken (presented: string, age: SessionAge): Promise<Session | undefined> {
       const [found] = await db.select({ sessionId: refreshTokens.sessionId }).from(refreshTokens)
         .where(eq(refreshTokens.tokenHash, hashRefreshToken(presented)))
       if (!found) return undefined
-      const [revoked] = await revokeWhere(eq(sessions.id, found.sessionId), now)
+      const [revoked] = await revokeWhere(eq(sessions.id, found.sessionId), age)
       return revoked
     },
 

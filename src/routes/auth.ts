@@ -112,14 +112,14 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       }
     }
   }, async (request, reply) => {
-    const now = new Date()
+    const age = { now: new Date(), maxAge: app.config.sessionMaxAge }
     const body = request.body
     if (body.refresh_token && body.scope) {
       throw apiError(400, 'validation_error', 'body: send scope with a bearer token, or refresh_token alone, not both')
     }
     if (body.refresh_token) {
       // An unknown token also answers 204: logging out never tells whether a token existed.
-      const session = await app.sessionsRepository.revokeByRefreshToken(body.refresh_token, now)
+      const session = await app.sessionsRepository.revokeByRefreshToken(body.refresh_token, age)
       if (session) request.log.info({ event: 'session_revoked', userId: session.userId, sessionId: session.id, reason: 'logout' }, 'session revoked')
       return reply.code(204).send(null)
     }
@@ -127,10 +127,10 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     await app.loadAccount(request)
     const { user, session } = accountOf(request)
     if (body.scope === 'global') {
-      const count = await app.sessionsRepository.revokeAllForUser(user.id, now)
+      const count = await app.sessionsRepository.revokeAllForUser(user.id, age)
       request.log.info({ event: 'session_revoked', userId: user.id, count, reason: 'logout_global' }, 'sessions revoked')
     } else {
-      await app.sessionsRepository.revoke(session.id, user.id, now)
+      await app.sessionsRepository.revoke(session.id, user.id, age)
       request.log.info({ event: 'session_revoked', userId: user.id, sessionId: session.id, reason: 'logout' }, 'session revoked')
     }
     return reply.code(204).send(null)

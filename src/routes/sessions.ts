@@ -47,7 +47,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const { user } = accountOf(request)
     // Another user's session answers 404 like an unknown one: ids are not confirmed to strangers.
-    if (!await app.sessionsRepository.revoke(request.params.id, user.id, new Date())) {
+    if (!await app.sessionsRepository.revoke(request.params.id, user.id, { now: new Date(), maxAge: app.config.sessionMaxAge })) {
       throw apiError(404, 'not_found', 'No such session.')
     }
     request.log.info({ event: 'session_revoked', userId: user.id, sessionId: request.params.id, reason: 'user' }, 'session revoked')
