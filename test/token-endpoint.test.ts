@@ -138,6 +138,20 @@ t.test('a form is read as UTF-8 whatever charset it is labelled with: ASCII cred
   t.equal(utf8.statusCode, 200, 'UTF-8 escapes sign in, whatever the label')
 })
 
+t.test('an error_description keeps to RFC 6749 §5.2\'s characters, whatever the client\'s keys hold', async (t) => {
+  const app = await build(t)
+  const ALLOWED = /^[\x20\x21\x23-\x5B\x5D-\x7E]*$/
+  const json = await app.inject({ method: 'POST', url: '/auth/token', headers: { 'content-type': 'application/json' }, payload: '{"grant_type":"password","x\\"\\\\\\u202e\\n":"\\u0000"}' })
+  t.equal(json.statusCode, 400)
+  t.same(json.json(), { error: 'invalid_request', error_description: "body/x'/?? must not contain NUL characters" })
+  const query = await app.inject({ method: 'POST', url: '/auth/token?a%22%5C%E2%80%AE=%00', headers: FORM, payload: 'grant_type=password' })
+  t.equal(query.statusCode, 400)
+  t.same(query.json(), { error: 'invalid_request', error_description: "querystring/a'/? must not contain NUL characters" })
+  const invalid = await app.inject({ method: 'POST', url: '/auth/token', headers: { 'content-type': 'application/json' }, payload: '{"grant_type":7}' })
+  t.match(invalid.json(), { error: 'invalid_request' })
+  for (const answer of [json, query, invalid]) t.match(answer.json().error_description, ALLOWED, answer.json().error_description)
+})
+
 t.test('password length counts characters alike on /auth/login and /auth/token', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()

@@ -61,6 +61,14 @@ function toOAuthError (error: FastifyError): { status: number, body: { error: st
 const invalidRequest = (description: string) => apiError(400, 'invalid_request', description)
 
 /**
+ * RFC 6749 §5.2: an error_description is printable ASCII without `"` or `\`. A validation message
+ * may quote a schema's words and name the client's own keys, in any characters: quotes become `'`,
+ * a backslash `/`, anything else outside the set `?`.
+ */
+const asErrorDescription = (text: string) =>
+  text.replaceAll('"', "'").replaceAll('\\', '/').replace(/[^\x20-\x7E]/g, '?')
+
+/**
  * application/x-www-form-urlencoded, parsed as @fastify/formbody does (fast-querystring) but
  * strictly: an escape that is not UTF-8 (`%E9`, a Latin-1 é) is refused, where fast-querystring
  * would keep the three characters `%E9` as the password; and so is a parameter sent twice
@@ -96,7 +104,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const { status, body } = toOAuthError(error)
     if (status >= 500) request.log.error({ err: error }, 'token request failed')
     if (error.headers) reply.headers(error.headers)
-    return reply.code(status).send(body)
+    return reply.code(status).send({ ...body, error_description: asErrorDescription(body.error_description) })
   })
 
   app.post('/token', {
