@@ -221,6 +221,10 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
     ['__proto__ key', 'application/json', '{"email":"a@example.com","password":"long enough!","__proto__":{"roles":["admin"]}}', 400, 'invalid_body'],
     ['constructor.prototype key', 'application/json', '{"email":"a@example.com","password":"long enough!","constructor":{"prototype":{}}}', 400, 'invalid_body'],
     ['JSON array', 'application/json', '[]', 400, 'validation_error'],
+    // JSON.parse keeps the last; a proxy or a log reading the first would see another sign-in.
+    ['a member named twice', 'application/json', '{"email":"a@example.com","password":"long enough!","password":"other enough!"}', 400, 'invalid_body'],
+    ['a member named twice, once escaped', 'application/json', '{"email":"a@example.com","pass\\u0077ord":"long enough!","password":"x"}', 400, 'invalid_body'],
+    ['names repeated only in different objects', 'application/json', '[{"email":"a@example.com"},{"email":"b@example.com","x":{"email":1}}]', 400, 'validation_error'],
     // Node would decode the Latin-1 é to U+FFFD, and the account's password would be another.
     ['not UTF-8', 'application/json', Buffer.from('{"email":"latin1@example.com","password":"caf\xe9 au lait!"}', 'latin1'), 400, 'invalid_body'],
     ['text body', 'text/plain', 'hello', 415, 'unsupported_media_type'],
@@ -248,6 +252,7 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
     t.notMatch(response.body, /at .*\.ts:\d+/, `${label}: no stack trace`)
     if (coding && status === 415) t.equal(response.headers['accept-encoding'], 'identity', `${label}: says which coding would do`)
     if (contentType?.includes('charset') && status === 415) t.equal(response.json().message, 'Send the body in UTF-8, with charset=utf-8 or no charset.', label)
+    if (label.startsWith('a member named twice')) t.equal(response.json().message, 'The body names "password" more than once; each may appear once.', label)
   }
   const unknownRoute = await app.inject({ method: 'GET', url: '/nope' })
   t.equal(unknownRoute.statusCode, 404)

@@ -72,7 +72,7 @@ t.test('every registered route is documented with its security requirement', asy
   const described = (path: string, method: string, status: number) => document.paths[path][method].responses[status].description
   t.match(described('/auth/signup', 'post', 400), /weak_password.*validation_error/)
   t.match(described('/auth/signup', 'post', 409), /email_taken/)
-  t.match(described('/auth/login', 'post', 400), /invalid_body for a body that is not JSON or not UTF-8, or none/, 'a body it needs')
+  t.match(described('/auth/login', 'post', 400), /invalid_body for a body that is not JSON or not UTF-8, or names a member twice, or none/, 'a body it needs')
   t.notMatch(described('/auth/logout', 'post', 400), /or none/, 'a body it may go without')
   t.match(described('/videos/{id}', 'delete', 400), /validation_error for a body other than \{\}/, 'a body it takes none of')
   t.match(described('/auth/login', 'post', 401), /invalid_credentials/)

@@ -152,6 +152,19 @@ t.test('an error_description keeps to RFC 6749 §5.2\'s characters, whatever the
   for (const answer of [json, query, invalid]) t.match(answer.json().error_description, ALLOWED, answer.json().error_description)
 })
 
+t.test('a JSON token request naming a parameter twice is refused, as a form doing so is (RFC 6749 §3.1)', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  const json = (payload: string) => app.inject({ method: 'POST', url: '/auth/token', headers: { 'content-type': 'application/json' }, payload })
+  const twice = await json(`{"grant_type":"client_credentials","grant_type":"password","username":"${email}","password":"${TEST_PASSWORD}"}`)
+  t.equal(twice.statusCode, 400)
+  t.same(twice.json(), { error: 'invalid_request', error_description: "The body names 'grant_type' more than once; each may appear once." })
+  const oddName = await json(`{"grant_type":"password","username":"${email}","password":"${TEST_PASSWORD}","a b":1,"a b":2}`)
+  t.same(oddName.json(), { error: 'invalid_request', error_description: 'The body names a member more than once; each may appear once.' }, 'a name that is not plain is not repeated back')
+  t.equal((await json(`{"grant_type":"password","username":"${email}","password":"${TEST_PASSWORD}"}`)).statusCode, 200, 'each once: signed in')
+})
+
 t.test('password length counts characters alike on /auth/login and /auth/token', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()

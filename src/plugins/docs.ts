@@ -94,7 +94,7 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
   const invalid = [
     ...schema.body || schema.params || schema.querystring ? ['validation_error names the field'] : [],
     ...takesBody && !schema.body ? ['validation_error for a body other than {}, as it takes none'] : [],
-    ...takesBody ? [`invalid_body for a body that is not JSON or not UTF-8${needsBody(route) ? ', or none' : ''}`] : [],
+    ...takesBody ? [`invalid_body for a body that is not JSON or not UTF-8, or names a member twice${needsBody(route) ? ', or none' : ''}`] : [],
     ...isGuarded ? ['invalid_request for a malformed Authorization header, or one sent twice'] : []
   ]
   if (invalid.length > 0) add(400, `Invalid request: ${invalid.join('; ')}`)

@@ -27,7 +27,7 @@ async function validationPlugin (app: FastifyInstance) {
   app.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodies : textParts).compile(schema))
   app.removeContentTypeParser('application/json')
-  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Body(utf8Declared(app.getDefaultJsonParser('error', 'error'))))
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Body(strictJson(app.getDefaultJsonParser('error', 'error'))))
   app.addContentTypeParser('*', unsupportedUnlessEmpty)
   app.addHook('onRoute', (route) => {
     const takesBody = takesBodyMethod(route)
@@ -121,16 +121,61 @@ const charsetsOf = (contentType = '') => [...contentType.matchAll(CHARSET_PARAME
 /** UTF-8, by either name, and US-ASCII, its subset. */
 const UTF8_CHARSETS = new Set(['utf-8', 'utf8', 'us-ascii'])
 
+/** A client's name for a field, parameter or member, as a message may show it: plain, and short. */
+export const isPlainName = (name: string) => /^[\w.-]{1,64}$/.test(name)
+
 /**
- * JSON bodies are read as UTF-8 whatever their Content-Type says; one that says another charset
- * would be misread where its bytes happen to be UTF-8 too (Latin-1 `Ã©` as `é`), so it is refused.
- * Forms are not held to their label: theirs is ASCII, and the escapes in it are read as UTF-8 or
- * refused (RFC 6749 Appendix B), whatever a client library writes there by default.
+ * The first member name repeated within one object of a JSON text JSON.parse accepted, or
+ * undefined. JSON.parse keeps the last of them, which a proxy, a firewall or a log reading the
+ * first would not see (RFC 8259 §4: such names SHOULD be unique, and readers differ).
  */
-function utf8Declared (parse: FastifyBodyParser<string>): FastifyBodyParser<string> {
-  return (request, body, done) => charsetsOf(request.headers['content-type']).every((charset) => UTF8_CHARSETS.has(charset))
-    ? parse(request, body, done)
-    : done(unsupportedCharset(), undefined)
+export function repeatedJsonName (text: string): string | undefined {
+  // The names seen in each open object, innermost last; null for an array.
+  const open: Array<Set<string> | null> = []
+  let nameNext = false
+  for (let index = 0; index < text.length; index++) {
+    const char = text[index]
+    if (char === '"') {
+      let end = index + 1
+      while (text[end] !== '"') end += text[end] === '\\' ? 2 : 1
+      if (nameNext) {
+        const name = JSON.parse(text.slice(index, end + 1)) as string
+        const names = open.at(-1)!
+        if (names.has(name)) return name
+        names.add(name)
+        nameNext = false
+      }
+      index = end
+    } else if (char === '{' || char === '[') {
+      open.push(char === '{' ? new Set() : null)
+      nameNext = char === '{'
+    } else if (char === '}' || char === ']') {
+      open.pop()
+      nameNext = false
+    } else if (char === ',') {
+      nameNext = open.at(-1) instanceof Set
+    }
+  }
+  return undefined
+}
+
+/**
+ * JSON as the API takes it. It is read as UTF-8 whatever its Content-Type says, so one that says
+ * another charset, and would be misread where its bytes happen to be UTF-8 too (Latin-1 `Ã©` as
+ * `é`), is refused; and so is an object naming a member twice. Forms are not held to their label:
+ * theirs is ASCII, and the escapes in it are read as UTF-8 or refused (RFC 6749 Appendix B),
+ * whatever a client library writes there by default.
+ */
+function strictJson (parse: FastifyBodyParser<string>): FastifyBodyParser<string> {
+  return (request, body, done) => {
+    if (!charsetsOf(request.headers['content-type']).every((charset) => UTF8_CHARSETS.has(charset))) return done(unsupportedCharset(), undefined)
+    parse(request, body, (error, value) => {
+      const repeated = error ? undefined : repeatedJsonName(body)
+      if (repeated === undefined) return done(error, value)
+      const member = isPlainName(repeated) ? `"${repeated}"` : 'a member'
+      done(apiError(400, 'invalid_body', `The body names ${member} more than once; each may appear once.`), undefined)
+    })
+  }
 }
 
 /**

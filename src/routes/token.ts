@@ -8,7 +8,7 @@ import { hasPasswordLength } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import { DATABASE_UNAVAILABLE, isDatabaseUnavailable } from '../plugins/errors.ts'
 import { SIGN_IN_IP_LIMIT } from '../plugins/rate-limits.ts'
-import { utf8Body } from '../plugins/validation.ts'
+import { isPlainName, utf8Body } from '../plugins/validation.ts'
 import { REFRESH_TOKEN_MAX_LENGTH, SessionResponse } from '../schemas/common.ts'
 
 const Parameter = Type.Optional(Type.String({ maxLength: 4096 }))
@@ -83,9 +83,8 @@ const parseForm: FastifyBodyParser<string> = (_request, text, done) => {
   const form = parseQuerystring(text) as Record<string, unknown>
   const repeated = Object.keys(form).find((name) => Array.isArray(form[name]))
   if (repeated !== undefined) {
-    // Named only when the name is plain: RFC 6749 §5.2 keeps error_description to printable ASCII
-    // without " or \, and the name is the client's text.
-    const parameter = /^[\w.-]{1,64}$/.test(repeated) ? `The parameter ${repeated}` : 'A parameter'
+    // Named only when the name is plain: it is the client's text.
+    const parameter = isPlainName(repeated) ? `The parameter ${repeated}` : 'A parameter'
     return done(invalidRequest(`${parameter} is sent more than once; each may be sent once.`), undefined)
   }
   done(null, form)
