@@ -44,6 +44,10 @@ export type SessionAge = Pick<SessionTimes, 'now' | 'maxAge'>
 const pastMaxAge = (session: Pick<Session, 'createdAt'>, { now, maxAge }: SessionAge) =>
   maxAge > 0 && plus(session.createdAt, maxAge) <= now
 
+/** Whether a session has neither expired nor passed its maximum age: with no revocation, open (isOpen in SQL). */
+const isUnended = (session: Pick<Session, 'expiresAt' | 'createdAt'>, age: SessionAge) =>
+  session.expiresAt > age.now && !pastMaxAge(session, age)
+
 /**
  * Where a session's window ends after a use now: `ttl` from now, but never past `maxAge` from its
  * sign-in, so a thief who keeps refreshing a stolen session cannot keep it for ever (ASVS 3.3.2).
@@ -95,9 +99,11 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
   const isOpen = ({ now, maxAge }: SessionAge) => and(
     isNull(sessions.revokedAt), gt(sessions.expiresAt, now), maxAge > 0 ? gt(sessions.createdAt, plus(now, -maxAge)) : undefined)
 
-  // Only open sessions: one that has ended is not found, as it is not listed.
-  const revokeWhere = (condition: SQL | undefined, age: SessionAge) =>
-    db.update(sessions).set({ revokedAt: age.now }).where(and(condition, isOpen(age))).returning()
+  // Every session not yet revoked is revoked, so one past a maximum age raised later stays ended;
+  // only those that were open are reported (a DELETE of an ended one is not found, as it is not listed).
+  const revokeWhere = async (condition: SQL | undefined, age: SessionAge) =>
+    (await db.update(sessions).set({ revokedAt: age.now }).where(and(condition, isNull(sessions.revokedAt))).returning())
+      .filter((session) => isUnended(session, age))
 
   return {
     /**
@@ -214,9 +220,7 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
     /** The session and its user, if the session is neither revoked, expired nor past its maximum age. */
     async findActiveAccount (sessionId: string, age: SessionAge): Promise<{ session: Session, user: User } | undefined> {
       const [account] = await accountBySessionId.execute({ id: sessionId })
-      return account && !account.session.revokedAt && account.session.expiresAt > age.now && !pastMaxAge(account.session, age)
-        ? account
-        : undefined
+      return account && !account.session.revokedAt && isUnended(account.session, age) ? account : undefined
     },
 
     async listActive (userId: string, age: SessionAge): Promise<Session[]> {
