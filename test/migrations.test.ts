@@ -14,7 +14,7 @@ import pg from 'pg'
 import t, { type Test } from 'tap'
 import { buildApp } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
-import { MIGRATIONS_TABLE, openDatabase, pendingMigrations } from '../src/db/index.ts'
+import { MIGRATIONS_TABLE, openDatabase, pendingMigrations, unappliedMigrations } from '../src/db/index.ts'
 import { ADVISORY_LOCKS } from '../src/db/postgres/open.ts'
 import { TEST_ENV, TEST_PASSWORD, build, dbCount, freshPostgresUrl, signup } from './helper.ts'
 import { POSTGRES_URL, postgresReachable } from './services.ts'
@@ -173,6 +173,19 @@ t.test('a migration older than the newest applied but never applied (merged late
   t.same(pendingMigrations('sqlite', underOldTime), [], 'recorded under another time, known by its hash')
   const missing = sqliteMigrations.slice(1).map((migration) => ({ hash: migration.hash, created_at: migration.folderMillis }))
   t.throws(() => pendingMigrations('sqlite', missing), /^migration /, 'recorded by neither: refused, as above')
+
+  // A column added, dropped, then added again: the third migration repeats the first's SQL. A row
+  // records one migration, so the first's row does not stand for the third.
+  const journalNames = { path: 'meta/_journal.json', nameOf: String }
+  const migration = (folderMillis: number, hash: string) => ({ sql: [], bps: true, folderMillis, hash })
+  const [add, drop, addAgain] = [migration(1000, 'add'), migration(2000, 'drop'), migration(3000, 'add')]
+  const row = (time: number, hash: string) => ({ hash, created_at: String(time) })
+  t.same(unappliedMigrations([add, drop, addAgain], [row(1000, 'add'), row(2000, 'drop')], journalNames), [addAgain], 'the repeat is applied')
+  t.same(unappliedMigrations([add, drop, addAgain], [row(1000, 'add'), row(2000, 'drop'), row(3000, 'add')], journalNames), [], 'then recorded')
+  // The repeat given a later time after it was applied: its row, of a time no longer in the journal, stands for it.
+  const redated = migration(4000, 'add')
+  t.same(unappliedMigrations([add, drop, redated], [row(1000, 'add'), row(2000, 'drop'), row(3000, 'add')], journalNames), [], 're-dated, known by its hash')
+  t.same(unappliedMigrations([add, drop, redated], [row(1000, 'add'), row(2000, 'drop')], journalNames), [redated], 're-dated where it was missing: applied')
 })
 
 t.test('on SQLite a start waits for another process\'s migration of the same file, then finds it done', async (t) => {

@@ -113,27 +113,43 @@ export const MIGRATIONS_TABLE = '"__drizzle_migrations"'
 export interface AppliedMigration { hash: unknown, created_at: unknown }
 
 /**
- * The migrations to apply. One is applied when its folder time or its hash is recorded: a
- * migration given a later time, as one merged late must be (below), is known by its content to the
- * databases that applied it under the old one. One not applied and older than the newest applied
- * (a branch's migration merged after the database had moved past its time) stops the start:
- * Drizzle's rule, only those newer than the newest applied, would skip it for good.
+ * The migrations of `migrations` (in journal order) that `applied` does not record. Each row
+ * records one migration: the one of its time, else (a migration given a later time, as one merged
+ * late must be, below) one of its hash, so a later migration repeating an earlier one's SQL is
+ * still applied. One not applied and older than the newest applied (a branch's migration merged
+ * after the database had moved past its time) is refused: Drizzle's rule, only those newer than the
+ * newest applied, would skip it for good.
  */
+export function unappliedMigrations (
+  migrations: MigrationMeta[], applied: AppliedMigration[], journal: { path: string, nameOf: (time: number) => string }
+): MigrationMeta[] {
+  const times = new Set(applied.map((row) => Number(row.created_at)))
+  const journalTimes = new Set(migrations.map((migration) => migration.folderMillis))
+  const strayHashes = applied.filter((row) => !journalTimes.has(Number(row.created_at))).map((row) => row.hash)
+  const unapplied = migrations.filter((migration) => {
+    if (times.has(migration.folderMillis)) return false
+    const stray = strayHashes.indexOf(migration.hash)
+    if (stray === -1) return true
+    strayHashes.splice(stray, 1)
+    return false
+  })
+  const newest = Math.max(-Infinity, ...times)
+  const skipped = unapplied.find((migration) => migration.folderMillis <= newest)
+  if (skipped) {
+    throw new Error(`migration ${journal.nameOf(skipped.folderMillis)} was never applied, and is older than ${journal.nameOf(newest)}, which was: ` +
+      `give it a later "when" than the others in ${journal.path}, so that it is applied after them`)
+  }
+  return unapplied
+}
+
+/** The migrations of this dialect's folder still to apply (unappliedMigrations). */
 export function pendingMigrations (dialect: Dialect['name'], applied: AppliedMigration[]): MigrationMeta[] {
   const folder = join(MIGRATIONS, dialect)
-  const times = new Set(applied.map((row) => Number(row.created_at)))
-  const hashes = new Set(applied.map((row) => row.hash))
-  const newest = Math.max(-Infinity, ...times)
-  const pending = readMigrationFiles({ migrationsFolder: folder })
-    .filter((migration) => !times.has(migration.folderMillis) && !hashes.has(migration.hash))
-  const skipped = pending.find((migration) => migration.folderMillis <= newest)
-  if (skipped) {
+  const nameOf = (time: number) => {
     const journal = JSON.parse(readFileSync(join(folder, 'meta/_journal.json'), 'utf8')) as { entries: Array<{ when: number, tag: string }> }
-    const tagOf = (time: number) => journal.entries.find((entry) => entry.when === time)?.tag ?? `the migration of ${new Date(time).toISOString()}`
-    throw new Error(`migration ${tagOf(skipped.folderMillis)} was never applied, and is older than ${tagOf(newest)}, which was: ` +
-      `give it a later "when" than the others in migrations/${dialect}/meta/_journal.json, so that it is applied after them`)
+    return journal.entries.find((entry) => entry.when === time)?.tag ?? `the migration of ${new Date(time).toISOString()}`
   }
-  return pending
+  return unappliedMigrations(readMigrationFiles({ migrationsFolder: folder }), applied, { path: `migrations/${dialect}/meta/_journal.json`, nameOf })
 }
 
 /** The driver's error code, wherever Drizzle left it. */
