@@ -371,6 +371,14 @@ t.test('PostgreSQL: a transaction whose connection is lost, in its work or at it
   t.notMatch(atCommit!.message, /rollback/i, `not the failed ROLLBACK: ${atCommit!.message}`)
   t.equal(database.dialect.isUnavailable(atCommit), true, 'an outage: 503')
   t.same(await database.query('select 1 as one'), [{ one: 1 }], 'and the pool serves on')
+
+  // A failed statement whose error the work caught: the COMMIT is a rollback, and not taken for success.
+  const swallowed = await database.dialect.atomic(async (tx) => {
+    await tx.execute(sql`create table kept (id int)`)
+    await tx.execute(sql`select 1 / 0`).catch(() => {})
+  }).then(() => undefined, (error: Error) => error)
+  t.match(swallowed?.message, /^the transaction was rolled back: a statement in it failed$/)
+  t.same(await database.query("select to_regclass('kept') as kept"), [{ kept: null }], 'nothing was saved')
 })
 
 t.test('PostgreSQL: connections lost inside transactions (a failover, pg_terminate_backend) answer 503, and the process serves on', onPostgres, async (t) => {

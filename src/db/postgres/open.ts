@@ -134,7 +134,9 @@ export async function openPostgres (databaseUrl: string, options: OpenOptions = 
           await client.query('begin isolation level read committed')
           if (lock) await client.query('select pg_advisory_xact_lock($1)', [ADVISORY_LOCKS[lock]])
           const result = await work(drizzle(client) as unknown as Db)
-          await client.query('commit')
+          // PostgreSQL answers the COMMIT of a transaction a failed statement aborted with ROLLBACK,
+          // not an error: work that caught that statement's error must not pass for saved.
+          if ((await client.query('commit')).command !== 'COMMIT') throw new Error('the transaction was rolled back: a statement in it failed')
           keep()
           return result
         } catch (error) {
