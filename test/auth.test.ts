@@ -234,6 +234,7 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
     ['identity coding', 'application/json', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials', 'Identity'],
     // Latin-1 `Ã©` is valid UTF-8 too: read as UTF-8 it would be `é`, another password.
     ['a Latin-1 charset', 'application/json; charset=latin1', Buffer.from('{"email":"latin1@example.com","password":"caf\xc3\xa9 au lait!"}', 'latin1'), 415, 'unsupported_media_type'],
+    ['a Latin-1 charset, and bytes that are not UTF-8', 'application/json; charset=latin1', Buffer.from('{"email":"latin1@example.com","password":"caf\xe9 au lait!"}', 'latin1'), 415, 'unsupported_media_type'],
     ['a quoted non-UTF-8 charset', 'application/json;charset="ISO-8859-1"', '{"email":"nobody@example.com","password":"long enough!"}', 415, 'unsupported_media_type'],
     ['charset=UTF-8', 'application/json; charset=UTF-8', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials'],
     ['charset=utf8', 'application/json; charset="utf8"', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials'],

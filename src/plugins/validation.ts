@@ -27,7 +27,7 @@ async function validationPlugin (app: FastifyInstance) {
   app.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodies : textParts).compile(schema))
   app.removeContentTypeParser('application/json')
-  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, utf8Body(strictJson(app.getDefaultJsonParser('error', 'error'))))
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, declaredUtf8(utf8Body(uniqueNames(app.getDefaultJsonParser('error', 'error')))))
   app.addContentTypeParser('*', unsupportedUnlessEmpty)
   app.addHook('onRoute', (route) => {
     const takesBody = takesBodyMethod(route)
@@ -139,7 +139,9 @@ export function repeatedJsonName (text: string): string | undefined {
       let end = index + 1
       while (text[end] !== '"') end += text[end] === '\\' ? 2 : 1
       if (nameNext) {
-        const name = JSON.parse(text.slice(index, end + 1)) as string
+        // Decoded only when it holds an escape: `"\u0061"` and `"a"` name the same member.
+        const raw = text.slice(index + 1, end)
+        const name = raw.includes('\\') ? JSON.parse(text.slice(index, end + 1)) as string : raw
         const names = open.at(-1)!
         if (names.has(name)) return name
         names.add(name)
@@ -160,22 +162,25 @@ export function repeatedJsonName (text: string): string | undefined {
 }
 
 /**
- * JSON as the API takes it. It is read as UTF-8 whatever its Content-Type says, so one that says
- * another charset, and would be misread where its bytes happen to be UTF-8 too (Latin-1 `Ã©` as
- * `é`), is refused; and so is an object naming a member twice. Forms are not held to their label:
- * theirs is ASCII, and the escapes in it are read as UTF-8 or refused (RFC 6749 Appendix B),
- * whatever a client library writes there by default.
+ * JSON is read as UTF-8 whatever its Content-Type says, so JSON that says another charset, and
+ * would be misread where its bytes happen to be UTF-8 too (Latin-1 `Ã©` as `é`), is refused, before
+ * its bytes are checked. Forms are not held to their label: theirs is ASCII, and the escapes in it
+ * are read as UTF-8 or refused (RFC 6749 Appendix B), whatever a client library writes there by default.
  */
-function strictJson (parse: FastifyBodyParser<string>): FastifyBodyParser<string> {
-  return (request, body, done) => {
-    if (!charsetsOf(request.headers['content-type']).every((charset) => UTF8_CHARSETS.has(charset))) return done(unsupportedCharset(), undefined)
-    parse(request, body, (error, value) => {
-      const repeated = error ? undefined : repeatedJsonName(body)
-      if (repeated === undefined) return done(error, value)
-      const member = isPlainName(repeated) ? `"${repeated}"` : 'a member'
-      done(apiError(400, 'invalid_body', `The body names ${member} more than once; each may appear once.`), undefined)
-    })
-  }
+function declaredUtf8 (parse: FastifyBodyParser<Buffer>): FastifyBodyParser<Buffer> {
+  return (request, body, done) => body.length === 0 || charsetsOf(request.headers['content-type']).every((charset) => UTF8_CHARSETS.has(charset))
+    ? parse(request, body, done)
+    : done(unsupportedCharset(), undefined)
+}
+
+/** JSON whose objects name each member once (repeatedJsonName says why). */
+function uniqueNames (parse: FastifyBodyParser<string>): FastifyBodyParser<string> {
+  return (request, body, done) => parse(request, body, (error, value) => {
+    const repeated = error ? undefined : repeatedJsonName(body)
+    if (repeated === undefined) return done(error, value)
+    const member = isPlainName(repeated) ? `"${repeated}"` : 'a member'
+    done(apiError(400, 'invalid_body', `The body names ${member} more than once; each may appear once.`), undefined)
+  })
 }
 
 /**
