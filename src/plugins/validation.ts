@@ -129,7 +129,7 @@ export const isPlainName = (name: string) => /^[\w.-]{1,64}$/.test(name)
  * undefined. JSON.parse keeps the last of them, which a proxy, a firewall or a log reading the
  * first would not see (RFC 8259 §4: such names SHOULD be unique, and readers differ).
  */
-export function repeatedJsonName (text: string): string | undefined {
+function repeatedJsonName (text: string): string | undefined {
   // The names seen in each open object, innermost last; null for an array.
   const open: Array<Set<string> | null> = []
   let nameNext = false
