@@ -19,7 +19,7 @@ import {
 import { VERIFIED_TOKENS_CACHED, verifiedTokenCache } from '../auth/verified-tokens.ts'
 import { apiError } from '../errors.ts'
 import { accessCheck, timesSent } from './validation.ts'
-import type { Session } from '../repositories/sessions.ts'
+import { sessionAgeNow, type Session } from '../repositories/sessions.ts'
 import type { User } from '../repositories/users.ts'
 
 declare module '@fastify/jwt' {
@@ -200,7 +200,7 @@ async function authPlugin (app: FastifyInstance) {
 
   app.decorateRequest('account', null)
   app.decorate('loadAccount', accessCheck(async (request: FastifyRequest) => {
-    const account = await app.sessionsRepository.findActiveAccount(request.user.sid, { now: new Date(), maxAge: app.config.sessionMaxAge })
+    const account = await app.sessionsRepository.findActiveAccount(request.user.sid, sessionAgeNow(app.config.sessionMaxAge))
     if (!account || account.user.disabled || account.user.id !== request.user.id) {
       throw sessionEnded()
     }

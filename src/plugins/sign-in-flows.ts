@@ -5,7 +5,7 @@ import { dummyVerify, hashPassword, needsRehash, prepareDummyVerify, verifyPassw
 import { apiError } from '../errors.ts'
 import { checkPasswordLimited } from './rate-limits.ts'
 import { boundedIp, stillWaiting } from '../request-client.ts'
-import type { Session } from '../repositories/sessions.ts'
+import { sessionAgeNow, type Session } from '../repositories/sessions.ts'
 import type { User } from '../repositories/users.ts'
 import { presentUser, type SessionResponse } from '../schemas/common.ts'
 
@@ -117,7 +117,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
       // Roles and the disabled flag are read again, so changes take effect at the next refresh.
       const user = await app.usersRepository.findById(rotation.session.userId)
       if (!user || user.disabled) {
-        await app.sessionsRepository.revoke(rotation.session.id, rotation.session.userId, { now: new Date(), maxAge })
+        await app.sessionsRepository.revoke(rotation.session.id, rotation.session.userId, sessionAgeNow(maxAge))
         throw invalidRefreshToken()
       }
       return respond(user, rotation.session, rotation.refreshToken)

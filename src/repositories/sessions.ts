@@ -39,6 +39,8 @@ const plus = (at: Date, seconds: number) => new Date(at.getTime() + seconds * 10
 
 /** What ends a session besides its revocation and its sliding end: its maximum age, as configured now. */
 export type SessionAge = Pick<SessionTimes, 'now' | 'maxAge'>
+/** A session's age rules now, for SESSION_MAX_AGE (`maxAge`, in seconds; 0 for none). */
+export const sessionAgeNow = (maxAge: number): SessionAge => ({ now: new Date(), maxAge })
 
 /** Older than SESSION_MAX_AGE as configured now, so a lowered value ends older sessions too. */
 const pastMaxAge = (session: Pick<Session, 'createdAt'>, { now, maxAge }: SessionAge) =>
@@ -227,17 +229,17 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
       return db.select().from(sessions).where(and(eq(sessions.userId, userId), isOpen(age))).orderBy(desc(sessions.lastUsedAt))
     },
 
-    /** Revokes one open session of this user; false when it is not theirs or has ended. */
+    /** Revokes one session of this user; false when it is not theirs or was not open (an ended one is revoked all the same). */
     async revoke (sessionId: string, userId: string, age: SessionAge): Promise<boolean> {
       return (await revokeWhere(and(eq(sessions.id, sessionId), eq(sessions.userId, userId)), age)).length > 0
     },
 
-    /** Revokes every open session of the user; returns how many. */
+    /** Revokes every session of the user not yet revoked; returns how many were open. */
     async revokeAllForUser (userId: string, age: SessionAge): Promise<number> {
       return (await revokeWhere(eq(sessions.userId, userId), age)).length
     },
 
-    /** Revokes the open session a refresh token belongs to (logout without an access token). */
+    /** Revokes the session a refresh token belongs to (logout without an access token); returns it if it was open. */
     async revokeByRefreshToken (presented: string, age: SessionAge): Promise<Session | undefined> {
       const [found] = await db.select({ sessionId: refreshTokens.sessionId }).from(refreshTokens)
         .where(eq(refreshTokens.tokenHash, hashRefreshToken(presented)))

@@ -10,7 +10,7 @@ import { accountGone, accountOf, sessionEnded } from '../plugins/auth.ts'
 import { SIGN_IN_IP_LIMIT, checkPasswordLimited } from '../plugins/rate-limits.ts'
 import { noStore } from '../plugins/security.ts'
 import { stillWaiting } from '../request-client.ts'
-import { MAX_OPEN_SESSIONS } from '../repositories/sessions.ts'
+import { MAX_OPEN_SESSIONS, sessionAgeNow } from '../repositories/sessions.ts'
 import { Email, ErrorResponse, Name, NewPassword, REFRESH_TOKEN_MAX_LENGTH, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
 import sessionRoutes from './sessions.ts'
 import tokenRoutes from './token.ts'
@@ -112,7 +112,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       }
     }
   }, async (request, reply) => {
-    const age = { now: new Date(), maxAge: app.config.sessionMaxAge }
+    const age = sessionAgeNow(app.config.sessionMaxAge)
     const body = request.body
     if (body.refresh_token && body.scope) {
       throw apiError(400, 'validation_error', 'body: send scope with a bearer token, or refresh_token alone, not both')

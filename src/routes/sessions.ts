@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { apiError } from '../errors.ts'
 import { accountOf } from '../plugins/auth.ts'
-import { MAX_OPEN_SESSIONS } from '../repositories/sessions.ts'
+import { MAX_OPEN_SESSIONS, sessionAgeNow } from '../repositories/sessions.ts'
 import { ErrorResponse, Timestamp, Uuid } from '../schemas/common.ts'
 
 const SessionView = Type.Object({
@@ -25,7 +25,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request) => {
     const { user, session: current } = accountOf(request)
-    const sessions = await app.sessionsRepository.listActive(user.id, { now: new Date(), maxAge: app.config.sessionMaxAge })
+    const sessions = await app.sessionsRepository.listActive(user.id, sessionAgeNow(app.config.sessionMaxAge))
     return sessions.map((session) => ({
       id: session.id,
       created_at: session.createdAt.toISOString(),
@@ -47,7 +47,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const { user } = accountOf(request)
     // Another user's session answers 404 like an unknown one: ids are not confirmed to strangers.
-    if (!await app.sessionsRepository.revoke(request.params.id, user.id, { now: new Date(), maxAge: app.config.sessionMaxAge })) {
+    if (!await app.sessionsRepository.revoke(request.params.id, user.id, sessionAgeNow(app.config.sessionMaxAge))) {
       throw apiError(404, 'not_found', 'No such session.')
     }
     request.log.info({ event: 'session_revoked', userId: user.id, sessionId: request.params.id, reason: 'user' }, 'session revoked')
