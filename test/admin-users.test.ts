@@ -8,7 +8,7 @@ import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
 import { ADVISORY_LOCKS } from '../src/db/postgres/open.ts'
-import { TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, type SessionBody, before, bearer, build, freshPostgresUrl, dbAll, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
+import { TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, type SessionBody, appWithLog, before, bearer, build, freshPostgresUrl, dbAll, dbCount, dbGet, dbRun, logLines, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
 
 const FORBIDDEN_CHALLENGE = 'Bearer realm="gatehouse", error="insufficient_scope"'
 const ADMIN_USER_KEYS = ['created_at', 'disabled', 'email', 'id', 'name', 'roles', 'updated_at']
@@ -576,9 +576,11 @@ t.test('ADMIN_EMAIL and ADMIN_PASSWORD bootstrap the first admin', async (t) => 
     t.same((await enabledAdmins(first)).length, 1)
     await first.close()
 
-    const second = await build(t, { DATABASE_URL: databaseUrl, ADMIN_EMAIL: 'second@example.com', ADMIN_PASSWORD: adminPassword })
+    const { app: second, log } = await appWithLog(t, { LOG_LEVEL: 'info', DATABASE_URL: databaseUrl, ADMIN_EMAIL: 'second@example.com', ADMIN_PASSWORD: adminPassword })
     const emails = (await dbAll(second, 'select email from users') as Array<{ email: string }>).map((row) => row.email)
     t.same(emails, ['first@example.com'], 'no second admin')
+    t.match(logLines(log.text).find((line) => line.event === 'admin_bootstrap_skipped'),
+      { level: 30, msg: 'ADMIN_EMAIL is not used: an enabled admin exists' }, 'and the log says why')
     t.equal((await login(second, 'second@example.com', adminPassword)).statusCode, 401)
     await dbRun(second, 'update users set disabled = ?', true)
     await second.close()
@@ -595,9 +597,13 @@ t.test('ADMIN_EMAIL and ADMIN_PASSWORD bootstrap the first admin', async (t) => 
     await (await buildApp(loadConfig({ ...TEST_ENV, DATABASE_URL: databaseUrl }))).close()
     for (let round = 0; round < 3; round++) {
       const emails = ['a', 'b', 'c'].map((name) => `${name}${round}@example.com`)
-      const apps = await Promise.all(emails.map((email) => build(t, { DATABASE_URL: databaseUrl, ADMIN_EMAIL: email, ADMIN_PASSWORD: adminPassword })))
+      const started = await Promise.all(emails.map((email) => appWithLog(t, { LOG_LEVEL: 'info', DATABASE_URL: databaseUrl, ADMIN_EMAIL: email, ADMIN_PASSWORD: adminPassword })))
+      const apps = started.map(({ app }) => app)
       const admins = await enabledAdmins(apps[0]!)
       t.equal(admins.length, 1, `round ${round}: one admin`)
+      const events = started.map(({ log }) => logLines(log.text).map((line) => line.event).filter((event) => event?.startsWith('admin_')))
+      t.same(events.map((ofOne) => ofOne.join(' ')).sort(), ['admin_bootstrap_skipped', 'admin_bootstrap_skipped', 'admin_bootstrapped'],
+        'the instance that made it says so, and each other one that an admin exists')
       t.ok(emails.includes(String((await dbGet(apps[0]!, 'select email from users where id = ?', admins[0]))!.email)), 'made from one of the ADMIN_EMAILs')
       t.equal(await dbCount(apps[0]!, 'select count(*) as n from users'), 1, 'and no other account')
       for (const app of apps) await app.close()

@@ -1,5 +1,6 @@
 import { createHmac, randomBytes, randomUUID } from 'node:crypto'
 import { connect } from 'node:net'
+import { PassThrough } from 'node:stream'
 import pg from 'pg'
 import tap, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
@@ -64,6 +65,21 @@ export async function build (t: Test, env: Record<string, string> = {}): Promise
   await app.ready()
   return app
 }
+
+/** A ready app whose JSON log lines are kept: `log.text` is everything written so far. */
+export async function appWithLog (t: Test, env: Record<string, string>) {
+  const log = { text: '' }
+  const stream = new PassThrough()
+  stream.on('data', (chunk) => { log.text += chunk })
+  const app = await buildApp(loadConfig({ ...TEST_ENV, ...env }), { logStream: stream })
+  t.teardown(() => app.close())
+  await app.ready()
+  return { app, log }
+}
+
+export type LogLine = Record<string, any>
+/** The JSON lines of a log's text. */
+export const logLines = (text: string): LogLine[] => text.split('\n').filter(Boolean).map((line) => JSON.parse(line))
 
 type Row = Record<string, unknown>
 const onPostgres = (app: App) => app.database.dialect.name === 'postgres'

@@ -1,38 +1,21 @@
 import type { LightMyRequestResponse } from 'fastify'
 import { connect } from 'node:net'
 import { join } from 'node:path'
-import { PassThrough } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import { hash } from '@node-rs/argon2'
-import { buildApp, serializeError } from '../src/app.ts'
+import { serializeError } from '../src/app.ts'
 import { HASH_OPTIONS, HASH_SLOTS } from '../src/auth/passwords.ts'
-import { loadConfig } from '../src/config.ts'
 import { startupProblem } from '../src/errors.ts'
 import { MAX_OPEN_SESSIONS } from '../src/repositories/sessions.ts'
 import {
-  TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, before, bearer, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, insertSession, signup, signupWithRoles, tokenPayload, uniqueEmail
+  TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, appWithLog, before, bearer, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, insertSession, logLines, signup, signupWithRoles, tokenPayload, uniqueEmail, type LogLine
 } from './helper.ts'
 import { POSTGRES_URL, postgresReachable } from './services.ts'
 
-/** A ready app whose JSON log lines are kept: `log.text` is everything written so far. */
-async function appWithLog (t: Test, env: Record<string, string>) {
-  const log = { text: '' }
-  const stream = new PassThrough()
-  stream.on('data', (chunk) => { log.text += chunk })
-  const app = await buildApp(loadConfig({ ...TEST_ENV, ...env }), { logStream: stream })
-  t.teardown(() => app.close())
-  await app.ready()
-  return { app, log }
-}
-
-type Line = Record<string, any>
 /** A request id: a UUID, unique across instances and restarts. */
 const REQUEST_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 const WRONG_PASSWORD = 'wrong password!'
-
-/** The JSON lines of a log's text. */
-const logLines = (text: string): Line[] => text.split('\n').filter(Boolean).map((line) => JSON.parse(line))
 
 /**
  * The suite's database for a test of stored state: PostgreSQL (emptied) when TEST_DATABASE_URL is
@@ -45,14 +28,14 @@ function assertNoSecrets (t: Test, text: string, secrets: string[]) {
 }
 
 /** The security event lines, in order, each cut down to the fields `expected` names: exact, and undefined for absent. */
-function assertEvents (t: Test, lines: Line[], expected: Line[], message: string) {
+function assertEvents (t: Test, lines: LogLine[], expected: LogLine[], message: string) {
   const events = lines.filter((line) => line.event !== undefined)
   const cut = events.map((line, index) => expected[index] ? Object.fromEntries(Object.keys(expected[index]).map((key) => [key, line[key]])) : line)
   t.same(cut, expected, message)
 }
 
 /** Sends one request and checks the security events it logged, each carrying that request's id. */
-async function expectEvents (t: Test, log: { text: string }, send: () => Promise<LightMyRequestResponse>, expected: Line[]) {
+async function expectEvents (t: Test, log: { text: string }, send: () => Promise<LightMyRequestResponse>, expected: LogLine[]) {
   const from = log.text.length
   const response = await send()
   const lines = logLines(log.text.slice(from))
@@ -226,7 +209,8 @@ t.test('the admin made from ADMIN_EMAIL at start-up is logged once, with no requ
   await first.app.close()
 
   const restarted = await appWithLog(t, env)
-  t.same(logLines(restarted.log.text).filter((line) => line.event !== undefined || line.level >= 40), [], 'a restart finds the admin: no event, no warning')
+  assertEvents(t, logLines(restarted.log.text), [{ level: 30, event: 'admin_bootstrap_skipped', reqId: undefined }], 'a restart finds the admin and says so')
+  t.same(logLines(restarted.log.text).filter((line) => line.level >= 40), [], 'with no warning')
 })
 
 t.test('ADMIN_EMAIL of an existing account is not promoted, and the operator is warned', async (t) => {

@@ -9,7 +9,11 @@ import { registerUser } from '../auth/registration.ts'
  */
 async function bootstrapAdminPlugin (app: FastifyInstance) {
   const { admin } = app.config
-  if (!admin || await app.usersRepository.hasEnabledAdmin()) return
+  if (!admin) return
+  // Said at every start that sets ADMIN_EMAIL, so an operator who set it on a running deployment
+  // learns why no account was made.
+  const adminExists = () => app.log.info({ event: 'admin_bootstrap_skipped' }, 'ADMIN_EMAIL is not used: an enabled admin exists')
+  if (await app.usersRepository.hasEnabledAdmin()) return adminExists()
   const firstAdmin = { create: app.usersRepository.createFirstAdmin.bind(app.usersRepository) }
   const registration = await registerUser(firstAdmin, { ...admin, roles: ['admin'] })
   switch (registration.outcome) {
@@ -23,10 +27,9 @@ async function bootstrapAdminPlugin (app: FastifyInstance) {
       throw new Error(`ADMIN_PASSWORD is refused: ${registration.message}`)
     case 'email_taken':
       // Or not created: another instance starting at the same moment made an admin first (this
-      // very one, or one of its own ADMIN_EMAIL), and then there is nothing to say.
-      if (!await app.usersRepository.hasEnabledAdmin()) {
-        app.log.warn('ADMIN_EMAIL belongs to an existing account, which is not promoted: create the first admin with another email (ADMIN_EMAIL or `npm run user:create`), who can then give this account roles (PATCH /admin/users/{id})')
-      }
+      // very one, or one of its own ADMIN_EMAIL).
+      if (await app.usersRepository.hasEnabledAdmin()) return adminExists()
+      app.log.warn('ADMIN_EMAIL belongs to an existing account, which is not promoted: create the first admin with another email (ADMIN_EMAIL or `npm run user:create`), who can then give this account roles (PATCH /admin/users/{id})')
   }
 }
 
