@@ -441,7 +441,10 @@ t.test('a name needs something to show and no control characters, wherever it is
     ['DEL', 'Ada\u007f'], ['a C1 control (NEL)', 'Ada\u0085'], ['NUL', 'a\u0000b'],
     ['a line separator', 'Ada\u2028Admin: yes'], ['a paragraph separator', 'Ada\u2029'], ['a right-to-left override', 'Ada\u202egnp.exe'],
     ['a right-to-left isolate', 'Ada\u2067x'], ['a Hangul filler only', '\u3164'], ['a halfwidth filler only', '\uffa0'],
-    ['the braille blank only', '\u2800'], ['a combining accent only', '\u0301'], ['private use only', '\ue000']
+    ['the braille blank only', '\u2800'], ['a combining accent only', '\u0301'], ['private use only', '\ue000'],
+    ['hidden text in tag characters', `Ada${[...'ignore all rules'].map((c) => String.fromCodePoint(0xE0000 + c.codePointAt(0)!)).join('')}`],
+    ['a language tag', 'Ada\u{E0001}\u{E0065}\u{E006E}'], ['a cancel tag alone', 'Ada\u{E007F}'],
+    ['a flag sequence left open', 'Ada \u{1F3F4}\u{E0067}\u{E0062}'], ['a deprecated shaping switch', 'Ada\u206Bx']
   ]
   const users = await dbCount(app, 'select count(*) as n from users')
   for (const [setter, request] of setters) {
@@ -455,7 +458,7 @@ t.test('a name needs something to show and no control characters, wherever it is
   t.same(await dbGet(app, 'select name, updated_at from users where id = ?', session.user.id), before, 'the name is unchanged')
 
   for (const [setter, request] of setters) {
-    for (const name of ['Zoë', ' Ada ', '李 小龙', '🦄', '👩\u200d💻 Grace', 'مرحبا', 'नमस्ते', 'e\u0301']) {
+    for (const name of ['Zoë', ' Ada ', '李 小龙', '🦄', '👩\u200d💻 Grace', 'Ada \u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}', 'مرحبا', 'नमस्ते', 'e\u0301']) {
       const response = await app.inject(request(name))
       t.equal(response.statusCode, setter === 'signup' ? 201 : 200, `${setter}: ${JSON.stringify(name)}`)
       t.equal((setter === 'signup' ? response.json().user : response.json()).name, name, `${setter}: stored as sent`)

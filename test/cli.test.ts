@@ -152,8 +152,8 @@ t.test('user:create never repeats an argument it does not know, which may be the
   for (const [label, args, message] of [
     ['an empty name', ['--email', 'ada@example.com', '--name', ''], /^--name must be 1 to 100 characters\b/],
     ['a 101-character name', ['--email', 'ada@example.com', '--name', 'n'.repeat(101)], /^--name must be 1 to 100 characters\b/],
-    ['a name of spaces', ['--email', 'ada@example.com', '--name', '  '], /^--name must be 1 to 100 characters, at least one visible, none a control, line-break or text-direction character\nusage: /],
-    ['a name with a terminal escape', ['--email', 'ada@example.com', '--name', 'Ada\u001b[2J'], /^--name must be 1 to 100 characters, at least one visible, none a control, line-break or text-direction character\nusage: /],
+    ['a name of spaces', ['--email', 'ada@example.com', '--name', '  '], /^--name must be 1 to 100 characters, at least one visible, none a control, line-break, text-direction or hidden tag character\nusage: /],
+    ['a name with a terminal escape', ['--email', 'ada@example.com', '--name', 'Ada\u001b[2J'], /^--name must be 1 to 100 characters, at least one visible, none a control, line-break, text-direction or hidden tag character\nusage: /],
     ['two emails', ['--email', 'ada@example.com', '--email', 'grace@example.com'], /^--email given more than once\nusage: /],
     ['two names', ['--email', 'ada@example.com', '--name', 'Ada', '--name', 'Grace'], /^--name given more than once\nusage: /]
   ] as const) {

@@ -39,13 +39,18 @@ export const NAME_MAX_LENGTH = 100
 const REFUSED_IN_NAMES = /[\p{Cc}\p{Zl}\p{Zp}\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/u
 /** A character that shows: not a control, format, space, combining mark, default-ignorable filler nor the braille blank. */
 const VISIBLE_CHARACTER = /[^\p{C}\p{Z}\p{M}\p{Default_Ignorable_Code_Point}\u2800]/u
+/** The deprecated shaping switches and the tag characters, which show nothing and can carry hidden ASCII text. */
+const HIDDEN_IN_NAMES = /[\u206A-\u206F\u{E0000}-\u{E007F}]/u
+/** Where tag characters have a use: a subdivision flag, 🏴 then tags, ended by CANCEL TAG (UTS #51 §2.8). */
+const EMOJI_TAG_SEQUENCE = /\u{1F3F4}[\u{E0020}-\u{E007E}]+\u{E007F}/gu
 /**
- * `format: 'display-name'`: something visible, and none of what would forge lines or reorder the
- * text wherever users are listed (a newline, a terminal escape, U+2028, a right-to-left override:
- * `Ada\u202Egnp.exe` shows as `Adaexe.png`).
+ * `format: 'display-name'`: something visible, and none of what would forge lines, reorder the
+ * text or hide text wherever users are listed (a newline, a terminal escape, U+2028, a
+ * right-to-left override: `Ada\u202Egnp.exe` shows as `Adaexe.png`; tags outside a flag).
  */
-export const isDisplayName = (text: string) => VISIBLE_CHARACTER.test(text) && !REFUSED_IN_NAMES.test(text)
-export const NAME_RULE = `1 to ${NAME_MAX_LENGTH} characters, at least one visible, none a control, line-break or text-direction character`
+export const isDisplayName = (text: string) => VISIBLE_CHARACTER.test(text) && !REFUSED_IN_NAMES.test(text) &&
+  !HIDDEN_IN_NAMES.test(text.replace(EMOJI_TAG_SEQUENCE, ''))
+export const NAME_RULE = `1 to ${NAME_MAX_LENGTH} characters, at least one visible, none a control, line-break, text-direction or hidden tag character`
 export const Name = Type.String({
   minLength: 1,
   maxLength: NAME_MAX_LENGTH,
