@@ -799,6 +799,11 @@ t.test('GET /videos and /videos/member list newest first', async (t) => {
   t.same(free.map((video) => video.title), ['free third', 'free second', 'free first'])
   const member = (await app.inject({ url: '/videos/member', headers: bearer(developer.access_token) })).json() as Array<{ title: string }>
   t.same(member.map((video) => video.title), ['member third', 'member second', 'member first'])
+
+  // Published at the same moment (db:seed does): by id, the same on every database.
+  await dbRun(app, 'update videos set created_at = ?', new Date())
+  const tied = (await app.inject({ url: '/videos' })).json() as Array<{ id: string }>
+  t.same(tied.map((video) => video.id), tied.map((video) => video.id).sort().reverse(), 'then by id')
 })
 
 t.test('PATCH /videos/:id changes author and url too, and keeps created_at', async (t) => {
@@ -828,11 +833,13 @@ t.test('PATCH /videos/:id changes author and url too, and keeps created_at', asy
     { author: 'Grace', url: 'https://videos.example.com/intro-v2.mp4', created_at: Date.parse(created.created_at) })
 })
 
-t.test('GET /clothes is by name, then id', async (t) => {
+t.test('GET /clothes is by name, ASCII letters of either case alike, then by code point, then id, on every database', async (t) => {
   const app = await build(t)
   const admin = await signupWithRoles(app, ['user', 'admin'])
+  // A database whose locale orders text otherwise (en_US: `apple` before `Zebra`, `Äpfel` first).
+  if (app.database.dialect.name === 'postgres') await dbRun(app, 'alter table clothes alter column name type text collate "en-x-icu"')
   // Inserted out of order, so neither insertion order nor the random ids can pass for name order.
-  const names = ['Tee', 'Cap', 'Socks', 'Hoodie', 'Beanie', 'Scarf', 'Cap', 'Cap', 'Cap', 'Cap']
+  const names = ['Tee', 'zebra', 'Cap', 'Socks', 'Äpfel', 'hoodie', 'Beanie', 'Scarf', 'Cap', 'cap', 'Zebra', 'Cap', 'Cap', 'Cap']
   const ids: Record<string, string[]> = {}
   for (const name of names) {
     const response = await app.inject({ method: 'POST', url: '/clothes', headers: bearer(admin.access_token), payload: { name, price: 100 } })
@@ -840,7 +847,8 @@ t.test('GET /clothes is by name, then id', async (t) => {
     ;(ids[name] ??= []).push(response.json().id)
   }
   const list = (await app.inject({ url: '/clothes', headers: bearer(admin.access_token) })).json() as Array<{ id: string, name: string }>
-  t.same(list.map((item) => item.name), [...names].sort(), 'by name')
+  t.same(list.map((item) => item.name),
+    ['Beanie', 'Cap', 'Cap', 'Cap', 'Cap', 'Cap', 'cap', 'hoodie', 'Scarf', 'Socks', 'Tee', 'Zebra', 'zebra', 'Äpfel'], 'by name')
   t.same(list.filter((item) => item.name === 'Cap').map((item) => item.id), [...ids.Cap!].sort(), 'one name: by id')
 })
 

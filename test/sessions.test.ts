@@ -474,6 +474,10 @@ t.test('GET /auth/sessions lists unexpired sessions only, most recently used fir
   await dbRun(app, 'update sessions set expires_at = ? where id = ?', new Date(now - 1000), sid(third))
   const after = await app.inject({ url: '/auth/sessions', headers: bearer(first.access_token) })
   t.same(after.json().map((session: { id: string }) => session.id), [sid(second), sid(first)], 'an expired session is not active')
+
+  await dbRun(app, 'update sessions set last_used_at = ?', new Date(now - 1000))
+  const tied = await app.inject({ url: '/auth/sessions', headers: bearer(first.access_token) })
+  t.same(tied.json().map((session: { id: string }) => session.id), [sid(first), sid(second)].sort().reverse(), 'used at the same moment: by id, the same on every database')
 })
 
 t.test('a refresh marks its session used: GET /auth/sessions lists it first, with the refresh as its last use', async (t) => {

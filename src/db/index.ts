@@ -68,6 +68,11 @@ export interface Dialect {
   hasRole (roles: Column, role: string): SQL
   /** `text` contains `part` literally (no LIKE wildcards). */
   contains (text: Column, part: string): SQL
+  /**
+   * `text` ordered alike on both databases: ASCII letters without their case, then by code point
+   * (SQLite's own order; PostgreSQL's would follow the database's locale, often en_US).
+   */
+  textOrder (text: Column): SQL[]
   isUniqueViolation (error: unknown): boolean
   /** A row points at one that no longer exists (e.g. a deleted user). */
   isForeignKeyViolation (error: unknown): boolean

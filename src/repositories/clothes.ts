@@ -12,9 +12,9 @@ export interface ClothingFields {
   price: number
 }
 
-export function createClothingRepository ({ db, tables: { clothes } }: Database) {
+export function createClothingRepository ({ db, tables: { clothes }, dialect }: Database) {
   // Built and prepared once, not per request.
-  const catalogue = db.select().from(clothes).orderBy(asc(clothes.name), asc(clothes.id)).prepare('clothes_all')
+  const catalogue = db.select().from(clothes).orderBy(...dialect.textOrder(clothes.name), asc(clothes.id)).prepare('clothes_all')
 
   return {
     async list (): Promise<Clothing[]> {

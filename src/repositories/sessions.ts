@@ -226,7 +226,7 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
     },
 
     async listActive (userId: string, age: SessionAge): Promise<Session[]> {
-      return db.select().from(sessions).where(and(eq(sessions.userId, userId), isOpen(age))).orderBy(desc(sessions.lastUsedAt))
+      return db.select().from(sessions).where(and(eq(sessions.userId, userId), isOpen(age))).orderBy(desc(sessions.lastUsedAt), desc(sessions.id))
     },
 
     /** Revokes one session of this user; false when it is not theirs or was not open (an ended one is revoked all the same). */

@@ -15,7 +15,7 @@ export interface VideoFields {
 export function createVideoRepository ({ db, tables: { videos }, dialect }: Database) {
   // The two lists, built and prepared once, not per request.
   const listed = (memberOnly: boolean) => db.select().from(videos)
-    .where(eq(videos.isMemberOnly, memberOnly)).orderBy(desc(videos.createdAt))
+    .where(eq(videos.isMemberOnly, memberOnly)).orderBy(desc(videos.createdAt), desc(videos.id))
     .prepare(memberOnly ? 'videos_member_only' : 'videos_free')
   const lists = { free: listed(false), memberOnly: listed(true) }
 

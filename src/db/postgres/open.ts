@@ -149,6 +149,8 @@ export async function openPostgres (databaseUrl: string, options: OpenOptions = 
       forUpdate: (query, options) => query.for('update', options) as typeof query,
       hasRole: (roles, role) => sql`${roles} @> ${JSON.stringify([role])}::jsonb`,
       contains: (text, part) => sql`strpos(${text}, ${part}) > 0`,
+      // lower() under the "C" collation folds ASCII letters only, as SQLite's does.
+      textOrder: (text) => [sql`lower(${text} collate "C")`, sql`${text} collate "C"`],
       isUniqueViolation: (error) => errorCode(error) === '23505',
       isForeignKeyViolation: (error) => errorCode(error) === '23503',
       isUnavailable: (error) => {
