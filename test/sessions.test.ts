@@ -100,6 +100,24 @@ t.test('revoked sessions take no place under the cap, even the most recently use
     'the revoked ones keep their revocation time')
 })
 
+t.test('sessions past SESSION_MAX_AGE take no place under the cap either', async (t) => {
+  const app = await build(t, { SESSION_MAX_AGE: String(2 * 86_400) })
+  const first = await signup(app)
+  const userId = first.user.id
+  const now = Date.now()
+  // One short of the cap with the signup's (signed in a day ago), and five used after all of them
+  // but signed in three days ago: ended by the maximum age, as a lowered SESSION_MAX_AGE leaves them.
+  for (let index = 2; index < MAX_OPEN_SESSIONS; index++) await insertSession(app, userId, { lastUsedAt: now - index * 60_000 }, 'live')
+  for (let index = 0; index < 5; index++) await insertSession(app, userId, { lastUsedAt: now + 5_000 }, 'aged')
+  await dbRun(app, "update sessions set created_at = ? where user_agent = 'aged'", new Date(now - 3 * 86_400_000))
+
+  await login(app, first.user.email)
+  t.equal(await dbCount(app, "select count(*) as n from sessions where user_id = ? and user_agent = 'live' and revoked_at is null", userId), MAX_OPEN_SESSIONS - 2,
+    'no open session was displaced by the ended ones')
+  const listed = await app.inject({ url: '/auth/sessions', headers: bearer(first.access_token) })
+  t.equal(listed.json().length, MAX_OPEN_SESSIONS, 'the cap\'s worth of open sessions, the new one among them')
+})
+
 // Only PostgreSQL lets a sign-in wait on a row another transaction holds; SQLite runs one writer at a time.
 if (TEST_DATABASE_URL) {
   t.test('a session refreshed while the cap waits for its row keeps its place', async (t) => {

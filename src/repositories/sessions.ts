@@ -136,8 +136,8 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
         }).returning()
         // Under the user's row lock: sign-ins of one user decide this one after another. The new
         // session is always kept (another's last use may be as late as this sign-in's now); of the
-        // others still open and unexpired, the most recently used (ties by id) fill the rest.
-        const others = and(eq(sessions.userId, input.userId), ne(sessions.id, session!.id), isNull(sessions.revokedAt), gt(sessions.expiresAt, times.now))
+        // others still open, the most recently used (ties by id) fill the rest.
+        const others = and(eq(sessions.userId, input.userId), ne(sessions.id, session!.id), isOpen(times))
         const [lastKept] = await tx.select({ id: sessions.id, lastUsedAt: sessions.lastUsedAt }).from(sessions).where(others)
           .orderBy(desc(sessions.lastUsedAt), desc(sessions.id)).limit(1).offset(MAX_OPEN_SESSIONS - 2)
         // Those used before the last one kept go, a condition on each row's own columns: PostgreSQL
@@ -186,7 +186,7 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
         if (!session) return { outcome: 'invalid' }
         const [token] = await tx.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, tokenHash))
         if (!token) return { outcome: 'invalid' }
-        if (session.revokedAt || session.expiresAt <= now || token.expiresAt <= now || pastMaxAge(session, rules)) return { outcome: 'invalid' }
+        if (session.revokedAt || !isUnended(session, rules) || token.expiresAt <= now) return { outcome: 'invalid' }
         const revokeSession = async (outcome: 'superseded' | 'reused'): Promise<Rotation> => {
           await tx.update(sessions).set({ revokedAt: now }).where(eq(sessions.id, session.id))
           return { outcome, session }

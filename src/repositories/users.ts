@@ -88,10 +88,11 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
   }
 
   /**
-   * The roles of a user whose session is still open and who is still enabled, read inside a
+   * The roles of a user whose session is not revoked and who is still enabled, read inside a
    * write's transaction: a sign-out, disable, demotion or delete (the last three revoke the
-   * sessions) that committed after the request's own check ends its right to act, as it would for
-   * a request sent after. Undefined when it has ended.
+   * sessions) that committed after the request's own check (loadAccount, which also judged the
+   * session's expiry) ends its right to act, as it would for a request sent after. Undefined when
+   * it has ended.
    */
   const liveAccountRoles = async (tx: Db, userId: string, sessionId: string) => {
     const [account] = await tx.select({ roles: users.roles }).from(sessions).innerJoin(users, eq(users.id, sessions.userId))
