@@ -15,9 +15,11 @@ import type * as sqliteSchema from './sqlite/schema.ts'
  * what the repositories do (select, insert/update/delete … returning, joins, awaited), so the
  * repositories are written once, typed against the PostgreSQL tables, and SQLite's tables stand in
  * for them at run time. What differs between the dialects is in `Dialect` below, implemented by
- * sqlite/open.ts and postgres/open.ts, and nowhere else.
+ * sqlite/open.ts and postgres/open.ts, and nowhere else. No builder is given the schema, so Drizzle's
+ * relational queries (`db.query.users`) are neither typed nor there: a transaction's builder,
+ * made per transaction on PostgreSQL, would lack them.
  */
-export type Db = NodePgDatabase<typeof postgresSchema>
+export type Db = NodePgDatabase
 export type Tables = typeof postgresSchema
 type Column = PgColumn
 

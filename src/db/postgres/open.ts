@@ -101,7 +101,7 @@ export async function openPostgres (databaseUrl: string, options: OpenOptions = 
   })
   // An idle client losing its connection must not crash the process; the next query reports it.
   pool.on('error', () => {})
-  const db = drizzle(pool, { schema: postgresSchema })
+  const db = drizzle(pool)
   return {
     db,
     tables: postgresSchema,

@@ -132,7 +132,7 @@ export function openSqlite (databaseUrl: string): Database {
     // Before migrating, which takes the write lock even when nothing is pending.
     refuseReadOnly(sqlite)
     migrateSqlite(sqlite)
-    const drizzleDb = drizzle(sqlite, { schema: sqliteSchema })
+    const drizzleDb = drizzle(sqlite)
     const probe = sqlite.prepare("select 1 from sqlite_schema where type = 'table' and name = 'users'").pluck()
     let queue: Promise<unknown> = Promise.resolve()
     const inTurn = <T>(call: () => Promise<T>): Promise<T> => {
