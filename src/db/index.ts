@@ -58,7 +58,9 @@ export interface Dialect {
   /**
    * Runs `work` as one transaction that no other writer interleaves with: on SQLite an immediate
    * transaction (the database's single writer lock), on PostgreSQL a transaction in which
-   * `forUpdate` locks rows and `lock` takes a transaction-scoped advisory lock.
+   * `forUpdate` locks rows and `lock` takes a transaction-scoped advisory lock. `work` lets a
+   * failed statement's error through (it may map it to another error): PostgreSQL aborts the
+   * transaction there, and its `atomic` then throws, where SQLite would commit the other writes.
    */
   atomic<T> (work: (tx: Db) => Promise<T>, lock?: AtomicLock): Promise<T>
   /**
@@ -109,10 +111,10 @@ export function requireUsersTable (present: unknown): void {
 export const MIGRATIONS = join(dirname(fileURLToPath(import.meta.url)), '../../migrations')
 
 /**
- * Drizzle's migration bookkeeping, kept so databases migrated by Drizzle's own migrator carry on:
- * a `__drizzle_migrations` table (each applied migration's hash and folder time) and its rule,
- * apply those newer than the newest recorded. Each dialect applies them in one transaction that
- * holds a lock across this read (sqlite/open.ts, postgres/open.ts), which Drizzle's migrator does not.
+ * Drizzle's migration bookkeeping table (each applied migration's hash and folder time), kept so
+ * databases migrated by Drizzle's own migrator carry on; `unappliedMigrations` decides what it
+ * records as applied. Each dialect applies them in one transaction that holds a lock across this
+ * read (sqlite/open.ts, postgres/open.ts), which Drizzle's migrator does not.
  */
 export const MIGRATIONS_TABLE = '"__drizzle_migrations"'
 
