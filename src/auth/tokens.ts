@@ -25,7 +25,8 @@ export interface AccessTokenPayload {
 
 /**
  * The `kid` naming a secret: a short digest, so tokens can say which secret signed them without
- * carrying it. The secret is ≥ 256 random bits, so the digest gives nothing away.
+ * carrying it. It lets a guess of the secret be checked, as any token's HMAC already does, so it
+ * gives nothing away that a token does not (RFC 8725 §3.5: the secret must not be guessable).
  */
 export function kidFor (secret: string): string {
   return createHash('sha256').update(`gatehouse-kid:${secret}`).digest('base64url').slice(0, 16)
