@@ -291,6 +291,20 @@ t.test('an account deleted while its request is served gets the RFC 6750 invalid
   t.equal(published.json().code, 'invalid_token')
   t.equal(published.headers['www-authenticate'], challenge)
   t.equal(await dbCount(app, 'select count(*) as n from videos'), 0)
+
+  // Deleted after loadAccount read it, before the current password is read: no wrong password.
+  const changer = await signup(app)
+  const counted: string[] = []
+  const attempt = app.signInFailures.attempt.bind(app.signInFailures)
+  app.signInFailures.attempt = async (account) => { counted.push(account); return attempt(account) }
+  before(app.usersRepository, 'findPasswordHash', () => dbRun(app, 'delete from users where id = ?', changer.user.id))
+  const changed = await app.inject({
+    method: 'POST', url: '/auth/password', headers: bearer(changer.access_token), payload: { current_password: TEST_PASSWORD, new_password: 'another long passphrase' }
+  })
+  t.equal(changed.statusCode, 401, 'POST /auth/password')
+  t.equal(changed.json().code, 'invalid_token')
+  t.equal(changed.headers['www-authenticate'], challenge)
+  t.same(counted, [], 'and no attempt counted against the email')
 })
 
 t.test('an owner deleted while their change to a video waits is told their account is gone, on what they owned and on any other video', async (t) => {

@@ -177,9 +177,11 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const { current_password: currentPassword, new_password: newPassword } = request.body
     // A stolen access token must not become a way to guess the password: same per-account limit.
     const currentHash = await app.usersRepository.findPasswordHash(user.id)
+    // Deleted since loadAccount read it: no password was wrong, and none is counted.
+    if (currentHash === undefined) throw accountGone()
     const waiting = stillWaiting(request)
     const correct = await checkPasswordLimited(app.signInFailures, user.email,
-      async () => currentHash !== undefined && await verifyPassword(currentHash, currentPassword, waiting),
+      () => verifyPassword(currentHash, currentPassword, waiting),
       () => request.log.warn({ event: 'password_change_blocked', userId: user.id }, 'password change refused: too many attempts for this account'))
     const wrongPassword = () => {
       request.log.info({ event: 'password_change_failed', userId: user.id }, 'wrong current password')
@@ -191,7 +193,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     // ASVS 3.3.3: a password change ends every other session. Refused, like a wrong password,
     // when the password changed since it was verified (another change won the race).
     const count = await app.usersRepository.changePassword(user.id,
-      { from: currentHash!, to: await hashPassword(newPassword, waiting) }, session.id, new Date())
+      { from: currentHash, to: await hashPassword(newPassword, waiting) }, session.id, new Date())
     if (count === 'hash_changed') throw wrongPassword()
     // Signed out or disabled during the checks: the answer a request sent after gets.
     if (count === 'session_ended') throw sessionEnded()
