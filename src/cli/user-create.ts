@@ -8,7 +8,7 @@ import { EMAIL_LOCAL_PART_MAX_LENGTH } from '../auth/email.ts'
 import { ROLES, type Role } from '../auth/permissions.ts'
 import { registerUser } from '../auth/registration.ts'
 import { startupProblem } from '../errors.ts'
-import { NAME_MAX_LENGTH, NAME_RULE, isDisplayName } from '../schemas/common.ts'
+import { NAME_RULE, isName } from '../schemas/common.ts'
 import { createUserRepository } from '../repositories/users.ts'
 import { databaseName, openDatabaseOrExit } from './open-database.ts'
 
@@ -77,8 +77,7 @@ async function main (): Promise<number> {
     console.error(unknownRole !== undefined ? `unknown role given to --role (${NOT_SHOWN})\n${USAGE}` : USAGE)
     return 1
   }
-  // The API's rule for a name (schemas/common.ts Name), counted in characters as its schema counts them.
-  if (name !== undefined && (name.length === 0 || [...name].length > NAME_MAX_LENGTH || !isDisplayName(name))) {
+  if (name !== undefined && !isName(name)) {
     console.error(`--name must be ${NAME_RULE}\n${USAGE}`)
     return 1
   }

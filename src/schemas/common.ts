@@ -1,4 +1,5 @@
 import { Type, type Static } from 'typebox'
+import { EMAIL_MAX_LENGTH } from '../auth/email.ts'
 import { PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH } from '../auth/passwords.ts'
 import { ROLES } from '../auth/permissions.ts'
 import type { User } from '../repositories/users.ts'
@@ -6,11 +7,11 @@ import type { User } from '../repositories/users.ts'
 /**
  * The route normalises it (trims, lower-cases) before validation, so the schema is of the
  * normalised email; its description says so to clients that validate against the OpenAPI
- * document. RFC 5321 caps a path at 254.
+ * document.
  */
 export const Email = Type.String({
   format: 'email',
-  maxLength: 254,
+  maxLength: EMAIL_MAX_LENGTH,
   description: 'Surrounding spaces are trimmed and letters lower-cased first; the format and the length limit apply to the result. A new account\'s has at most 64 characters before the @',
   examples: ['ada@example.com']
 })
@@ -50,6 +51,8 @@ const EMOJI_TAG_SEQUENCE = /\u{1F3F4}[\u{E0020}-\u{E007E}]+\u{E007F}/gu
  */
 export const isDisplayName = (text: string) => VISIBLE_CHARACTER.test(text) && !REFUSED_IN_NAMES.test(text) &&
   !HIDDEN_IN_NAMES.test(text.replace(EMOJI_TAG_SEQUENCE, ''))
+/** The Name schema's rule, for a name no schema checks (user:create): lengths in characters, as JSON Schema counts them. */
+export const isName = (text: string) => text.length > 0 && [...text].length <= NAME_MAX_LENGTH && isDisplayName(text)
 export const NAME_RULE = `1 to ${NAME_MAX_LENGTH} characters, at least one visible, none a control, line-break, text-direction or hidden tag character`
 export const Name = Type.String({
   minLength: 1,

@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import fp from 'fastify-plugin'
-import { normaliseEmail } from '../../auth/email.ts'
+import { EMAIL_MAX_LENGTH, normaliseEmail } from '../../auth/email.ts'
 import { apiError } from '../../errors.ts'
 import { sessionEnded } from '../../plugins/auth.ts'
 import type { User } from '../../repositories/users.ts'
@@ -17,7 +17,7 @@ const ListQuery = Type.Object({
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 20 })),
   cursor: Type.Optional(Type.String({ maxLength: 200 })),
   // Not blank: whitespace alone, trimmed as emails are, would filter nothing and list everyone.
-  email: Type.Optional(Type.String({ minLength: 1, maxLength: 254, pattern: '\\S', description: 'Case-insensitive substring of the email' }))
+  email: Type.Optional(Type.String({ minLength: 1, maxLength: EMAIL_MAX_LENGTH, pattern: '\\S', description: 'Case-insensitive substring of the email' }))
 }, { additionalProperties: false })
 const UserChange = Type.Object({
   roles: Type.Optional(Type.Array(RoleName, { maxItems: 4, uniqueItems: true, description: 'Replaces the extra roles; user is always kept' })),
