@@ -466,6 +466,14 @@ t.test('a name needs something to show and no control characters, wherever it is
   }
 })
 
+t.test('signup takes a null name as no name, as PATCH /auth/me and the admin change do', async (t) => {
+  const app = await build(t)
+  const response = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: TEST_PASSWORD, name: null } })
+  t.equal(response.statusCode, 201)
+  t.equal(response.json().user.name, null)
+  t.equal((await dbGet(app, 'select name from users where id = ?', response.json().user.id))?.name, null)
+})
+
 t.test('NUL characters in text are refused alike on every database', async (t) => {
   const app = await build(t)
   const session = await signup(app)

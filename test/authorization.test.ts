@@ -32,9 +32,12 @@ const videoRow = async (app: App, id: string) =>
 const videoCount = (app: App) => dbCount(app, 'select count(*) as n from videos')
 const clothesCount = (app: App) => dbCount(app, 'select count(*) as n from clothes')
 
-async function newVideo (app: App, ownerId: string | null, isMemberOnly = false, title = `Video ${uniqueEmail('v')}`) {
-  const video = await app.videosRepository.create(ownerId, { title, author: 'Someone', url: 'https://videos.example.com/x.mp4', isMemberOnly })
-  if (!video) throw new Error(`video not created: no user ${ownerId}`)
+/** A video published by the owner's session, or seeded with no owner. */
+async function newVideo (app: App, owner: SessionBody | null, isMemberOnly = false, title = `Video ${uniqueEmail('v')}`) {
+  const fields = { title, author: 'Someone', url: 'https://videos.example.com/x.mp4', isMemberOnly }
+  if (!owner) return app.videosRepository.seed(fields)
+  const video = await app.videosRepository.create({ userId: owner.user.id, sessionId: tokenPayload(owner.access_token).sid as string }, fields)
+  if (typeof video === 'string') throw new Error(`video not created: ${video}`)
   return video
 }
 
@@ -75,9 +78,9 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
   }
   // The owner of the videos PATCH/DELETE act on: a developer who is none of the callers.
   const owner = await signupWithRoles(app, ['user', 'developer'], uniqueEmail('owner'))
-  const freeVideo = await newVideo(app, owner.user.id, false)
-  const memberVideo = await newVideo(app, owner.user.id, true)
-  const jacket = await app.clothesRepository.create({ name: 'Jacket', color: 'red', size: 'M', price: 9900 })
+  const freeVideo = await newVideo(app, owner, false)
+  const memberVideo = await newVideo(app, owner, true)
+  const jacket = await app.clothesRepository.seed({ name: 'Jacket', color: 'red', size: 'M', price: 9900 })
   const targetHash = await hashPassword('target password 123')
   const newTarget = async () => (await app.usersRepository.create({ email: uniqueEmail('target'), passwordHash: targetHash, roles: ['user'] }))!
   const target = await newTarget()
@@ -124,7 +127,7 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
       success: 200,
       allowed: ['admin'],
       prepare: async () => {
-        const video = await newVideo(app, owner.user.id)
+        const video = await newVideo(app, owner)
         return {
           url: `/videos/${video.id}`,
           payload: { title: 'Changed' },
@@ -143,7 +146,7 @@ t.test('authorization matrix: every guarded route × every kind of caller', asyn
       success: 204,
       allowed: ['admin'],
       prepare: async () => {
-        const video = await newVideo(app, owner.user.id)
+        const video = await newVideo(app, owner)
         return {
           url: `/videos/${video.id}`,
           async verify (t, response, allowed) {
@@ -369,8 +372,8 @@ t.test('developers edit and delete only their own videos; admins anyone\'s', asy
   t.equal(again.statusCode, 404)
   t.equal(again.json().code, 'not_found')
 
-  const bobs = await newVideo(app, bob.user.id, false, 'Bob free')
-  const bobsMember = await newVideo(app, bob.user.id, true, 'Bob members')
+  const bobs = await newVideo(app, bob, false, 'Bob free')
+  const bobsMember = await newVideo(app, bob, true, 'Bob members')
   const ownerless = await newVideo(app, null, false, 'Seeded')
   const devOnOwnerless = await app.inject({ method: 'PATCH', url: `/videos/${ownerless.id}`, headers: bearer(bob.access_token), payload: { title: 'mine now' } })
   assertForbidden(t, devOnOwnerless)
@@ -815,7 +818,7 @@ t.test('PATCH /videos/:id changes author and url too, and keeps created_at', asy
     headers: bearer(developer.access_token),
     payload: { title: 'Intro', author: 'Ada', url: 'https://videos.example.com/intro.mp4' }
   })).json()
-  const sibling = await newVideo(app, developer.user.id, false, 'Outro')
+  const sibling = await newVideo(app, developer, false, 'Outro')
   const siblingBefore = await videoRow(app, sibling.id)
   await sleep(5)
   const edited = await app.inject({
@@ -856,7 +859,7 @@ t.test('ids in paths are read case-insensitively (RFC 9562): an upper-case id fi
   const app = await build(t)
   const developer = await signupWithRoles(app, ['user', 'developer'])
   const admin = await signupWithRoles(app, ['user', 'admin'])
-  const video = await newVideo(app, developer.user.id)
+  const video = await newVideo(app, developer)
   const upper = (id: string) => id.toUpperCase()
 
   const renamed = await app.inject({ method: 'PATCH', url: `/videos/${upper(video.id)}`, headers: bearer(developer.access_token), payload: { title: 'Renamed' } })
@@ -897,8 +900,8 @@ t.test('writes re-read the caller\'s account: a demotion, a disable or a sign-ou
   t.equal((await call('GET', '/clothes', admin.access_token)).statusCode, 200, 'reading the catalogue stays stateless')
 
   const developer = await signupWithRoles(app, ['user', 'developer'])
-  const own = await newVideo(app, developer.user.id)
-  const others = await newVideo(app, admin.user.id)
+  const own = await newVideo(app, developer)
+  const others = await newVideo(app, admin)
   await dbRun(app, 'update users set roles = ? where id = ?', ['user'], developer.user.id)
   assertForbidden(t, await call('POST', '/videos', developer.access_token, video))
   assertForbidden(t, await call('PATCH', `/videos/${others.id}`, developer.access_token, { title: 'Taken' }))

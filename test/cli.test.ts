@@ -390,7 +390,7 @@ t.test('user:create refuses what is not an email, and a password equal to the em
 t.test('db:seed counts member-only videos as videos present', async (t) => {
   const file = join(t.testdir(), 'gatehouse.db')
   const app = await build(t, { DATABASE_URL: `file:${file}` })
-  await app.videosRepository.create(null, { title: 'Ours', author: 'Us', url: 'https://videos.example.com/ours.mp4', isMemberOnly: true })
+  await app.videosRepository.seed({ title: 'Ours', author: 'Us', url: 'https://videos.example.com/ours.mp4', isMemberOnly: true })
   await app.close()
   const seeded = await runCli('db-seed', file)
   t.equal(seeded.status, 0, seeded.stderr)

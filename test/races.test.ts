@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { HASH_OPTIONS } from '../src/auth/passwords.ts'
 import type { App } from '../src/app.ts'
-import { TEST_DATABASE_URL, TEST_PASSWORD, before, bearer, build, dbAll, dbCount, dbGet, dbRun, signup, signupWithRoles, tokenPayload, uniqueEmail, type SessionBody } from './helper.ts'
+import { TEST_DATABASE_URL, TEST_PASSWORD, before, bearer, build, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, signup, signupWithRoles, tokenPayload, uniqueEmail, type SessionBody } from './helper.ts'
 
 t.test('50 concurrent signups with one email produce exactly one user', async (t) => {
   const app = await build(t)
@@ -353,3 +353,80 @@ t.test('a video deleted between the ownership check and the change is not found,
     t.equal(response.json().message, 'No such resource.', 'what a request after the delete is told')
   }
 })
+
+t.test('a change in flight when its caller is signed out, disabled, demoted or deleted is not made: the ending is checked in the change\'s own transaction', async (t) => {
+  const app = await build(t)
+  const admin = await signupWithRoles(app, ['user', 'admin'], uniqueEmail('boss'))
+  const asAdmin = (request: InjectOptions) => app.inject({ ...request, headers: bearer(admin.access_token) })
+  const endings: Array<[string, (caller: SessionBody) => Promise<unknown>]> = [
+    ['signed out', (caller) => app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(caller.access_token), payload: {} })],
+    ['disabled', (caller) => asAdmin({ method: 'PATCH', url: `/admin/users/${caller.user.id}`, payload: { disabled: true } })],
+    ['demoted', (caller) => asAdmin({ method: 'PATCH', url: `/admin/users/${caller.user.id}`, payload: { roles: ['user'] } })],
+    ['deleted', (caller) => asAdmin({ method: 'DELETE', url: `/admin/users/${caller.user.id}` })]
+  ]
+  const ownVideo = async (caller: SessionBody) => (await app.inject({
+    method: 'POST', url: '/videos', headers: bearer(caller.access_token), payload: { title: 'Kept', author: 'Ada', url: 'https://example.com/v' }
+  })).json().id as string
+  const videoTitles = async () => (await dbAll(app, 'select title from videos order by id')).map((row) => row.title)
+  // Each write: its repository method, the caller's roles, the request, and what the database shows of it.
+  const writes: Array<{ label: string, method: [object, string], roles: string[], send: (caller: SessionBody, video: string) => InjectOptions, state: (caller: SessionBody) => Promise<unknown> }> = [
+    { label: 'PATCH /auth/me', method: [app.usersRepository, 'updateName'], roles: ['user', 'member'], send: () => ({ method: 'PATCH', url: '/auth/me', payload: { name: 'Changed' } }), state: async (caller) => (await dbGet(app, 'select name from users where id = ?', caller.user.id))?.name ?? 'gone' },
+    { label: 'POST /clothes', method: [app.clothesRepository, 'create'], roles: ['user', 'admin'], send: () => ({ method: 'POST', url: '/clothes', payload: { name: 'Late', price: 100 } }), state: () => dbCount(app, 'select count(*) as n from clothes') },
+    { label: 'POST /videos', method: [app.videosRepository, 'create'], roles: ['user', 'developer'], send: () => ({ method: 'POST', url: '/videos', payload: { title: 'Late', author: 'Ada', url: 'https://example.com/late' } }), state: videoTitles },
+    { label: 'PATCH /videos/:id', method: [app.videosRepository, 'update'], roles: ['user', 'developer'], send: (_caller, video) => ({ method: 'PATCH', url: `/videos/${video}`, payload: { title: 'Late' } }), state: videoTitles },
+    { label: 'DELETE /videos/:id', method: [app.videosRepository, 'delete'], roles: ['user', 'developer'], send: (_caller, video) => ({ method: 'DELETE', url: `/videos/${video}` }), state: videoTitles }
+  ]
+  for (const write of writes) {
+    for (const [ending, end] of endings) {
+      const caller = await signupWithRoles(app, write.roles)
+      const video = await ownVideo(await signupWithRoles(app, ['user', 'developer']))
+      // The caller's own video for the video changes (an owner may change it).
+      await dbRun(app, 'update videos set user_id = ? where id = ?', caller.user.id, video)
+      // The state a change sent after the ending would find: the ending's own effects included.
+      const expected = async () => { await end(caller); return write.state(caller) }
+      const [repository, name] = write.method
+      let stateAfterEnding: unknown
+      before(repository, name as never, async () => { stateAfterEnding = await expected() })
+      const request = write.send(caller, video)
+      const response = await app.inject({ ...request, headers: bearer(caller.access_token) })
+      const label = `${write.label}, caller ${ending} meanwhile`
+      t.equal(response.statusCode, 401, label)
+      t.match(response.json(), {
+        code: 'invalid_token',
+        message: ending === 'deleted' ? 'The account behind this access token no longer exists.' : 'The session behind this access token has ended.'
+      }, label)
+      t.same(await write.state(caller), stateAfterEnding, `${label}: nothing changed after the ending`)
+    }
+  }
+})
+
+// Only PostgreSQL lets a change wait on a row another transaction holds; SQLite runs one writer at a time.
+if (TEST_DATABASE_URL) {
+  t.test('on PostgreSQL, a change waits for its caller\'s sign-out or disable in progress, and is refused once that commits', async (t) => {
+    const url = await freshPostgresUrl(TEST_DATABASE_URL!)
+    const app = await build(t, { DATABASE_URL: url })
+    const ending = new pg.Client({ connectionString: url })
+    await ending.connect()
+    t.teardown(() => ending.end())
+    const endings: Array<[string, (caller: SessionBody) => [string, unknown[]]]> = [
+      ['a sign-out', (caller) => ['update sessions set revoked_at = now() where id = $1', [tokenPayload(caller.access_token).sid]]],
+      ['a disable', (caller) => ['update users set disabled = true where id = $1', [caller.user.id]]]
+    ]
+    for (const [label, statement] of endings) {
+      const caller = await signupWithRoles(app, ['user', 'developer'])
+      await ending.query('begin')
+      await ending.query(...statement(caller))
+      let answered = false
+      const publishing = app.inject({
+        method: 'POST', url: '/videos', headers: bearer(caller.access_token), payload: { title: 'Late', author: 'Ada', url: 'https://example.com/late' }
+      }).then((response) => { answered = true; return response })
+      await sleep(300)
+      t.notOk(answered, `${label} in progress: the change waits for it`)
+      await ending.query('commit')
+      const response = await publishing
+      t.equal(response.statusCode, 401, `${label} committed: the change is refused`)
+      t.equal(response.json().code, 'invalid_token')
+      t.equal(await dbCount(app, 'select count(*) as n from videos where user_id = ?', caller.user.id), 0, 'and not made')
+    }
+  })
+}

@@ -30,8 +30,8 @@ try {
     const clothes = createClothingRepository({ ...database, db })
     const hasVideos = (await videos.list(false)).length + (await videos.list(true)).length > 0
     const hasClothes = (await clothes.list()).length > 0
-    if (!hasVideos) for (const video of VIDEOS) await videos.create(null, video)
-    if (!hasClothes) for (const item of CLOTHES) await clothes.create(item)
+    if (!hasVideos) for (const video of VIDEOS) await videos.seed(video)
+    if (!hasClothes) for (const item of CLOTHES) await clothes.seed(item)
     return { hasVideos, hasClothes }
   }, 'seed')
   console.log(`videos: ${hasVideos ? 'already present' : `${VIDEOS.length} added`}; clothes: ${hasClothes ? 'already present' : `${CLOTHES.length} added`}; in ${databaseName()}`)

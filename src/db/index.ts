@@ -68,6 +68,8 @@ export interface Dialect {
    * lock. With `skipLocked`, rows another transaction holds are left out instead of waited for.
    */
   forUpdate<Q extends { for (strength: 'update', config?: { skipLocked: true }): unknown }> (query: Q, options?: { skipLocked: true }): Q
+  /** Holds the selected rows against updates and deletes until the transaction ends (PostgreSQL), as forUpdate does but letting other holders share them. */
+  forShare<Q extends { for (strength: 'share'): unknown }> (query: Q): Q
   /** `roles` (a JSON array) contains `role`. */
   hasRole (roles: Column, role: string): SQL
   /** `text` contains `part` literally (no LIKE wildcards). */

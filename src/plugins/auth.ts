@@ -20,7 +20,7 @@ import { VERIFIED_TOKENS_CACHED, verifiedTokenCache } from '../auth/verified-tok
 import { apiError } from '../errors.ts'
 import { accessCheck, timesSent } from './validation.ts'
 import { sessionAgeNow, type Session } from '../repositories/sessions.ts'
-import type { User } from '../repositories/users.ts'
+import type { Actor, ActorEnded, User } from '../repositories/users.ts'
 
 declare module '@fastify/jwt' {
   interface FastifyJWT {
@@ -83,6 +83,12 @@ export const accountGone = () => invalidToken('The account behind this access to
 
 /** 401 for a valid access token whose session was revoked or expired, or whose user was disabled or deleted. */
 export const sessionEnded = () => invalidToken('The session behind this access token has ended.')
+
+/** The caller as the repositories' changes name them: the user and session of the verified access token. */
+export const actorOf = (request: FastifyRequest): Actor => ({ userId: request.user.id, sessionId: request.user.sid })
+
+/** The 401 for a change whose caller may act no more (holdActor). */
+export const actorEnded = (reason: ActorEnded) => reason === 'account_gone' ? accountGone() : sessionEnded()
 
 const MALFORMED_AUTHORIZATION = 'The Authorization header must be sent once, the Bearer scheme followed by one token.'
 const malformedAuthorization = () => apiError(400, 'invalid_request', MALFORMED_AUTHORIZATION, {

@@ -2,7 +2,8 @@ import { asc } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
-import type { ClothingRow, Database } from '../db/index.ts'
+import type { ClothingRow, Database, Db } from '../db/index.ts'
+import { actingAs, type Actor, type ActorEnded } from './users.ts'
 
 export type Clothing = ClothingRow
 export interface ClothingFields {
@@ -12,19 +13,30 @@ export interface ClothingFields {
   price: number
 }
 
-export function createClothingRepository ({ db, tables: { clothes }, dialect }: Database) {
+export function createClothingRepository (database: Database) {
+  const { db, tables: { clothes }, dialect } = database
   // Built and prepared once, not per request.
   const catalogue = db.select().from(clothes).orderBy(...dialect.textOrder(clothes.name), asc(clothes.id)).prepare('clothes_all')
+
+  const insert = async (executor: Db, fields: ClothingFields): Promise<Clothing> => {
+    const at = new Date()
+    const [item] = await executor.insert(clothes).values({ id: randomUUID(), ...fields, createdAt: at, updatedAt: at }).returning()
+    return item!
+  }
 
   return {
     async list (): Promise<Clothing[]> {
       return catalogue.execute()
     },
 
-    async create (fields: ClothingFields): Promise<Clothing> {
-      const at = new Date()
-      const [item] = await db.insert(clothes).values({ id: randomUUID(), ...fields, createdAt: at, updatedAt: at }).returning()
-      return item!
+    /** An item the actor adds (actingAs). */
+    async create (actor: Actor, fields: ClothingFields): Promise<Clothing | ActorEnded> {
+      return actingAs(database, actor, (tx) => insert(tx, fields))
+    },
+
+    /** An item db:seed adds, inside its own transaction. */
+    async seed (fields: ClothingFields): Promise<Clothing> {
+      return insert(db, fields)
     }
   }
 }

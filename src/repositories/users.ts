@@ -29,11 +29,14 @@ export interface AdminChanges {
   name?: string | null | undefined
 }
 
-/** The admin making a change: their user and the session their access token names. */
-export interface ActingAdmin {
+/** Who makes a change: their user and the session their access token names. */
+export interface Actor {
   userId: string
   sessionId: string
 }
+
+/** Why a change's actor may act no more: their account is deleted, or their session ended (revoked, or the user disabled). */
+export type ActorEnded = 'account_gone' | 'session_ended'
 
 export type AdminUpdate =
   | { outcome: 'updated', user: User, rolesChanged: boolean, disabledNow: boolean, revokedSessions: number }
@@ -52,12 +55,41 @@ export const userColumns = (users: Tables['users']) => ({
   updatedAt: users.updatedAt
 })
 
+/**
+ * The actor's roles, read in the transaction of their change with their user's row, then their
+ * session's, held until it commits (a user's row before its sessions', the order every writer
+ * takes). A sign-out, disable, demotion or delete (the last three revoke the sessions) that
+ * committed first is seen here, and one that comes later waits for the change to commit: no change
+ * lands after such a one was answered, on any instance. The session's expiry was judged by
+ * loadAccount, moments before.
+ */
+export async function holdActor ({ tables: { users, sessions }, dialect }: Pick<Database, 'tables' | 'dialect'>, tx: Db, actor: Actor): Promise<Role[] | ActorEnded> {
+  const [user] = await dialect.forShare(tx.select({ roles: users.roles, disabled: users.disabled }).from(users).where(eq(users.id, actor.userId)))
+  if (!user) return 'account_gone'
+  if (user.disabled) return 'session_ended'
+  const [session] = await dialect.forShare(tx.select({ id: sessions.id }).from(sessions)
+    .where(and(eq(sessions.id, actor.sessionId), eq(sessions.userId, actor.userId), isNull(sessions.revokedAt))))
+  return session ? user.roles : 'session_ended'
+}
+
+/**
+ * Runs `work` as one transaction in which holdActor holds the actor's user and session; what
+ * holdActor says instead when the actor may act no more. For changes made for a signed-in caller.
+ */
+export async function actingAs<T> (database: Pick<Database, 'tables' | 'dialect'>, actor: Actor, work: (tx: Db) => Promise<T>): Promise<T | ActorEnded> {
+  return database.dialect.atomic(async (tx) => {
+    const held = await holdActor(database, tx, actor)
+    return Array.isArray(held) ? work(tx) : held
+  })
+}
+
 /** Rolls back a password change whose session ended while it waited. */
 class SessionEnded extends Rollback {}
 /** Rolls back the first admin's insert: the email is taken. */
 class EmailTaken extends Rollback {}
 
-export function createUserRepository ({ db, tables: { users, sessions }, dialect }: Database) {
+export function createUserRepository (database: Database) {
+  const { db, tables: { users, sessions }, dialect } = database
   const publicColumns = userColumns(users)
   const isEnabledAdmin = and(eq(users.disabled, false), dialect.hasRole(users.roles, 'admin'))!
 
@@ -87,23 +119,10 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
     return created!
   }
 
-  /**
-   * The roles of a user whose session is not revoked and who is still enabled, read inside a
-   * write's transaction: a sign-out, disable, demotion or delete (the last three revoke the
-   * sessions) that committed after the request's own check (loadAccount, which also judged the
-   * session's expiry) ends its right to act, as it would for a request sent after. Undefined when
-   * it has ended.
-   */
-  const liveAccountRoles = async (tx: Db, userId: string, sessionId: string) => {
-    const [account] = await tx.select({ roles: users.roles }).from(sessions).innerJoin(users, eq(users.id, sessions.userId))
-      .where(and(eq(sessions.id, sessionId), eq(sessions.userId, userId), isNull(sessions.revokedAt), eq(users.disabled, false)))
-    return account?.roles
-  }
-
   /** Whether the acting admin may still manage users, read again under the admins lock. */
-  const stillActing = async (tx: Db, actor: ActingAdmin) => {
-    const roles = await liveAccountRoles(tx, actor.userId, actor.sessionId)
-    return roles !== undefined && hasPermission(roles, 'users:manage')
+  const stillActing = async (tx: Db, actor: Actor) => {
+    const roles = await holdActor(database, tx, actor)
+    return Array.isArray(roles) && hasPermission(roles, 'users:manage')
   }
 
   return {
@@ -156,9 +175,12 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
       return row?.passwordHash
     },
 
-    async updateName (id: string, name: string | null): Promise<User | undefined> {
-      const [user] = await db.update(users).set({ name, updatedAt: new Date() }).where(eq(users.id, id)).returning(publicColumns)
-      return user
+    /** The actor's own name, changed. */
+    async updateName (actor: Actor, name: string | null): Promise<User | ActorEnded> {
+      return actingAs(database, actor, async (tx) => {
+        const [user] = await tx.update(users).set({ name, updatedAt: new Date() }).where(eq(users.id, actor.userId)).returning(publicColumns)
+        return user!
+      })
     },
 
     /**
@@ -182,7 +204,7 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
         return await dialect.atomic(async (tx) => {
           if ((await replaceHash(tx, id, from, to, now)).length === 0) return 'hash_changed' as const
           // After the user's row is ours: any disable or sign-out that committed first is seen here.
-          if (!await liveAccountRoles(tx, id, keepSessionId)) throw new SessionEnded()
+          if (!Array.isArray(await holdActor(database, tx, { userId: id, sessionId: keepSessionId }))) throw new SessionEnded()
           const revoked = await tx.update(sessions).set({ revokedAt: now })
             .where(and(eq(sessions.userId, id), ne(sessions.id, keepSessionId), isNull(sessions.revokedAt)))
             .returning({ id: sessions.id })
@@ -216,7 +238,7 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
      * The checks and the write share one transaction under the admins lock, so two admins demoting
      * each other at once cannot both succeed, on one instance or several (admin_ended for the second).
      */
-    async adminUpdate (actor: ActingAdmin, id: string, changes: AdminChanges): Promise<AdminUpdate> {
+    async adminUpdate (actor: Actor, id: string, changes: AdminChanges): Promise<AdminUpdate> {
       return dialect.atomic(async (tx) => {
         if (!await stillActing(tx, actor)) return { outcome: 'admin_ended' } as const
         const [current] = await tx.select(publicColumns).from(users).where(eq(users.id, id))
@@ -246,7 +268,7 @@ export function createUserRepository ({ db, tables: { users, sessions }, dialect
     },
 
     /** Deletes a user (sessions go with it), unless they are the last enabled admin. */
-    async adminDelete (actor: ActingAdmin, id: string): Promise<'deleted' | 'not_found' | 'last_admin' | 'admin_ended'> {
+    async adminDelete (actor: Actor, id: string): Promise<'deleted' | 'not_found' | 'last_admin' | 'admin_ended'> {
       return dialect.atomic(async (tx) => {
         if (!await stillActing(tx, actor)) return 'admin_ended'
         const [current] = await tx.select(publicColumns).from(users).where(eq(users.id, id))

@@ -2,7 +2,8 @@ import { desc, eq } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
-import type { Database, VideoRow } from '../db/index.ts'
+import type { Database, Db, VideoRow } from '../db/index.ts'
+import { actingAs, type Actor, type ActorEnded } from './users.ts'
 
 export type Video = VideoRow
 export interface VideoFields {
@@ -12,28 +13,33 @@ export interface VideoFields {
   isMemberOnly: boolean
 }
 
-export function createVideoRepository ({ db, tables: { videos }, dialect }: Database) {
+export function createVideoRepository (database: Database) {
+  const { db, tables: { videos } } = database
   // The two lists, built and prepared once, not per request.
   const listed = (memberOnly: boolean) => db.select().from(videos)
     .where(eq(videos.isMemberOnly, memberOnly)).orderBy(desc(videos.createdAt), desc(videos.id))
     .prepare(memberOnly ? 'videos_member_only' : 'videos_free')
   const lists = { free: listed(false), memberOnly: listed(true) }
 
+  const insert = async (executor: Db, ownerId: string | null, fields: VideoFields): Promise<Video> => {
+    const at = new Date()
+    const [video] = await executor.insert(videos).values({ id: randomUUID(), userId: ownerId, ...fields, createdAt: at, updatedAt: at }).returning()
+    return video!
+  }
+
   return {
     async list (memberOnly: boolean): Promise<Video[]> {
       return (memberOnly ? lists.memberOnly : lists.free).execute()
     },
 
-    /** The new video, or null when the owner no longer exists (a token outliving its user). */
-    async create (ownerId: string | null, fields: VideoFields): Promise<Video | null> {
-      const at = new Date()
-      try {
-        const [video] = await db.insert(videos).values({ id: randomUUID(), userId: ownerId, ...fields, createdAt: at, updatedAt: at }).returning()
-        return video!
-      } catch (error) {
-        if (dialect.isForeignKeyViolation(error)) return null
-        throw error
-      }
+    /** A video the actor publishes and owns (actingAs). */
+    async create (actor: Actor, fields: VideoFields): Promise<Video | ActorEnded> {
+      return actingAs(database, actor, (tx) => insert(tx, actor.userId, fields))
+    },
+
+    /** A video with no owner, which admins manage: db:seed's, inside its own transaction. */
+    async seed (fields: VideoFields): Promise<Video> {
+      return insert(db, null, fields)
     },
 
     /** Who owns the video, for the ownership guard; undefined when there is no such video. */
@@ -42,13 +48,18 @@ export function createVideoRepository ({ db, tables: { videos }, dialect }: Data
       return owner
     },
 
-    async update (id: string, fields: Partial<VideoFields>): Promise<Video | undefined> {
-      const [video] = await db.update(videos).set({ ...fields, updatedAt: new Date() }).where(eq(videos.id, id)).returning()
-      return video
+    /** The video changed for the actor (actingAs); undefined when it no longer exists. */
+    async update (actor: Actor, id: string, fields: Partial<VideoFields>): Promise<Video | undefined | ActorEnded> {
+      return actingAs(database, actor, async (tx) => {
+        const [video] = await tx.update(videos).set({ ...fields, updatedAt: new Date() }).where(eq(videos.id, id)).returning()
+        return video
+      })
     },
 
-    async delete (id: string): Promise<boolean> {
-      return (await db.delete(videos).where(eq(videos.id, id)).returning({ id: videos.id })).length > 0
+    /** Whether the video existed and was deleted for the actor (actingAs). */
+    async delete (actor: Actor, id: string): Promise<boolean | ActorEnded> {
+      return actingAs(database, actor, async (tx) =>
+        (await tx.delete(videos).where(eq(videos.id, id)).returning({ id: videos.id })).length > 0)
     }
   }
 }

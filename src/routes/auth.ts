@@ -6,24 +6,24 @@ import { EMAIL_LOCAL_PART_MAX_LENGTH, normaliseEmail } from '../auth/email.ts'
 import { hashPassword, passwordProblem, verifyPassword } from '../auth/passwords.ts'
 import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
-import { accountGone, accountOf, sessionEnded } from '../plugins/auth.ts'
+import { accountGone, accountOf, actorEnded, actorOf, sessionEnded } from '../plugins/auth.ts'
 import { SIGN_IN_IP_LIMIT, checkPasswordLimited } from '../plugins/rate-limits.ts'
 import { noStore } from '../plugins/security.ts'
 import { stillWaiting } from '../request-client.ts'
 import { MAX_OPEN_SESSIONS, sessionAgeNow } from '../repositories/sessions.ts'
-import { Email, ErrorResponse, Name, NewPassword, REFRESH_TOKEN_MAX_LENGTH, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
+import { Email, ErrorResponse, NameOrNone, NewPassword, REFRESH_TOKEN_MAX_LENGTH, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
 import sessionRoutes from './sessions.ts'
 import tokenRoutes from './token.ts'
 
 const Credentials = Type.Object({ email: Email, password: Password }, { additionalProperties: false })
-const Signup = Type.Object({ email: Email, password: NewPassword, name: Type.Optional(Name) }, { additionalProperties: false })
+const Signup = Type.Object({ email: Email, password: NewPassword, name: Type.Optional(NameOrNone) }, { additionalProperties: false })
 const RefreshToken = Type.String({ minLength: 1, maxLength: REFRESH_TOKEN_MAX_LENGTH })
 const Logout = Type.Object({
   scope: Type.Optional(Type.Enum(['local', 'global'], { description: 'With a bearer token: this session or every session' })),
   refresh_token: Type.Optional(RefreshToken)
 }, { additionalProperties: false })
 const PasswordChange = Type.Object({ current_password: Password, new_password: NewPassword }, { additionalProperties: false })
-const ProfileChange = Type.Object({ name: Type.Union([Name, Type.Null()]) }, { additionalProperties: false })
+const ProfileChange = Type.Object({ name: NameOrNone }, { additionalProperties: false })
 
 /** Emails are normalised before validation, storage and comparison (contract). */
 async function normaliseBodyEmail (request: FastifyRequest) {
@@ -154,9 +154,8 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: UserResponse, 400: ErrorResponse, 401: ErrorResponse }
     }
   }, async (request) => {
-    const user = await app.usersRepository.updateName(accountOf(request).user.id, request.body.name)
-    // Deleted since loadAccount read it.
-    if (!user) throw accountGone()
+    const user = await app.usersRepository.updateName(actorOf(request), request.body.name)
+    if (typeof user === 'string') throw actorEnded(user)
     return presentUser(user)
   })
 

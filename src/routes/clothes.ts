@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import fp from 'fastify-plugin'
+import { actorEnded, actorOf } from '../plugins/auth.ts'
 import type { Clothing } from '../repositories/clothes.ts'
 import { ErrorResponse, Timestamp, Uuid, guardedErrors } from '../schemas/common.ts'
 
@@ -52,7 +53,8 @@ const clothesRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request, reply) => {
     const { name, color, size, price } = request.body
-    const item = await app.clothesRepository.create({ name, color: color ?? null, size: size ?? null, price })
+    const item = await app.clothesRepository.create(actorOf(request), { name, color: color ?? null, size: size ?? null, price })
+    if (typeof item === 'string') throw actorEnded(item)
     return reply.code(201).send(presentClothing(item))
   })
 }

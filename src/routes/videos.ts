@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import fp from 'fastify-plugin'
-import { accountGone } from '../plugins/auth.ts'
+import { actorEnded, actorOf } from '../plugins/auth.ts'
 import { notFound } from '../plugins/authorization.ts'
 import type { Video } from '../repositories/videos.ts'
 import { ErrorResponse, Timestamp, Uuid, guardedErrors } from '../schemas/common.ts'
@@ -83,9 +83,8 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request, reply) => {
     const { title, author, url, is_member_only: isMemberOnly = false } = request.body
-    const video = await app.videosRepository.create(request.user.id, { title, author, url, isMemberOnly })
-    // Deleted since loadAccount read it: the video would have no owner.
-    if (!video) throw accountGone()
+    const video = await app.videosRepository.create(actorOf(request), { title, author, url, isMemberOnly })
+    if (typeof video === 'string') throw actorEnded(video)
     return reply.code(201).send(presentVideo(video))
   })
 
@@ -100,7 +99,8 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request) => {
     const { title, author, url, is_member_only: isMemberOnly } = request.body
-    const video = await app.videosRepository.update(request.params.id, { title, author, url, isMemberOnly })
+    const video = await app.videosRepository.update(actorOf(request), request.params.id, { title, author, url, isMemberOnly })
+    if (typeof video === 'string') throw actorEnded(video)
     // Deleted since the ownership check: the answer a request after the delete gets.
     if (!video) throw notFound()
     return presentVideo(video)
@@ -115,7 +115,9 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 204: Type.Null(), 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse }
     }
   }, async (request, reply) => {
-    if (!await app.videosRepository.delete(request.params.id)) throw notFound()
+    const deleted = await app.videosRepository.delete(actorOf(request), request.params.id)
+    if (typeof deleted === 'string') throw actorEnded(deleted)
+    if (!deleted) throw notFound()
     return reply.code(204).send(null)
   })
 }

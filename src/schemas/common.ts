@@ -60,6 +60,8 @@ export const Name = Type.String({
   format: 'display-name',
   description: NAME_RULE
 })
+/** A name being set, anywhere one is: null for none, as a user's `name` reads. */
+export const NameOrNone = Type.Union([Name, Type.Null()])
 // `type` beside the enum: generators of typed clients read it, not the values, to type the field.
 export const RoleName = Type.Enum(ROLES, { type: 'string' })
 export const Timestamp = Type.String({ format: 'date-time' })

@@ -147,6 +147,7 @@ export async function openPostgres (databaseUrl: string, options: OpenOptions = 
         }
       },
       forUpdate: (query, options) => query.for('update', options) as typeof query,
+      forShare: (query) => query.for('share') as typeof query,
       hasRole: (roles, role) => sql`${roles} @> ${JSON.stringify([role])}::jsonb`,
       contains: (text, part) => sql`strpos(${text}, ${part}) > 0`,
       // lower() under the "C" collation folds ASCII letters only, as SQLite's does.

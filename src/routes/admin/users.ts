@@ -1,12 +1,11 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import type { FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import fp from 'fastify-plugin'
 import { EMAIL_MAX_LENGTH, normaliseEmail } from '../../auth/email.ts'
 import { apiError } from '../../errors.ts'
-import { sessionEnded } from '../../plugins/auth.ts'
+import { actorOf, sessionEnded } from '../../plugins/auth.ts'
 import type { User } from '../../repositories/users.ts'
-import { ErrorResponse, Name, errorResponse, guardedErrors, RoleName, UserResponse, Uuid, isUuid, presentUser } from '../../schemas/common.ts'
+import { ErrorResponse, NameOrNone, errorResponse, guardedErrors, RoleName, UserResponse, Uuid, isUuid, presentUser } from '../../schemas/common.ts'
 
 const AdminUserResponse = Type.Object({ ...UserResponse.properties, disabled: Type.Boolean() }, { title: 'AdminUser' })
 const UserList = Type.Object({
@@ -22,7 +21,7 @@ const ListQuery = Type.Object({
 const UserChange = Type.Object({
   roles: Type.Optional(Type.Array(RoleName, { maxItems: 4, uniqueItems: true, description: 'Replaces the extra roles; user is always kept' })),
   disabled: Type.Optional(Type.Boolean()),
-  name: Type.Optional(Type.Union([Name, Type.Null()]))
+  name: Type.Optional(NameOrNone)
 }, { additionalProperties: false, minProperties: 1 })
 const UserParams = Type.Object({ id: Uuid })
 
@@ -49,8 +48,6 @@ function decodeCursor (cursor: string): { createdAt: Date, id: string } {
 
 const lastAdmin = () => apiError(409, 'last_admin', 'The last enabled admin cannot lose admin, be disabled or be deleted.')
 const notFound = () => apiError(404, 'not_found', 'No such user.')
-
-const actingAdmin = (request: FastifyRequest) => ({ userId: request.user.id, sessionId: request.user.sid })
 
 const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
   // Admin endpoints act on accounts: the caller's user and session are re-read on every call.
@@ -103,7 +100,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: AdminUserResponse, 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse, 409: lastAdminResponse }
     }
   }, async (request) => {
-    const result = await app.usersRepository.adminUpdate(actingAdmin(request), request.params.id, request.body)
+    const result = await app.usersRepository.adminUpdate(actorOf(request), request.params.id, request.body)
     if (result.outcome === 'admin_ended') throw sessionEnded()
     if (result.outcome === 'not_found') throw notFound()
     if (result.outcome === 'last_admin') throw lastAdmin()
@@ -126,7 +123,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 204: Type.Null(), 400: ErrorResponse, ...guardedErrors, 404: ErrorResponse, 409: lastAdminResponse }
     }
   }, async (request, reply) => {
-    const outcome = await app.usersRepository.adminDelete(actingAdmin(request), request.params.id)
+    const outcome = await app.usersRepository.adminDelete(actorOf(request), request.params.id)
     if (outcome === 'admin_ended') throw sessionEnded()
     if (outcome === 'not_found') throw notFound()
     if (outcome === 'last_admin') throw lastAdmin()
