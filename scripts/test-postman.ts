@@ -7,10 +7,10 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { freePort } from '../bench/lib/processes.ts'
 
 interface NewmanCounts { total: number, pending: number, failed: number }
 interface NewmanSummary {
@@ -49,20 +49,6 @@ const INHERITED_CONFIG = [
   'ACCESS_TOKEN_TTL', 'REFRESH_TOKEN_TTL', 'REFRESH_REUSE_GRACE', 'SESSION_MAX_AGE', 'ADMIN_EMAIL', 'ADMIN_PASSWORD', 'CORS_ORIGINS',
   'RATE_LIMIT_IP_MAX', 'RATE_LIMIT_ACCOUNT_MAX', 'REDIS_URL', 'TRUST_PROXY', 'REQUEST_TIMEOUT', 'LOG_LEVEL'
 ]
-
-/** A port nobody listens on now: bind port 0 on 127.0.0.1 and give it back. */
-function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.unref()
-    server.once('error', reject)
-    server.listen(0, HOST, () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address ? address.port : 0
-      server.close(() => port ? resolve(port) : reject(new Error('could not find a free port')))
-    })
-  })
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 

@@ -1,21 +1,21 @@
 // The raw password-verify throughput of both argon2 bindings, at the parameters Gatehouse uses,
 // measured in the runner while every server is idle. Also proves they read each other's hashes.
-import { hash as rsHash, verify as rsVerify, type Algorithm } from '@node-rs/argon2'
+import { hash as rsHash, verify as rsVerify } from '@node-rs/argon2'
 import argon2 from 'argon2'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { HASH_OPTIONS } from '../../src/auth/passwords.ts'
 import { ROOT } from './processes.ts'
 
-/** OWASP argon2id: 19 MiB, 2 passes, 1 lane, as src/auth/passwords.ts. */
-export const PARAMS = { memoryCost: 19_456, timeCost: 2, parallelism: 1 } as const
-const ARGON2ID = 2 as Algorithm
+/** Gatehouse's argon2id parameters, given to both bindings. */
+const { memoryCost, timeCost, parallelism } = HASH_OPTIONS
 
 export type HasherName = 'argon2' | '@node-rs/argon2'
 export const HASHERS: HasherName[] = ['argon2', '@node-rs/argon2']
 
 export const hashWith = (hasher: HasherName, password: string): Promise<string> => hasher === 'argon2'
-  ? argon2.hash(password, { type: argon2.argon2id, ...PARAMS })
-  : rsHash(password, { algorithm: ARGON2ID, ...PARAMS })
+  ? argon2.hash(password, { type: argon2.argon2id, memoryCost, timeCost, parallelism })
+  : rsHash(password, HASH_OPTIONS)
 
 export const verifyWith = (hasher: HasherName, hash: string, password: string): Promise<boolean> => hasher === 'argon2'
   ? argon2.verify(hash, password)
