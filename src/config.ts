@@ -135,10 +135,15 @@ function corsOriginProblem (entry: string): string | undefined {
   return `CORS_ORIGINS must list origins such as https://app.example.com, without a path or a trailing slash (got "${entry}"${hint})`
 }
 
+/** DATABASE_URL as set (spaces around it dropped), or the SQLite default, and why it cannot be used if it cannot. */
+function readDatabaseUrl (env: Env): { url: string, problem: string | undefined } {
+  const url = env.DATABASE_URL?.trim() || DEFAULT_DATABASE_URL
+  return { url, problem: databaseUrlProblem(url) }
+}
+
 /** DATABASE_URL, or the SQLite default; a ConfigError when it cannot be used. For the CLI tools. */
 export function databaseUrlFrom (env: Env = process.env): string {
-  const url = env.DATABASE_URL?.trim() || DEFAULT_DATABASE_URL
-  const problem = databaseUrlProblem(url)
+  const { url, problem } = readDatabaseUrl(env)
   if (problem) throw new ConfigError([problem])
   return url
 }
@@ -205,8 +210,7 @@ export function loadConfig (env: Env = process.env): Config {
 
   // As written in a compose file or .env: `Production`, or with a space after it, is production too.
   const production = env.NODE_ENV?.trim().toLowerCase() === 'production'
-  const databaseUrl = text('DATABASE_URL', DEFAULT_DATABASE_URL)
-  const databaseProblem = databaseUrlProblem(databaseUrl)
+  const { url: databaseUrl, problem: databaseProblem } = readDatabaseUrl(env)
   if (databaseProblem) problems.push(databaseProblem)
   const redisUrl = env.REDIS_URL?.trim()
   const redisProblem = redisUrl ? redisUrlProblem(redisUrl) : undefined
