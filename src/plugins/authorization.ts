@@ -32,7 +32,8 @@ declare module 'fastify' {
 
 /** Its `insufficient_scope` challenge is added where every error is answered (errors.ts). */
 const forbidden = () => apiError(403, 'forbidden', 'You are not allowed to do this.')
-export const notFound = () => apiError(404, 'not_found', 'No such resource.')
+/** 404 for an id that names nothing the caller may see: `what` says of which kind. */
+export const notFound = (what = 'resource') => apiError(404, 'not_found', `No such ${what}.`)
 
 const preHandlersOf = (route: Pick<RouteOptions, 'preHandler'>) => [route.preHandler ?? []].flat()
 

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import { apiError } from '../errors.ts'
 import { accountOf } from '../plugins/auth.ts'
+import { notFound } from '../plugins/authorization.ts'
 import { MAX_OPEN_SESSIONS, sessionAgeNow } from '../repositories/sessions.ts'
 import { ErrorResponse, Timestamp, Uuid } from '../schemas/common.ts'
 
@@ -48,7 +48,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const { user } = accountOf(request)
     // Another user's session answers 404 like an unknown one: ids are not confirmed to strangers.
     if (!await app.sessionsRepository.revoke(request.params.id, user.id, sessionAgeNow(app.config.sessionMaxAge))) {
-      throw apiError(404, 'not_found', 'No such session.')
+      throw notFound('session')
     }
     request.log.info({ event: 'session_revoked', userId: user.id, sessionId: request.params.id, reason: 'user' }, 'session revoked')
     return reply.code(204).send(null)

@@ -70,7 +70,7 @@ function switchToWal (sqlite: Sqlite.Database): void {
  * one, and one of them failed ("table `users` already exists"). Here the second waits for the
  * first, then finds them applied.
  */
-export function migrateSqlite (sqlite: Sqlite.Database): void {
+function migrateSqlite (sqlite: Sqlite.Database): void {
   const busyTimeout = sqlite.pragma('busy_timeout', { simple: true }) as number
   sqlite.pragma(`busy_timeout = ${MIGRATION_WAIT_MS}`)
   try {

@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import { EMAIL_MAX_LENGTH, normaliseEmail } from '../../auth/email.ts'
 import { apiError } from '../../errors.ts'
 import { actorOf, sessionEnded } from '../../plugins/auth.ts'
+import { notFound } from '../../plugins/authorization.ts'
 import type { User } from '../../repositories/users.ts'
 import { ErrorResponse, NameOrNone, errorResponse, guardedErrors, RoleName, UserResponse, Uuid, isUuid, presentUser } from '../../schemas/common.ts'
 
@@ -47,7 +48,6 @@ function decodeCursor (cursor: string): { createdAt: Date, id: string } {
 }
 
 const lastAdmin = () => apiError(409, 'last_admin', 'The last enabled admin cannot lose admin, be disabled or be deleted.')
-const notFound = () => apiError(404, 'not_found', 'No such user.')
 
 const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
   // Admin endpoints act on accounts: the caller's user and session are re-read on every call.
@@ -86,7 +86,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request) => {
     const user = await app.usersRepository.findById(request.params.id)
-    if (!user) throw notFound()
+    if (!user) throw notFound('user')
     return presentAdminUser(user)
   })
 
@@ -102,7 +102,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const result = await app.usersRepository.adminUpdate(actorOf(request), request.params.id, request.body)
     if (result.outcome === 'admin_ended') throw sessionEnded()
-    if (result.outcome === 'not_found') throw notFound()
+    if (result.outcome === 'not_found') throw notFound('user')
     if (result.outcome === 'last_admin') throw lastAdmin()
     const { user, rolesChanged, disabledNow, revokedSessions } = result
     const audit = { userId: user.id, adminId: request.user.id }
@@ -125,7 +125,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const outcome = await app.usersRepository.adminDelete(actorOf(request), request.params.id)
     if (outcome === 'admin_ended') throw sessionEnded()
-    if (outcome === 'not_found') throw notFound()
+    if (outcome === 'not_found') throw notFound('user')
     if (outcome === 'last_admin') throw lastAdmin()
     request.log.info({ event: 'user_deleted', userId: request.params.id, adminId: request.user.id }, 'user deleted')
     return reply.code(204).send(null)
