@@ -19,7 +19,13 @@ const Parameter = Type.Optional(Type.String({ maxLength: 4096 }))
  * unknown parameters are ignored too (§3.2: "MUST ignore unrecognized request parameters").
  */
 const TokenRequest = Type.Object({
-  grant_type: Type.Optional(Type.String({ maxLength: 64, examples: ['password', 'refresh_token'] })),
+  // Left optional and open here so that a missing or other grant gets RFC 6749's own errors
+  // (invalid_request, unsupported_grant_type) from the handler, not a schema's validation_error.
+  grant_type: Type.Optional(Type.String({
+    maxLength: 64,
+    examples: ['password', 'refresh_token'],
+    description: 'Required: password (with username and password) or refresh_token (with refresh_token); any other is unsupported_grant_type'
+  })),
   username: Type.Optional(Type.String({ maxLength: 4096, description: 'The email, for grant_type=password' })),
   password: Parameter,
   // The limit of /auth/refresh; empty counts as left out (RFC 6749 §3.1), so no minimum here.
@@ -119,7 +125,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
         200: SessionResponse,
         400: { ...OAuthError, description: 'invalid_request, invalid_grant (also a disabled user) or unsupported_grant_type' },
         413: { ...OAuthError, description: 'Body over 8 KiB: invalid_request' },
-        415: { ...OAuthError, description: 'Neither form-urlencoded nor JSON, or sent with a Content-Encoding: invalid_request' },
+        415: { ...OAuthError, description: 'Neither form-urlencoded nor JSON, JSON labelled with a charset other than UTF-8, or sent with a Content-Encoding: invalid_request' },
         429: { ...OAuthError, description: 'Too many requests: rate_limited, with Retry-After (one per-IP count with POST /auth/login)' },
         503: { ...OAuthError, description: 'The database is unavailable: temporarily_unavailable, with Retry-After' }
       }
