@@ -449,7 +449,8 @@ t.test('an admin demoted, disabled, deleted or signed out while their change wai
       })
       t.equal(response.statusCode, 401, `${method} by an admin ${ending} meanwhile`)
       t.equal(response.json().code, 'invalid_token')
-      t.equal(response.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_token", error_description="The session behind this access token has ended."')
+      const description = ending === 'deleted' ? 'The account behind this access token no longer exists.' : 'The session behind this access token has ended.'
+      t.equal(response.headers['www-authenticate'], `Bearer realm="gatehouse", error="invalid_token", error_description="${description}"`)
       const stored = await dbGet(app, 'select roles from users where id = ?', target.user.id)
       t.ok(stored, `${method} by an admin ${ending} meanwhile: the user is still there`)
       t.same(JSON.parse(String(stored?.roles)), ['user'], `${method} by an admin ${ending} meanwhile: their roles are unchanged`)

@@ -444,7 +444,8 @@ t.test('a name needs something to show and no control characters, wherever it is
     ['the braille blank only', '\u2800'], ['a combining accent only', '\u0301'], ['private use only', '\ue000'],
     ['hidden text in tag characters', `Ada${[...'ignore all rules'].map((c) => String.fromCodePoint(0xE0000 + c.codePointAt(0)!)).join('')}`],
     ['a language tag', 'Ada\u{E0001}\u{E0065}\u{E006E}'], ['a cancel tag alone', 'Ada\u{E007F}'],
-    ['a flag sequence left open', 'Ada \u{1F3F4}\u{E0067}\u{E0062}'], ['a deprecated shaping switch', 'Ada\u206Bx']
+    ['a flag sequence left open', 'Ada \u{1F3F4}\u{E0067}\u{E0062}'], ['a deprecated shaping switch', 'Ada\u206Bx'],
+    ['hidden text dressed as a flag', `Ada \u{1F3F4}${[...'ignore all rules'].map((c) => String.fromCodePoint(0xE0000 + c.codePointAt(0)!)).join('')}\u{E007F}`]
   ]
   const users = await dbCount(app, 'select count(*) as n from users')
   for (const [setter, request] of setters) {
@@ -458,7 +459,7 @@ t.test('a name needs something to show and no control characters, wherever it is
   t.same(await dbGet(app, 'select name, updated_at from users where id = ?', session.user.id), before, 'the name is unchanged')
 
   for (const [setter, request] of setters) {
-    for (const name of ['Zoë', ' Ada ', '李 小龙', '🦄', '👩\u200d💻 Grace', 'Ada \u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}', 'مرحبا', 'नमस्ते', 'e\u0301']) {
+    for (const name of ['Zoë', ' Ada ', '李 小龙', '🦄', '👩\u200d💻 Grace', 'Ada \u{1F3F4}\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}', '\u{1F3F4}\u{E0067}\u{E0062}\u{E0077}\u{E006C}\u{E0073}\u{E007F} Cymru', 'مرحبا', 'नमस्ते', 'e\u0301']) {
       const response = await app.inject(request(name))
       t.equal(response.statusCode, setter === 'signup' ? 201 : 200, `${setter}: ${JSON.stringify(name)}`)
       t.equal((setter === 'signup' ? response.json().user : response.json()).name, name, `${setter}: stored as sent`)

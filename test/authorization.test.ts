@@ -901,7 +901,7 @@ t.test('writes re-read the caller\'s account: a demotion, a disable or a sign-ou
 
   const developer = await signupWithRoles(app, ['user', 'developer'])
   const own = await newVideo(app, developer)
-  const others = await newVideo(app, admin)
+  const others = await newVideo(app, await signupWithRoles(app, ['user', 'developer']))
   await dbRun(app, 'update users set roles = ? where id = ?', ['user'], developer.user.id)
   assertForbidden(t, await call('POST', '/videos', developer.access_token, video))
   assertForbidden(t, await call('PATCH', `/videos/${others.id}`, developer.access_token, { title: 'Taken' }))

@@ -305,6 +305,16 @@ t.test('an account deleted while its request is served gets the RFC 6750 invalid
   t.equal(changed.json().code, 'invalid_token')
   t.equal(changed.headers['www-authenticate'], challenge)
   t.same(counted, [], 'and no attempt counted against the email')
+
+  // Deleted while the new password is hashed: gone, not a wrong current password.
+  const hashing = await signup(app)
+  before(app.usersRepository, 'changePassword', () => dbRun(app, 'delete from users where id = ?', hashing.user.id))
+  const late = await app.inject({
+    method: 'POST', url: '/auth/password', headers: bearer(hashing.access_token), payload: { current_password: TEST_PASSWORD, new_password: 'another long passphrase' }
+  })
+  t.equal(late.statusCode, 401, 'POST /auth/password, deleted before its write')
+  t.equal(late.json().code, 'invalid_token')
+  t.equal(late.headers['www-authenticate'], challenge)
 })
 
 t.test('an owner deleted while their change to a video waits is told their account is gone, on what they owned and on any other video', async (t) => {
@@ -400,6 +410,23 @@ t.test('a change in flight when its caller is signed out, disabled, demoted or d
   }
 })
 
+t.test('a publish or a new item waits for nothing but is refused when the caller\'s stored roles lost the permission meanwhile, by hand', async (t) => {
+  // Not through the API, whose role changes end the sessions: an operator's SQL, say.
+  const app = await build(t)
+  const cases: Array<[string, string[], 'clothesRepository' | 'videosRepository', InjectOptions, string]> = [
+    ['POST /clothes', ['user', 'admin'], 'clothesRepository', { method: 'POST', url: '/clothes', payload: { name: 'Late', price: 100 } }, 'select count(*) as n from clothes'],
+    ['POST /videos', ['user', 'developer'], 'videosRepository', { method: 'POST', url: '/videos', payload: { title: 'Late', author: 'Ada', url: 'https://example.com/late' } }, 'select count(*) as n from videos']
+  ]
+  for (const [label, roles, repository, request, count] of cases) {
+    const caller = await signupWithRoles(app, roles)
+    before(app[repository], 'create', () => dbRun(app, 'update users set roles = ? where id = ?', ['user'], caller.user.id))
+    const response = await app.inject({ ...request, headers: bearer(caller.access_token) })
+    t.equal(response.statusCode, 401, label)
+    t.equal(response.json().code, 'invalid_token', label)
+    t.equal(await dbCount(app, count), 0, `${label}: not made`)
+  }
+})
+
 // Only PostgreSQL lets a change wait on a row another transaction holds; SQLite runs one writer at a time.
 if (TEST_DATABASE_URL) {
   t.test('on PostgreSQL, a change waits for its caller\'s sign-out or disable in progress, and is refused once that commits', async (t) => {
@@ -428,5 +455,39 @@ if (TEST_DATABASE_URL) {
       t.equal(response.json().code, 'invalid_token')
       t.equal(await dbCount(app, 'select count(*) as n from videos where user_id = ?', caller.user.id), 0, 'and not made')
     }
+  })
+}
+
+if (TEST_DATABASE_URL) {
+  t.test('on PostgreSQL, one user\'s changes at once do not deadlock: each takes the user\'s row before its sessions\'', async (t) => {
+    const url = await freshPostgresUrl(TEST_DATABASE_URL!)
+    const app = await build(t, { DATABASE_URL: url })
+    const user = await signupWithRoles(app, ['user', 'admin'])
+    // Profile changes and the admin's own changes at once: each holds the user's row in turn.
+    for (let round = 0; round < 10; round++) {
+      const answers = await Promise.all([
+        ...Array.from({ length: 4 }, (_, index) => app.inject({ method: 'PATCH', url: '/auth/me', headers: bearer(user.access_token), payload: { name: `Name ${round}-${index}` } })),
+        app.inject({ method: 'PATCH', url: `/admin/users/${user.user.id}`, headers: bearer(user.access_token), payload: { name: `Admin ${round}` } })
+      ])
+      t.same(answers.map((answer) => answer.statusCode), [200, 200, 200, 200, 200], `round ${round}: every change made, none a deadlock's 503`)
+    }
+
+    // A global sign-out while a password change of another session holds its own session and
+    // revokes the others (as changePassword does, here by hand so the moment is certain).
+    const email = uniqueEmail('pw')
+    const first = await signup(app, email)
+    const second = (await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })).json() as SessionBody
+    const change = new pg.Client({ connectionString: url })
+    await change.connect()
+    t.teardown(() => change.end())
+    await change.query('begin')
+    await change.query('update users set updated_at = now() where id = $1', [first.user.id])
+    await change.query('select id from sessions where id = $1 for no key update', [tokenPayload(second.access_token).sid])
+    const logout = app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(first.access_token), payload: { scope: 'global' } })
+    await sleep(300)
+    await change.query('update sessions set revoked_at = now() where user_id = $1 and id <> $2 and revoked_at is null', [first.user.id, tokenPayload(second.access_token).sid])
+    await change.query('commit')
+    t.equal((await logout).statusCode, 204, 'the sign-out waited for the change and then ended every session')
+    t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ? and revoked_at is null', first.user.id), 0)
   })
 }

@@ -26,6 +26,8 @@ try {
   // Checked and written in one transaction under the seed lock: two runs at once (two instances'
   // start scripts, say) cannot both find the tables empty and seed them twice.
   const { hasVideos, hasClothes } = await database.dialect.atomic(async (db) => {
+    // Repositories on this transaction's builder: seed() only, as their changes for a signed-in
+    // caller open transactions of their own (nested, SQLite would refuse them).
     const videos = createVideoRepository({ ...database, db })
     const clothes = createClothingRepository({ ...database, db })
     const hasVideos = (await videos.list(false)).length + (await videos.list(true)).length > 0

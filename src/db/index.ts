@@ -68,8 +68,11 @@ export interface Dialect {
    * lock. With `skipLocked`, rows another transaction holds are left out instead of waited for.
    */
   forUpdate<Q extends { for (strength: 'update', config?: { skipLocked: true }): unknown }> (query: Q, options?: { skipLocked: true }): Q
-  /** Holds the selected rows against updates and deletes until the transaction ends (PostgreSQL), as forUpdate does but letting other holders share them. */
-  forShare<Q extends { for (strength: 'share'): unknown }> (query: Q): Q
+  /**
+   * As forUpdate, but other transactions may still insert rows that refer to the locked ones (a
+   * foreign key's check takes a key-share lock, which this lets through): `FOR NO KEY UPDATE`.
+   */
+  forNoKeyUpdate<Q extends { for (strength: 'no key update'): unknown }> (query: Q): Q
   /** `roles` (a JSON array) contains `role`. */
   hasRole (roles: Column, role: string): SQL
   /** `text` contains `part` literally (no LIKE wildcards). */

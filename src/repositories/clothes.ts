@@ -29,9 +29,9 @@ export function createClothingRepository (database: Database) {
       return catalogue.execute()
     },
 
-    /** An item the actor adds (actingAs). */
+    /** An item the actor adds (actingAs), while they may. */
     async create (actor: Actor, fields: ClothingFields): Promise<Clothing | ActorEnded> {
-      return actingAs(database, actor, (tx) => insert(tx, fields))
+      return actingAs(database, actor, (tx) => insert(tx, fields), { permission: 'clothes:write' })
     },
 
     /** An item db:seed adds, inside its own transaction. */

@@ -103,8 +103,8 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
 
   // Every session not yet revoked is revoked, so one past a maximum age raised later stays ended;
   // only those that were open are reported (a DELETE of an ended one is not found, as it is not listed).
-  const revokeWhere = async (condition: SQL | undefined, age: SessionAge) =>
-    (await db.update(sessions).set({ revokedAt: age.now }).where(and(condition, isNull(sessions.revokedAt))).returning())
+  const revokeWhere = async (condition: SQL | undefined, age: SessionAge, executor: Db = db) =>
+    (await executor.update(sessions).set({ revokedAt: age.now }).where(and(condition, isNull(sessions.revokedAt))).returning())
       .filter((session) => isUnended(session, age))
 
   return {
@@ -236,7 +236,13 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
 
     /** Revokes every session of the user not yet revoked; returns how many were open. */
     async revokeAllForUser (userId: string, age: SessionAge): Promise<number> {
-      return (await revokeWhere(eq(sessions.userId, userId), age)).length
+      // The user's row first, as every writer of several of a user's sessions takes it (a password
+      // change holds its own session while it revokes the others): sessions one at a time in
+      // whatever order, against such a writer, would deadlock.
+      return dialect.atomic(async (tx) => {
+        await dialect.forNoKeyUpdate(tx.select({ id: users.id }).from(users).where(eq(users.id, userId)))
+        return (await revokeWhere(eq(sessions.userId, userId), age, tx)).length
+      })
     },
 
     /** Revokes the session a refresh token belongs to (logout without an access token); returns it if it was open. */

@@ -2,8 +2,8 @@ import { and, asc, eq, gt, isNull, ne, or, sql, type SQL } from 'drizzle-orm'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
-import { hasPermission, isAdmin, normaliseRoles, type Role } from '../auth/permissions.ts'
-import { Rollback, type Database, type Db, type Tables, type UserRow } from '../db/index.ts'
+import { hasPermission, isAdmin, normaliseRoles, type Permission, type Role } from '../auth/permissions.ts'
+import { Rollback, type AtomicLock, type Database, type Db, type Tables, type UserRow } from '../db/index.ts'
 
 /** A user as the rest of the app sees it: never with the password hash. */
 export type User = Omit<UserRow, 'passwordHash'>
@@ -42,7 +42,6 @@ export type AdminUpdate =
   | { outcome: 'updated', user: User, rolesChanged: boolean, disabledNow: boolean, revokedSessions: number }
   | { outcome: 'not_found' }
   | { outcome: 'last_admin' }
-  | { outcome: 'admin_ended' }
 
 /** The columns of a User: every one but the password hash. */
 export const userColumns = (users: Tables['users']) => ({
@@ -57,34 +56,44 @@ export const userColumns = (users: Tables['users']) => ({
 
 /**
  * The actor's roles, read in the transaction of their change with their user's row, then their
- * session's, held until it commits (a user's row before its sessions', the order every writer
- * takes). A sign-out, disable, demotion or delete (the last three revoke the sessions) that
- * committed first is seen here, and one that comes later waits for the change to commit: no change
- * lands after such a one was answered, on any instance. The session's expiry was judged by
- * loadAccount, moments before.
+ * session's, locked until it commits (a user's row before its sessions', the order every writer of
+ * several sessions takes). A sign-out, disable, demotion or delete (the last three revoke the
+ * sessions) that committed first is seen here, and one that comes later waits for the change to
+ * commit: no change lands after such a one was answered, on any instance. One user's changes take
+ * the user's row one after another: two that shared it and then wrote it would deadlock. Rows that
+ * refer to the user (a video, a session) may still be inserted meanwhile. The session's expiry
+ * was judged by loadAccount, moments before.
  */
 export async function holdActor ({ tables: { users, sessions }, dialect }: Pick<Database, 'tables' | 'dialect'>, tx: Db, actor: Actor): Promise<Role[] | ActorEnded> {
-  const [user] = await dialect.forShare(tx.select({ roles: users.roles, disabled: users.disabled }).from(users).where(eq(users.id, actor.userId)))
+  const [user] = await dialect.forNoKeyUpdate(tx.select({ roles: users.roles, disabled: users.disabled }).from(users).where(eq(users.id, actor.userId)))
   if (!user) return 'account_gone'
   if (user.disabled) return 'session_ended'
-  const [session] = await dialect.forShare(tx.select({ id: sessions.id }).from(sessions)
+  const [session] = await dialect.forNoKeyUpdate(tx.select({ id: sessions.id }).from(sessions)
     .where(and(eq(sessions.id, actor.sessionId), eq(sessions.userId, actor.userId), isNull(sessions.revokedAt))))
   return session ? user.roles : 'session_ended'
 }
 
+export const isActorEnded = (outcome: unknown): outcome is ActorEnded => outcome === 'account_gone' || outcome === 'session_ended'
+
 /**
- * Runs `work` as one transaction in which holdActor holds the actor's user and session; what
- * holdActor says instead when the actor may act no more. For changes made for a signed-in caller.
+ * Runs `work` as one transaction (under `lock`, if given) in which holdActor holds the actor's user
+ * and session; what holdActor says instead when the actor may act no more, and 'session_ended'
+ * when their roles as stored no longer give `permission` (changed by hand: the API's role changes
+ * end the sessions anyway). For changes made for a signed-in caller.
  */
-export async function actingAs<T> (database: Pick<Database, 'tables' | 'dialect'>, actor: Actor, work: (tx: Db) => Promise<T>): Promise<T | ActorEnded> {
+export async function actingAs<T> (
+  database: Pick<Database, 'tables' | 'dialect'>,
+  actor: Actor,
+  work: (tx: Db) => Promise<T>,
+  { permission, lock }: { permission?: Permission, lock?: AtomicLock } = {}
+): Promise<T | ActorEnded> {
   return database.dialect.atomic(async (tx) => {
-    const held = await holdActor(database, tx, actor)
-    return Array.isArray(held) ? work(tx) : held
-  })
+    const roles = await holdActor(database, tx, actor)
+    if (!Array.isArray(roles)) return roles
+    return permission && !hasPermission(roles, permission) ? 'session_ended' : work(tx)
+  }, lock)
 }
 
-/** Rolls back a password change whose session ended while it waited. */
-class SessionEnded extends Rollback {}
 /** Rolls back the first admin's insert: the email is taken. */
 class EmailTaken extends Rollback {}
 
@@ -119,11 +128,9 @@ export function createUserRepository (database: Database) {
     return created!
   }
 
-  /** Whether the acting admin may still manage users, read again under the admins lock. */
-  const stillActing = async (tx: Db, actor: Actor) => {
-    const roles = await holdActor(database, tx, actor)
-    return Array.isArray(roles) && hasPermission(roles, 'users:manage')
-  }
+  /** An admin's change: under the admins lock, by an admin who may still manage users. */
+  const asActingAdmin = <T>(actor: Actor, work: (tx: Db) => Promise<T>) =>
+    actingAs(database, actor, work, { permission: 'users:manage', lock: 'admins' })
 
   return {
     /** The new user, or null when the (normalised) email is taken. */
@@ -192,29 +199,20 @@ export function createUserRepository (database: Database) {
     },
 
     /**
-     * A password change (ASVS 3.3.3): the new hash, on the terms of replacePasswordHash, and every
-     * session but `keepSessionId` revoked in the same transaction, so a session opened with the old
-     * password either sees the change (sessionsRepository.open) or is revoked by it. Returns how
-     * many sessions it revoked; 'hash_changed' when the hash changed since it was verified;
-     * 'session_ended' when `keepSessionId` was revoked or its user disabled meanwhile (a sign-out,
-     * or an admin's disable, which holds the user's row until it commits): nothing is changed.
+     * A password change (ASVS 3.3.3) for the actor (actingAs): the new hash, on the terms of
+     * replacePasswordHash, and every session but the actor's revoked in the same transaction, so a
+     * session opened with the old password either sees the change (sessionsRepository.open) or is
+     * revoked by it. Returns how many sessions it revoked; 'hash_changed' when the hash changed
+     * since it was verified; what holdActor says when the actor may act no more: nothing is changed.
      */
-    async changePassword (id: string, { from, to }: { from: string, to: string }, keepSessionId: string, now: Date): Promise<number | 'hash_changed' | 'session_ended'> {
-      try {
-        return await dialect.atomic(async (tx) => {
-          if ((await replaceHash(tx, id, from, to, now)).length === 0) return 'hash_changed' as const
-          // After the user's row is ours: any disable or sign-out that committed first is seen here.
-          if (!Array.isArray(await holdActor(database, tx, { userId: id, sessionId: keepSessionId }))) throw new SessionEnded()
-          const revoked = await tx.update(sessions).set({ revokedAt: now })
-            .where(and(eq(sessions.userId, id), ne(sessions.id, keepSessionId), isNull(sessions.revokedAt)))
-            .returning({ id: sessions.id })
-          return revoked.length
-        })
-      } catch (error) {
-        // Thrown to roll the new hash back.
-        if (error instanceof SessionEnded) return 'session_ended'
-        throw error
-      }
+    async changePassword (actor: Actor, { from, to }: { from: string, to: string }, now: Date): Promise<number | 'hash_changed' | ActorEnded> {
+      return actingAs(database, actor, async (tx) => {
+        if ((await replaceHash(tx, actor.userId, from, to, now)).length === 0) return 'hash_changed' as const
+        const revoked = await tx.update(sessions).set({ revokedAt: now })
+          .where(and(eq(sessions.userId, actor.userId), ne(sessions.id, actor.sessionId), isNull(sessions.revokedAt)))
+          .returning({ id: sessions.id })
+        return revoked.length
+      })
     },
 
     /** One page in creation order (then id, so ties are stable); limit + 1 rows tell whether more follow. */
@@ -236,11 +234,10 @@ export function createUserRepository (database: Database) {
      * An admin's change to a user, refused with last_admin when it would leave no enabled admin.
      * A role change or a disable also revokes the user's sessions.
      * The checks and the write share one transaction under the admins lock, so two admins demoting
-     * each other at once cannot both succeed, on one instance or several (admin_ended for the second).
+     * each other at once cannot both succeed, on one instance or several (session_ended for the second).
      */
-    async adminUpdate (actor: Actor, id: string, changes: AdminChanges): Promise<AdminUpdate> {
-      return dialect.atomic(async (tx) => {
-        if (!await stillActing(tx, actor)) return { outcome: 'admin_ended' } as const
+    async adminUpdate (actor: Actor, id: string, changes: AdminChanges): Promise<AdminUpdate | ActorEnded> {
+      return asActingAdmin(actor, async (tx): Promise<AdminUpdate> => {
         const [current] = await tx.select(publicColumns).from(users).where(eq(users.id, id))
         if (!current) return { outcome: 'not_found' } as const
         const roles = changes.roles ? normaliseRoles(changes.roles) : current.roles
@@ -264,19 +261,18 @@ export function createUserRepository (database: Database) {
             .where(and(eq(sessions.userId, id), isNull(sessions.revokedAt))).returning({ id: sessions.id })
           : []
         return { outcome: 'updated', user: user!, rolesChanged, disabledNow, revokedSessions: revoked.length } as const
-      }, 'admins')
+      })
     },
 
     /** Deletes a user (sessions go with it), unless they are the last enabled admin. */
-    async adminDelete (actor: Actor, id: string): Promise<'deleted' | 'not_found' | 'last_admin' | 'admin_ended'> {
-      return dialect.atomic(async (tx) => {
-        if (!await stillActing(tx, actor)) return 'admin_ended'
+    async adminDelete (actor: Actor, id: string): Promise<'deleted' | 'not_found' | 'last_admin' | ActorEnded> {
+      return asActingAdmin(actor, async (tx) => {
         const [current] = await tx.select(publicColumns).from(users).where(eq(users.id, id))
         if (!current) return 'not_found'
         if (isAdmin(current.roles) && !current.disabled && !await enabledAdminExists(tx, id)) return 'last_admin'
         await tx.delete(users).where(eq(users.id, id))
-        return 'deleted'
-      }, 'admins')
+        return 'deleted' as const
+      })
     }
   }
 }

@@ -32,9 +32,9 @@ export function createVideoRepository (database: Database) {
       return (memberOnly ? lists.memberOnly : lists.free).execute()
     },
 
-    /** A video the actor publishes and owns (actingAs). */
+    /** A video the actor publishes and owns (actingAs), while they may. */
     async create (actor: Actor, fields: VideoFields): Promise<Video | ActorEnded> {
-      return actingAs(database, actor, (tx) => insert(tx, actor.userId, fields))
+      return actingAs(database, actor, (tx) => insert(tx, actor.userId, fields), { permission: 'videos:publish' })
     },
 
     /** A video with no owner, which admins manage: db:seed's, inside its own transaction. */

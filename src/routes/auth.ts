@@ -6,7 +6,7 @@ import { EMAIL_LOCAL_PART_MAX_LENGTH, normaliseEmail } from '../auth/email.ts'
 import { hashPassword, passwordProblem, verifyPassword } from '../auth/passwords.ts'
 import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
-import { accountGone, accountOf, actorEnded, actorOf, sessionEnded } from '../plugins/auth.ts'
+import { accountGone, accountOf, actorEnded, actorOf } from '../plugins/auth.ts'
 import { SIGN_IN_IP_LIMIT, checkPasswordLimited } from '../plugins/rate-limits.ts'
 import { noStore } from '../plugins/security.ts'
 import { stillWaiting } from '../request-client.ts'
@@ -172,7 +172,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       }
     }
   }, async (request, reply) => {
-    const { user, session } = accountOf(request)
+    const { user } = accountOf(request)
     const { current_password: currentPassword, new_password: newPassword } = request.body
     // A stolen access token must not become a way to guess the password: same per-account limit.
     const currentHash = await app.usersRepository.findPasswordHash(user.id)
@@ -191,11 +191,11 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     if (problem) throw apiError(400, 'weak_password', problem)
     // ASVS 3.3.3: a password change ends every other session. Refused, like a wrong password,
     // when the password changed since it was verified (another change won the race).
-    const count = await app.usersRepository.changePassword(user.id,
-      { from: currentHash, to: await hashPassword(newPassword, waiting) }, session.id, new Date())
+    const count = await app.usersRepository.changePassword(actorOf(request),
+      { from: currentHash, to: await hashPassword(newPassword, waiting) }, new Date())
     if (count === 'hash_changed') throw wrongPassword()
-    // Signed out or disabled during the checks: the answer a request sent after gets.
-    if (count === 'session_ended') throw sessionEnded()
+    // Signed out, disabled or deleted during the checks: the answer a request sent after gets.
+    if (typeof count === 'string') throw actorEnded(count)
     request.log.info({ event: 'password_changed', userId: user.id, revokedSessions: count }, 'password changed')
     return reply.code(204).send(null)
   })

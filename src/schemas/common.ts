@@ -42,8 +42,11 @@ const REFUSED_IN_NAMES = /[\p{Cc}\p{Zl}\p{Zp}\u061C\u200E\u200F\u202A-\u202E\u20
 const VISIBLE_CHARACTER = /[^\p{C}\p{Z}\p{M}\p{Default_Ignorable_Code_Point}\u2800]/u
 /** The deprecated shaping switches and the tag characters, which show nothing and can carry hidden ASCII text. */
 const HIDDEN_IN_NAMES = /[\u206A-\u206F\u{E0000}-\u{E007F}]/u
-/** Where tag characters have a use: a subdivision flag, 🏴 then tags, ended by CANCEL TAG (UTS #51 §2.8). */
-const EMOJI_TAG_SEQUENCE = /\u{1F3F4}[\u{E0020}-\u{E007E}]+\u{E007F}/gu
+/**
+ * Where tag characters have a use: the subdivision flags Unicode recommends (UTS #51 §2.8), 🏴 then
+ * the tags of gbeng, gbsct or gbwls, ended by CANCEL TAG. Any other tags could spell hidden text.
+ */
+const EMOJI_TAG_SEQUENCE = /\u{1F3F4}(?:\u{E0067}\u{E0062}(?:\u{E0065}\u{E006E}\u{E0067}|\u{E0073}\u{E0063}\u{E0074}|\u{E0077}\u{E006C}\u{E0073}))\u{E007F}/gu
 /**
  * `format: 'display-name'`: something visible, and none of what would forge lines, reorder the
  * text or hide text wherever users are listed (a newline, a terminal escape, U+2028, a

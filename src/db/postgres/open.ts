@@ -35,7 +35,8 @@ const UNAVAILABLE_CODES = new Set([
   // or its password changed): the requests cannot be served, and the error log says why.
   '3D000', '28000', '28P01',
   // A deadlock victim or a serialization failure was rolled back whole: a retry can succeed. Writers
-  // lock in one order (sessionsRepository.rotate), so this is a backstop; the error log still shows it.
+  // lock a user's row before its sessions' and a session's before its tokens', so this is a
+  // backstop; the error log still shows it.
   '40P01', '40001'
 ])
 // The last: SQLSTATE 55000 (ALTER DATABASE … ALLOW_CONNECTIONS false), a code other errors share.
@@ -147,7 +148,7 @@ export async function openPostgres (databaseUrl: string, options: OpenOptions = 
         }
       },
       forUpdate: (query, options) => query.for('update', options) as typeof query,
-      forShare: (query) => query.for('share') as typeof query,
+      forNoKeyUpdate: (query) => query.for('no key update') as typeof query,
       hasRole: (roles, role) => sql`${roles} @> ${JSON.stringify([role])}::jsonb`,
       contains: (text, part) => sql`strpos(${text}, ${part}) > 0`,
       // lower() under the "C" collation folds ASCII letters only, as SQLite's does.

@@ -163,7 +163,7 @@ export function openSqlite (databaseUrl: string): Database {
           }
         },
         forUpdate: (query) => query,
-        forShare: (query) => query,
+        forNoKeyUpdate: (query) => query,
         hasRole: (roles, role) => sql`exists (select 1 from json_each(${roles}) where value = ${role})`,
         contains: (text, part) => sql`instr(${text}, ${part}) > 0`,
         textOrder: (text) => [sql`lower(${text})`, sql`${text}`],

@@ -3,9 +3,9 @@ import { Type } from 'typebox'
 import fp from 'fastify-plugin'
 import { EMAIL_MAX_LENGTH, normaliseEmail } from '../../auth/email.ts'
 import { apiError } from '../../errors.ts'
-import { actorOf, sessionEnded } from '../../plugins/auth.ts'
+import { actorEnded, actorOf } from '../../plugins/auth.ts'
 import { notFound } from '../../plugins/authorization.ts'
-import type { User } from '../../repositories/users.ts'
+import { isActorEnded, type User } from '../../repositories/users.ts'
 import { ErrorResponse, NameOrNone, errorResponse, guardedErrors, RoleName, UserResponse, Uuid, isUuid, presentUser } from '../../schemas/common.ts'
 
 const AdminUserResponse = Type.Object({ ...UserResponse.properties, disabled: Type.Boolean() }, { title: 'AdminUser' })
@@ -101,7 +101,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request) => {
     const result = await app.usersRepository.adminUpdate(actorOf(request), request.params.id, request.body)
-    if (result.outcome === 'admin_ended') throw sessionEnded()
+    if (isActorEnded(result)) throw actorEnded(result)
     if (result.outcome === 'not_found') throw notFound('user')
     if (result.outcome === 'last_admin') throw lastAdmin()
     const { user, rolesChanged, disabledNow, revokedSessions } = result
@@ -124,7 +124,7 @@ const adminUserRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request, reply) => {
     const outcome = await app.usersRepository.adminDelete(actorOf(request), request.params.id)
-    if (outcome === 'admin_ended') throw sessionEnded()
+    if (isActorEnded(outcome)) throw actorEnded(outcome)
     if (outcome === 'not_found') throw notFound('user')
     if (outcome === 'last_admin') throw lastAdmin()
     request.log.info({ event: 'user_deleted', userId: request.params.id, adminId: request.user.id }, 'user deleted')
