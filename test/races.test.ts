@@ -274,47 +274,29 @@ t.test('a sign-in whose password changed and whose account was disabled after it
 t.test('an account deleted while its request is served gets the RFC 6750 invalid_token challenge', async (t) => {
   const app = await build(t)
   const challenge = 'Bearer realm="gatehouse", error="invalid_token", error_description="The account behind this access token no longer exists."'
-  const profile = await signup(app)
-  before(app.usersRepository, 'updateName', () => dbRun(app, 'delete from users where id = ?', profile.user.id))
-  const renamed = await app.inject({ method: 'PATCH', url: '/auth/me', headers: bearer(profile.access_token), payload: { name: 'Gone' } })
-  t.equal(renamed.statusCode, 401, 'PATCH /auth/me after loadAccount read the user')
-  t.equal(renamed.json().code, 'invalid_token')
-  t.equal(renamed.headers['www-authenticate'], challenge)
+  /** The caller deleted just before the repository method runs: after loadAccount read them. */
+  const deletedBefore = async (label: string, caller: SessionBody, repository: object, method: string, request: InjectOptions) => {
+    before(repository, method as never, () => dbRun(app, 'delete from users where id = ?', caller.user.id))
+    const response = await app.inject({ ...request, headers: bearer(caller.access_token) })
+    t.equal(response.statusCode, 401, label)
+    t.equal(response.json().code, 'invalid_token', label)
+    t.equal(response.headers['www-authenticate'], challenge, label)
+  }
+  const passwordChange: InjectOptions = { method: 'POST', url: '/auth/password', payload: { current_password: TEST_PASSWORD, new_password: 'another long passphrase' } }
 
-  // Deleted after loadAccount read it: the write finds no owner.
-  const developer = await signupWithRoles(app, ['developer'])
-  before(app.videosRepository, 'create', () => dbRun(app, 'delete from users where id = ?', developer.user.id))
-  const published = await app.inject({
-    method: 'POST', url: '/videos', headers: bearer(developer.access_token), payload: { title: 'Orphan', author: 'Nobody', url: 'https://example.com/v' }
-  })
-  t.equal(published.statusCode, 401, 'POST /videos')
-  t.equal(published.json().code, 'invalid_token')
-  t.equal(published.headers['www-authenticate'], challenge)
-  t.equal(await dbCount(app, 'select count(*) as n from videos'), 0)
+  await deletedBefore('PATCH /auth/me', await signup(app), app.usersRepository, 'updateName', { method: 'PATCH', url: '/auth/me', payload: { name: 'Gone' } })
+  await deletedBefore('POST /videos', await signupWithRoles(app, ['developer']), app.videosRepository, 'create',
+    { method: 'POST', url: '/videos', payload: { title: 'Orphan', author: 'Nobody', url: 'https://example.com/v' } })
+  t.equal(await dbCount(app, 'select count(*) as n from videos'), 0, 'no video without its owner')
 
-  // Deleted after loadAccount read it, before the current password is read: no wrong password.
-  const changer = await signup(app)
+  // Before the current password is read: no wrong password, none counted against the email.
   const counted: string[] = []
   const attempt = app.signInFailures.attempt.bind(app.signInFailures)
   app.signInFailures.attempt = async (account) => { counted.push(account); return attempt(account) }
-  before(app.usersRepository, 'findPasswordHash', () => dbRun(app, 'delete from users where id = ?', changer.user.id))
-  const changed = await app.inject({
-    method: 'POST', url: '/auth/password', headers: bearer(changer.access_token), payload: { current_password: TEST_PASSWORD, new_password: 'another long passphrase' }
-  })
-  t.equal(changed.statusCode, 401, 'POST /auth/password')
-  t.equal(changed.json().code, 'invalid_token')
-  t.equal(changed.headers['www-authenticate'], challenge)
+  await deletedBefore('POST /auth/password, before its check', await signup(app), app.usersRepository, 'findPasswordHash', passwordChange)
   t.same(counted, [], 'and no attempt counted against the email')
-
-  // Deleted while the new password is hashed: gone, not a wrong current password.
-  const hashing = await signup(app)
-  before(app.usersRepository, 'changePassword', () => dbRun(app, 'delete from users where id = ?', hashing.user.id))
-  const late = await app.inject({
-    method: 'POST', url: '/auth/password', headers: bearer(hashing.access_token), payload: { current_password: TEST_PASSWORD, new_password: 'another long passphrase' }
-  })
-  t.equal(late.statusCode, 401, 'POST /auth/password, deleted before its write')
-  t.equal(late.json().code, 'invalid_token')
-  t.equal(late.headers['www-authenticate'], challenge)
+  // While the new password is hashed: gone, not a wrong current password.
+  await deletedBefore('POST /auth/password, before its write', await signup(app), app.usersRepository, 'changePassword', passwordChange)
 })
 
 t.test('an owner deleted while their change to a video waits is told their account is gone, on what they owned and on any other video', async (t) => {
