@@ -392,7 +392,7 @@ t.test('a change in flight when its caller is signed out, disabled, demoted or d
   }
 })
 
-t.test('a publish or a new item waits for nothing but is refused when the caller\'s stored roles lost the permission meanwhile, by hand', async (t) => {
+t.test('a publish or a new item is refused when the caller\'s stored roles lost the permission meanwhile, by hand', async (t) => {
   // Not through the API, whose role changes end the sessions: an operator's SQL, say.
   const app = await build(t)
   const cases: Array<[string, string[], 'clothesRepository' | 'videosRepository', InjectOptions, string]> = [

@@ -11,6 +11,7 @@ import { SIGN_IN_IP_LIMIT, checkPasswordLimited } from '../plugins/rate-limits.t
 import { noStore } from '../plugins/security.ts'
 import { stillWaiting } from '../request-client.ts'
 import { MAX_OPEN_SESSIONS, sessionAgeNow } from '../repositories/sessions.ts'
+import { isActorEnded } from '../repositories/users.ts'
 import { Email, ErrorResponse, NameOrNone, NewPassword, REFRESH_TOKEN_MAX_LENGTH, errorResponse, Password, SessionResponse, UserResponse, presentUser } from '../schemas/common.ts'
 import sessionRoutes from './sessions.ts'
 import tokenRoutes from './token.ts'
@@ -155,7 +156,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request) => {
     const user = await app.usersRepository.updateName(actorOf(request), request.body.name)
-    if (typeof user === 'string') throw actorEnded(user)
+    if (isActorEnded(user)) throw actorEnded(user)
     return presentUser(user)
   })
 
@@ -195,7 +196,7 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       { from: currentHash, to: await hashPassword(newPassword, waiting) }, new Date())
     if (count === 'hash_changed') throw wrongPassword()
     // Signed out, disabled or deleted during the checks: the answer a request sent after gets.
-    if (typeof count === 'string') throw actorEnded(count)
+    if (isActorEnded(count)) throw actorEnded(count)
     request.log.info({ event: 'password_changed', userId: user.id, revokedSessions: count }, 'password changed')
     return reply.code(204).send(null)
   })

@@ -3,6 +3,7 @@ import { Type } from 'typebox'
 import fp from 'fastify-plugin'
 import { actorEnded, actorOf } from '../plugins/auth.ts'
 import type { Clothing } from '../repositories/clothes.ts'
+import { isActorEnded } from '../repositories/users.ts'
 import { ErrorResponse, Timestamp, Uuid, guardedErrors } from '../schemas/common.ts'
 
 const Price = Type.Integer({ minimum: 0, maximum: 100_000_000, description: 'Price in cents (integer): 1999 is 19.99', examples: [1999] })
@@ -54,7 +55,7 @@ const clothesRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const { name, color, size, price } = request.body
     const item = await app.clothesRepository.create(actorOf(request), { name, color: color ?? null, size: size ?? null, price })
-    if (typeof item === 'string') throw actorEnded(item)
+    if (isActorEnded(item)) throw actorEnded(item)
     return reply.code(201).send(presentClothing(item))
   })
 }

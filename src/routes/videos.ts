@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import { actorEnded, actorOf } from '../plugins/auth.ts'
 import { notFound } from '../plugins/authorization.ts'
 import type { Video } from '../repositories/videos.ts'
+import { isActorEnded } from '../repositories/users.ts'
 import { ErrorResponse, Timestamp, Uuid, guardedErrors } from '../schemas/common.ts'
 
 const Title = Type.String({ minLength: 1, maxLength: 200 })
@@ -84,7 +85,7 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const { title, author, url, is_member_only: isMemberOnly = false } = request.body
     const video = await app.videosRepository.create(actorOf(request), { title, author, url, isMemberOnly })
-    if (typeof video === 'string') throw actorEnded(video)
+    if (isActorEnded(video)) throw actorEnded(video)
     return reply.code(201).send(presentVideo(video))
   })
 
@@ -100,7 +101,7 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const { title, author, url, is_member_only: isMemberOnly } = request.body
     const video = await app.videosRepository.update(actorOf(request), request.params.id, { title, author, url, isMemberOnly })
-    if (typeof video === 'string') throw actorEnded(video)
+    if (isActorEnded(video)) throw actorEnded(video)
     // Deleted since the ownership check: the answer a request after the delete gets.
     if (!video) throw notFound()
     return presentVideo(video)
@@ -116,7 +117,7 @@ const videoRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }
   }, async (request, reply) => {
     const deleted = await app.videosRepository.delete(actorOf(request), request.params.id)
-    if (typeof deleted === 'string') throw actorEnded(deleted)
+    if (isActorEnded(deleted)) throw actorEnded(deleted)
     if (!deleted) throw notFound()
     return reply.code(204).send(null)
   })
