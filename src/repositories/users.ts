@@ -77,20 +77,20 @@ export const isActorEnded = (outcome: unknown): outcome is ActorEnded => outcome
 
 /**
  * Runs `work` as one transaction (under `lock`, if given) in which holdActor holds the actor's user
- * and session; what holdActor says instead when the actor may act no more, and 'session_ended'
- * when their roles as stored no longer give `permission` (changed by hand: the API's role changes
- * end the sessions anyway). For changes made for a signed-in caller.
+ * and session, and gives it the actor's roles as stored; what holdActor says instead when the actor
+ * may act no more, and 'session_ended' when those roles no longer give `permission` (changed by
+ * hand: the API's role changes end the sessions anyway). For changes made for a signed-in caller.
  */
 export async function actingAs<T> (
   database: Pick<Database, 'tables' | 'dialect'>,
   actor: Actor,
-  work: (tx: Db) => Promise<T>,
+  work: (tx: Db, roles: Role[]) => Promise<T>,
   { permission, lock }: { permission?: Permission, lock?: AtomicLock } = {}
 ): Promise<T | ActorEnded> {
   return database.dialect.atomic(async (tx) => {
     const roles = await holdActor(database, tx, actor)
     if (!Array.isArray(roles)) return roles
-    return permission && !hasPermission(roles, permission) ? 'session_ended' : work(tx)
+    return permission && !hasPermission(roles, permission) ? 'session_ended' : work(tx, roles)
   }, lock)
 }
 

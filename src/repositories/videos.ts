@@ -1,4 +1,5 @@
 import { desc, eq } from 'drizzle-orm'
+import { hasPermission, type Role } from '../auth/permissions.ts'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
@@ -27,6 +28,17 @@ export function createVideoRepository (database: Database) {
     return video!
   }
 
+  /**
+   * Whether the actor may still change the video in this transaction: they own it, or their roles as
+   * stored grant videos:manage-any. The route's guard judged the roles loadAccount read; this sees a
+   * change made by hand since. A video gone meanwhile is left to the write, which finds none (404).
+   */
+  const mayChange = async (tx: Db, actor: Actor, roles: Role[], id: string) => {
+    if (hasPermission(roles, 'videos:manage-any')) return true
+    const [video] = await tx.select({ ownerId: videos.userId }).from(videos).where(eq(videos.id, id))
+    return !video || video.ownerId === actor.userId
+  }
+
   return {
     async list (memberOnly: boolean): Promise<Video[]> {
       return (memberOnly ? lists.memberOnly : lists.free).execute()
@@ -48,18 +60,24 @@ export function createVideoRepository (database: Database) {
       return owner
     },
 
-    /** The video changed for the actor (actingAs); undefined when it no longer exists. */
+    /**
+     * The video changed for the actor (actingAs); undefined when it no longer exists;
+     * 'session_ended' when they may change it no more (mayChange).
+     */
     async update (actor: Actor, id: string, fields: Partial<VideoFields>): Promise<Video | undefined | ActorEnded> {
-      return actingAs(database, actor, async (tx) => {
+      return actingAs(database, actor, async (tx, roles) => {
+        if (!await mayChange(tx, actor, roles, id)) return 'session_ended'
         const [video] = await tx.update(videos).set({ ...fields, updatedAt: new Date() }).where(eq(videos.id, id)).returning()
         return video
       })
     },
 
-    /** Whether the video existed and was deleted for the actor (actingAs). */
+    /** Whether the video existed and was deleted for the actor (actingAs, mayChange as for update). */
     async delete (actor: Actor, id: string): Promise<boolean | ActorEnded> {
-      return actingAs(database, actor, async (tx) =>
-        (await tx.delete(videos).where(eq(videos.id, id)).returning({ id: videos.id })).length > 0)
+      return actingAs(database, actor, async (tx, roles) => {
+        if (!await mayChange(tx, actor, roles, id)) return 'session_ended'
+        return (await tx.delete(videos).where(eq(videos.id, id)).returning({ id: videos.id })).length > 0
+      })
     }
   }
 }
