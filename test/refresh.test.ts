@@ -313,7 +313,7 @@ t.test('cleanup removes expired sessions and tokens, keeps live ones', async (t)
   t.equal((await refresh(app, live.refresh_token)).statusCode, 200)
 })
 
-t.test('cleanup keeps a revoked session for a day, then removes it; expired tokens of a live session go', async (t) => {
+t.test('cleanup keeps a revoked session for a day, then removes it; a live session keeps its expired tokens', async (t) => {
   const app = await build(t, { REFRESH_REUSE_GRACE: '0' })
   const hour = 3600_000
   const revokedSince = async (ago: number) => {
@@ -337,9 +337,28 @@ t.test('cleanup keeps a revoked session for a day, then removes it; expired toke
   t.ok(await sessionRow(app, recentlyRevoked), 'a session revoked an hour ago is kept')
   t.notOk(await sessionRow(app, longRevoked), 'one revoked more than a day ago is deleted')
   t.equal(await dbCount(app, 'select count(*) as n from refresh_tokens where session_id = ?', longRevoked), 0, 'with its tokens')
-  t.same((await dbAll(app, 'select token_hash from refresh_tokens where session_id = ?', liveSid)).map((row) => row.token_hash),
-    [hashRefreshToken(rotated.json().refresh_token)], 'the expired token of the live session is deleted, its live token kept')
-  t.equal((await refresh(app, rotated.json().refresh_token)).statusCode, 200, 'and the session goes on')
+  t.same((await dbAll(app, 'select token_hash from refresh_tokens where session_id = ? order by issued_at', liveSid)).map((row) => row.token_hash),
+    [hashRefreshToken(live.refresh_token), hashRefreshToken(rotated.json().refresh_token)], 'the live session keeps its expired token beside its live one')
+  const replay = await refresh(app, live.refresh_token)
+  t.equal(replay.statusCode, 401, 'the expired rotated token, presented again, is reuse')
+  t.equal(replay.json().code, 'invalid_refresh_token')
+  t.not((await sessionRow(app, liveSid))!.revoked_at, null, 'and ends the session')
+})
+
+t.test('a rotated token presented after its own expiry ends the session, whoever holds its live token', async (t) => {
+  // A thief rotated a stolen token, and the rightful client comes back with it only after it expired.
+  const app = await build(t)
+  const rightful = await signup(app)
+  const sid = tokenPayload(rightful.access_token).sid
+  const thief = await refresh(app, rightful.refresh_token)
+  t.equal(thief.statusCode, 200)
+  const longAgo = new Date(Date.now() - 60_000)
+  await dbRun(app, 'update refresh_tokens set used_at = ?, expires_at = ? where token_hash = ?', longAgo, longAgo, hashRefreshToken(rightful.refresh_token))
+  const replay = await refresh(app, rightful.refresh_token)
+  t.equal(replay.statusCode, 401)
+  t.equal(replay.json().code, 'invalid_refresh_token')
+  t.not((await sessionRow(app, sid))!.revoked_at, null, 'the session is revoked')
+  t.equal((await refresh(app, thief.json().refresh_token)).statusCode, 401, 'the thief\'s live token is refused')
 })
 
 t.test('an app removes expired sessions as it starts', async (t) => {
@@ -361,8 +380,8 @@ t.test('an app removes expired sessions as it starts', async (t) => {
 
 // One writer at a time on SQLite: only PostgreSQL's row locks can deadlock.
 if (TEST_DATABASE_URL) {
-  t.test('cleanup leaves the rows another transaction holds for the next one, and never waits for them', async (t) => {
-    const app = await build(t, { REFRESH_REUSE_GRACE: '0' })
+  t.test('cleanup leaves the sessions another transaction holds for the next one, and never waits for them', async (t) => {
+    const app = await build(t)
     const expire = async (sid: unknown) => {
       await dbRun(app, 'update sessions set expires_at = ? where id = ?', new Date(0), sid)
       await dbRun(app, 'update refresh_tokens set expires_at = ? where session_id = ?', new Date(0), sid)
@@ -371,34 +390,28 @@ if (TEST_DATABASE_URL) {
     const freeSid = tokenPayload((await signup(app)).access_token).sid
     await expire(heldSid)
     await expire(freeSid)
-    // A live session whose first token, used by a refresh, has expired.
-    const live = await signup(app)
-    t.equal((await refresh(app, live.refresh_token)).statusCode, 200)
-    const usedToken = hashRefreshToken(live.refresh_token)
-    await dbRun(app, 'update refresh_tokens set expires_at = ? where token_hash = ?', new Date(0), usedToken)
-    const tokenCount = () => dbCount(app, 'select count(*) as n from refresh_tokens where token_hash = ?', usedToken)
+    const count = (table: 'sessions' | 'refresh_tokens', sid: unknown) =>
+      dbCount(app, `select count(*) as n from ${table} where ${table === 'sessions' ? 'id' : 'session_id'} = ?`, sid)
 
-    // A writer holds an expired session and an expired token, as a sign-in's cap, a refresh or a
-    // user's deletion may while they expire: a cleanup that waited for them could deadlock with it.
+    // A writer holds an expired session and its token, as a sign-in's cap, a refresh or a user's
+    // deletion may while it expires: a cleanup that waited for them could deadlock with it.
     const writer = new pg.Client({ connectionString: app.config.databaseUrl })
     await writer.connect()
     t.teardown(() => writer.end())
     await writer.query('begin')
     await writer.query('select id from sessions where id = $1 for update', [heldSid])
-    await writer.query('select id from refresh_tokens where token_hash = $1 for update', [usedToken])
+    await writer.query('select id from refresh_tokens where session_id = $1 for update', [heldSid])
     const cleanup = app.sessionsRepository.deleteExpired(new Date())
     t.equal(await Promise.race([cleanup.then(() => 'done'), sleep(5000, 'waited', { ref: false })]), 'done', 'the cleanup did not wait for the held rows')
-    t.equal(await dbCount(app, 'select count(*) as n from sessions where id = ?', freeSid), 0, 'an expired session no one holds is deleted')
-    // The writer goes on with the session's tokens after the cleanup, as a deletion's cascade does.
-    await writer.query('delete from refresh_tokens where session_id = $1', [heldSid])
+    t.equal(await count('sessions', freeSid), 0, 'an expired session no one holds is deleted')
+    t.equal(await count('refresh_tokens', freeSid), 0, 'with its tokens')
     await writer.query('commit')
-    await cleanup
-    t.equal(await dbCount(app, 'select count(*) as n from sessions where id = ?', heldSid), 1, 'the held session is left')
-    t.equal(await tokenCount(), 1, 'and the held token')
+    t.equal(await count('sessions', heldSid), 1, 'the held session is left')
+    t.equal(await count('refresh_tokens', heldSid), 1, 'with its token')
 
     await app.sessionsRepository.deleteExpired(new Date())
-    t.equal(await dbCount(app, 'select count(*) as n from sessions where id = ?', heldSid), 0, 'the next cleanup deletes the session')
-    t.equal(await tokenCount(), 0, 'and the token')
+    t.equal(await count('sessions', heldSid), 0, 'the next cleanup deletes the session')
+    t.equal(await count('refresh_tokens', heldSid), 0, 'and its token')
   })
 }
 

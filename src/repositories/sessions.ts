@@ -165,8 +165,8 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
      * The one place that decides whether a refresh token is good (RFC 9700 §4.14.2), in one
      * transaction that holds its session's row (SQLite: the write lock), so
      * concurrent refreshes in a session, on any instance, are decided one after another:
-     * - unknown, expired, or of a revoked or expired session: invalid;
-     * - never used: mark it used and issue its child in the same session;
+     * - unknown, or of a revoked or expired session: invalid;
+     * - never used: invalid once expired, else mark it used and issue its child in the same session;
      * - used, but it is the parent of the session's live token and was rotated within the grace
      *   window: the client lost our answer; replace that live token with a new one (which makes
      *   the replaced one superseded);
@@ -186,7 +186,7 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
         if (!session) return { outcome: 'invalid' }
         const [token] = await tx.select().from(refreshTokens).where(eq(refreshTokens.tokenHash, tokenHash))
         if (!token) return { outcome: 'invalid' }
-        if (session.revokedAt || !isUnended(session, rules) || token.expiresAt <= now) return { outcome: 'invalid' }
+        if (session.revokedAt || !isUnended(session, rules)) return { outcome: 'invalid' }
         const revokeSession = async (outcome: 'superseded' | 'reused'): Promise<Rotation> => {
           await tx.update(sessions).set({ revokedAt: now }).where(eq(sessions.id, session.id))
           return { outcome, session }
@@ -199,6 +199,9 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
         if (token.revokedAt && !token.usedAt) return revokeSession('superseded')
 
         if (!token.usedAt) {
+          // Only a token never presented expires: a rotated one presented again is reuse however
+          // old it is, so a thief's chain outliving the rightful client's token still ends.
+          if (token.expiresAt <= now) return { outcome: 'invalid' }
           await tx.update(refreshTokens).set({ usedAt: now }).where(eq(refreshTokens.id, token.id))
           const refreshToken = await insertRefreshToken(tx, session, token.id, rules)
           return { outcome: 'rotated', session: await touch(tx, session, rules), refreshToken }
@@ -255,22 +258,19 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
     },
 
     /**
-     * Removes expired sessions, long-revoked ones, and expired refresh tokens; sessions and tokens
-     * another transaction holds are left for the next cleanup, so a sign-in's cap revoking sessions
-     * that expire meanwhile, or a user's deletion, never deadlocks with it (PostgreSQL). A session's
-     * tokens go with it (the foreign key's cascade), and that delete would wait for a token held
-     * alone: every writer takes a session before its tokens.
+     * Removes expired sessions and long-revoked ones, with their refresh tokens (the foreign key's
+     * cascade). A live session keeps every token it issued, expired ones included: any of them
+     * presented again is reuse (rotate). Sessions another transaction holds are left for the next
+     * cleanup, so a sign-in's cap revoking sessions that expire meanwhile, or a user's deletion,
+     * never deadlocks with it (PostgreSQL); a token is never held without its session, as every
+     * writer takes a session before its tokens.
      */
     async deleteExpired (now: Date): Promise<void> {
-      const unheld = <Q extends Parameters<typeof dialect.forUpdate>[0]>(query: Q) => dialect.forUpdate(query, { skipLocked: true })
-      await dialect.atomic(async (tx) => {
-        await tx.delete(sessions).where(inArray(sessions.id, unheld(tx.select({ id: sessions.id }).from(sessions).where(or(
-          lt(sessions.expiresAt, now),
-          and(isNotNull(sessions.revokedAt), lt(sessions.revokedAt, plus(now, -REVOKED_RETENTION_SECONDS)))
-        )))))
-        await tx.delete(refreshTokens).where(inArray(refreshTokens.id,
-          unheld(tx.select({ id: refreshTokens.id }).from(refreshTokens).where(lt(refreshTokens.expiresAt, now)))))
-      })
+      const ended = dialect.forUpdate(db.select({ id: sessions.id }).from(sessions).where(or(
+        lt(sessions.expiresAt, now),
+        and(isNotNull(sessions.revokedAt), lt(sessions.revokedAt, plus(now, -REVOKED_RETENTION_SECONDS)))
+      )), { skipLocked: true })
+      await db.delete(sessions).where(inArray(sessions.id, ended))
     }
   }
 }
