@@ -98,12 +98,15 @@ t.test('a sign-in whose roles change after its password check gets a token with 
     'the new session is open, the earlier one revoked by the demotion')
 })
 
+/** A stored hash with weaker parameters than HASH_OPTIONS, which the next sign-in upgrades. */
+const outdatedHash = () => hash(TEST_PASSWORD, { ...HASH_OPTIONS, memoryCost: 4096, timeCost: 1 })
+const isCurrentStrength = (stored: unknown) => /^\$argon2id\$v=19\$m=19456,t=2,p=1\$/.test(String(stored))
+
 t.test('the password change wins over a sign-in with the old password that checked it first', async (t) => {
   const app = await build(t)
   const session = await signup(app)
   // The stored hash has weaker parameters, so the sign-in upgrades it after the password check.
-  await dbRun(app, 'update users set password_hash = ? where id = ?',
-    await hash(TEST_PASSWORD, { ...HASH_OPTIONS, memoryCost: 4096, timeCost: 1 }), session.user.id)
+  await dbRun(app, 'update users set password_hash = ? where id = ?', await outdatedHash(), session.user.id)
   before(app.usersRepository, 'replacePasswordHash', async () => t.equal((await changePassword(app, session)).statusCode, 204))
 
   const raced = await login(app, session.user.email, TEST_PASSWORD)
@@ -111,7 +114,46 @@ t.test('the password change wins over a sign-in with the old password that check
   t.equal((await login(app, session.user.email, TEST_PASSWORD)).statusCode, 401, 'the old password stays changed')
   t.equal((await login(app, session.user.email, NEW_PASSWORD)).statusCode, 200, 'the new password works')
   const stored = await dbGet(app, 'select password_hash from users where id = ?', session.user.id)
-  t.match(String(stored?.password_hash), /^\$argon2id\$v=19\$m=19456,t=2,p=1\$/, 'the new password\'s hash, at full strength')
+  t.ok(isCurrentStrength(stored?.password_hash), 'the new password\'s hash, at full strength')
+})
+
+t.test('a sign-in whose hash upgrade loses to another sign-in\'s upgrade still signs in', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  await dbRun(app, 'update users set password_hash = ? where id = ?', await outdatedHash(), session.user.id)
+  let other: Awaited<ReturnType<typeof login>> | undefined
+  // The password grant of another device upgrades the hash between this sign-in's check and its own upgrade.
+  before(app.usersRepository, 'replacePasswordHash', async () => {
+    other = await app.inject({ method: 'POST', url: '/auth/token', payload: { grant_type: 'password', username: session.user.email, password: TEST_PASSWORD } })
+  })
+  const raced = await login(app, session.user.email, TEST_PASSWORD)
+  t.equal(other?.statusCode, 200, 'the other sign-in upgraded the hash')
+  t.equal(raced.statusCode, 200, 'this one, with the same right password, signs in too')
+  const stored = await dbGet(app, 'select password_hash from users where id = ?', session.user.id)
+  t.ok(isCurrentStrength(stored?.password_hash), 'the hash is upgraded, once')
+  t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ? and revoked_at is null', session.user.id), 3,
+    'the signup\'s session and the two sign-ins\'')
+
+  // Ten at once, as a load test signing one account in would send them.
+  await dbRun(app, 'update users set password_hash = ? where id = ?', await outdatedHash(), session.user.id)
+  const answers = await Promise.all(Array.from({ length: 10 }, () => login(app, session.user.email, TEST_PASSWORD)))
+  t.same(answers.map((answer) => answer.statusCode), Array(10).fill(200), 'ten concurrent sign-ins all succeed')
+})
+
+t.test('a password change whose current hash a sign-in upgraded meanwhile goes through', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  await dbRun(app, 'update users set password_hash = ? where id = ?', await outdatedHash(), session.user.id)
+  let other: Awaited<ReturnType<typeof login>> | undefined
+  // The owner signs in on another device while the change hashes its new password.
+  before(app.usersRepository, 'changePassword', async () => { other = await login(app, session.user.email, TEST_PASSWORD) })
+  const change = await changePassword(app, session)
+  t.equal(other?.statusCode, 200, 'the sign-in upgraded the hash of the unchanged password')
+  t.equal(change.statusCode, 204, 'the change, with the right current password, is made')
+  t.equal((await login(app, session.user.email, NEW_PASSWORD)).statusCode, 200, 'the new password works')
+  t.equal((await login(app, session.user.email, TEST_PASSWORD)).statusCode, 401, 'the old one no longer does')
+  t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ? and id <> ? and revoked_at is null',
+    session.user.id, tokenPayload(session.access_token).sid), 1, 'the other device\'s session was revoked by the change; only the new sign-in\'s is open')
 })
 
 t.test('of two password changes that both checked the current password, one wins', async (t) => {

@@ -85,6 +85,16 @@ export async function verifyPassword (stored: string, password: string, stillWai
 }
 
 /**
+ * The stored hash `current` when it is no longer `verified`, the one this request checked the
+ * password against, yet still verifies that password: another sign-in upgraded it (needsRehash)
+ * meanwhile, and the password is unchanged. Undefined when the password itself changed, or the
+ * account is gone. One more verify, spent only when a conditional write lost such a race.
+ */
+export async function rehashedMeanwhile (current: string | undefined, verified: string, password: string, stillWaiting = always): Promise<string | undefined> {
+  return current !== undefined && current !== verified && await verifyPassword(current, password, stillWaiting) ? current : undefined
+}
+
+/**
  * True when the hash is weaker than HASH_OPTIONS (another argon2 variant, an older version, less
  * memory or fewer passes): upgrade it at the next login. A stronger hash is left alone.
  */

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Static } from 'typebox'
-import { dummyVerify, hashPassword, needsRehash, prepareDummyVerify, verifyPassword } from '../auth/passwords.ts'
+import { dummyVerify, hashPassword, needsRehash, prepareDummyVerify, rehashedMeanwhile, verifyPassword } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import { checkPasswordLimited } from './rate-limits.ts'
 import { boundedIp, stillWaiting } from '../request-client.ts'
@@ -99,7 +99,11 @@ async function signInFlowsPlugin (app: FastifyInstance) {
       let verifiedHash = passwordHash
       if (needsRehash(passwordHash)) {
         const upgraded = await hashPassword(password)
-        if (await app.usersRepository.replacePasswordHash(user.id, passwordHash, upgraded)) verifiedHash = upgraded
+        verifiedHash = await app.usersRepository.replacePasswordHash(user.id, passwordHash, upgraded)
+          ? upgraded
+          // Another sign-in's upgrade may have come first: its hash, if this password still verifies.
+          // Otherwise the password changed, and start() refuses the session.
+          : await rehashedMeanwhile(await app.usersRepository.findPasswordHash(user.id), passwordHash, password, waiting) ?? passwordHash
       }
       const session = await flows.start(request, user, verifiedHash)
       request.log.info({ event: 'login', userId: user.id }, 'signed in')

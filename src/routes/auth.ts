@@ -3,7 +3,7 @@ import type { FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import fp from 'fastify-plugin'
 import { EMAIL_LOCAL_PART_MAX_LENGTH, normaliseEmail } from '../auth/email.ts'
-import { hashPassword, passwordProblem, verifyPassword } from '../auth/passwords.ts'
+import { hashPassword, passwordProblem, rehashedMeanwhile, verifyPassword } from '../auth/passwords.ts'
 import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
 import { accountGone, accountOf, actorEnded, actorOf } from '../plugins/auth.ts'
@@ -191,9 +191,15 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const problem = passwordProblem(newPassword, user.email)
     if (problem) throw apiError(400, 'weak_password', problem)
     // ASVS 3.3.3: a password change ends every other session. Refused, like a wrong password,
-    // when the password changed since it was verified (another change won the race).
-    const count = await app.usersRepository.changePassword(actorOf(request),
-      { from: currentHash, to: await hashPassword(newPassword, waiting) }, new Date())
+    // when the password changed since it was verified (another change won the race); a hash a
+    // sign-in upgraded meanwhile, still of this password, is changed from instead.
+    const newHash = await hashPassword(newPassword, waiting)
+    const change = (from: string) => app.usersRepository.changePassword(actorOf(request), { from, to: newHash }, new Date())
+    let count = await change(currentHash)
+    if (count === 'hash_changed') {
+      const upgraded = await rehashedMeanwhile(await app.usersRepository.findPasswordHash(user.id), currentHash, currentPassword, waiting)
+      if (upgraded) count = await change(upgraded)
+    }
     if (count === 'hash_changed') throw wrongPassword()
     // Signed out, disabled or deleted during the checks: the answer a request sent after gets.
     if (isActorEnded(count)) throw actorEnded(count)
