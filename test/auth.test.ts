@@ -262,6 +262,8 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
 
 t.test('a path served under other methods answers 405 with Allow; an unknown path 404 without it', async (t) => {
   const app = await build(t)
+  // Signed in as an admin, whom every route would let through: what answers is the path alone.
+  const admin = await signupWithRoles(app, ['admin'])
   const allowOf = (response: { headers: Record<string, unknown> }) => String(response.headers.allow).split(', ').sort()
   const cases = [
     ['POST', '/auth/me', ['GET', 'HEAD', 'PATCH']],
@@ -287,8 +289,11 @@ t.test('a path served under other methods answers 405 with Allow; an unknown pat
   }
   for (const [method, url] of [['PUT', '/nope'], ['PUT', '/auth/me/more'], ['PUT', '/videos/a/b'], ['PUT', '/auth/me/'],
     // A route of this method that finds nothing: Swagger UI's static files.
-    ['GET', '/docs/static/nope.js'], ['HEAD', '/docs/static/nope.js']] as const) {
-    const response = await app.inject({ method, url })
+    ['GET', '/docs/static/nope.js'], ['HEAD', '/docs/static/nope.js'],
+    // A collection's path with a trailing slash: the router would give it to `/:id` with an empty id.
+    ['GET', '/auth/sessions/'], ['DELETE', '/auth/sessions/'], ['POST', '/videos/'], ['PATCH', '/videos/'], ['DELETE', '/videos/'],
+    ['POST', '/admin/users/'], ['GET', '/admin/users/']] as const) {
+    const response = await app.inject({ method, url, headers: bearer(admin.access_token) })
     t.equal(response.statusCode, 404, `${method} ${url}`)
     t.equal(response.headers.allow, undefined, `${method} ${url}: no Allow`)
     if (method !== 'HEAD') t.equal(response.json().code, 'not_found', `${method} ${url}`)

@@ -6,6 +6,7 @@ import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import { bearerChallenge } from './auth.ts'
 import { API_RESPONSE_HEADERS, NO_STORE_HEADERS } from './security.ts'
+import { hasEmptyParameter } from './validation.ts'
 
 /** The contract's code for errors Fastify raises itself; anything else falls back by status. */
 const FASTIFY_CODES: Record<string, string> = {
@@ -163,7 +164,10 @@ async function errorsPlugin (app: FastifyInstance) {
 
   app.setNotFoundHandler((request, reply) => {
     const path = shownPath(request.url.split('?')[0]!)
-    const allowed = [...methods].filter((method) => routes.find(method, request.url) !== null)
+    const allowed = [...methods].filter((method) => {
+      const found = routes.find(method, request.url)
+      return found !== null && !hasEmptyParameter(found.params)
+    })
     // A route of this very method that found nothing (a missing file under /docs/static) is a 404.
     if (allowed.length > 0 && !allowed.includes(request.method as HTTPMethod)) {
       if (request.method === 'OPTIONS' && request.headers['access-control-request-method']) {

@@ -36,6 +36,7 @@ async function validationPlugin (app: FastifyInstance) {
     }
     const uuids = uuidParameters(route.schema?.params)
     if (uuids.length > 0) route.preValidation = [lowerCaseUuids(uuids), ...[route.preValidation ?? []].flat()]
+    if (route.url.includes(':')) route.preValidation = [emptyParameterNotFound, ...[route.preValidation ?? []].flat()]
     if (takesBody || route.schema?.querystring || route.schema?.params) {
       // Fastify validates before any preHandler: keep its verdict and give it after the access
       // checks, so a caller who may not ask gets 401 or 403, never a lesson in the schema.
@@ -49,6 +50,20 @@ async function validationPlugin (app: FastifyInstance) {
       route.preHandler = [...handlers.slice(0, accessChecks), ...checks, ...handlers.slice(accessChecks)]
     }
   })
+}
+
+/**
+ * Whether a route matched with a path parameter left empty: the router gives `/videos/` to
+ * `/videos/:id` with an id of ''. Such a path names no resource, so it is answered as one no route
+ * matches (404, or 405 where another method serves it), not as a bad id.
+ */
+export const hasEmptyParameter = (params: unknown) =>
+  Object.values(params as Record<string, unknown>).some((value) => value === '')
+
+function emptyParameterNotFound (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
+  // Not returned: a hook that returns the reply, a thenable, would go on to the next one.
+  if (hasEmptyParameter(request.params)) reply.callNotFound()
+  else done()
 }
 
 /** The path parameters whose schema is a UUID (`format: 'uuid'`). */
