@@ -30,14 +30,20 @@ t.test('password grant as Postman\'s "Password Credentials" sends it', async (t)
   t.equal((await app.inject({ url: '/auth/me', headers: bearer(body.access_token) })).statusCode, 200)
 })
 
-t.test('client_id, client_secret and scope in the body are accepted and ignored', async (t) => {
+t.test('client_id, client_secret and scope in the body are accepted and ignored, whatever their value', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()
   await signup(app, email)
-  const response = await postForm(app, {
-    grant_type: 'password', username: email, password: TEST_PASSWORD, client_id: 'swagger-ui', client_secret: 'x', scope: 'read write'
-  })
+  const grant = { grant_type: 'password', username: email, password: TEST_PASSWORD }
+  const response = await postForm(app, { ...grant, client_id: 'swagger-ui', client_secret: 'x', scope: 'read write' })
   t.equal(response.statusCode, 200)
+  t.equal((await postForm(app, { ...grant, scope: 's'.repeat(5000) })).statusCode, 200, 'a long scope, in a form')
+  for (const value of [null, 12345, ['openid'], { a: 1 }, true, 'x'.repeat(5000)]) {
+    for (const name of ['client_id', 'client_secret', 'scope']) {
+      const json = await app.inject({ method: 'POST', url: '/auth/token', payload: { ...grant, [name]: value } })
+      t.equal(json.statusCode, 200, `JSON ${name}: ${JSON.stringify(value).slice(0, 20)}`)
+    }
+  }
 })
 
 t.test('refresh_token grant rotates like /auth/refresh, in form or JSON', async (t) => {

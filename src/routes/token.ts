@@ -11,12 +11,16 @@ import { SIGN_IN_IP_LIMIT } from '../plugins/rate-limits.ts'
 import { isPlainName, utf8Body } from '../plugins/validation.ts'
 import { REFRESH_TOKEN_MAX_LENGTH, SessionResponse } from '../schemas/common.ts'
 
-const Parameter = Type.Optional(Type.String({ maxLength: 4096 }))
+/**
+ * What standard clients send besides the grant. Gatehouse's clients are public first-party clients,
+ * so these are accepted and ignored, whatever their value (a JSON client may send null, or a scope
+ * as an array): never a reason for 400, as the contract says.
+ */
+const Ignored = (description: string) => Type.Optional(Type.Unknown({ description: `${description}: accepted and ignored, whatever its value` }))
 
 /**
- * RFC 6749 §4.3.2 and §6. client_id, client_secret and scope are what standard clients send;
- * Gatehouse's clients are public first-party clients, so those are accepted and ignored, and
- * unknown parameters are ignored too (§3.2: "MUST ignore unrecognized request parameters").
+ * RFC 6749 §4.3.2 and §6. Unknown parameters are ignored too (§3.2: "MUST ignore unrecognized
+ * request parameters").
  */
 const TokenRequest = Type.Object({
   // Left optional and open here so that a missing or other grant gets RFC 6749's own errors
@@ -27,12 +31,12 @@ const TokenRequest = Type.Object({
     description: 'Required: password (with username and password) or refresh_token (with refresh_token); any other is unsupported_grant_type'
   })),
   username: Type.Optional(Type.String({ maxLength: 4096, description: 'The email, for grant_type=password' })),
-  password: Parameter,
+  password: Type.Optional(Type.String({ maxLength: 4096 })),
   // The limit of /auth/refresh; empty counts as left out (RFC 6749 §3.1), so no minimum here.
   refresh_token: Type.Optional(Type.String({ maxLength: REFRESH_TOKEN_MAX_LENGTH })),
-  client_id: Parameter,
-  client_secret: Parameter,
-  scope: Parameter
+  client_id: Ignored('The client id (Swagger UI, Postman)'),
+  client_secret: Ignored('A client secret (Postman may send one)'),
+  scope: Ignored('Scopes; Gatehouse grants by roles, not scopes')
 })
 
 const OAuthError = Type.Object({
