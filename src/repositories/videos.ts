@@ -1,8 +1,8 @@
 import { desc, eq } from 'drizzle-orm'
-import { hasPermission, type Role } from '../auth/permissions.ts'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
+import { hasPermission, type Role } from '../auth/permissions.ts'
 import type { Database, Db, VideoRow } from '../db/index.ts'
 import { actingAs, type Actor, type ActorEnded } from './users.ts'
 
