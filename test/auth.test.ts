@@ -480,6 +480,28 @@ t.test('signup takes a null name as no name, as PATCH /auth/me and the admin cha
   t.equal((await dbGet(app, 'select name from users where id = ?', response.json().user.id))?.name, null)
 })
 
+t.test('a signup whose first session cannot be stored leaves no account behind, so its retry is not email_taken', async (t) => {
+  const app = await build(t)
+  // A fault between the account's insert and its session's: the session insert fails, as a
+  // database that fills up or goes away then would (PostgreSQL: disk full, which answers 503).
+  const [failSessions, allowSessions] = app.database.dialect.name === 'postgres'
+    ? [[
+        "create function no_sessions() returns trigger language plpgsql as $$ begin raise exception 'no sessions now' using errcode = '53100'; end $$",
+        'create trigger no_sessions before insert on sessions for each row execute function no_sessions()'
+      ], ['drop trigger no_sessions on sessions']]
+    : [["create trigger no_sessions before insert on sessions begin select raise(abort, 'no sessions now'); end"], ['drop trigger no_sessions']]
+  for (const statement of failSessions) await dbRun(app, statement)
+  const email = uniqueEmail()
+  const signUp = () => app.inject({ method: 'POST', url: '/auth/signup', payload: { email, password: TEST_PASSWORD } })
+  const failed = await signUp()
+  t.equal(failed.statusCode, app.database.dialect.name === 'postgres' ? 503 : 500, 'the fault is answered')
+  t.equal(await dbCount(app, 'select count(*) as n from users where email = ?', email), 0, 'and no account was kept')
+  for (const statement of allowSessions) await dbRun(app, statement)
+  const retried = await signUp()
+  t.equal(retried.statusCode, 201, 'the retry signs up')
+  t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ?', retried.json().user.id), 1, 'with its session')
+})
+
 t.test('NUL characters in text are refused alike on every database', async (t) => {
   const app = await build(t)
   const session = await signup(app)

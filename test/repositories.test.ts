@@ -23,9 +23,10 @@ t.test('transactions of concurrent repository calls do not interleave: each runs
   const app = await build(t)
   const { user } = await signup(app)
   const times = { now: new Date(), ttl: 3600, maxAge: 0 }
+  const passwordHash = (await app.usersRepository.findPasswordHash(user.id))!
   // Each sign-in is a transaction with awaits between its statements; on SQLite's one connection,
   // the second's BEGIN inside the first's transaction would fail without the queue.
-  const opened = await Promise.all(Array.from({ length: 5 }, () => app.sessionsRepository.open({ userId: user.id }, times)))
+  const opened = await Promise.all(Array.from({ length: 5 }, () => app.sessionsRepository.open({ userId: user.id, passwordHash }, times)))
   t.equal(opened.filter((result) => result?.session.userId === user.id).length, 5, 'every one opened its session')
   t.equal(await dbCount(app, 'select count(*) as n from sessions where user_id = ?', user.id), 6, 'all stored, with the signup\'s')
   t.equal(await dbCount(app, 'select count(*) as n from refresh_tokens where session_id in (select id from sessions where user_id = ?)', user.id), 6)

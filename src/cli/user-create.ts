@@ -87,7 +87,8 @@ async function main (): Promise<number> {
   try {
     let registration
     try {
-      registration = await registerUser(createUserRepository(database), {
+      const users = createUserRepository(database)
+      registration = await registerUser((user) => users.create(user), {
         email,
         password,
         name,
@@ -100,7 +101,7 @@ async function main (): Promise<number> {
     }
     switch (registration.outcome) {
       case 'created':
-        console.log(`created ${registration.user.email} (${registration.user.id}) with roles ${registration.user.roles.join(', ')} in ${databaseName()}`)
+        console.log(`created ${registration.created.email} (${registration.created.id}) with roles ${registration.created.roles.join(', ')} in ${databaseName()}`)
         return 0
       case 'weak_password':
         console.error(registration.message)

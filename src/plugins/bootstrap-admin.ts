@@ -14,11 +14,10 @@ async function bootstrapAdminPlugin (app: FastifyInstance) {
   // learns why no account was made.
   const adminExists = () => app.log.info({ event: 'admin_bootstrap_skipped' }, 'ADMIN_EMAIL is not used: an enabled admin exists')
   if (await app.usersRepository.hasEnabledAdmin()) return adminExists()
-  const firstAdmin = { create: app.usersRepository.createFirstAdmin.bind(app.usersRepository) }
-  const registration = await registerUser(firstAdmin, { ...admin, roles: ['admin'] })
+  const registration = await registerUser((user) => app.usersRepository.createFirstAdmin(user), { ...admin, roles: ['admin'] })
   switch (registration.outcome) {
     case 'created':
-      app.log.info({ event: 'admin_bootstrapped', userId: registration.user.id }, 'created the first admin from ADMIN_EMAIL')
+      app.log.info({ event: 'admin_bootstrapped', userId: registration.created.id }, 'created the first admin from ADMIN_EMAIL')
       return
     // loadConfig refuses both before any database is opened.
     case 'invalid_email':

@@ -2,24 +2,26 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Static } from 'typebox'
 import { dummyVerify, hashPassword, needsRehash, prepareDummyVerify, rehashedMeanwhile, verifyPassword } from '../auth/passwords.ts'
+import { registerUser, type Registration } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
 import { checkPasswordLimited } from './rate-limits.ts'
 import { boundedIp, stillWaiting } from '../request-client.ts'
-import { sessionAgeNow, type Session } from '../repositories/sessions.ts'
+import { sessionAgeNow, type Session, type SessionClient } from '../repositories/sessions.ts'
 import type { User } from '../repositories/users.ts'
 import { presentUser, type SessionResponse } from '../schemas/common.ts'
 
+type SessionAnswer = Static<typeof SessionResponse>
+
 export interface SignInFlows {
   /**
-   * Opens a session for a user who has just proved who they are, with the password hash they
-   * proved it against (none for a user created just now); 401 invalid_credentials when that hash,
-   * or the account, changed in the meantime.
+   * A new account and its first session, stored together (registerUser's rules); its refusals as
+   * registerUser gives them.
    */
-  start (request: FastifyRequest, user: User, passwordHash?: string): Promise<Static<typeof SessionResponse>>
+  signUp (request: FastifyRequest, input: { email: string, password: string, name?: string | null | undefined }): Promise<Registration<SessionAnswer>>
   /** Email and password → a session; 401 invalid_credentials or 403 user_disabled. */
-  signIn (request: FastifyRequest, email: string, password: string): Promise<Static<typeof SessionResponse>>
+  signIn (request: FastifyRequest, email: string, password: string): Promise<SessionAnswer>
   /** Rotates a refresh token → a session response; 401 invalid_refresh_token. */
-  refresh (request: FastifyRequest, refreshToken: string): Promise<Static<typeof SessionResponse>>
+  refresh (request: FastifyRequest, refreshToken: string): Promise<SessionAnswer>
 }
 
 declare module 'fastify' {
@@ -44,39 +46,53 @@ const invalidRefreshToken = () =>
   apiError(401, 'invalid_refresh_token', 'The refresh token is invalid, expired or revoked.')
 
 /**
- * The sign-in and refresh flows that /auth/login, /auth/refresh and the OAuth2 token endpoint
- * share, so each answers the same way whatever shape of request carried the credentials.
+ * The flows that open and renew sessions: signup's, and the sign-in and refresh flows that
+ * /auth/login, /auth/refresh and the OAuth2 token endpoint share, so each answers the same way
+ * whatever shape of request carried the credentials.
  */
 async function signInFlowsPlugin (app: FastifyInstance) {
   const { refreshTokenTtl: ttl, refreshReuseGrace: grace, sessionMaxAge: maxAge } = app.config
   await prepareDummyVerify()
 
-  const respond = (user: User, session: Session, refreshToken: string) => ({
+  const respond = (user: User, session: Session, refreshToken: string): SessionAnswer => ({
     ...app.issueAccessToken(user, session),
     refresh_token: refreshToken,
     user: presentUser(user)
   })
 
+  const clientOf = (request: FastifyRequest): SessionClient => ({ userAgent: request.headers['user-agent'], ip: boundedIp(request.ip) })
+  const sessionTimes = () => ({ now: new Date(), ttl, maxAge })
+
+  /**
+   * Opens a session for a user who has just proved who they are, with the password hash they
+   * proved it against; 401 invalid_credentials when that hash, or the account, changed in the meantime.
+   */
+  async function openSession (request: FastifyRequest, user: User, passwordHash: string): Promise<SessionAnswer> {
+    const opened = await app.sessionsRepository.open({ userId: user.id, passwordHash, ...clientOf(request) }, sessionTimes())
+    if (!opened) {
+      // Disabled since its password was checked, and that password is still its own: the answer a
+      // sign-in after the disable gets. A changed password or a deleted user: wrong credentials.
+      const current = await app.usersRepository.findCredentialsByEmail(user.email)
+      const disabled = current !== undefined && current.user.disabled && current.passwordHash === passwordHash
+      request.log.info({ event: 'login_failed', userId: user.id, reason: disabled ? 'account_disabled' : 'account_changed' },
+        'sign-in failed: the password or the account changed meanwhile')
+      throw disabled ? userDisabled() : invalidCredentials()
+    }
+    if (opened.displacedSessions > 0) {
+      request.log.info({ event: 'session_revoked', userId: user.id, count: opened.displacedSessions, reason: 'session_limit' },
+        'sessions revoked: the user has too many open')
+    }
+    return respond(opened.user, opened.session, opened.refreshToken)
+  }
+
   const flows: SignInFlows = {
-    async start (request, user, passwordHash) {
-      const opened = await app.sessionsRepository.open(
-        { userId: user.id, passwordHash, userAgent: request.headers['user-agent'], ip: boundedIp(request.ip) },
-        { now: new Date(), ttl, maxAge }
-      )
-      if (!opened) {
-        // Disabled since its password was checked, and that password is still its own: the answer a
-        // sign-in after the disable gets. A changed password or a deleted user: wrong credentials.
-        const current = passwordHash === undefined ? undefined : await app.usersRepository.findCredentialsByEmail(user.email)
-        const disabled = current !== undefined && current.user.disabled && current.passwordHash === passwordHash
-        request.log.info({ event: 'login_failed', userId: user.id, reason: disabled ? 'account_disabled' : 'account_changed' },
-          'sign-in failed: the password or the account changed meanwhile')
-        throw disabled ? userDisabled() : invalidCredentials()
-      }
-      if (opened.displacedSessions > 0) {
-        request.log.info({ event: 'session_revoked', userId: user.id, count: opened.displacedSessions, reason: 'session_limit' },
-          'sessions revoked: the user has too many open')
-      }
-      return respond(opened.user, opened.session, opened.refreshToken)
+    async signUp (request, input) {
+      const registration = await registerUser(
+        (user) => app.sessionsRepository.openForNewUser(user, clientOf(request), sessionTimes()), input, stillWaiting(request))
+      if (registration.outcome !== 'created') return registration
+      const { user, session, refreshToken } = registration.created
+      request.log.info({ event: 'signup', userId: user.id }, 'user signed up')
+      return { outcome: 'created', created: respond(user, session, refreshToken) }
     },
 
     async signIn (request, email, password) {
@@ -105,7 +121,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
           // Otherwise the password changed, and start() refuses the session.
           : await rehashedMeanwhile(await app.usersRepository.findPasswordHash(user.id), passwordHash, password, waiting) ?? passwordHash
       }
-      const session = await flows.start(request, user, verifiedHash)
+      const session = await openSession(request, user, verifiedHash)
       request.log.info({ event: 'login', userId: user.id }, 'signed in')
       return session
     },

@@ -4,7 +4,7 @@ import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
 import { hashRefreshToken, newRefreshToken } from '../auth/tokens.ts'
 import type { Database, Db, SessionRow } from '../db/index.ts'
-import { userColumns, type User } from './users.ts'
+import { insertUser, unlessEmailTaken, userColumns, type NewUser, type User } from './users.ts'
 
 export type Session = SessionRow
 
@@ -21,12 +21,23 @@ export interface RotationRules extends SessionTimes {
   grace: number
 }
 
-export interface OpenSession {
-  userId: string
-  /** The hash the sign-in verified the password against; none for a user created just now. */
-  passwordHash?: string | undefined
+/** The client a session is opened for, as GET /auth/sessions shows it. */
+export interface SessionClient {
   userAgent?: string | undefined
   ip?: string | undefined
+}
+
+export interface OpenSession extends SessionClient {
+  userId: string
+  /** The hash the sign-in verified the password against. */
+  passwordHash: string
+}
+
+/** A session just opened, with its first refresh token. */
+export interface OpenedSession {
+  user: User
+  session: Session
+  refreshToken: string
 }
 
 export type Rotation =
@@ -69,7 +80,8 @@ export const MAX_OPEN_SESSIONS = 100
 /** Revoked sessions are kept this long before cleanup, so their tokens still read as revoked. */
 const REVOKED_RETENTION_SECONDS = 86_400
 
-export function createSessionRepository ({ db, tables: { sessions, refreshTokens, users }, dialect }: Database) {
+export function createSessionRepository (database: Database) {
+  const { db, tables: { sessions, refreshTokens, users }, dialect } = database
   // Read on every account request: the session and its user in one statement, prepared once.
   const accountBySessionId = db.select({ session: sessions, user: userColumns(users) }).from(sessions)
     .innerJoin(users, eq(users.id, sessions.userId))
@@ -88,6 +100,20 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
       expiresAt: windowEnd(session.createdAt, times)
     })
     return token
+  }
+
+  /** A new session of the user and its first refresh token. */
+  async function insertSession (tx: Db, userId: string, client: SessionClient, times: SessionTimes) {
+    const [session] = await tx.insert(sessions).values({
+      id: randomUUID(),
+      userId,
+      createdAt: times.now,
+      lastUsedAt: times.now,
+      expiresAt: windowEnd(times.now, times),
+      userAgent: client.userAgent?.slice(0, 512) ?? null,
+      ip: client.ip ?? null
+    }).returning()
+    return { session: session!, refreshToken: await insertRefreshToken(tx, session!, null, times) }
   }
 
   /** Slides the session's end forward (up to its maximum age) and records the use. */
@@ -117,27 +143,19 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
      * The user comes back as that row holds it, so the session's first access token carries the
      * roles of the moment it opened, not those read before the password check.
      */
-    async open (input: OpenSession, times: SessionTimes) {
+    async open (input: OpenSession, times: SessionTimes): Promise<OpenedSession & { displacedSessions: number } | undefined> {
       return dialect.atomic(async (tx) => {
         const [user] = await dialect.forUpdate(tx.select(userColumns(users)).from(users).where(and(
           eq(users.id, input.userId),
           eq(users.disabled, false),
-          input.passwordHash === undefined ? undefined : eq(users.passwordHash, input.passwordHash)
+          eq(users.passwordHash, input.passwordHash)
         )))
         if (!user) return undefined
-        const [session] = await tx.insert(sessions).values({
-          id: randomUUID(),
-          userId: input.userId,
-          createdAt: times.now,
-          lastUsedAt: times.now,
-          expiresAt: windowEnd(times.now, times),
-          userAgent: input.userAgent?.slice(0, 512) ?? null,
-          ip: input.ip ?? null
-        }).returning()
+        const { session, refreshToken } = await insertSession(tx, input.userId, input, times)
         // Under the user's row lock: sign-ins of one user decide this one after another. The new
         // session is always kept (another's last use may be as late as this sign-in's now); of the
         // others still open, the most recently used (ties by id) fill the rest.
-        const others = and(eq(sessions.userId, input.userId), ne(sessions.id, session!.id), isOpen(times))
+        const others = and(eq(sessions.userId, input.userId), ne(sessions.id, session.id), isOpen(times))
         const [lastKept] = await tx.select({ id: sessions.id, lastUsedAt: sessions.lastUsedAt }).from(sessions).where(others)
           .orderBy(desc(sessions.lastUsedAt), desc(sessions.id)).limit(1).offset(MAX_OPEN_SESSIONS - 2)
         // Those used before the last one kept go, a condition on each row's own columns: PostgreSQL
@@ -152,13 +170,20 @@ export function createSessionRepository ({ db, tables: { sessions, refreshTokens
             )))
             .returning({ id: sessions.id })
           : []
-        return {
-          user,
-          session: session!,
-          refreshToken: await insertRefreshToken(tx, session!, null, times),
-          displacedSessions: displaced.length
-        }
+        return { user, session, refreshToken, displacedSessions: displaced.length }
       })
+    },
+
+    /**
+     * A new account and its first session, in one transaction: a signup that fails after the
+     * account's insert (the database lost meanwhile) leaves no account for its retry to find taken.
+     * Null when the (normalised) email is taken.
+     */
+    async openForNewUser (newUser: NewUser, client: SessionClient, times: SessionTimes): Promise<OpenedSession | null> {
+      return unlessEmailTaken(() => dialect.atomic(async (tx) => {
+        const user = await insertUser(database, tx, newUser)
+        return { user, ...await insertSession(tx, user.id, client, times) }
+      }))
     },
 
     /**

@@ -94,8 +94,40 @@ export async function actingAs<T> (
   }, lock)
 }
 
-/** Rolls back the first admin's insert: the email is taken. */
-class EmailTaken extends Rollback {}
+/**
+ * A user's insert found their (normalised) email taken. A Rollback: thrown in a transaction, it
+ * undoes it, and is caught outside.
+ */
+export class EmailTaken extends Rollback {}
+
+/** Inserts a user, in a transaction or not; EmailTaken when the email is taken. */
+export async function insertUser ({ tables: { users }, dialect }: Pick<Database, 'tables' | 'dialect'>, executor: Db, input: NewUser): Promise<User> {
+  const at = new Date()
+  try {
+    const [created] = await executor.insert(users).values({
+      id: randomUUID(),
+      email: input.email,
+      name: input.name ?? null,
+      roles: input.roles,
+      passwordHash: input.passwordHash,
+      createdAt: at,
+      updatedAt: at
+    }).returning(userColumns(users))
+    return created!
+  } catch (error) {
+    throw dialect.isUniqueViolation(error) ? new EmailTaken() : error
+  }
+}
+
+/** What `create` made, or null when it threw EmailTaken: the email is taken. */
+export async function unlessEmailTaken<T> (create: () => Promise<T>): Promise<T | null> {
+  try {
+    return await create()
+  } catch (error) {
+    if (error instanceof EmailTaken) return null
+    throw error
+  }
+}
 
 export function createUserRepository (database: Database) {
   const { db, tables: { users, sessions }, dialect } = database
@@ -113,21 +145,6 @@ export function createUserRepository (database: Database) {
     (await executor.select({ id: users.id }).from(users)
       .where(exceptId === undefined ? isEnabledAdmin : and(isEnabledAdmin, ne(users.id, exceptId))).limit(1)).length > 0
 
-  /** Inserts a user; a taken (normalised) email throws the dialect's unique violation. */
-  const insertUser = async (executor: Db, input: NewUser): Promise<User> => {
-    const at = new Date()
-    const [created] = await executor.insert(users).values({
-      id: randomUUID(),
-      email: input.email,
-      name: input.name ?? null,
-      roles: input.roles,
-      passwordHash: input.passwordHash,
-      createdAt: at,
-      updatedAt: at
-    }).returning(publicColumns)
-    return created!
-  }
-
   /** An admin's change: under the admins lock, by an admin who may still manage users. */
   const asActingAdmin = <T>(actor: Actor, work: (tx: Db) => Promise<T>) =>
     actingAs(database, actor, work, { permission: 'users:manage', lock: 'admins' })
@@ -135,12 +152,7 @@ export function createUserRepository (database: Database) {
   return {
     /** The new user, or null when the (normalised) email is taken. */
     async create (input: NewUser): Promise<User | null> {
-      try {
-        return await insertUser(db, input)
-      } catch (error) {
-        if (dialect.isUniqueViolation(error)) return null
-        throw error
-      }
+      return unlessEmailTaken(() => insertUser(database, db, input))
     },
 
     /**
@@ -149,19 +161,7 @@ export function createUserRepository (database: Database) {
      * each. Null when an enabled admin exists or the email is taken.
      */
     async createFirstAdmin (input: NewUser): Promise<User | null> {
-      try {
-        return await dialect.atomic(async (tx) => {
-          if (await enabledAdminExists(tx)) return null
-          try {
-            return await insertUser(tx, input)
-          } catch (error) {
-            throw dialect.isUniqueViolation(error) ? new EmailTaken() : error
-          }
-        }, 'admins')
-      } catch (error) {
-        if (error instanceof EmailTaken) return null
-        throw error
-      }
+      return unlessEmailTaken(() => dialect.atomic(async (tx) => await enabledAdminExists(tx) ? null : insertUser(database, tx, input), 'admins'))
     },
 
     async findById (id: string): Promise<User | undefined> {

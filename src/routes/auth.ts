@@ -4,7 +4,6 @@ import { Type } from 'typebox'
 import fp from 'fastify-plugin'
 import { EMAIL_LOCAL_PART_MAX_LENGTH, normaliseEmail } from '../auth/email.ts'
 import { hashPassword, passwordProblem, rehashedMeanwhile, verifyPassword } from '../auth/passwords.ts'
-import { registerUser } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
 import { accountGone, accountOf, actorEnded, actorOf } from '../plugins/auth.ts'
 import { SIGN_IN_IP_LIMIT, checkPasswordLimited } from '../plugins/rate-limits.ts'
@@ -48,19 +47,15 @@ const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: {
         201: SessionResponse,
         400: errorResponse('A password the policy refuses (common, the email, or short without its surrounding whitespace): weak_password'),
-        // signInFlows.start: only if an admin deletes or disables the account between its creation and its first session.
-        401: errorResponse('The new account was deleted or disabled before its session opened: invalid_credentials'),
         409: errorResponse('An account with this email exists: email_taken')
       }
     }
   }, async (request, reply) => {
-    const registration = await registerUser(app.usersRepository, request.body, stillWaiting(request))
+    const registration = await app.signInFlows.signUp(request, request.body)
     if (registration.outcome === 'weak_password') throw apiError(400, 'weak_password', registration.message)
     if (registration.outcome === 'email_taken') throw apiError(409, 'email_taken', 'An account with this email already exists.')
     if (registration.outcome === 'invalid_email') throw apiError(400, 'validation_error', `body/email must have at most ${EMAIL_LOCAL_PART_MAX_LENGTH} characters before the @`)
-    const { user } = registration
-    request.log.info({ event: 'signup', userId: user.id }, 'user signed up')
-    return reply.code(201).send(await app.signInFlows.start(request, user))
+    return reply.code(201).send(registration.created)
   })
 
   app.post('/login', {
