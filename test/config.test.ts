@@ -242,6 +242,19 @@ t.test('DATABASE_URL and REDIS_URL must be URLs Gatehouse can use', async (t) =>
   for (const good of ['rediss://cache:6380', 'redis://cache:6379/2', 'redis://u:p@cache', 'redis://cache/']) {
     t.equal(loadConfig({ ...base, DATABASE_URL: ':memory:', REDIS_URL: good }).redisUrl, good, good)
   }
+  // A password with an unencoded @ and then a /, ? or #: the parser would take its rest for the
+  // host (`ss`), and the rest of it would be shown in messages and logs.
+  for (const [name, url] of [
+    ['DATABASE_URL', 'postgres://postgres:p@ss#hunter2@db:5432/gatehouse'], ['DATABASE_URL', 'postgres://postgres:p@ss?hunter2@db/gatehouse'],
+    ['DATABASE_URL', 'postgresql://postgres:p@ss/hunter2@db/gatehouse'], ['REDIS_URL', 'redis://:p@ss?hunter2@cache:6379/1'],
+    ['REDIS_URL', 'redis://:p@ss#hunter2@cache:6379/1'], ['REDIS_URL', 'redis://:p@ss/hunter2@cache:6379/1']
+  ] as const) {
+    const problem = t.throws(() => loadConfig({ ...base, DATABASE_URL: ':memory:', [name]: url }),
+      new RegExp(name === 'REDIS_URL' && url.includes('/hunter2') ? 'REDIS_URL must be redis://' : `${name} has an @ after its host: percent-encode @, /, \\? and # in its user name and password \\(@ as %40\\)`), url)
+    t.notMatch((problem as Error).message, /hunter2|p@ss|\/\/ss/, `${url}: no part of the password`)
+  }
+  t.equal(loadConfig({ ...base, DATABASE_URL: 'postgres://postgres:p%40ss%23hunter2@db/gatehouse' }).databaseUrl,
+    'postgres://postgres:p%40ss%23hunter2@db/gatehouse', 'percent-encoded, it is used')
 })
 
 t.test('CORS_ORIGINS must list origins, which browsers compare exactly', async (t) => {
@@ -420,6 +433,10 @@ t.test('a database or Redis URL in a message keeps no password, wherever the URL
     ['postgres://u@db/g?password=s3cr3t&sslmode=require', 'postgres://u@db/g?password=redacted&sslmode=require'],
     ['postgres://u@db/g?sslpassword=s3cr3t', 'postgres://u@db/g?sslpassword=redacted'],
     ['postgres://u:p@ss@db/g', 'postgres://u@db/g'],
+    // An @ and then a # (or ? or /) in the password: the parser's host is a piece of it.
+    ['postgres://u:p@ss#s3cr3t@db:5432/g', 'postgres://…@db:5432/g'],
+    ['postgres://u:p@ss?s3cr3t@db/g?password=s3cr3t', 'postgres://…@db/g?password=redacted'],
+    ['redis://:p@ss/s3cr3t@cache:6379/0', 'redis://…@cache:6379/0'],
     // Where a password with a slash in it ends cannot be told: the scheme alone.
     ['postgres://u:pa/ss@db/g', 'postgres://…'],
     ['redis://:s3cr3t@cache:6379/0', 'redis://cache:6379/0'],
@@ -427,5 +444,5 @@ t.test('a database or Redis URL in a message keeps no password, wherever the URL
     ['/var/lib/gatehouse/gatehouse.db', '/var/lib/gatehouse/gatehouse.db'],
     ['file:data/gatehouse.db', 'file:data/gatehouse.db']
   ]
-  for (const [url, shown] of cases) t.equal(redactUrl(url), shown, url.replace(/s3cr3t|p@ss|pa\/ss/, '<password>'))
+  for (const [url, shown] of cases) t.equal(redactUrl(url), shown, url.replace(/s3cr3t|p@ss|pa\/ss/g, '<password>'))
 })
