@@ -454,6 +454,30 @@ t.test('Redis that stops answering: a correct sign-in meanwhile clears the accou
   t.equal((await wrong()).statusCode, 429, 'and the limit holds in Redis after it')
 })
 
+t.test('Redis that stops answering: the clearing owed to it spares failures other instances counted after the sign-in', {
+  skip: await redisReachable() ? false : `Redis is not reachable at ${REDIS_URL}`,
+  timeout: 30_000
+}, async (t) => {
+  const proxy = await stallableProxy(t, REDIS_URL)
+  // Two instances on one database: one loses Redis, the other keeps it.
+  const database = `file:${join(t.testdir(), 'gatehouse.db')}`
+  const cut = await build(t, { DATABASE_URL: database, REDIS_URL: proxy.url, RATE_LIMIT_ACCOUNT_MAX: '3' })
+  const other = await build(t, { DATABASE_URL: database, REDIS_URL, RATE_LIMIT_ACCOUNT_MAX: '3' })
+  const session = await signup(cut)
+  const wrong = (app: App) => app.inject({ method: 'POST', url: '/auth/login', payload: { email: session.user.email, password: 'wrong password!' } })
+  proxy.stall()
+  t.equal((await login(cut, session.user.email)).statusCode, 200, 'a correct sign-in on the memory fallback')
+  // Then someone guesses on the instance that reaches Redis, up to its lockout.
+  const guesses = []
+  for (let guess = 0; guess < 4; guess++) guesses.push((await wrong(other)).statusCode)
+  t.same(guesses, [401, 401, 401, 429], 'locked out in Redis')
+  proxy.resume()
+  await sleep(5000)
+  // The first instance tells Redis of its sign-in before it next asks: the lockout came after it, and stays.
+  t.equal((await wrong(cut)).statusCode, 429, 'the lockout holds on the instance that was cut off')
+  t.equal((await login(other, session.user.email)).statusCode, 429, 'and on the other, a correct password too')
+})
+
 // SQLSTATE class 08 (connection exceptions) is an outage: what PgBouncer answers when it
 // cannot give a server connection (08P01 "no more connections allowed", "query_wait_timeout").
 t.test('PostgreSQL: connection exceptions (SQLSTATE class 08) answer 503', {

@@ -133,10 +133,25 @@ export function memoryFailureCounter (max: number): FailureCounter {
   }
 }
 
+/** The count in Redis, with what the memory fallback needs of it after an outage. */
+interface SharedFailureCounter extends FailureCounter {
+  /**
+   * Clears the account's count if its window began more than `ageMs` ago, so it holds attempts
+   * from before a correct sign-in that long ago, which could not tell Redis; one begun since holds
+   * only later ones (another instance's), which that sign-in must not clear.
+   */
+  resetIfBegunBefore (account: string, ageMs: number): Promise<void>
+}
+
 /** Shared by every instance through Redis. */
-function redisFailureCounter (redis: Redis, max: number): FailureCounter {
+function redisFailureCounter (redis: Redis, max: number): SharedFailureCounter {
   const key = (account: string) => `${KEY_PREFIX}signin-failures:${accountDigest(account)}`
   return {
+    async resetIfBegunBefore (account, ageMs) {
+      // The window's age is read off its remaining time, in Redis: no clock but the instance's own measures ageMs.
+      await redis.eval("local left = redis.call('PTTL', KEYS[1]) if left > 0 and tonumber(ARGV[1]) - left > tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) end return 0",
+        1, key(account), ACCOUNT_WINDOW_MS, ageMs)
+    },
     async attempt (account) {
       // One round trip, atomic: count, start the window on the first attempt, read what is left.
       const [count, ttl] = await redis.eval(
@@ -238,15 +253,17 @@ type RedisOutage = ReturnType<typeof redisOutage>
 /** Correct sign-ins while Redis failed whose clearing Redis is still to be told: about 300 bytes each. */
 const MAX_OWED_RESETS = 10_000
 
-function failureCounterWithFallback (primary: FailureCounter, fallback: FailureCounter, outage: RedisOutage): FailureCounter {
+function failureCounterWithFallback (primary: SharedFailureCounter, fallback: FailureCounter, outage: RedisOutage): FailureCounter {
   // A correct sign-in while Redis failed cleared only this instance's count. Redis is told before
-  // it is next asked anything, or the account would find its count from before the outage there.
-  const owedResets = new Set<string>()
+  // it is next asked anything, or the account would find its count from before the outage there;
+  // failures other instances counted after that sign-in stay (resetIfBegunBefore).
+  // Account → when its sign-in succeeded (performance.now(): a clock that only moves forward).
+  const owedResets = new Map<string, number>()
   const settleOwedResets = async () => {
     if (owedResets.size === 0) return
-    const accounts = [...owedResets]
-    await Promise.all(accounts.map((account) => primary.reset(account)))
-    for (const account of accounts) owedResets.delete(account)
+    const owed = [...owedResets]
+    await Promise.all(owed.map(([account, at]) => primary.resetIfBegunBefore(account, performance.now() - at)))
+    for (const [account, at] of owed) if (owedResets.get(account) === at) owedResets.delete(account)
   }
   const guarded = <R>(run: (counter: FailureCounter, account: string) => Promise<R>, onFallback?: (account: string) => void) =>
     async (account: string): Promise<R> => {
@@ -267,8 +284,8 @@ function failureCounterWithFallback (primary: FailureCounter, fallback: FailureC
     attempt: guarded((counter, account) => counter.attempt(account)),
     reset: guarded((counter, account) => counter.reset(account), (account) => {
       owedResets.delete(account)
-      owedResets.add(account)
-      if (owedResets.size > MAX_OWED_RESETS) owedResets.delete(owedResets.values().next().value!)
+      owedResets.set(account, performance.now())
+      if (owedResets.size > MAX_OWED_RESETS) owedResets.delete(owedResets.keys().next().value!)
     }),
     withdraw: guarded((counter, account) => counter.withdraw(account))
   }
