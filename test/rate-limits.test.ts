@@ -167,6 +167,12 @@ t.test('per IP: an IPv6 client counts by its /64, an IPv4 address written as IPv
   t.equal(ipLimitSubject('0:0:0:0:0:ffff:198.51.100.7'), '198.51.100.7', 'IPv4-mapped, in full')
   t.equal(ipLimitSubject('2001:db8::1:2:3:1.2.3.4'), '2001:db8:0:1::/64', 'with an IPv4 tail, two groups long')
   t.equal(ipLimitSubject('not an address'), 'not an address')
+  // As some proxies write X-Forwarded-For: a new port must not be a new budget.
+  t.equal(ipLimitSubject('203.0.113.9:51234'), '203.0.113.9', 'IPv4 with a port')
+  t.equal(ipLimitSubject('[2001:db8:a:b::1]:51234'), '2001:db8:a:b::/64', 'IPv6 in brackets with a port')
+  t.equal(ipLimitSubject('[2001:db8:a:b::1]'), '2001:db8:a:b::/64', 'IPv6 in brackets')
+  t.equal(ipLimitSubject('[::ffff:203.0.113.9]:80'), '203.0.113.9', 'IPv4-mapped, in brackets with a port')
+  t.equal(ipLimitSubject('[not an address]:80'), '[not an address]:80', 'no address in the brackets: the text as it is')
 
   const app = await build(t, { RATE_LIMIT_IP_MAX: '3' })
   const refresh = (remoteAddress: string) =>

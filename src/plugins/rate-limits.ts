@@ -58,15 +58,27 @@ const KEY_PREFIX = 'gatehouse:'
 export function ipLimitSubject (ip: string): string {
   // IPv4, most clients: one cheap check (ipaddr.js's parse costs a few microseconds).
   if (isIPv4(ip)) return ip
+  const address = withoutPort(ip)
+  if (isIPv4(address)) return address
   let parsed: ipaddr.IPv4 | ipaddr.IPv6
   try {
-    parsed = ipaddr.process(ip.split('%')[0]!)
+    parsed = ipaddr.process(address.split('%')[0]!)
   } catch {
     return ip
   }
   return parsed.kind() === 'ipv4'
     ? parsed.toString()
     : `${(parsed as ipaddr.IPv6).parts.slice(0, 4).map((group) => group.toString(16)).join(':')}::/64`
+}
+
+/**
+ * An address as some proxies write it into X-Forwarded-For, with its client's port (`a.b.c.d:port`,
+ * `[v6]:port`) or in brackets (`[v6]`): counted as the address, not as new text at each port.
+ */
+const ADDRESS_WITH_PORT = /^(?:\[([^\]]+)\](?::\d+)?|(\d{1,3}(?:\.\d{1,3}){3}):\d+)$/
+function withoutPort (ip: string): string {
+  const match = ADDRESS_WITH_PORT.exec(ip)
+  return match ? (match[1] ?? match[2])! : ip
 }
 
 const rateLimited = (retryAfterSeconds: number) => apiError(429, 'rate_limited',
