@@ -13,7 +13,7 @@ import rateLimits from './plugins/rate-limits.ts'
 import security from './plugins/security.ts'
 import signInFlows from './plugins/sign-in-flows.ts'
 import validation from './plugins/validation.ts'
-import { boundedIp } from './request-client.ts'
+import { boundedIp, maskTokenLike } from './request-client.ts'
 import errors, { clientErrorHandler, frameworkErrorHandler } from './plugins/errors.ts'
 import { gracefulClose } from './plugins/graceful-close.ts'
 import { withoutQueryParameters } from './errors.ts'
@@ -117,7 +117,7 @@ function loggerOptions (config: Config, { logStream }: BuildOptions): FastifySer
       err: (error: Error) => serializeError(error),
       req: (request: { method: string, url: string, host?: string, ip?: string }) => ({
         method: request.method,
-        url: maskQuery(request.url),
+        url: maskQuery(maskTokenLike(request.url)),
         host: request.host,
         remoteAddress: request.ip === undefined ? undefined : boundedIp(request.ip)
       })

@@ -272,7 +272,7 @@ t.test('a path served under other methods answers 405 with Allow; an unknown pat
     ['DELETE', '/clothes', ['GET', 'HEAD', 'POST']],
     ['OPTIONS', '/health', ['GET', 'HEAD']],
     // Over find-my-way's default 100 characters for a parameter: still the path of DELETE /auth/sessions/:id.
-    ['GET', `/auth/sessions/${'a'.repeat(101)}`, ['DELETE']]
+    ['GET', `/auth/sessions/${'a.'.repeat(51)}`, ['DELETE']]
   ] as const
   for (const [method, url, allowed] of cases) {
     const response = await app.inject({ method, url })
@@ -309,7 +309,8 @@ t.test('a path served under other methods answers 405 with Allow; an unknown pat
 
 t.test('a 404 or 405 names a long path by its first 200 characters, not echoing it whole', async (t) => {
   const app = await build(t)
-  const long = 'a'.repeat(10_000)
+  // Dots between the letters: a run of 40 letters would be masked as token-like (logging.test.ts).
+  const long = 'a.'.repeat(5_000)
   for (const [method, url, status] of [['GET', `/${long}`, 404], ['PUT', `/videos/${long}`, 405]] as const) {
     const response = await app.inject({ method, url })
     t.equal(response.statusCode, status, `${method} ${status}`)
@@ -317,8 +318,9 @@ t.test('a 404 or 405 names a long path by its first 200 characters, not echoing 
     t.ok(response.json().message.startsWith(`Route ${method} ${shown}… not found`), `${method} ${status}: ${response.json().message.slice(0, 60)}…`)
     t.ok(response.body.length < 600, `${method} ${status}: an answer of ${response.body.length} bytes`)
   }
-  const short = await app.inject({ method: 'PUT', url: `/videos/${'b'.repeat(192)}` })
-  t.equal(short.json().message, `Route PUT /videos/${'b'.repeat(192)} not found; /videos/${'b'.repeat(192)} answers DELETE, PATCH`, 'a path of 200 characters is shown whole')
+  const id = 'b.'.repeat(96)
+  const short = await app.inject({ method: 'PUT', url: `/videos/${id}` })
+  t.equal(short.json().message, `Route PUT /videos/${id} not found; /videos/${id} answers DELETE, PATCH`, 'a path of 200 characters is shown whole')
 })
 
 t.test('a Swagger UI file path that leads out of its folder is a 404, not a refusal of rights', async (t) => {

@@ -57,6 +57,11 @@ t.test('logs carry security events with user and request ids, and never a secret
   await app.inject({ url: `/auth/me?authorization=${login.access_token}&jwt=${login.access_token}` })
   // And under no name at all, after a named one.
   await app.inject({ url: `/me/permissions?x=1&${session.access_token}` })
+  // Or in the path, where no route reads it: neither logged nor named in the 404.
+  for (const token of [login.access_token, session.refresh_token]) {
+    const notFound = await app.inject({ url: `/auth/me/${token}` })
+    t.equal(notFound.json().message, 'Route GET /auth/me/[redacted] not found', 'the 404 names the path with the token masked')
+  }
   await app.inject({ method: 'POST', url: '/auth/token', payload: `grant_type=password&username=${email}&password=${TEST_PASSWORD}`, headers: { 'content-type': 'application/x-www-form-urlencoded' } })
   await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
   await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })

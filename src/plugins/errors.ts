@@ -7,6 +7,7 @@ import type { Socket } from 'node:net'
 import { bearerChallenge } from './auth.ts'
 import { API_RESPONSE_HEADERS, NO_STORE_HEADERS } from './security.ts'
 import { hasEmptyParameter } from './validation.ts'
+import { maskTokenLike } from '../request-client.ts'
 
 /** The contract's code for errors Fastify raises itself; anything else falls back by status. */
 const FASTIFY_CODES: Record<string, string> = {
@@ -123,8 +124,14 @@ export function frameworkErrorHandler (_error: FastifyError, request: FastifyReq
   reply.code(body.statusCode).headers({ ...API_RESPONSE_HEADERS, ...NO_STORE_HEADERS }).send(body)
 }
 
-/** Up to 16 KiB of path, as the request line may hold, is not echoed back whole: its first 200 characters say which. */
-const shownPath = (path: string) => path.length > 200 ? `${path.slice(0, 200)}…` : path
+/**
+ * Up to 16 KiB of path, as the request line may hold, is not echoed back whole: its first 200
+ * characters say which, with anything token-like masked.
+ */
+const shownPath = (path: string) => {
+  const masked = maskTokenLike(path)
+  return masked.length > 200 ? `${masked.slice(0, 200)}…` : masked
+}
 
 async function errorsPlugin (app: FastifyInstance) {
   app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {
