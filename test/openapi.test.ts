@@ -38,6 +38,8 @@ t.test('every registered route is documented with its security requirement', asy
       t.same(operation.security, BEARER, `${route.method} ${route.url} needs a bearer token`)
       t.ok(operation.responses['401'], `${route.method} ${route.url} documents 401`)
       t.match(operation.responses['400']?.description, /invalid_request/, `${route.method} ${route.url} documents the malformed Authorization header`)
+      t.match(operation.responses['400']?.headers?.['WWW-Authenticate'], { schema: { type: 'string' } }, `${route.method} ${route.url} documents its challenge`)
+      t.notOk(operation.responses['400']?.headers?.['WWW-Authenticate']?.required, `${route.method} ${route.url}: which a validation_error has not`)
     } else if (route.url !== '/auth/logout') {
       t.same(operation.security, [], `${route.method} ${route.url} is public`)
     }

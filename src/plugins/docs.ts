@@ -57,14 +57,16 @@ const STATUS_HEADERS: Record<number, Record<string, unknown>> = {
   503: retryAfter('Seconds until the database is worth trying again')
 }
 const GUARDED_HEADERS: Record<number, Record<string, unknown>> = {
+  400: challenge('Bearer error="invalid_request" with invalid_request (a malformed Authorization header); none with validation_error'),
   403: challenge('Bearer error="insufficient_scope" with forbidden')
 }
 /** On every answer of a guarded route or of /auth (security.ts noStore), errors included. */
 const NO_STORE_HEADERS = {
   'Cache-Control': { type: 'string', const: 'no-store', description: 'No cache may keep the answer: it carries tokens or personal data' }
 }
-/** Headers always sent where they are documented (the rate-limit counts are not). */
+/** Headers always sent where they are documented (the rate-limit counts are not, nor a 400's challenge). */
 const REQUIRED_HEADERS = new Set(['Cache-Control', 'Retry-After', 'WWW-Authenticate'])
+const isRequiredHeader = (status: string, name: string) => REQUIRED_HEADERS.has(name) && !(status === '400' && name === 'WWW-Authenticate')
 
 const pascalCase = (text: string) => text.split(/[^A-Za-z0-9]+/).filter(Boolean)
   .map((word) => word[0]!.toUpperCase() + word.slice(1)).join('')
@@ -129,7 +131,7 @@ type Responses = Record<string, { headers?: Record<string, object> }>
 function requireHeaders (responses: Responses | undefined): Responses | undefined {
   if (!responses) return responses
   return Object.fromEntries(Object.entries(responses).map(([status, answer]) => [status, answer.headers
-    ? { ...answer, headers: Object.fromEntries(Object.entries(answer.headers).map(([name, header]) => [name, REQUIRED_HEADERS.has(name) ? { ...header, required: true } : header])) }
+    ? { ...answer, headers: Object.fromEntries(Object.entries(answer.headers).map(([name, header]) => [name, isRequiredHeader(status, name) ? { ...header, required: true } : header])) }
     : answer]))
 }
 
