@@ -1,4 +1,4 @@
-import { databaseUrlFrom, redactUrl } from '../config.ts'
+import { databaseUrlFrom, isPostgresUrl, redactUrl, sqlitePath } from '../config.ts'
 import { openDatabase, type Database } from '../db/index.ts'
 import { startupProblem } from '../errors.ts'
 
@@ -15,5 +15,11 @@ export async function openDatabaseOrExit (): Promise<Database> {
   }
 }
 
-/** Which database a tool wrote to, without its password: DATABASE_URL may be unset in this shell. */
-export const databaseName = () => redactUrl(databaseUrlFrom())
+/**
+ * Which database a tool wrote to, without its password: DATABASE_URL may be unset in this shell.
+ * A SQLite file by the path it resolved to, as a relative one depends on the folder the tool ran in.
+ */
+export const databaseName = () => {
+  const url = databaseUrlFrom()
+  return isPostgresUrl(url) ? redactUrl(url) : sqlitePath(url)
+}
