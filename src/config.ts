@@ -66,11 +66,14 @@ export function parseDuration (text: string): number | undefined {
 export const isPostgresUrl = (url: string) => /^postgres(ql)?:\/\//i.test(url)
 
 /**
- * Whether the URL parser left an `@` after the user info: a user name or password with an
- * unencoded `@` and a `/`, `?` or `#` before it, whose rest the parser took for the host, path,
- * query or fragment (`postgres://u:p@ss#x@db/g` names the host `ss`).
+ * Whether the URL parser cut a user name or password short at an unencoded `@` followed by a `/`,
+ * `?` or `#`, taking the rest for the path, query or fragment (`postgres://u:p@ss#x@db/g` names the
+ * host `ss`): an `@` in the fragment (no database or Redis URL has one), in a query parameter's
+ * name, or in the path before a `:port` or another `/` (`/x@db:5432/g`). An `@` in a value
+ * (`?application_name=api@eu`) or a database's name (`/my@db`) is the URL's own.
  */
-const atAfterUserInfo = (parsed: URL) => `${parsed.host}${parsed.pathname}${parsed.search}${parsed.hash}`.includes('@')
+const misreadUserInfo = (parsed: URL) => parsed.hash.includes('@') ||
+  [...parsed.searchParams.keys()].some((name) => name.includes('@')) || /@[^/]*[:/]/.test(parsed.pathname)
 
 /** What DATABASE_URL and REDIS_URL say of a password that the URL parser would misread. */
 const ENCODE_AT = 'percent-encode @, /, ? and # in its user name and password (@ as %40)'
@@ -79,14 +82,14 @@ const ENCODE_AT = 'percent-encode @, /, ? and # in its user name and password (@
  * The URL without its password, in the userinfo or in a query parameter (`?password=`,
  * `?sslpassword=`), for messages and logs. A path (SQLite) has none; a URL that does not parse
  * (`u:pa/ss@…`) is shown by its scheme alone, as where its password ends cannot be told, and one
- * with an `@` after its user info (atAfterUserInfo) from its last `@` on.
+ * the parser misread (misreadUserInfo) from its last `@` on.
  */
 export function redactUrl (url: string): string {
   const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url)?.[0]
   if (!scheme) return url
   try {
     const parsed = new URL(url)
-    if (atAfterUserInfo(parsed)) return `${scheme}…@${redactUrl(scheme + url.slice(url.lastIndexOf('@') + 1)).slice(scheme.length)}`
+    if (misreadUserInfo(parsed)) return `${scheme}…@${redactUrl(scheme + url.slice(url.lastIndexOf('@') + 1)).slice(scheme.length)}`
     parsed.password = ''
     for (const key of [...parsed.searchParams.keys()]) if (/pass/i.test(key)) parsed.searchParams.set(key, 'redacted')
     return parsed.toString()
@@ -107,7 +110,7 @@ function databaseUrlProblem (url: string): string | undefined {
     ? /^(postgres(ql)?|file)\/\//i.test(url) ? 'a URL without the colon after its scheme' : undefined
     : scheme === 'file' ? fileUrlProblem(url.slice('file:'.length)) : isPostgresUrl(url) ? undefined : `a "${scheme}:" URL that is neither`
   if (got) return `DATABASE_URL must be postgres://… (or postgresql://…) for PostgreSQL, or file:PATH or a path for SQLite (got ${got})`
-  if (isPostgresUrl(url) && URL.canParse(url) && atAfterUserInfo(new URL(url))) return `DATABASE_URL has an @ after its host: ${ENCODE_AT}`
+  if (isPostgresUrl(url) && URL.canParse(url) && misreadUserInfo(new URL(url))) return `DATABASE_URL has an @ after its host: ${ENCODE_AT}`
   return undefined
 }
 
@@ -132,7 +135,7 @@ function redisUrlProblem (url: string): string | undefined {
     !/^(\/\d*)?$/.test(parsed.pathname)) {
     return `REDIS_URL must be redis://[user:password@]host[:port][/database number], or rediss://… for TLS (got "${redactUrl(url)}")`
   }
-  if (atAfterUserInfo(parsed)) return `REDIS_URL has an @ after its host: ${ENCODE_AT}`
+  if (misreadUserInfo(parsed)) return `REDIS_URL has an @ after its host: ${ENCODE_AT}`
   return undefined
 }
 

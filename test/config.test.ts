@@ -253,8 +253,11 @@ t.test('DATABASE_URL and REDIS_URL must be URLs Gatehouse can use', async (t) =>
       new RegExp(name === 'REDIS_URL' && url.includes('/hunter2') ? 'REDIS_URL must be redis://' : `${name} has an @ after its host: percent-encode @, /, \\? and # in its user name and password \\(@ as %40\\)`), url)
     t.notMatch((problem as Error).message, /hunter2|p@ss|\/\/ss/, `${url}: no part of the password`)
   }
-  t.equal(loadConfig({ ...base, DATABASE_URL: 'postgres://postgres:p%40ss%23hunter2@db/gatehouse' }).databaseUrl,
-    'postgres://postgres:p%40ss%23hunter2@db/gatehouse', 'percent-encoded, it is used')
+  for (const good of ['postgres://postgres:p%40ss%23hunter2@db/gatehouse', 'postgres://u:pw@db/g?application_name=api@eu',
+    'postgres://u@db/g?password=a@b', 'postgres://u@db/g?sslrootcert=/etc/ssl/ca@2024.pem', 'postgres://u@db/my@db', 'redis://:pw@cache:6379/0?x=a@b']) {
+    const name = good.startsWith('redis') ? 'REDIS_URL' : 'DATABASE_URL'
+    t.doesNotThrow(() => loadConfig({ ...base, DATABASE_URL: ':memory:', [name]: good }), `${good}: an @ of the URL's own (or percent-encoded) is used`)
+  }
 })
 
 t.test('CORS_ORIGINS must list origins, which browsers compare exactly', async (t) => {
@@ -437,6 +440,9 @@ t.test('a database or Redis URL in a message keeps no password, wherever the URL
     ['postgres://u:p@ss#s3cr3t@db:5432/g', 'postgres://…@db:5432/g'],
     ['postgres://u:p@ss?s3cr3t@db/g?password=s3cr3t', 'postgres://…@db/g?password=redacted'],
     ['redis://:p@ss/s3cr3t@cache:6379/0', 'redis://…@cache:6379/0'],
+    // An @ of the URL's own: shown as usual, a password in a parameter redacted whatever it holds.
+    ['postgres://u:s3cr3t@db/g?application_name=api@eu', 'postgres://u@db/g?application_name=api@eu'],
+    ['postgres://u@db/g?password=s3cr3t@b', 'postgres://u@db/g?password=redacted'],
     // Where a password with a slash in it ends cannot be told: the scheme alone.
     ['postgres://u:pa/ss@db/g', 'postgres://…'],
     ['redis://:s3cr3t@cache:6379/0', 'redis://cache:6379/0'],
