@@ -9,6 +9,9 @@ import { TEST_DATABASE_URL, TEST_PASSWORD, type SessionBody, bearer, build, dbAl
 const refresh = (app: App, token: string) =>
   app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: token } })
 const me = (app: App, accessToken: string) => app.inject({ url: '/auth/me', headers: bearer(accessToken) })
+/** The hourly cleanup, run now. */
+const cleanUp = (app: App) => app.sessionsRepository.deleteExpired({ now: new Date(), ttl: app.config.refreshTokenTtl })
+
 const sessionRow = async (app: App, id: unknown) =>
   await dbGet(app, 'select * from sessions where id = ?', id) as { revoked_at: number | null, user_id: string }
 
@@ -307,13 +310,13 @@ t.test('cleanup removes expired sessions and tokens, keeps live ones', async (t)
   const oldSid = tokenPayload(old.access_token).sid
   await dbRun(app, 'update sessions set expires_at = ? where id = ?', new Date(0), oldSid)
   await dbRun(app, 'update refresh_tokens set expires_at = ? where session_id = ?', new Date(0), oldSid)
-  await app.sessionsRepository.deleteExpired(new Date())
+  await cleanUp(app)
   t.notOk(await sessionRow(app, oldSid), 'expired session deleted')
   t.ok(await sessionRow(app, tokenPayload(live.access_token).sid), 'live session kept')
   t.equal((await refresh(app, live.refresh_token)).statusCode, 200)
 })
 
-t.test('cleanup keeps a revoked session for a day, then removes it; a live session keeps its expired tokens', async (t) => {
+t.test('cleanup keeps a revoked session for a day, then removes it; a live session keeps its expired tokens for a refresh lifetime more', async (t) => {
   const app = await build(t, { REFRESH_REUSE_GRACE: '0' })
   const hour = 3600_000
   const revokedSince = async (ago: number) => {
@@ -326,20 +329,27 @@ t.test('cleanup keeps a revoked session for a day, then removes it; a live sessi
   const recentlyRevoked = await revokedSince(hour)
   const longRevoked = await revokedSince(25 * hour)
 
-  // A live session whose first token, used by a refresh, has expired; its live token has not.
+  // A live session refreshed twice: its first token expired more than REFRESH_TOKEN_TTL ago, its
+  // second a moment ago; its live token has not.
   const live = await signup(app)
   const liveSid = tokenPayload(live.access_token).sid
-  const rotated = await refresh(app, live.refresh_token)
-  t.equal(rotated.statusCode, 200)
-  await dbRun(app, 'update refresh_tokens set expires_at = ? where token_hash = ?', new Date(Date.now() - 1000), hashRefreshToken(live.refresh_token))
+  const second = await refresh(app, live.refresh_token)
+  t.equal(second.statusCode, 200)
+  const third = await refresh(app, second.json().refresh_token)
+  t.equal(third.statusCode, 200)
+  const expire = (token: string, ago: number) =>
+    dbRun(app, 'update refresh_tokens set expires_at = ? where token_hash = ?', new Date(Date.now() - ago), hashRefreshToken(token))
+  await expire(live.refresh_token, app.config.refreshTokenTtl * 1000 + hour)
+  await expire(second.json().refresh_token, 1000)
 
-  await app.sessionsRepository.deleteExpired(new Date())
+  await cleanUp(app)
   t.ok(await sessionRow(app, recentlyRevoked), 'a session revoked an hour ago is kept')
   t.notOk(await sessionRow(app, longRevoked), 'one revoked more than a day ago is deleted')
   t.equal(await dbCount(app, 'select count(*) as n from refresh_tokens where session_id = ?', longRevoked), 0, 'with its tokens')
   t.same((await dbAll(app, 'select token_hash from refresh_tokens where session_id = ? order by issued_at', liveSid)).map((row) => row.token_hash),
-    [hashRefreshToken(live.refresh_token), hashRefreshToken(rotated.json().refresh_token)], 'the live session keeps its expired token beside its live one')
-  const replay = await refresh(app, live.refresh_token)
+    [hashRefreshToken(second.json().refresh_token), hashRefreshToken(third.json().refresh_token)],
+    'the live session keeps its token expired a moment ago beside its live one; the one long expired is gone')
+  const replay = await refresh(app, second.json().refresh_token)
   t.equal(replay.statusCode, 401, 'the expired rotated token, presented again, is reuse')
   t.equal(replay.json().code, 'invalid_refresh_token')
   t.not((await sessionRow(app, liveSid))!.revoked_at, null, 'and ends the session')
@@ -380,8 +390,8 @@ t.test('an app removes expired sessions as it starts', async (t) => {
 
 // One writer at a time on SQLite: only PostgreSQL's row locks can deadlock.
 if (TEST_DATABASE_URL) {
-  t.test('cleanup leaves the sessions another transaction holds for the next one, and never waits for them', async (t) => {
-    const app = await build(t)
+  t.test('cleanup leaves the rows another transaction holds for the next one, and never waits for them', async (t) => {
+    const app = await build(t, { REFRESH_REUSE_GRACE: '0' })
     const expire = async (sid: unknown) => {
       await dbRun(app, 'update sessions set expires_at = ? where id = ?', new Date(0), sid)
       await dbRun(app, 'update refresh_tokens set expires_at = ? where session_id = ?', new Date(0), sid)
@@ -390,28 +400,34 @@ if (TEST_DATABASE_URL) {
     const freeSid = tokenPayload((await signup(app)).access_token).sid
     await expire(heldSid)
     await expire(freeSid)
-    const count = (table: 'sessions' | 'refresh_tokens', sid: unknown) =>
-      dbCount(app, `select count(*) as n from ${table} where ${table === 'sessions' ? 'id' : 'session_id'} = ?`, sid)
+    // A live session whose first token, used by a refresh, expired long ago.
+    const live = await signup(app)
+    t.equal((await refresh(app, live.refresh_token)).statusCode, 200)
+    const usedToken = hashRefreshToken(live.refresh_token)
+    await dbRun(app, 'update refresh_tokens set expires_at = ? where token_hash = ?', new Date(0), usedToken)
+    const tokenCount = () => dbCount(app, 'select count(*) as n from refresh_tokens where token_hash = ?', usedToken)
 
-    // A writer holds an expired session and its token, as a sign-in's cap, a refresh or a user's
-    // deletion may while it expires: a cleanup that waited for them could deadlock with it.
+    // A writer holds an expired session and an expired token, as a sign-in's cap, a refresh or a
+    // user's deletion may while they expire: a cleanup that waited for them could deadlock with it.
     const writer = new pg.Client({ connectionString: app.config.databaseUrl })
     await writer.connect()
     t.teardown(() => writer.end())
     await writer.query('begin')
     await writer.query('select id from sessions where id = $1 for update', [heldSid])
-    await writer.query('select id from refresh_tokens where session_id = $1 for update', [heldSid])
-    const cleanup = app.sessionsRepository.deleteExpired(new Date())
+    await writer.query('select id from refresh_tokens where token_hash = $1 for update', [usedToken])
+    const cleanup = cleanUp(app)
     t.equal(await Promise.race([cleanup.then(() => 'done'), sleep(5000, 'waited', { ref: false })]), 'done', 'the cleanup did not wait for the held rows')
-    t.equal(await count('sessions', freeSid), 0, 'an expired session no one holds is deleted')
-    t.equal(await count('refresh_tokens', freeSid), 0, 'with its tokens')
+    t.equal(await dbCount(app, 'select count(*) as n from sessions where id = ?', freeSid), 0, 'an expired session no one holds is deleted')
+    // The writer goes on with the session's tokens after the cleanup, as a deletion's cascade does.
+    await writer.query('delete from refresh_tokens where session_id = $1', [heldSid])
     await writer.query('commit')
-    t.equal(await count('sessions', heldSid), 1, 'the held session is left')
-    t.equal(await count('refresh_tokens', heldSid), 1, 'with its token')
+    await cleanup
+    t.equal(await dbCount(app, 'select count(*) as n from sessions where id = ?', heldSid), 1, 'the held session is left')
+    t.equal(await tokenCount(), 1, 'and the held token')
 
-    await app.sessionsRepository.deleteExpired(new Date())
-    t.equal(await count('sessions', heldSid), 0, 'the next cleanup deletes the session')
-    t.equal(await count('refresh_tokens', heldSid), 0, 'and its token')
+    await cleanUp(app)
+    t.equal(await dbCount(app, 'select count(*) as n from sessions where id = ?', heldSid), 0, 'the next cleanup deletes the session')
+    t.equal(await tokenCount(), 0, 'and the token')
   })
 }
 

@@ -284,18 +284,23 @@ export function createSessionRepository (database: Database) {
 
     /**
      * Removes expired sessions and long-revoked ones, with their refresh tokens (the foreign key's
-     * cascade). A live session keeps every token it issued, expired ones included: any of them
-     * presented again is reuse (rotate). Sessions another transaction holds are left for the next
-     * cleanup, so a sign-in's cap revoking sessions that expire meanwhile, or a user's deletion,
-     * never deadlocks with it (PostgreSQL); a token is never held without its session, as every
-     * writer takes a session before its tokens.
+     * cascade), and the tokens of live sessions that expired more than `ttl` (REFRESH_TOKEN_TTL)
+     * ago: until then a rotated one presented again is still known, and is reuse (rotate), for a
+     * while after its own expiry, at one row per refresh. Rows another transaction holds are left
+     * for the next cleanup, so a sign-in's cap revoking sessions that expire meanwhile, or a user's
+     * deletion, never deadlocks with it (PostgreSQL). A session's tokens go with it, and that delete
+     * would wait for a token held alone: every writer takes a session before its tokens.
      */
-    async deleteExpired (now: Date): Promise<void> {
-      const ended = dialect.forUpdate(db.select({ id: sessions.id }).from(sessions).where(or(
-        lt(sessions.expiresAt, now),
-        and(isNotNull(sessions.revokedAt), lt(sessions.revokedAt, plus(now, -REVOKED_RETENTION_SECONDS)))
-      )), { skipLocked: true })
-      await db.delete(sessions).where(inArray(sessions.id, ended))
+    async deleteExpired ({ now, ttl }: Pick<SessionTimes, 'now' | 'ttl'>): Promise<void> {
+      const unheld = <Q extends Parameters<typeof dialect.forUpdate>[0]>(query: Q) => dialect.forUpdate(query, { skipLocked: true })
+      await dialect.atomic(async (tx) => {
+        await tx.delete(sessions).where(inArray(sessions.id, unheld(tx.select({ id: sessions.id }).from(sessions).where(or(
+          lt(sessions.expiresAt, now),
+          and(isNotNull(sessions.revokedAt), lt(sessions.revokedAt, plus(now, -REVOKED_RETENTION_SECONDS)))
+        )))))
+        await tx.delete(refreshTokens).where(inArray(refreshTokens.id,
+          unheld(tx.select({ id: refreshTokens.id }).from(refreshTokens).where(lt(refreshTokens.expiresAt, plus(now, -ttl))))))
+      })
     }
   }
 }
@@ -314,7 +319,7 @@ export default fp(async function sessionsRepositoryPlugin (app: FastifyInstance)
   const repository = app.database.serialise(createSessionRepository(app.database))
   app.decorate('sessionsRepository', repository)
 
-  const cleanUp = () => repository.deleteExpired(new Date())
+  const cleanUp = () => repository.deleteExpired({ now: new Date(), ttl: app.config.refreshTokenTtl })
     .catch((error: unknown) => app.log.error({ err: error }, 'session cleanup failed'))
   app.addHook('onReady', async () => { await cleanUp() })
   const timer = setInterval(cleanUp, CLEANUP_INTERVAL_MS).unref()
