@@ -272,7 +272,9 @@ t.test('a path served under other methods answers 405 with Allow; an unknown pat
     ['DELETE', '/clothes', ['GET', 'HEAD', 'POST']],
     ['OPTIONS', '/health', ['GET', 'HEAD']],
     // Over find-my-way's default 100 characters for a parameter: still the path of DELETE /auth/sessions/:id.
-    ['GET', `/auth/sessions/${'a.'.repeat(51)}`, ['DELETE']]
+    ['GET', `/auth/sessions/${'a.'.repeat(51)}`, ['DELETE']],
+    // Swagger UI's page: a wildcard matched empty is still its path.
+    ['PUT', '/docs/static/', ['GET', 'HEAD']]
   ] as const
   for (const [method, url, allowed] of cases) {
     const response = await app.inject({ method, url })
@@ -299,6 +301,8 @@ t.test('a path served under other methods answers 405 with Allow; an unknown pat
     if (method !== 'HEAD') t.equal(response.json().code, 'not_found', `${method} ${url}`)
   }
   // With a body of a type no route reads (`curl -d` sends a form): where it went is the answer, not its type.
+  const textBody = await app.inject({ method: 'PATCH', url: '/videos/', headers: { 'content-type': 'text/plain' }, payload: 'a=b' })
+  t.equal(textBody.statusCode, 404, 'PATCH /videos/ (the path of PATCH /videos/:id with no id), with a text body: not found, not its type refused')
   for (const [url, status] of [['/nope', 404], ['/health', 405], ['/auth/me', 405]] as const) {
     for (const headers of [{ 'content-type': 'application/x-www-form-urlencoded' }, { 'content-type': 'text/plain' }, { 'transfer-encoding': 'chunked' }]) {
       const response = await app.inject({ method: 'POST', url, headers, payload: Readable.from(['a=b']) })

@@ -86,6 +86,8 @@ t.test('every registered route is documented with its security requirement', asy
   t.match(described('/videos/{id}', 'patch', 403), /forbidden/)
   t.ok(document.paths['/videos/{id}'].patch.responses['403'].headers['WWW-Authenticate'], 'forbidden comes with insufficient_scope')
   t.notOk(document.paths['/auth/login'].post.responses['403'].headers['WWW-Authenticate'], 'user_disabled comes with no challenge')
+  t.ok(document.paths['/auth/logout'].post.responses['400'].headers['WWW-Authenticate'], 'logout, which reads a bearer token if sent, documents its invalid_request challenge')
+  t.notOk(document.paths['/auth/login'].post.responses['400'].headers['WWW-Authenticate'], 'login, which reads none, no challenge')
   for (const [path, method, status] of [['/auth/token', 'post', '200'], ['/auth/login', 'post', '429'], ['/videos/{id}', 'patch', '403']] as const) {
     t.match(document.paths[path][method].responses[status].headers['Cache-Control'], { required: true, schema: { const: 'no-store' } }, `${method} ${path} ${status}: no-store`)
   }

@@ -56,8 +56,11 @@ const STATUS_HEADERS: Record<number, Record<string, unknown>> = {
   },
   503: retryAfter('Seconds until the database is worth trying again')
 }
+/** On the answers of a route that reads a bearer token (guarded, or /auth/logout's optional one). */
+const BEARER_HEADERS: Record<number, Record<string, unknown>> = {
+  400: challenge('Bearer error="invalid_request" with invalid_request (a malformed Authorization header); none with validation_error')
+}
 const GUARDED_HEADERS: Record<number, Record<string, unknown>> = {
-  400: challenge('Bearer error="invalid_request" with invalid_request (a malformed Authorization header); none with validation_error'),
   403: challenge('Bearer error="insufficient_scope" with forbidden')
 }
 /** On every answer of a guarded route or of /auth (security.ts noStore), errors included. */
@@ -112,10 +115,11 @@ function documentShared (schema: Schema, route: RouteOptions, isGuarded: boolean
     if (response[status] && !(response[status] as { description?: string }).description) add(Number(status), description)
   }
   const storesNothing = isGuarded || route.url.startsWith('/auth')
+  const readsBearer = isGuarded || (schema.security as object[] | undefined)?.some((requirement) => 'bearerAuth' in requirement)
   for (const [status, answer] of Object.entries(response) as Array<[string, { description?: string }]>) {
     const headers = {
       ...storesNothing ? NO_STORE_HEADERS : {},
-      ...STATUS_HEADERS[Number(status)] ?? (isGuarded ? GUARDED_HEADERS[Number(status)] : undefined)
+      ...STATUS_HEADERS[Number(status)] ?? (readsBearer ? BEARER_HEADERS[Number(status)] : undefined) ?? (isGuarded ? GUARDED_HEADERS[Number(status)] : undefined)
     }
     response[status] = { ...answer, description: answer.description ?? STATUS_CODES[status], ...Object.keys(headers).length > 0 ? { headers } : {} }
   }

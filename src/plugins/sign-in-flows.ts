@@ -118,7 +118,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
         verifiedHash = await app.usersRepository.replacePasswordHash(user.id, passwordHash, upgraded)
           ? upgraded
           // Another sign-in's upgrade may have come first: its hash, if this password still verifies.
-          // Otherwise the password changed, and start() refuses the session.
+          // Otherwise the password changed, and openSession refuses the session.
           : await rehashedMeanwhile(await app.usersRepository.findPasswordHash(user.id), passwordHash, password, waiting) ?? passwordHash
       }
       const session = await openSession(request, user, verifiedHash)

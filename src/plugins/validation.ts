@@ -36,7 +36,8 @@ async function validationPlugin (app: FastifyInstance) {
     }
     const uuids = uuidParameters(route.schema?.params)
     if (uuids.length > 0) route.preValidation = [lowerCaseUuids(uuids), ...[route.preValidation ?? []].flat()]
-    if (route.url.includes(':')) route.preValidation = [emptyParameterNotFound, ...[route.preValidation ?? []].flat()]
+    // Before the body is read: such a path is answered as one no route has, whatever its body.
+    if (route.url.includes(':')) route.onRequest = [emptyParameterNotFound, ...[route.onRequest ?? []].flat()]
     if (takesBody || route.schema?.querystring || route.schema?.params) {
       // Fastify validates before any preHandler: keep its verdict and give it after the access
       // checks, so a caller who may not ask gets 401 or 403, never a lesson in the schema.
@@ -53,12 +54,13 @@ async function validationPlugin (app: FastifyInstance) {
 }
 
 /**
- * Whether a route matched with a path parameter left empty: the router gives `/videos/` to
+ * Whether a route matched with a named path parameter left empty: the router gives `/videos/` to
  * `/videos/:id` with an id of ''. Such a path names no resource, so it is answered as one no route
- * matches (404, or 405 where another method serves it), not as a bad id.
+ * matches (404, or 405 where another method serves it), not as a bad id. A wildcard's (`*`) may
+ * be empty: `/docs/static/` is Swagger UI's page.
  */
 export const hasEmptyParameter = (params: unknown) =>
-  Object.values(params as Record<string, unknown>).some((value) => value === '')
+  Object.entries(params as Record<string, unknown>).some(([name, value]) => name !== '*' && value === '')
 
 function emptyParameterNotFound (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
   // Not returned: a hook that returns the reply, a thenable, would go on to the next one.
