@@ -1,8 +1,10 @@
+import { compile as compileProxyTrust } from '@fastify/proxy-addr'
 import { randomBytes } from 'node:crypto'
 import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { isIP } from 'node:net'
 import { EMAIL_LOCAL_PART_MAX_LENGTH, isNewAccountEmail, normaliseEmail } from './auth/email.ts'
 import { passwordProblem } from './auth/passwords.ts'
+import { withoutPort } from './request-client.ts'
 import { dirname, join, resolve } from 'node:path'
 
 type Env = Record<string, string | undefined>
@@ -36,7 +38,7 @@ export interface Config {
   rateLimit: { ipMax: number, accountMax: number }
   redisUrl?: string
   /** Fastify's trustProxy: whose X-Forwarded-For to believe for the client IP (rate limits, sessions). */
-  trustProxy: boolean | string | ((address: string, hop: number) => boolean)
+  trustProxy: boolean | ((address: string, hop: number) => boolean)
   logLevel: LogLevel
 }
 
@@ -177,6 +179,9 @@ const PROXY_KEYWORDS = new Set(['loopback', 'linklocal', 'uniquelocal'])
 /**
  * `false` (default), `true`, a hop count (trust that many proxies in front), or their addresses,
  * CIDR ranges and the keywords loopback, linklocal, uniquelocal; undefined when none of these.
+ * A list is matched as Fastify would (@fastify/proxy-addr), with any port an X-Forwarded-For entry
+ * carries taken off first: read whole, `10.0.0.5:41000` is no address, so a trusted proxy written
+ * with its port would be taken for the client.
  */
 function parseTrustProxy (text: string): Config['trustProxy'] | undefined {
   const value = text.toLowerCase()
@@ -192,7 +197,9 @@ function parseTrustProxy (text: string): Config['trustProxy'] | undefined {
     return extra === undefined && (PROXY_KEYWORDS.has(entry) ||
       (isIP(address) !== 0 && (bits === undefined || (/^\d+$/.test(bits) && Number(bits) <= (isIP(address) === 4 ? 32 : 128)))))
   })
-  return valid ? entries.join(',') : undefined
+  if (!valid) return undefined
+  const trusted = compileProxyTrust(entries)
+  return (address, hop) => trusted(withoutPort(address), hop)
 }
 
 /**

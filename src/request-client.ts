@@ -26,3 +26,14 @@ export const boundedIp = (ip: string): string => ip.length > MAX_IP_LENGTH ? ip.
  */
 const TOKEN_LIKE = /eyJ[\w-]*\.[\w-]*\.[\w-]*|[\w-]{40,}/g
 export const maskTokenLike = (path: string) => path.replace(TOKEN_LIKE, '[redacted]')
+
+/**
+ * An address as some proxies write it into X-Forwarded-For, with its client's port (`a.b.c.d:port`,
+ * `[v6]:port`) or in brackets (`[v6]`): the address, so the per-IP limit counts it, not new text
+ * at each port, and a proxy list (TRUST_PROXY) recognises it.
+ */
+const ADDRESS_WITH_PORT = /^(?:\[([^\]]+)\](?::\d+)?|(\d{1,3}(?:\.\d{1,3}){3}):\d+)$/
+export function withoutPort (ip: string): string {
+  const match = ADDRESS_WITH_PORT.exec(ip)
+  return match ? (match[1] ?? match[2])! : ip
+}

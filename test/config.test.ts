@@ -317,10 +317,16 @@ t.test('TRUST_PROXY and ADMIN_EMAIL are checked at start', async (t) => {
   const base = { DATABASE_URL: ':memory:', JWT_SECRET: TEST_SECRET }
   t.equal(loadConfig({ ...base, TRUST_PROXY: 'TRUE' }).trustProxy, true)
   t.equal(loadConfig({ ...base }).trustProxy, false)
-  t.equal(loadConfig({ ...base, TRUST_PROXY: '10.0.0.0/8, loopback,::1' }).trustProxy, '10.0.0.0/8,loopback,::1')
-  const hops = loadConfig({ ...base, TRUST_PROXY: '1' }).trustProxy as (address: string, hop: number) => boolean
+  type Trust = (address: string, hop: number) => boolean
+  const listed = loadConfig({ ...base, TRUST_PROXY: '10.0.0.0/8, loopback,::1' }).trustProxy as Trust
+  const trusted = ['10.1.2.3', '127.0.0.1', '::1', '10.0.0.5:41000', '[::1]:443', '127.0.0.1:80']
+  t.same(trusted.map((address) => listed(address, 0)), trusted.map(() => true), 'the listed proxies, written with a port or not')
+  const untrusted = ['203.0.113.9', '203.0.113.9:41000', '2001:db8::1', 'not an address', '11.0.0.1']
+  t.same(untrusted.map((address) => listed(address, 0)), untrusted.map(() => false), 'and nothing else')
+  const hops = loadConfig({ ...base, TRUST_PROXY: '1' }).trustProxy as Trust
   t.same([hops('10.0.0.1', 0), hops('10.0.0.1', 1)], [true, false], 'one hop: trust the proxy in front only')
-  t.equal(loadConfig({ ...base, TRUST_PROXY: '10.0.0.1/32,fd00::/8,::1/128' }).trustProxy, '10.0.0.1/32,fd00::/8,::1/128',
+  const prefixes = loadConfig({ ...base, TRUST_PROXY: '10.0.0.1/32,fd00::/8,::1/128' }).trustProxy as Trust
+  t.same(['10.0.0.1', '10.0.0.2', 'fd12::1', '::1'].map((address) => prefixes(address, 0)), [true, false, true, true],
     'a prefix up to the address\'s length: 32 bits for IPv4, 128 for IPv6')
   for (const bad of ['yes', '10.0.0.0/33', '::1/129', 'proxy.internal']) {
     t.throws(() => loadConfig({ ...base, TRUST_PROXY: bad }), /TRUST_PROXY/, bad)

@@ -140,6 +140,24 @@ t.test('per IP: traffic from many other addresses does not reset a client\'s cou
   t.equal((await refresh(ip)).statusCode, 429, 'still refused')
 })
 
+t.test('with TRUST_PROXY listing proxies, one written with its port is still a proxy, and each client behind it counts on its own', async (t) => {
+  const app = await build(t, { TRUST_PROXY: '10.0.0.0/8', RATE_LIMIT_IP_MAX: '3' })
+  // An outer proxy writes the client with no port, the inner one (trusted) is written with its own.
+  const refresh = (client: string, proxyPort: number) => app.inject({
+    method: 'POST',
+    url: '/auth/refresh',
+    payload: { refresh_token: 'x' },
+    remoteAddress: '10.0.0.1',
+    headers: { 'x-forwarded-for': `${client}, 10.0.0.5:${proxyPort}` }
+  }).then((response) => response.statusCode)
+  const clients = []
+  for (let index = 1; index <= 5; index++) clients.push(await refresh(`198.51.100.${index}`, 41000 + index))
+  t.same(clients, [401, 401, 401, 401, 401], 'five clients, five budgets: not one for the proxy')
+  const one = []
+  for (let index = 0; index < 3; index++) one.push(await refresh('198.51.100.1', 42000 + index))
+  t.same(one, [401, 401, 429], 'one client through ever new proxy ports: one budget')
+})
+
 t.test('with TRUST_PROXY=true, a forwarded address of any length is kept, counted and listed at an address\'s length', async (t) => {
   const app = await build(t, { TRUST_PROXY: 'true', RATE_LIMIT_IP_MAX: '2' })
   const { user } = await signup(app)

@@ -8,7 +8,7 @@ import { createRequire } from 'node:module'
 import { isIPv4 } from 'node:net'
 import { redactUrl } from '../config.ts'
 import { apiError } from '../errors.ts'
-import { boundedIp } from '../request-client.ts'
+import { boundedIp, withoutPort } from '../request-client.ts'
 
 // The plugin's own stores, to put a fallback between them (they are not re-exported by its index).
 type StoreCtor = new (continueExceeding: boolean, exponentialBackoff: boolean, ...rest: unknown[]) => FastifyRateLimitStore
@@ -69,16 +69,6 @@ export function ipLimitSubject (ip: string): string {
   return parsed.kind() === 'ipv4'
     ? parsed.toString()
     : `${(parsed as ipaddr.IPv6).parts.slice(0, 4).map((group) => group.toString(16)).join(':')}::/64`
-}
-
-/**
- * An address as some proxies write it into X-Forwarded-For, with its client's port (`a.b.c.d:port`,
- * `[v6]:port`) or in brackets (`[v6]`): counted as the address, not as new text at each port.
- */
-const ADDRESS_WITH_PORT = /^(?:\[([^\]]+)\](?::\d+)?|(\d{1,3}(?:\.\d{1,3}){3}):\d+)$/
-function withoutPort (ip: string): string {
-  const match = ADDRESS_WITH_PORT.exec(ip)
-  return match ? (match[1] ?? match[2])! : ip
 }
 
 const rateLimited = (retryAfterSeconds: number) => apiError(429, 'rate_limited',
