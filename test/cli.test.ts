@@ -138,8 +138,10 @@ t.test('user:create never repeats an argument it does not know, which may be the
     ['an unknown option with a value', ['--email', 'ada@example.com', '--Stray-Secret-98x=more'], /^user:create takes only the options below/],
     ['an unknown role', ['--email', 'ada@example.com', '--role', 'Stray-Secret-98x'], /^unknown role given to --role/]
   ]
-  for (const [label, args, message] of cases) {
-    const result = await runCli('user-create', file, args, `${TEST_PASSWORD}\n`)
+  // Refused before the database is opened, so the runs may overlap.
+  const results = await Promise.all(cases.map(([, args]) => runCli('user-create', file, args, `${TEST_PASSWORD}\n`)))
+  for (const [index, [label, , message]] of cases.entries()) {
+    const result = results[index]!
     t.equal(result.status, 1, label)
     t.match(result.stderr, message, label)
     t.match(result.stderr, /\(what was given is not shown: it may be a password\)\nusage: /, label)
@@ -149,17 +151,18 @@ t.test('user:create never repeats an argument it does not know, which may be the
   t.equal(missingValue.status, 1)
   t.match(missingValue.stderr, /^Option '--email <value>' argument missing\nusage: /, 'a missing value names our own option')
   // What the API refuses, and an option given twice, which would otherwise keep the last silently.
-  for (const [label, args, message] of [
+  const refusals = [
     ['an empty name', ['--email', 'ada@example.com', '--name', ''], /^--name must be 1 to 100 characters\b/],
     ['a 101-character name', ['--email', 'ada@example.com', '--name', 'n'.repeat(101)], /^--name must be 1 to 100 characters\b/],
     ['a name of spaces', ['--email', 'ada@example.com', '--name', '  '], /^--name must be 1 to 100 characters, at least one visible, none a control, line-break, text-direction or hidden tag character\nusage: /],
     ['a name with a terminal escape', ['--email', 'ada@example.com', '--name', 'Ada\u001b[2J'], /^--name must be 1 to 100 characters, at least one visible, none a control, line-break, text-direction or hidden tag character\nusage: /],
     ['two emails', ['--email', 'ada@example.com', '--email', 'grace@example.com'], /^--email given more than once\nusage: /],
     ['two names', ['--email', 'ada@example.com', '--name', 'Ada', '--name', 'Grace'], /^--name given more than once\nusage: /]
-  ] as const) {
-    const refused = await runCli('user-create', file, [...args], `${TEST_PASSWORD}\n`)
-    t.equal(refused.status, 1, label)
-    t.match(refused.stderr, message, label)
+  ] as const
+  const refused = await Promise.all(refusals.map(([, args]) => runCli('user-create', file, [...args], `${TEST_PASSWORD}\n`)))
+  for (const [index, [label, , message]] of refusals.entries()) {
+    t.equal(refused[index]!.status, 1, label)
+    t.match(refused[index]!.stderr, message, label)
   }
   t.notOk(existsSync(file), 'argument errors stop before the database is opened')
   const longest = await runCli('user-create', file, ['--email', 'ada@example.com', '--name', '🦄'.repeat(100)], `${TEST_PASSWORD}\n`)
