@@ -98,7 +98,7 @@ export async function actingAs<T> (
  * A user's insert found their (normalised) email taken. A Rollback: thrown in a transaction, it
  * undoes it, and is caught outside.
  */
-export class EmailTaken extends Rollback {}
+class EmailTaken extends Rollback {}
 
 /** Inserts a user, in a transaction or not; EmailTaken when the email is taken. */
 export async function insertUser ({ tables: { users }, dialect }: Pick<Database, 'tables' | 'dialect'>, executor: Db, input: NewUser): Promise<User> {
