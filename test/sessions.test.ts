@@ -303,6 +303,10 @@ t.test('logout failure paths', async (t) => {
   const both = await app.inject({ method: 'POST', url: '/auth/logout', headers: bearer(session.access_token), payload: { scope: 'global', refresh_token: session.refresh_token } })
   t.equal(both.statusCode, 400, 'scope and refresh_token together are ambiguous')
   t.equal(both.json().code, 'validation_error')
+  // JSON null is a body, and not the object the schema asks for; it is not "no body".
+  const nullBody = await app.inject({ method: 'POST', url: '/auth/logout', headers: { ...bearer(session.access_token), 'content-type': 'application/json' }, payload: 'null' })
+  t.equal(nullBody.statusCode, 400, nullBody.body)
+  t.equal(nullBody.json().code, 'validation_error')
   t.equal(await meStatus(app, session.access_token), 200, 'a refused logout changes nothing')
 })
 
