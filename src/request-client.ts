@@ -21,10 +21,11 @@ export const boundedIp = (ip: string): string => ip.length > MAX_IP_LENGTH ? ip.
 /**
  * A path with what looks like a token masked, for the request log and the answers that name a path
  * (404, 405): a JWT (`eyJ…`, three dot-separated parts), or a run of 40 or more base64url
- * characters, as a refresh token is (43). A client that puts its token in the path must not get it
- * logged; UUIDs (36 characters) are kept.
+ * characters, as a refresh token is (43) and a JWT's signature (43 for HS256), each character
+ * maybe percent-encoded (`%65yJ…` is `eyJ…` to the router). A client that puts its token in the
+ * path must not get it logged; UUIDs (36 characters) are kept.
  */
-const TOKEN_LIKE = /eyJ[\w-]*\.[\w-]*\.[\w-]*|[\w-]{40,}/g
+const TOKEN_LIKE = /eyJ[\w-]*\.[\w-]*\.[\w-]*|(?:[\w-]|%[\dA-Fa-f]{2}){40,}/g
 export const maskTokenLike = (path: string) => path.replace(TOKEN_LIKE, '[redacted]')
 
 /**

@@ -62,6 +62,22 @@ t.test('logs carry security events with user and request ids, and never a secret
     const notFound = await app.inject({ url: `/auth/me/${token}` })
     t.equal(notFound.json().message, 'Route GET /auth/me/[redacted] not found', 'the 404 names the path with the token masked')
   }
+  // Percent-encoded, in part or whole, it is the same token to whoever reads the log.
+  const encodedWhole = (text: string) => [...text].map((char) => `%${char.charCodeAt(0).toString(16).toUpperCase()}`).join('')
+  const signatureOf = (jwt: string) => jwt.split('.')[2]!
+  const encodedPaths = [
+    { path: `%65${login.access_token.slice(1)}`, secret: signatureOf(login.access_token) },
+    { path: login.access_token.split('.').map(encodedWhole).join('.'), secret: encodedWhole(signatureOf(login.access_token)) },
+    { path: encodedWhole(login.access_token), secret: encodedWhole(signatureOf(login.access_token)) },
+    { path: `%2D${session.refresh_token.slice(1)}`, secret: session.refresh_token.slice(1) },
+    { path: encodedWhole(session.refresh_token), secret: encodedWhole(session.refresh_token) }
+  ]
+  for (const { path, secret } of encodedPaths) {
+    const notFound = await app.inject({ url: `/auth/me/${path}` })
+    t.equal(notFound.statusCode, 404)
+    t.notOk(notFound.json().message.includes(secret), `the 404 masks ${path.slice(0, 12)}…`)
+    t.notOk(log.text.includes(secret), `the log masks ${path.slice(0, 12)}…`)
+  }
   await app.inject({ method: 'POST', url: '/auth/token', payload: `grant_type=password&username=${email}&password=${TEST_PASSWORD}`, headers: { 'content-type': 'application/x-www-form-urlencoded' } })
   await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
   await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
