@@ -126,7 +126,7 @@ t.test('GET /admin/users pages through every user once, in creation then id orde
 t.test('GET /admin/users refuses bad limits and cursors', async (t) => {
   const app = await build(t)
   const admin = await asAdmin(app)
-  for (const limit of ['0', '101', 'abc', '-1', '7.5']) {
+  for (const limit of ['0', '101', 'abc', '-1', '7.5', '0x10', '1e1', '+5', '10.0', '%205', '5%20', '']) {
     const response = await app.inject({ url: `/admin/users?limit=${limit}`, headers: bearer(admin.access_token) })
     t.equal(response.statusCode, 400, `limit=${limit}`)
     t.equal(response.json().code, 'validation_error', `limit=${limit}`)

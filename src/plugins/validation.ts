@@ -1,4 +1,4 @@
-import { Ajv } from 'ajv'
+import { Ajv, type ValidateFunction } from 'ajv'
 import addFormats from 'ajv-formats'
 import { errorCodes, type FastifyBodyParser, type FastifyInstance, type FastifyReply, type FastifyRequest, type HookHandlerDoneFunction, type RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
@@ -25,7 +25,7 @@ async function validationPlugin (app: FastifyInstance) {
   const bodies = withFormats(new Ajv({ ...common, coerceTypes: false }))
   const textParts = withFormats(new Ajv({ ...common, coerceTypes: 'array' }))
   app.setValidatorCompiler(({ schema, httpPart }) =>
-    (httpPart === 'body' ? bodies : textParts).compile(schema))
+    httpPart === 'body' ? bodies.compile(schema) : decimalIntegers(schema, textParts.compile(schema)))
   app.removeContentTypeParser('application/json')
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, declaredUtf8(utf8Body(uniqueNames(app.getDefaultJsonParser('error', 'error')))))
   app.addContentTypeParser('*', unsupportedUnlessEmpty)
@@ -51,6 +51,26 @@ async function validationPlugin (app: FastifyInstance) {
       route.preHandler = [...handlers.slice(0, accessChecks), ...checks, ...handlers.slice(accessChecks)]
     }
   })
+}
+
+const DECIMAL_INTEGER = /^-?\d+$/
+
+/**
+ * Integers in a querystring or path as decimal digits only: Ajv coerces text with Number(), which
+ * reads `0x10`, `1e1`, `+5`, `10.0` and ` 5` as numbers, so `?limit=0x10` would list 16.
+ */
+function decimalIntegers (schema: unknown, validate: ValidateFunction): ValidateFunction {
+  const properties = (schema as { properties?: Record<string, { type?: unknown }> }).properties ?? {}
+  const integers = Object.keys(properties).filter((name) => properties[name]!.type === 'integer')
+  if (integers.length === 0) return validate
+  const checked = ((data: Record<string, unknown>) => {
+    const notDecimal = integers.find((name) => typeof data[name] === 'string' && !DECIMAL_INTEGER.test(data[name]))
+    checked.errors = notDecimal === undefined
+      ? (validate(data) ? null : validate.errors)
+      : [{ instancePath: `/${notDecimal}`, schemaPath: `#/properties/${notDecimal}/type`, keyword: 'type', params: { type: 'integer' }, message: 'must be integer' }]
+    return checked.errors === null
+  }) as ValidateFunction
+  return checked
 }
 
 /**
