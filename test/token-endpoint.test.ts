@@ -46,6 +46,36 @@ t.test('client_id, client_secret and scope in the body are accepted and ignored,
   }
 })
 
+t.test('a parameter the endpoint does not read is ignored however often it is sent and whatever it holds (RFC 6749 §3.2)', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  const grant = `grant_type=password&username=${encodeURIComponent(email)}&password=${encodeURIComponent(TEST_PASSWORD)}`
+  const forms = [
+    // RFC 8707 §2: a client may name several resources.
+    `${grant}&resource=https%3A%2F%2Fa.example&resource=https%3A%2F%2Fb.example`,
+    `${grant}&x=1&x=2&x=3`,
+    `${grant}&scope=read&scope=write&client_id=a&client_id=b`,
+    `${grant}&%22%C3%A9%5C=1&%22%C3%A9%5C=2`,
+    `${grant}&client_id=a%00&state=%00`
+  ]
+  for (const payload of forms) {
+    const response = await app.inject({ method: 'POST', url: '/auth/token', headers: FORM, payload })
+    t.equal(response.statusCode, 200, `form: ${payload.slice(grant.length)}`)
+  }
+  const grantJson = `"grant_type":"password","username":${JSON.stringify(email)},"password":${JSON.stringify(TEST_PASSWORD)}`
+  const jsons = [
+    `{${grantJson},"resource":"a","resource":"b"}`,
+    `{${grantJson},"scope":{"a":1,"a":2}}`,
+    `{${grantJson},"client_id":"\\ud800","client_secret":"a\\u0000"}`,
+    `{"x":[{"grant_type":1},{"grant_type":2}],${grantJson}}`
+  ]
+  for (const payload of jsons) {
+    const response = await app.inject({ method: 'POST', url: '/auth/token', headers: { 'content-type': 'application/json' }, payload })
+    t.equal(response.statusCode, 200, `JSON: ${payload.slice(grantJson.length + 1, grantJson.length + 60)}`)
+  }
+})
+
 t.test('refresh_token grant rotates like /auth/refresh, in form or JSON', async (t) => {
   const app = await build(t, { REFRESH_REUSE_GRACE: '0' })
   const session = await signup(app)
@@ -96,11 +126,11 @@ t.test('errors have the RFC 6749 §5.2 shape and no-store', async (t) => {
   t.equal(duplicated.statusCode, 400)
   t.equal(duplicated.json().error, 'invalid_request', 'a repeated parameter is invalid_request (RFC 6749 §3.1)')
   t.equal(duplicated.json().error_description, 'The parameter grant_type is sent more than once; each may be sent once.')
-  const unknownTwice = await app.inject({ method: 'POST', url: '/auth/token', headers: FORM, payload: `grant_type=password&username=${email}&password=x&x=1&x=2` })
-  t.equal(unknownTwice.statusCode, 400, 'whichever parameter it is')
-  t.equal(unknownTwice.json().error_description, 'The parameter x is sent more than once; each may be sent once.')
-  const oddTwice = await app.inject({ method: 'POST', url: '/auth/token', headers: FORM, payload: 'grant_type=password&%22%C3%A9%5C=1&%22%C3%A9%5C=2' })
-  t.equal(oddTwice.json().error_description, 'A parameter is sent more than once; each may be sent once.', 'a name that is not plain ASCII is not echoed (RFC 6749 §5.2)')
+  for (const parameter of ['username', 'password', 'refresh_token']) {
+    const twice = await app.inject({ method: 'POST', url: '/auth/token', headers: FORM, payload: `grant_type=password&${parameter}=a&${parameter}=b` })
+    t.equal(twice.statusCode, 400, `${parameter} twice`)
+    t.equal(twice.json().error_description, `The parameter ${parameter} is sent more than once; each may be sent once.`)
+  }
 
   const text = await app.inject({ method: 'POST', url: '/auth/token', headers: { 'content-type': 'text/plain' }, payload: 'grant_type=password' })
   t.equal(text.statusCode, 415)
@@ -147,15 +177,12 @@ t.test('a form is read as UTF-8 whatever charset it is labelled with: ASCII cred
 t.test('an error_description keeps to RFC 6749 §5.2\'s characters, whatever the client\'s keys hold', async (t) => {
   const app = await build(t)
   const ALLOWED = /^[\x20\x21\x23-\x5B\x5D-\x7E]*$/
-  const json = await app.inject({ method: 'POST', url: '/auth/token', headers: { 'content-type': 'application/json' }, payload: '{"grant_type":"password","x\\"\\\\\\u202e\\n":"\\u0000"}' })
-  t.equal(json.statusCode, 400)
-  t.same(json.json(), { error: 'invalid_request', error_description: "body/x'/?? must not contain NUL characters" })
   const query = await app.inject({ method: 'POST', url: '/auth/token?a%22%5C%E2%80%AE=%00', headers: FORM, payload: 'grant_type=password' })
   t.equal(query.statusCode, 400)
   t.same(query.json(), { error: 'invalid_request', error_description: "querystring/a'/? must not contain NUL characters" })
   const invalid = await app.inject({ method: 'POST', url: '/auth/token', headers: { 'content-type': 'application/json' }, payload: '{"grant_type":7}' })
   t.match(invalid.json(), { error: 'invalid_request' })
-  for (const answer of [json, query, invalid]) t.match(answer.json().error_description, ALLOWED, answer.json().error_description)
+  for (const answer of [query, invalid]) t.match(answer.json().error_description, ALLOWED, answer.json().error_description)
 })
 
 t.test('a JSON token request naming a parameter twice is refused, as a form doing so is (RFC 6749 §3.1)', async (t) => {
@@ -166,8 +193,6 @@ t.test('a JSON token request naming a parameter twice is refused, as a form doin
   const twice = await json(`{"grant_type":"client_credentials","grant_type":"password","username":"${email}","password":"${TEST_PASSWORD}"}`)
   t.equal(twice.statusCode, 400)
   t.same(twice.json(), { error: 'invalid_request', error_description: "The body names 'grant_type' more than once; each may appear once." })
-  const oddName = await json(`{"grant_type":"password","username":"${email}","password":"${TEST_PASSWORD}","a b":1,"a b":2}`)
-  t.same(oddName.json(), { error: 'invalid_request', error_description: 'The body names a member more than once; each may appear once.' }, 'a name that is not plain is not repeated back')
   t.equal((await json(`{"grant_type":"password","username":"${email}","password":"${TEST_PASSWORD}"}`)).statusCode, 200, 'each once: signed in')
 })
 

@@ -26,8 +26,7 @@ async function validationPlugin (app: FastifyInstance) {
   const textParts = withFormats(new Ajv({ ...common, coerceTypes: 'array' }))
   app.setValidatorCompiler(({ schema, httpPart }) =>
     httpPart === 'body' ? bodies.compile(schema) : decimalIntegers(schema, textParts.compile(schema)))
-  app.removeContentTypeParser('application/json')
-  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, declaredUtf8(utf8Body(uniqueNames(app.getDefaultJsonParser('error', 'error')))))
+  replaceJsonParser(app)
   app.addContentTypeParser('*', unsupportedUnlessEmpty)
   app.addHook('onRoute', (route) => {
     const takesBody = takesBodyMethod(route)
@@ -159,14 +158,15 @@ const charsetsOf = (contentType = '') => [...contentType.matchAll(CHARSET_PARAME
 const UTF8_CHARSETS = new Set(['utf-8', 'utf8', 'us-ascii'])
 
 /** A client's name for a field, parameter or member, as a message may show it: plain, and short. */
-export const isPlainName = (name: string) => /^[\w.-]{1,64}$/.test(name)
+const isPlainName = (name: string) => /^[\w.-]{1,64}$/.test(name)
 
 /**
  * The first member name repeated within one object of a JSON text JSON.parse accepted, or
- * undefined. JSON.parse keeps the last of them, which a proxy, a firewall or a log reading the
- * first would not see (RFC 8259 §4: such names SHOULD be unique, and readers differ).
+ * undefined; with `only`, the first of those names repeated in the outermost object. JSON.parse
+ * keeps the last of them, which a proxy, a firewall or a log reading the first would not see
+ * (RFC 8259 §4: such names SHOULD be unique, and readers differ).
  */
-function repeatedJsonName (text: string): string | undefined {
+function repeatedJsonName (text: string, only?: ReadonlySet<string>): string | undefined {
   // The names seen in each open object, innermost last; null for an array.
   const open: Array<Set<string> | null> = []
   let nameNext = false
@@ -180,7 +180,7 @@ function repeatedJsonName (text: string): string | undefined {
         const raw = text.slice(index + 1, end)
         const name = raw.includes('\\') ? JSON.parse(text.slice(index, end + 1)) as string : raw
         const names = open.at(-1)!
-        if (names.has(name)) return name
+        if (names.has(name) && (!only || (open.length === 1 && only.has(name)))) return name
         names.add(name)
         nameNext = false
       }
@@ -210,10 +210,23 @@ function declaredUtf8 (parse: FastifyBodyParser<Buffer>): FastifyBodyParser<Buff
     : done(unsupportedCharset(), undefined)
 }
 
-/** JSON whose objects name each member once (repeatedJsonName says why). */
-function uniqueNames (parse: FastifyBodyParser<string>): FastifyBodyParser<string> {
+/**
+ * The JSON body parser: UTF-8 only, by its bytes and by its label, and each member named once
+ * (`onlyRepeatsOf`: uniqueNames). A route's plugin calls it again for its own routes.
+ */
+export function replaceJsonParser (app: FastifyInstance, onlyRepeatsOf?: ReadonlySet<string>) {
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' },
+    declaredUtf8(utf8Body(uniqueNames(app.getDefaultJsonParser('error', 'error'), onlyRepeatsOf))))
+}
+
+/**
+ * JSON whose objects name each member once (repeatedJsonName says why); with `only`, the body's
+ * own members of those names: a route that reads no other has nothing to misread in the rest.
+ */
+function uniqueNames (parse: FastifyBodyParser<string>, only?: ReadonlySet<string>): FastifyBodyParser<string> {
   return (request, body, done) => parse(request, body, (error, value) => {
-    const repeated = error ? undefined : repeatedJsonName(body)
+    const repeated = error ? undefined : repeatedJsonName(body, only)
     if (repeated === undefined) return done(error, value)
     const member = isPlainName(repeated) ? `"${repeated}"` : 'a member'
     done(apiError(400, 'invalid_body', `The body names ${member} more than once; each may appear once.`), undefined)

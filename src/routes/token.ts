@@ -8,7 +8,7 @@ import { hasPasswordLength } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import { DATABASE_UNAVAILABLE, isDatabaseUnavailable } from '../plugins/errors.ts'
 import { SIGN_IN_IP_LIMIT } from '../plugins/rate-limits.ts'
-import { isPlainName, utf8Body } from '../plugins/validation.ts'
+import { replaceJsonParser, utf8Body } from '../plugins/validation.ts'
 import { REFRESH_TOKEN_MAX_LENGTH, SessionResponse } from '../schemas/common.ts'
 
 /**
@@ -19,9 +19,13 @@ import { REFRESH_TOKEN_MAX_LENGTH, SessionResponse } from '../schemas/common.ts'
 const Ignored = (description: string) => Type.Optional(Type.Unknown({ description: `${description}: accepted and ignored, whatever its value` }))
 
 /**
- * RFC 6749 §4.3.2 and §6. Unknown parameters are ignored too (§3.2: "MUST ignore unrecognized
- * request parameters").
+ * The parameters the endpoint reads. Any other, the ignored ones above included, is dropped before
+ * anything looks at it (RFC 6749 §3.2: "MUST ignore unrecognized request parameters"): however
+ * often it is sent (RFC 8707 §2 clients send `resource` once per resource) and whatever it holds.
  */
+const READ_PARAMETERS: ReadonlySet<string> = new Set(['grant_type', 'username', 'password', 'refresh_token'])
+
+/** RFC 6749 §4.3.2 and §6. */
 const TokenRequest = Type.Object({
   // Left optional and open here so that a missing or other grant gets RFC 6749's own errors
   // (invalid_request, unsupported_grant_type) from the handler, not a schema's validation_error.
@@ -81,8 +85,8 @@ const asErrorDescription = (text: string) =>
 /**
  * application/x-www-form-urlencoded, parsed as @fastify/formbody does (fast-querystring) but
  * strictly: an escape that is not UTF-8 (`%E9`, a Latin-1 é) is refused, where fast-querystring
- * would keep the three characters `%E9` as the password; and so is a parameter sent twice
- * (RFC 6749 §3.1), which fast-querystring would make a list.
+ * would keep the three characters `%E9` as the password; and so is a parameter it reads sent
+ * twice (RFC 6749 §3.1), which fast-querystring would make a list.
  */
 const parseForm: FastifyBodyParser<string> = (_request, text, done) => {
   try {
@@ -91,11 +95,9 @@ const parseForm: FastifyBodyParser<string> = (_request, text, done) => {
     return done(apiError(400, 'invalid_body', 'The form body has an escape that is not UTF-8.'), undefined)
   }
   const form = parseQuerystring(text) as Record<string, unknown>
-  const repeated = Object.keys(form).find((name) => Array.isArray(form[name]))
+  const repeated = Object.keys(form).find((name) => READ_PARAMETERS.has(name) && Array.isArray(form[name]))
   if (repeated !== undefined) {
-    // Named only when the name is plain: it is the client's text.
-    const parameter = isPlainName(repeated) ? `The parameter ${repeated}` : 'A parameter'
-    return done(invalidRequest(`${parameter} is sent more than once; each may be sent once.`), undefined)
+    return done(invalidRequest(`The parameter ${repeated} is sent more than once; each may be sent once.`), undefined)
   }
   done(null, form)
 }
@@ -103,6 +105,13 @@ const parseForm: FastifyBodyParser<string> = (_request, text, done) => {
 const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
   // Only the token endpoint takes form bodies (what Postman and Swagger UI send).
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'buffer' }, utf8Body(parseForm))
+  replaceJsonParser(app, READ_PARAMETERS)
+  app.addHook('preValidation', async (request) => {
+    const body = request.body
+    if (typeof body === 'object' && body !== null && !Array.isArray(body)) {
+      request.body = Object.fromEntries(Object.entries(body).filter(([name]) => READ_PARAMETERS.has(name)))
+    }
+  })
 
   app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {
     if (isDatabaseUnavailable(app, error)) {
