@@ -14,7 +14,7 @@ import security from './plugins/security.ts'
 import signInFlows from './plugins/sign-in-flows.ts'
 import validation from './plugins/validation.ts'
 import { boundedIp, maskTokenLike } from './request-client.ts'
-import errors, { clientErrorHandler, frameworkErrorHandler } from './plugins/errors.ts'
+import errors, { clientErrorHandler, expectationFailedHandler, frameworkErrorHandler } from './plugins/errors.ts'
 import { gracefulClose } from './plugins/graceful-close.ts'
 import { withoutQueryParameters } from './errors.ts'
 import clothesRepository from './repositories/clothes.ts'
@@ -168,6 +168,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
 
   // No route reads plain text: such bodies get 415 instead of reaching a JSON schema.
   app.removeContentTypeParser('text/plain')
+  app.server.on('checkExpectation', expectationFailedHandler)
 
   try {
     // First, so that it sees every route, whichever plugin adds it (deny by default).

@@ -31,6 +31,27 @@ t.test('requests the HTTP parser refuses answer in the contract\'s shape, with t
   t.match(await exchange(port, 'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /)
 })
 
+t.test('an Expect other than 100-continue gets 417 in the contract\'s shape, unread; 100-continue is served', async (t) => {
+  const app = await build(t)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  for (const [path, request] of [
+    ['/auth/login', 'POST /auth/login HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}'],
+    ['/health', 'GET /health HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n']
+  ] as const) {
+    const answer = parseAnswer(await exchange(port, request))
+    t.match(answer.statusLine, /^HTTP\/1\.1 417 /, path)
+    t.same(answer.body, { statusCode: 417, error: 'Expectation Failed', message: 'The only expectation served is 100-continue.', code: 'expectation_failed' }, path)
+    t.equal(answer.headers['x-content-type-options'], 'nosniff', `${path}: security headers`)
+    t.equal(answer.headers['content-security-policy'], "default-src 'none';frame-ancestors 'none'", path)
+    t.equal(answer.headers['cache-control'], 'no-store', `${path}: it may have been a token request`)
+    t.equal(answer.headers.connection, 'close', `${path}: its body is not read`)
+    t.equal(Number(answer.headers['content-length']), Buffer.byteLength(JSON.stringify(answer.body)), `${path}: exact length`)
+  }
+  const continued = await exchange(port, 'POST /auth/login HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}')
+  t.match(continued, /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 400 /, '100-continue: the body is asked for, then read and judged')
+})
+
 t.test('an HTTP/1.1 request without Host, or any with two, gets 400 in the contract\'s shape; an empty Host and HTTP/1.0 are served', async (t) => {
   const app = await build(t)
   await app.listen({ port: 0, host: '127.0.0.1' })

@@ -2,7 +2,7 @@ import { HttpError } from '@fastify/sensible'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import FindMyWay, { type HTTPMethod } from 'find-my-way'
-import { STATUS_CODES } from 'node:http'
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import { bearerChallenge } from './auth.ts'
 import { API_RESPONSE_HEADERS, NO_STORE_HEADERS } from './security.ts'
@@ -99,18 +99,34 @@ export function clientErrorHandler (error: Error & { code?: string }, socket: So
   if (error.code === 'ECONNRESET' || socket.destroyed) return
   if (socket.writable) {
     const body = clientErrorAnswer(error)
-    const payload = JSON.stringify(body)
-    const headers = {
-      ...API_RESPONSE_HEADERS,
-      ...NO_STORE_HEADERS,
-      'content-type': 'application/json; charset=utf-8',
-      'content-length': String(Buffer.byteLength(payload)),
-      connection: 'close'
-    }
+    const { payload, headers } = closingAnswer(body)
     const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}`).join('\r\n')
     socket.write(`HTTP/1.1 ${body.statusCode} ${body.error}\r\n${head}\r\n\r\n${payload}`)
   }
   socket.destroy()
+}
+
+/** An answer given outside Fastify, before the request's body was read: the connection closes after it. */
+function closingAnswer (body: ErrorBody) {
+  const payload = JSON.stringify(body)
+  const headers = {
+    ...API_RESPONSE_HEADERS,
+    ...NO_STORE_HEADERS,
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': String(Buffer.byteLength(payload)),
+    connection: 'close'
+  }
+  return { payload, headers }
+}
+
+/**
+ * The server's `checkExpectation` listener: an Expect other than 100-continue, which Node would
+ * answer with a bare 417, gets it in the contract's shape (RFC 9110 §10.1.1). Fastify never sees
+ * the request.
+ */
+export function expectationFailedHandler (_request: IncomingMessage, response: ServerResponse): void {
+  const { payload, headers } = closingAnswer(errorBody(417, 'expectation_failed', 'The only expectation served is 100-continue.'))
+  response.writeHead(417, headers).end(payload)
 }
 
 /**
