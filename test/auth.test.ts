@@ -465,7 +465,7 @@ t.test('a name needs something to show and no control characters, wherever it is
     for (const [label, name] of refused) {
       const response = await app.inject(request(name!))
       t.equal(response.statusCode, 400, `${setter}: ${label}`)
-      t.same(response.json(), { statusCode: 400, error: 'Bad Request', message: 'body/name must match format "display-name"', code: 'validation_error' }, `${setter}: ${label}`)
+      t.same(response.json(), { statusCode: 400, error: 'Bad Request', message: 'body/name must match format "display-text"', code: 'validation_error' }, `${setter}: ${label}`)
     }
   }
   t.equal(await dbCount(app, 'select count(*) as n from users'), users, 'no account was made')

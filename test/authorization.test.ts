@@ -499,6 +499,39 @@ t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodi
   t.same(await videoRow(app, video.id), unchanged, 'no refused PATCH changed the video')
 })
 
+t.test('the text of videos and clothes, shown to anyone, follows the rule of names: something visible, no controls, line breaks or reordering', async (t) => {
+  const app = await build(t)
+  const admin = await signupWithRoles(app, ['user', 'admin'])
+  const video = { title: 'Intro', author: 'Ada', url: 'https://videos.example.com/intro.mp4' }
+  const clothing = { name: 'Tee', color: 'navy', size: 'M', price: 1999 }
+  const { id: videoId } = (await app.inject({ method: 'POST', url: '/videos', headers: bearer(admin.access_token), payload: video })).json()
+  const writes: Array<[string, string, (field: string, text: string) => Record<string, unknown>, string[]]> = [
+    ['POST', '/videos', (field, text) => ({ ...video, [field]: text }), ['title', 'author']],
+    ['PATCH', `/videos/${videoId}`, (field, text) => ({ [field]: text }), ['title', 'author']],
+    ['POST', '/clothes', (field, text) => ({ ...clothing, [field]: text }), ['name', 'color', 'size']]
+  ]
+  const refused = [['spaces only', '   '], ['a zero-width space only', '\u200b'], ['a newline', 'Intro\nPart 2'],
+    ['a terminal escape', '\u001b[31mred'], ['a bell', 'a\u0007'], ['a right-to-left override', 'a\u202eb'], ['a line separator', 'a\u2028b']]
+  const [videos, clothes] = [await videoCount(app), await clothesCount(app)]
+  for (const [method, url, body, fields] of writes) {
+    for (const field of fields) {
+      for (const [label, text] of refused) {
+        const response = await app.inject({ method: method as 'POST' | 'PATCH', url, headers: bearer(admin.access_token), payload: body(field, text!) })
+        t.equal(response.statusCode, 400, `${method} ${url} ${field}: ${label}`)
+        t.same(response.json(), { statusCode: 400, error: 'Bad Request', message: `body/${field} must match format "display-text"`, code: 'validation_error' }, `${method} ${url} ${field}: ${label}`)
+      }
+    }
+  }
+  t.same([await videoCount(app), await clothesCount(app)], [videos, clothes], 'nothing was stored')
+  t.match(await videoRow(app, videoId), { title: 'Intro', author: 'Ada' }, 'nor changed')
+  for (const text of ['Zoë', '李 小龙', '👩\u200d💻 Live', 'مرحبا']) {
+    const created = await app.inject({ method: 'POST', url: '/clothes', headers: bearer(admin.access_token), payload: { ...clothing, name: text, color: text } })
+    t.equal(created.statusCode, 201, text)
+    const changed = await app.inject({ method: 'PATCH', url: `/videos/${videoId}`, headers: bearer(admin.access_token), payload: { title: text } })
+    t.equal(changed.json().title, text)
+  }
+})
+
 t.test('clothes: price in integer cents, optional color and size', async (t) => {
   const app = await build(t)
   const admin = await signupWithRoles(app, ['user', 'admin'])

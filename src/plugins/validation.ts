@@ -4,7 +4,7 @@ import { errorCodes, type FastifyBodyParser, type FastifyInstance, type FastifyR
 import fp from 'fastify-plugin'
 import { isUtf8 } from 'node:buffer'
 import { apiError } from '../errors.ts'
-import { isDisplayName } from '../schemas/common.ts'
+import { isDisplayText } from '../schemas/common.ts'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -21,7 +21,7 @@ const common = { useDefaults: true, removeAdditional: false, allErrors: false } 
  * properties are refused, not dropped (removeAdditional: false).
  */
 async function validationPlugin (app: FastifyInstance) {
-  const withFormats = (ajv: Ajv) => addFormats.default(ajv).addFormat('http-url', isHttpUrl).addFormat('display-name', isDisplayName)
+  const withFormats = (ajv: Ajv) => addFormats.default(ajv).addFormat('http-url', isHttpUrl).addFormat('display-text', isDisplayText)
   const bodies = withFormats(new Ajv({ ...common, coerceTypes: false }))
   const textParts = withFormats(new Ajv({ ...common, coerceTypes: 'array' }))
   app.setValidatorCompiler(({ schema, httpPart }) =>

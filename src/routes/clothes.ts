@@ -4,7 +4,7 @@ import fp from 'fastify-plugin'
 import { actorEnded, actorOf } from '../plugins/auth.ts'
 import type { Clothing } from '../repositories/clothes.ts'
 import { isActorEnded } from '../repositories/users.ts'
-import { ErrorResponse, Timestamp, Uuid, guardedErrors } from '../schemas/common.ts'
+import { DisplayText, ErrorResponse, Timestamp, Uuid, guardedErrors } from '../schemas/common.ts'
 
 const Price = Type.Integer({ minimum: 0, maximum: 100_000_000, description: 'Price in cents (integer): 1999 is 19.99', examples: [1999] })
 
@@ -18,9 +18,9 @@ const ClothingResponse = Type.Object({
   updated_at: Timestamp
 }, { title: 'Clothing' })
 const NewClothing = Type.Object({
-  name: Type.String({ minLength: 1, maxLength: 200 }),
-  color: Type.Optional(Type.String({ minLength: 1, maxLength: 50 })),
-  size: Type.Optional(Type.String({ minLength: 1, maxLength: 20, examples: ['M', '42', 'XL'] })),
+  name: DisplayText(200),
+  color: Type.Optional(DisplayText(50)),
+  size: Type.Optional(DisplayText(20, { examples: ['M', '42', 'XL'] })),
   price: Price
 }, { additionalProperties: false })
 

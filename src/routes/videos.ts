@@ -5,10 +5,10 @@ import { actorEnded, actorOf } from '../plugins/auth.ts'
 import { notFound } from '../plugins/authorization.ts'
 import type { Video } from '../repositories/videos.ts'
 import { isActorEnded } from '../repositories/users.ts'
-import { ErrorResponse, Timestamp, Uuid, guardedErrors } from '../schemas/common.ts'
+import { DisplayText, ErrorResponse, Timestamp, Uuid, guardedErrors } from '../schemas/common.ts'
 
-const Title = Type.String({ minLength: 1, maxLength: 200 })
-const Author = Type.String({ minLength: 1, maxLength: 100 })
+const Title = DisplayText(200)
+const Author = DisplayText(100)
 const Url = Type.String({
   format: 'http-url',
   maxLength: 2048,

@@ -37,32 +37,37 @@ const STORED_UUID = new RegExp(uuidPattern('[0-9a-f]'))
 export const isUuid = (text: string) => STORED_UUID.test(text)
 export const NAME_MAX_LENGTH = 100
 /** Controls (C0, DEL, C1), line and paragraph separators, and the bidirectional format characters. */
-const REFUSED_IN_NAMES = /[\p{Cc}\p{Zl}\p{Zp}\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/u
+const REFUSED_IN_TEXT = /[\p{Cc}\p{Zl}\p{Zp}\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/u
 /** A character that shows: not a control, format, space, combining mark, default-ignorable filler nor the braille blank. */
 const VISIBLE_CHARACTER = /[^\p{C}\p{Z}\p{M}\p{Default_Ignorable_Code_Point}\u2800]/u
 /** The deprecated shaping switches and the tag characters, which show nothing and can carry hidden ASCII text. */
-const HIDDEN_IN_NAMES = /[\u206A-\u206F\u{E0000}-\u{E007F}]/u
+const HIDDEN_IN_TEXT = /[\u206A-\u206F\u{E0000}-\u{E007F}]/u
 /**
  * Where tag characters have a use: the subdivision flags Unicode recommends (UTS #51 §2.8), 🏴 then
  * the tags of gbeng, gbsct or gbwls, ended by CANCEL TAG. Any other tags could spell hidden text.
  */
 const EMOJI_TAG_SEQUENCE = /\u{1F3F4}(?:\u{E0067}\u{E0062}(?:\u{E0065}\u{E006E}\u{E0067}|\u{E0073}\u{E0063}\u{E0074}|\u{E0077}\u{E006C}\u{E0073}))\u{E007F}/gu
 /**
- * `format: 'display-name'`: something visible, and none of what would forge lines, reorder the
- * text or hide text wherever users are listed (a newline, a terminal escape, U+2028, a
- * right-to-left override: `Ada\u202Egnp.exe` shows as `Adaexe.png`; tags outside a flag).
+ * `format: 'display-text'`, for text shown wherever users, videos or clothes are listed: something
+ * visible, and none of what would forge lines, reorder the text or hide text there (a newline, a
+ * terminal escape, U+2028, a right-to-left override: `Ada\u202Egnp.exe` shows as `Adaexe.png`;
+ * tags outside a flag).
  */
-export const isDisplayName = (text: string) => VISIBLE_CHARACTER.test(text) && !REFUSED_IN_NAMES.test(text) &&
-  !HIDDEN_IN_NAMES.test(text.replace(EMOJI_TAG_SEQUENCE, ''))
+export const isDisplayText = (text: string) => VISIBLE_CHARACTER.test(text) && !REFUSED_IN_TEXT.test(text) &&
+  !HIDDEN_IN_TEXT.test(text.replace(EMOJI_TAG_SEQUENCE, ''))
 /** The Name schema's rule, for a name no schema checks (user:create): lengths in characters, as JSON Schema counts them. */
-export const isName = (text: string) => text.length > 0 && [...text].length <= NAME_MAX_LENGTH && isDisplayName(text)
-export const NAME_RULE = `1 to ${NAME_MAX_LENGTH} characters, at least one visible, none a control, line-break, text-direction or hidden tag character`
-export const Name = Type.String({
+export const isName = (text: string) => text.length > 0 && [...text].length <= NAME_MAX_LENGTH && isDisplayText(text)
+const TEXT_RULE = 'at least one visible, none a control, line-break, text-direction or hidden tag character'
+export const NAME_RULE = `1 to ${NAME_MAX_LENGTH} characters, ${TEXT_RULE}`
+/** Text that is shown to others (a name, a title): 1 to `maxLength` characters, by isDisplayText. */
+export const DisplayText = (maxLength: number, options: { examples?: string[] } = {}) => Type.String({
   minLength: 1,
-  maxLength: NAME_MAX_LENGTH,
-  format: 'display-name',
-  description: NAME_RULE
+  maxLength,
+  format: 'display-text',
+  description: `1 to ${maxLength} characters, ${TEXT_RULE}`,
+  ...options
 })
+export const Name = DisplayText(NAME_MAX_LENGTH)
 /** A name being set, anywhere one is: null for none, as a user's `name` reads. */
 export const NameOrNone = Type.Union([Name, Type.Null()])
 // `type` beside the enum: generators of typed clients read it, not the values, to type the field.
