@@ -61,6 +61,42 @@ t.test('password policy', async (t) => {
   t.match(passwordProblem(` ${'🦄'.repeat(4)} `, 'a@b.io'), /8 to 128|8 characters besides any whitespace/, 'and padded, still too few')
 })
 
+t.test('a password is the same password however its characters are composed (NFKC, NIST SP 800-63B §5.1.1.2)', async (t) => {
+  const app = await build(t)
+  const composed = 'Crème brûlée à la mode'.normalize('NFC')
+  const decomposed = composed.normalize('NFD')
+  t.not(composed, decomposed)
+  const signIn = (email: string, password: string) => app.inject({ method: 'POST', url: '/auth/login', payload: { email, password } })
+  for (const [setAs, typedAs] of [[composed, decomposed], [decomposed, composed]]) {
+    const email = uniqueEmail()
+    t.equal((await app.inject({ method: 'POST', url: '/auth/signup', payload: { email, password: setAs } })).statusCode, 201)
+    t.equal((await signIn(email, typedAs!)).statusCode, 200, 'typed the other way')
+    t.equal((await signIn(email, setAs!)).statusCode, 200, 'typed as set')
+    t.equal((await signIn(email, 'Creme brulee a la mode')).statusCode, 401, 'without the accents it is another password')
+  }
+  // Compatibility forms too: fullwidth letters are the common password they spell.
+  t.match(passwordProblem('ｐａｓｓｗｏｒｄ１２３', 'a@b.io'), /most commonly used/)
+  const signup = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: 'ｐａｓｓｗｏｒｄ１２３' } })
+  t.equal(signup.json().code, 'weak_password')
+})
+
+t.test('a hash made of a password as typed, before passwords were normalised, keeps verifying and is replaced at the next sign-in', async (t) => {
+  const app = await build(t)
+  const decomposed = 'Crème brûlée à la mode'.normalize('NFD')
+  const email = uniqueEmail()
+  const legacy = await hash(decomposed, HASH_OPTIONS)
+  await app.usersRepository.create({ email, passwordHash: legacy, roles: ['user'] })
+  t.equal(await verifyPassword(legacy, decomposed), true, 'verifyPassword takes the password as it was hashed')
+  t.equal(await verifyPassword(legacy, 'Crème brûlée à la mode?'.normalize('NFD')), false)
+  const login = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: decomposed } })
+  t.equal(login.statusCode, 200)
+  const { password_hash: replaced } = await dbGet(app, 'select password_hash from users where email = ?', email) as { password_hash: string }
+  t.not(replaced, legacy, 'the hash is made again, of the normalised password')
+  const composed = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: decomposed.normalize('NFC') } })
+  t.equal(composed.statusCode, 200, 'so the password now signs in however it is typed')
+  t.equal((await dbGet(app, 'select password_hash from users where email = ?', email))!.password_hash, replaced, 'and is not hashed again')
+})
+
 t.test('a login upgrades an outdated hash and keeps the password working', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()

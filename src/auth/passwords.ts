@@ -67,28 +67,55 @@ export const PASSWORD_MIN_LENGTH = 8
 /** Refused before hashing, so an attacker cannot make us hash megabytes (ASVS 2.1.2). */
 export const PASSWORD_MAX_LENGTH = 128
 
+/**
+ * The form a password is hashed, compared and judged in: Unicode NFKC (NIST SP 800-63B §5.1.1.2),
+ * so a password typed where é is one code point or an e and a combining accent is one password,
+ * and fullwidth letters spell the password they look like.
+ */
+const normalised = (password: string) => password.normalize('NFKC')
+
 /** The argon2id hash of a password; 499 instead when `stillWaiting` says its client left while it queued. */
 export function hashPassword (password: string, stillWaiting = always): Promise<string> {
-  return inHashSlot(() => hash(password, HASH_OPTIONS), stillWaiting)
+  return inHashSlot(() => hash(normalised(password), HASH_OPTIONS), stillWaiting)
 }
 
-/** Whether the password matches the stored hash; 499 instead when `stillWaiting` says its client left while it queued. */
-export async function verifyPassword (stored: string, password: string, stillWaiting = always): Promise<boolean> {
+/**
+ * How a password matches a stored hash: `as-typed` for a hash made of it as typed, before
+ * passwords were normalised, which a sign-in replaces; false when it does not match.
+ */
+export type PasswordMatch = 'normalised' | 'as-typed' | false
+
+/** How the password matches the stored hash; 499 instead when `stillWaiting` says its client left while it queued. */
+export async function matchPassword (stored: string, password: string, stillWaiting = always): Promise<PasswordMatch> {
+  const form = normalised(password)
   return inHashSlot(async () => {
-    try {
-      return await verify(stored, password)
-    } catch {
-      // A malformed stored hash must fail closed, not answer 500.
-      return false
-    }
+    if (await verifies(stored, form)) return 'normalised'
+    // A second verify only for a password normalisation changes, whose hash may predate it; an
+    // unknown email's dummyVerify comes here too, so the time spent tells no one which is which.
+    return form !== password && await verifies(stored, password) ? 'as-typed' : false
   }, stillWaiting)
+}
+
+/** Whether the password matches the stored hash (matchPassword). */
+export async function verifyPassword (stored: string, password: string, stillWaiting = always): Promise<boolean> {
+  return await matchPassword(stored, password, stillWaiting) !== false
+}
+
+async function verifies (stored: string, password: string): Promise<boolean> {
+  try {
+    return await verify(stored, password)
+  } catch {
+    // A malformed stored hash must fail closed, not answer 500.
+    return false
+  }
 }
 
 /**
  * The stored hash `current` when it is no longer `verified`, the one this request checked the
- * password against, yet still verifies that password: another sign-in upgraded it (needsRehash)
- * meanwhile, and the password is unchanged. Undefined when the password itself changed, or the
- * account is gone. One more verify, spent only when a conditional write lost such a race.
+ * password against, yet still verifies that password: another sign-in upgraded it meanwhile
+ * (needsRehash, or a hash of the password as typed), and the password is unchanged. Undefined
+ * when the password itself changed, or the account is gone. One more verify, spent only when a
+ * conditional write lost such a race.
  */
 export async function rehashedMeanwhile (current: string | undefined, verified: string, password: string, stillWaiting = always): Promise<string | undefined> {
   return current !== undefined && current !== verified && await verifyPassword(current, password, stillWaiting) ? current : undefined
@@ -157,7 +184,7 @@ export function passwordProblem (password: string, email: string): string | unde
   }
   // Whitespace around a password adds nothing a guesser would not try: ` password123 ` is as weak,
   // and ` 123456 ` is no 8-character password.
-  const trimmed = password.trim()
+  const trimmed = normalised(password).trim()
   if (characterCount(trimmed) < PASSWORD_MIN_LENGTH) {
     return `The password must have ${PASSWORD_MIN_LENGTH} characters besides any whitespace around it.`
   }

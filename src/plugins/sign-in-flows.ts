@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Static } from 'typebox'
-import { dummyVerify, hashPassword, needsRehash, prepareDummyVerify, rehashedMeanwhile, verifyPassword } from '../auth/passwords.ts'
+import { dummyVerify, hashPassword, matchPassword, needsRehash, prepareDummyVerify, rehashedMeanwhile, type PasswordMatch } from '../auth/passwords.ts'
 import { registerUser, type Registration } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
 import { checkPasswordLimited } from './rate-limits.ts'
@@ -99,8 +99,10 @@ async function signInFlowsPlugin (app: FastifyInstance) {
       const found = await app.usersRepository.findCredentialsByEmail(email)
       // Unknown emails are counted too, and spend the same argon2 time as known ones.
       const waiting = stillWaiting(request)
+      // Set by the check below (a closure: the compiler would take it for false still).
+      let match = false as PasswordMatch
       const correct = await checkPasswordLimited(app.signInFailures, email,
-        () => found ? verifyPassword(found.passwordHash, password, waiting) : dummyVerify(password, waiting),
+        async () => found ? (match = await matchPassword(found.passwordHash, password, waiting)) !== false : dummyVerify(password, waiting),
         () => request.log.warn({ event: 'login_blocked', userId: found?.user.id }, 'sign-in refused: too many attempts for this account'))
       if (!found || !correct) {
         request.log.info({ event: 'login_failed', userId: found?.user.id, reason: found ? 'wrong_password' : 'unknown_email' }, 'sign-in failed')
@@ -113,7 +115,7 @@ async function signInFlowsPlugin (app: FastifyInstance) {
         throw userDisabled()
       }
       let verifiedHash = passwordHash
-      if (needsRehash(passwordHash)) {
+      if (needsRehash(passwordHash) || match === 'as-typed') {
         const upgraded = await hashPassword(password)
         verifiedHash = await app.usersRepository.replacePasswordHash(user.id, passwordHash, upgraded)
           ? upgraded
