@@ -125,6 +125,36 @@ t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => 
   }
 })
 
+t.test('an access token of up to 4,096 characters is verified; a longer one is refused unread', async (t) => {
+  const app = await build(t)
+  const session = await signup(app)
+  /** A valid token of exactly `length` characters: claims padded, and the header too, to reach each length base64url can spell. */
+  const tokenOfLength = (length: number) => {
+    for (const header of [{}, { x: 1 }, { x: 12 }, { x: 123 }]) {
+      for (let padding = 0; padding < length; padding++) {
+        const token = forgeToken(validClaims(session, { padding: 'x'.repeat(padding) }), { header })
+        if (token.length === length) return token
+        if (token.length > length) break
+      }
+    }
+    throw new Error(`no token of ${length} characters`)
+  }
+  t.equal((await app.inject({ url: '/me/permissions', headers: bearer(tokenOfLength(4096)) })).statusCode, 200, '4,096 characters')
+  const longer = await app.inject({ url: '/me/permissions', headers: bearer(tokenOfLength(4097)) })
+  t.equal(longer.statusCode, 401, '4,097 characters')
+  t.equal(longer.json().code, 'invalid_token')
+})
+
+t.test('a token that names no key we know says so', async (t) => {
+  const app = await build(t)
+  const claims = validClaims(await signup(app))
+  for (const [label, kid] of [['unknown kid', 'not-a-known-kid'], ['no kid', undefined], ['kid not a string', 7]] as const) {
+    const response = await app.inject({ url: '/me/permissions', headers: bearer(forgeToken(claims, { header: { kid } })) })
+    t.equal(response.statusCode, 401, label)
+    t.same(response.json(), { statusCode: 401, error: 'Unauthorized', message: 'The access token is not signed by a key we know.', code: 'invalid_token' }, label)
+  }
+})
+
 t.test('a token naming another user\'s session gets nothing from the account routes', async (t) => {
   const app = await build(t)
   const [owner, other] = [await signup(app), await signup(app)]

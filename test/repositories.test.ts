@@ -47,3 +47,20 @@ t.test('prepared statement names are unique across the repositories', async (t) 
     seen.set(name, entry)
   }
 })
+
+t.test('a session\'s maximum age ends it at the same millisecond wherever it is judged, in SQL and in code', async (t) => {
+  const app = await build(t)
+  const { user } = await signup(app)
+  const [session] = await app.sessionsRepository.listActive(user.id, { now: new Date(), maxAge: 0 })
+  const maxAge = 3600
+  const endsAt = session!.createdAt.getTime() + maxAge * 1000
+  const judged = async (now: number) => {
+    const age = { now: new Date(now), maxAge }
+    return {
+      listed: (await app.sessionsRepository.listActive(user.id, age)).length === 1,
+      found: (await app.sessionsRepository.findActiveAccount(session!.id, age)) !== undefined
+    }
+  }
+  t.same(await judged(endsAt - 1), { listed: true, found: true }, 'a millisecond before its maximum age')
+  t.same(await judged(endsAt), { listed: false, found: false }, 'at it')
+})
