@@ -99,22 +99,21 @@ export function clientErrorHandler (error: Error & { code?: string }, socket: So
   if (error.code === 'ECONNRESET' || socket.destroyed) return
   if (socket.writable) {
     const body = clientErrorAnswer(error)
-    const { payload, headers } = closingAnswer(body)
-    const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}`).join('\r\n')
+    const { payload, headers } = answerOutsideFastify(body)
+    const head = Object.entries({ ...headers, connection: 'close' }).map(([name, value]) => `${name}: ${value}`).join('\r\n')
     socket.write(`HTTP/1.1 ${body.statusCode} ${body.error}\r\n${head}\r\n\r\n${payload}`)
   }
   socket.destroy()
 }
 
-/** An answer given outside Fastify, before the request's body was read: the connection closes after it. */
-function closingAnswer (body: ErrorBody) {
+/** An answer given outside Fastify, with what every answer carries. */
+function answerOutsideFastify (body: ErrorBody) {
   const payload = JSON.stringify(body)
   const headers = {
     ...API_RESPONSE_HEADERS,
     ...NO_STORE_HEADERS,
     'content-type': 'application/json; charset=utf-8',
-    'content-length': String(Buffer.byteLength(payload)),
-    connection: 'close'
+    'content-length': String(Buffer.byteLength(payload))
   }
   return { payload, headers }
 }
@@ -122,10 +121,10 @@ function closingAnswer (body: ErrorBody) {
 /**
  * The server's `checkExpectation` listener: an Expect other than 100-continue, which Node would
  * answer with a bare 417, gets it in the contract's shape (RFC 9110 §10.1.1). Fastify never sees
- * the request.
+ * the request; Node discards its body, and the connection goes on to the next request.
  */
 export function expectationFailedHandler (_request: IncomingMessage, response: ServerResponse): void {
-  const { payload, headers } = closingAnswer(errorBody(417, 'expectation_failed', 'The only expectation served is 100-continue.'))
+  const { payload, headers } = answerOutsideFastify(errorBody(417, 'expectation_failed', 'The only expectation served is 100-continue.'))
   response.writeHead(417, headers).end(payload)
 }
 
