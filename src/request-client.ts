@@ -25,7 +25,8 @@ export const boundedIp = (ip: string): string => ip.length > MAX_IP_LENGTH ? ip.
  * maybe percent-encoded (`%65yJ…` is `eyJ…` to the router). A client that puts its token in the
  * path must not get it logged; UUIDs (36 characters) are kept.
  */
-const TOKEN_LIKE = /eyJ[\w-]*\.[\w-]*\.[\w-]*|(?:[\w-]|%[\dA-Fa-f]{2}){40,}/g
+const TOKEN_CHARACTER = String.raw`(?:[\w-]|%[\dA-Fa-f]{2})`
+const TOKEN_LIKE = new RegExp(String.raw`eyJ${TOKEN_CHARACTER}*\.${TOKEN_CHARACTER}*\.${TOKEN_CHARACTER}*|${TOKEN_CHARACTER}{40,}`, 'g')
 export const maskTokenLike = (path: string) => path.replace(TOKEN_LIKE, '[redacted]')
 
 /**

@@ -68,7 +68,7 @@ t.test('a parameter the endpoint does not read is ignored however often it is se
     `{${grantJson},"resource":"a","resource":"b"}`,
     `{${grantJson},"scope":{"a":1,"a":2}}`,
     `{${grantJson},"client_id":"\\ud800","client_secret":"a\\u0000"}`,
-    `{"x":[{"grant_type":1},{"grant_type":2}],${grantJson}}`
+    `{"x":{"grant_type":1,"grant_type":2},${grantJson}}`
   ]
   for (const payload of jsons) {
     const response = await app.inject({ method: 'POST', url: '/auth/token', headers: { 'content-type': 'application/json' }, payload })
