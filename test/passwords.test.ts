@@ -97,6 +97,18 @@ t.test('a hash made of a password as typed, before passwords were normalised, ke
   t.equal((await dbGet(app, 'select password_hash from users where email = ?', email))!.password_hash, replaced, 'and is not hashed again')
 })
 
+t.test('a hash of a password as typed is kept when, normalised, the password would be a common one', async (t) => {
+  const app = await build(t)
+  const fullwidth = 'ｐａｓｓｗｏｒｄ１２３'
+  const email = uniqueEmail()
+  const legacy = await hash(fullwidth, HASH_OPTIONS)
+  await app.usersRepository.create({ email, passwordHash: legacy, roles: ['user'] })
+  t.equal((await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: fullwidth } })).statusCode, 200, 'the password as typed signs in')
+  t.equal((await dbGet(app, 'select password_hash from users where email = ?', email))!.password_hash, legacy, 'its hash is kept')
+  t.equal((await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: 'password123' } })).statusCode, 401,
+    'so the common password it spells does not open the account')
+})
+
 t.test('a login upgrades an outdated hash and keeps the password working', async (t) => {
   const app = await build(t)
   const email = uniqueEmail()

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Static } from 'typebox'
-import { dummyVerify, hashPassword, matchPassword, needsRehash, prepareDummyVerify, rehashedMeanwhile, type PasswordMatch } from '../auth/passwords.ts'
+import { dummyVerify, hashPassword, matchPassword, needsRehash, passwordProblem, prepareDummyVerify, rehashedMeanwhile, type PasswordMatch } from '../auth/passwords.ts'
 import { registerUser, type Registration } from '../auth/registration.ts'
 import { apiError } from '../errors.ts'
 import { checkPasswordLimited } from './rate-limits.ts'
@@ -115,7 +115,11 @@ async function signInFlowsPlugin (app: FastifyInstance) {
         throw userDisabled()
       }
       let verifiedHash = passwordHash
-      if (needsRehash(passwordHash) || match === 'as-typed') {
+      // A hash of the password as typed is made again of it normalised, unless that would be a
+      // password the policy refuses (fullwidth letters spelling a common one): kept, the old hash
+      // still opens the account to what was typed only.
+      const normalisedIsWeak = match === 'as-typed' && passwordProblem(password, user.email) !== undefined
+      if ((needsRehash(passwordHash) || match === 'as-typed') && !normalisedIsWeak) {
         const upgraded = await hashPassword(password)
         verifiedHash = await app.usersRepository.replacePasswordHash(user.id, passwordHash, upgraded)
           ? upgraded

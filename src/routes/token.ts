@@ -21,7 +21,9 @@ const Ignored = (description: string) => Type.Optional(Type.Unknown({ descriptio
 /**
  * The parameters the endpoint reads. Any other, the ignored ones above included, is dropped before
  * anything looks at it (RFC 6749 §3.2: "MUST ignore unrecognized request parameters"): however
- * often it is sent (RFC 8707 §2 clients send `resource` once per resource) and whatever it holds.
+ * often it is sent (RFC 8707 §2 clients send `resource` once per resource) and whatever text it
+ * holds. The body around them must still be one the endpoint can read: UTF-8, its escapes too,
+ * and JSON without a `__proto__` key.
  */
 const READ_PARAMETERS: ReadonlySet<string> = new Set(['grant_type', 'username', 'password', 'refresh_token'])
 
