@@ -180,6 +180,12 @@ t.test('an expired token gets 401 token_expired; the clock tolerance is 10 s', a
   t.equal((await app.inject({ url: '/auth/me', headers: bearer(withinTolerance) })).statusCode, 200)
   const iatWithinTolerance = forgeToken(validClaims(session, { iat: now + 5 }))
   t.equal((await app.inject({ url: '/auth/me', headers: bearer(iatWithinTolerance) })).statusCode, 200)
+  // Not before: the same tolerance. Past it, invalid (the token is not yet one), not expired.
+  const nbfWithinTolerance = forgeToken(validClaims(session, { nbf: now + 5 }))
+  t.equal((await app.inject({ url: '/me/permissions', headers: bearer(nbfWithinTolerance) })).statusCode, 200, 'nbf 5 s ahead')
+  const nbfPastTolerance = await app.inject({ url: '/me/permissions', headers: bearer(forgeToken(validClaims(session, { nbf: now + 12 }))) })
+  t.equal(nbfPastTolerance.statusCode, 401, 'nbf 12 s ahead')
+  t.equal(nbfPastTolerance.json().code, 'invalid_token')
 })
 
 t.test('the Authorization header is parsed as RFC 6750 says', async (t) => {

@@ -745,3 +745,22 @@ t.test('PATCH /admin/users/:id changes only the fields sent; name null clears th
   const enabled = await patch({ disabled: false })
   t.match(enabled.json(), { name: null, roles: ['user', 'member', 'developer'], disabled: false }, 'disabled alone leaves the name and roles')
 })
+
+t.test('a role change or a disable whose session revocation fails changes nothing: one transaction', async (t) => {
+  const app = await build(t)
+  const admin = await asAdmin(app)
+  const target = await signup(app)
+  const before = await dbGet(app, 'select roles, disabled, updated_at from users where id = ?', target.user.id)
+  // The change's revocation of the target's sessions fails; the admin's own session is only read.
+  await app.database.query(app.database.dialect.name === 'postgres'
+    ? "create function refuse() returns trigger language plpgsql as $$ begin raise exception 'refused by test'; end $$; " +
+      'create trigger refuse before update on sessions for each row execute function refuse()'
+    : "create trigger refuse before update on sessions begin select raise(abort, 'refused by test'); end")
+  for (const payload of [{ roles: ['member'] }, { disabled: true }]) {
+    const failed = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload })
+    t.equal(failed.statusCode, 500, JSON.stringify(payload))
+  }
+  await app.database.query('drop trigger refuse' + (app.database.dialect.name === 'postgres' ? ' on sessions' : ''))
+  t.same(await dbGet(app, 'select roles, disabled, updated_at from users where id = ?', target.user.id), before, 'the user is as before')
+  t.equal((await refresh(app, target.refresh_token)).statusCode, 200, 'and their session is still open')
+})

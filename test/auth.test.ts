@@ -57,6 +57,9 @@ t.test('signup validation answers 400 naming the field', async (t) => {
     ['short password', { email: uniqueEmail(), password: 'short' }, 'validation_error', /password/],
     ['129-character password', { email: uniqueEmail(), password: 'x'.repeat(129) }, 'validation_error', /password/],
     ['non-string password', { email: uniqueEmail(), password: ['a', 'b'] }, 'validation_error', /password/],
+    // No coercion of bodies: a number is not the string of its digits, nor true the string "true".
+    ['a number for the password', { email: uniqueEmail(), password: 1234567890123 }, 'validation_error', /password/],
+    ['a boolean for the name', { email: uniqueEmail(), password: TEST_PASSWORD, name: true }, 'validation_error', /name/],
     ['unknown property', { email: uniqueEmail(), password: TEST_PASSWORD, admin: true }, 'validation_error', /admin/],
     ['password equal to email', { email: 'same@example.com', password: 'Same@Example.com' }, 'weak_password', /email/]
   ]
@@ -125,6 +128,28 @@ t.test('emails are at most 254 characters: a 255-character login is refused befo
     t.equal(refused.statusCode, 400, `255 characters, attempt ${attempt}: never 401, nor 429 past the limit of 1`)
     t.equal(refused.json().code, 'validation_error')
     t.match(refused.json().message, /email/)
+  }
+})
+
+t.test('no cache keeps an /auth answer, errors included (RFC 6749 §5.1)', async (t) => {
+  const app = await build(t)
+  const email = uniqueEmail()
+  await signup(app, email)
+  const requests: Array<[number, InjectOptions]> = [
+    [401, { method: 'POST', url: '/auth/login', payload: { email, password: 'not the password' } }],
+    [400, { method: 'POST', url: '/auth/login', payload: { email } }],
+    [400, { method: 'POST', url: '/auth/signup', payload: { email: 'not-an-email', password: TEST_PASSWORD } }],
+    [409, { method: 'POST', url: '/auth/signup', payload: { email, password: TEST_PASSWORD } }],
+    [401, { method: 'POST', url: '/auth/refresh', payload: { refresh_token: 'x'.repeat(43) } }],
+    [401, { method: 'GET', url: '/auth/me' }],
+    [401, { method: 'POST', url: '/auth/logout' }]
+  ]
+  for (const [status, request] of requests) {
+    const response = await app.inject(request)
+    const label = `${request.method} ${request.url}: ${status}`
+    t.equal(response.statusCode, status, label)
+    t.equal(response.headers['cache-control'], 'no-store', label)
+    t.equal(response.headers.pragma, 'no-cache', label)
   }
 })
 
