@@ -2,9 +2,11 @@ import { createHash, randomBytes } from 'node:crypto'
 import { createServer, type AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
-import { ipLimitSubject, memoryFailureCounter } from '../src/plugins/rate-limits.ts'
+import { type FailureCounter, type SharedFailureCounter, failureCounterWithFallback, ipLimitSubject, memoryFailureCounter } from '../src/plugins/rate-limits.ts'
 import { TEST_PASSWORD, bearer, build, dbAll, signup, uniqueEmail } from './helper.ts'
 import { REDIS_URL, redisReachable } from './services.ts'
+
+const retryAfter = async (counter: FailureCounter, account: string) => (await counter.attempt(account)).retryAfter
 
 const login = (app: App, email: string, password: string, remoteAddress = '127.0.0.1') =>
   app.inject({ method: 'POST', url: '/auth/login', payload: { email, password }, remoteAddress })
@@ -82,19 +84,19 @@ t.test('per account: password change guesses are limited', async (t) => {
 t.test('per account, in memory: a flood of other emails cannot unlock an account, and memory stays bounded', async (t) => {
   const counter = memoryFailureCounter(3)
   const victim = 'victim@example.com'
-  for (let attempt = 1; attempt <= 3; attempt++) t.equal(await counter.attempt(victim), 0, `attempt ${attempt}`)
-  t.ok(await counter.attempt(victim) > 0, 'the fourth is refused')
+  for (let attempt = 1; attempt <= 3; attempt++) t.equal(await retryAfter(counter, victim), 0, `attempt ${attempt}`)
+  t.ok(await retryAfter(counter, victim) > 0, 'the fourth is refused')
   const early = 'early@example.com'
-  t.equal(await counter.attempt(early), 0, 'an account with one failure, before the flood')
+  t.equal(await retryAfter(counter, early), 0, 'an account with one failure, before the flood')
 
   // More accounts than the counter keeps windows for under the limit (about 0.5 s of hashing).
-  for (let index = 0; index <= 100_000; index++) await counter.attempt(`made-up-${index}@example.com`)
+  for (let index = 0; index <= 100_000; index++) await retryAfter(counter, `made-up-${index}@example.com`)
 
-  t.ok(await counter.attempt(victim) > 0, 'the locked account is still refused')
-  for (let attempt = 1; attempt <= 3; attempt++) t.equal(await counter.attempt(early), 0, `attempt ${attempt}: the oldest open window made room`)
-  t.ok(await counter.attempt(early) > 0, 'then its new window fills as any other')
+  t.ok(await retryAfter(counter, victim) > 0, 'the locked account is still refused')
+  for (let attempt = 1; attempt <= 3; attempt++) t.equal(await retryAfter(counter, early), 0, `attempt ${attempt}: the oldest open window made room`)
+  t.ok(await retryAfter(counter, early) > 0, 'then its new window fills as any other')
   await counter.reset(victim)
-  t.equal(await counter.attempt(victim), 0, 'a correct password still clears a lockout')
+  t.equal(await retryAfter(counter, victim), 0, 'a correct password still clears a lockout')
 })
 
 t.test('per IP: each auth endpoint allows RATE_LIMIT_IP_MAX requests a minute', async (t) => {
@@ -231,24 +233,66 @@ t.test('per IP: the token endpoint shares login\'s count, so using both gives no
 const redisSkip = await redisReachable() ? false : `Redis is not reachable at ${REDIS_URL} (.ci/run starts it)`
 
 t.test('per account: a withdrawn attempt (its check never ran) no longer counts, in memory and in Redis', async (t) => {
-  const counters: Array<[string, () => Promise<{ attempt (account: string): Promise<number>, withdraw (account: string): Promise<void> }>]> = [
+  const counters: Array<[string, () => Promise<FailureCounter>]> = [
     ['memory', async () => memoryFailureCounter(2)]
   ]
   if (!redisSkip) counters.push(['Redis', async () => (await build(t, { REDIS_URL, RATE_LIMIT_ACCOUNT_MAX: '2' })).signInFailures])
   for (const [store, make] of counters) {
     const counter = await make()
     const account = uniqueEmail('withdrawn')
-    t.same([await counter.attempt(account), await counter.attempt(account)], [0, 0], `${store}: two attempts`)
-    await counter.withdraw(account)
-    t.equal(await counter.attempt(account), 0, `${store}: one was taken back, so a third is allowed`)
-    t.ok(await counter.attempt(account) > 0, `${store}: then the limit holds`)
-    const untouched = uniqueEmail('never')
-    await counter.withdraw(untouched)
-    t.same([await counter.attempt(untouched), await counter.attempt(untouched)], [0, 0], `${store}: withdrawing from nothing gives no credit`)
-    t.ok(await counter.attempt(untouched) > 0, `${store}: the limit holds there too`)
+    const [first, second] = [await counter.attempt(account), await counter.attempt(account)]
+    t.same([first.retryAfter, second.retryAfter], [0, 0], `${store}: two attempts`)
+    await first.withdraw()
+    t.equal(await retryAfter(counter, account), 0, `${store}: one was taken back, so a third is allowed`)
+    t.ok(await retryAfter(counter, account) > 0, `${store}: then the limit holds`)
+    const cleared = uniqueEmail('cleared')
+    const stale = await counter.attempt(cleared)
+    await counter.reset(cleared)
+    await stale.withdraw()
+    t.same([await retryAfter(counter, cleared), await retryAfter(counter, cleared)], [0, 0], `${store}: an attempt of a cleared count gives the new count no credit`)
+    t.ok(await retryAfter(counter, cleared) > 0, `${store}: the limit holds there too`)
   }
 })
 
+t.test('per account, across a Redis outage: an attempt is taken back from the count that holds it, never from the other', async (t) => {
+  // Redis as a count that fails on demand, and an outage that never waits: each call asks it.
+  let failing = false
+  const unlessFailing = async <T>(run: () => Promise<T>) => {
+    if (failing) throw new Error('Redis is down')
+    return run()
+  }
+  const inRedis = memoryFailureCounter(2)
+  const redis: SharedFailureCounter = {
+    attempt: (account) => unlessFailing(async () => {
+      const counted = await inRedis.attempt(account)
+      return { retryAfter: counted.retryAfter, withdraw: () => unlessFailing(counted.withdraw) }
+    }),
+    reset: (account) => unlessFailing(() => inRedis.reset(account)),
+    resetIfBegunBefore: () => unlessFailing(async () => {})
+  }
+  const inMemory = memoryFailureCounter(2)
+  const counter = failureCounterWithFallback(redis, inMemory, { waiting: false, failed () {}, recovered () {} })
+
+  // Counted in memory while Redis failed, taken back after it recovered: from memory, where it is.
+  const account = uniqueEmail('outage')
+  await inRedis.attempt(account)
+  await inRedis.attempt(account)
+  failing = true
+  const countedInMemory = await counter.attempt(account)
+  failing = false
+  await countedInMemory.withdraw()
+  t.ok(await retryAfter(inRedis, account) > 0, 'the two other attempts Redis holds are still there: a third is past the limit')
+  t.same([await retryAfter(inMemory, account), await retryAfter(inMemory, account)], [0, 0], 'and memory took it back')
+
+  // Counted in Redis, taken back while Redis fails: memory, which never held it, gives no credit.
+  const other = uniqueEmail('outage')
+  const countedInRedis = await counter.attempt(other)
+  await inMemory.attempt(other)
+  await inMemory.attempt(other)
+  failing = true
+  await countedInRedis.withdraw()
+  t.ok(await retryAfter(inMemory, other) > 0, 'memory\'s two attempts are still there')
+})
 t.test('with REDIS_URL the limits are shared between instances', { skip: redisSkip }, async (t) => {
   const dir = t.testdir()
   const env = { REDIS_URL, DATABASE_URL: `file:${dir}/shared.db`, RATE_LIMIT_ACCOUNT_MAX: '2', RATE_LIMIT_IP_MAX: '3' }
@@ -344,19 +388,19 @@ t.test('per account, in memory: a window lasts 15 minutes from its first attempt
   const counter = memoryFailureCounter(2)
 
   const locked = 'locked@example.com'
-  t.same([await counter.attempt(locked), await counter.attempt(locked)], [0, 0])
-  t.equal(await counter.attempt(locked), 900, 'locked for the whole window')
+  t.same([await retryAfter(counter, locked), await retryAfter(counter, locked)], [0, 0])
+  t.equal(await retryAfter(counter, locked), 900, 'locked for the whole window')
   now += 10 * 60_000
-  t.equal(await counter.attempt(locked), 300, 'Retry-After counts down to the window\'s end')
+  t.equal(await retryAfter(counter, locked), 300, 'Retry-After counts down to the window\'s end')
   now += 5 * 60_000 + 1000
-  t.equal(await counter.attempt(locked), 0, 'the window ended: a new count starts')
+  t.equal(await retryAfter(counter, locked), 0, 'the window ended: a new count starts')
 
   const open = 'open@example.com'
   now += 1000
-  t.same([await counter.attempt(open), await counter.attempt(open)], [0, 0], 'at the limit, not past it')
+  t.same([await retryAfter(counter, open), await retryAfter(counter, open)], [0, 0], 'at the limit, not past it')
   now += 15 * 60_000 + 1000
-  t.same([await counter.attempt(open), await counter.attempt(open)], [0, 0], 'a window that ended under the limit starts afresh')
-  t.equal(await counter.attempt(open), 900, 'and the new window locks as the first did')
+  t.same([await retryAfter(counter, open), await retryAfter(counter, open)], [0, 0], 'a window that ended under the limit starts afresh')
+  t.equal(await retryAfter(counter, open), 900, 'and the new window locks as the first did')
 })
 
 // The per-IP limit counts a minute, so a refused client waits out the rest of that minute.

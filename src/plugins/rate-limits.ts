@@ -22,12 +22,20 @@ const RedisStore = require('@fastify/rate-limit/store/RedisStore.js') as StoreCt
  * all pass a check made before any of them failed; a correct password clears the count.
  */
 export interface FailureCounter {
-  /** Counts one attempt; the seconds until this account may try again, or 0 when it may now. */
-  attempt (account: string): Promise<number>
+  /** Counts one attempt. */
+  attempt (account: string): Promise<CountedAttempt>
   /** A successful sign-in starts the count afresh. */
   reset (account: string): Promise<void>
-  /** Takes back one attempt whose check never ran (its client left while it queued): it tested no password. */
-  withdraw (account: string): Promise<void>
+}
+
+export interface CountedAttempt {
+  /** The seconds until this account may try again, or 0 when it may now. */
+  retryAfter: number
+  /**
+   * Takes the attempt back, from the count that holds it, when its check never ran (its client
+   * left while it queued): it tested no password.
+   */
+  withdraw (): Promise<void>
 }
 
 declare module 'fastify' {
@@ -118,25 +126,23 @@ export function memoryFailureCounter (max: number): FailureCounter {
         if (open.size > MAX_OPEN_WINDOWS) open.delete(open.keys().next().value!)
       }
       window.count++
-      if (window.count <= max) return 0
+      const counted = window
+      // From the window that counted it: one ended or cleared since is no longer read.
+      const withdraw = async () => { if (counted.count > 0) counted.count-- }
+      if (window.count <= max) return { retryAfter: 0, withdraw }
       if (open.delete(key)) locked.set(key, window)
-      return Math.ceil((window.endsAt - now) / 1000)
+      return { retryAfter: Math.ceil((window.endsAt - now) / 1000), withdraw }
     },
     async reset (account) {
       const key = accountDigest(account)
       open.delete(key)
       locked.delete(key)
-    },
-    async withdraw (account) {
-      const key = accountDigest(account)
-      const window = locked.get(key) ?? open.get(key)
-      if (window && window.count > 0) window.count--
     }
   }
 }
 
 /** The count in Redis, with what the memory fallback needs of it after an outage. */
-interface SharedFailureCounter extends FailureCounter {
+export interface SharedFailureCounter extends FailureCounter {
   /**
    * Clears the account's count if its window began more than `ageMs` ago, so it holds attempts
    * from before a correct sign-in that long ago, which could not tell Redis; one begun since holds
@@ -159,14 +165,16 @@ function redisFailureCounter (redis: Redis, max: number): SharedFailureCounter {
       const [count, ttl] = await redis.eval(
         "local c = redis.call('INCR', KEYS[1]) if c == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return {c, redis.call('PTTL', KEYS[1])}",
         1, key(account), ACCOUNT_WINDOW_MS) as [number, number]
-      return count > max ? Math.max(1, Math.ceil(ttl / 1000)) : 0
+      return {
+        retryAfter: count > max ? Math.max(1, Math.ceil(ttl / 1000)) : 0,
+        withdraw: async () => {
+          // DECR keeps the window's expiry; a window that has ended meanwhile is left alone.
+          await redis.eval("local c = tonumber(redis.call('GET', KEYS[1])) if c and c > 0 then redis.call('DECR', KEYS[1]) end return 0", 1, key(account))
+        }
+      }
     },
     async reset (account) {
       await redis.del(key(account))
-    },
-    async withdraw (account) {
-      // DECR keeps the window's expiry; a window that has ended meanwhile is left alone.
-      await redis.eval("local c = tonumber(redis.call('GET', KEYS[1])) if c and c > 0 then redis.call('DECR', KEYS[1]) end return 0", 1, key(account))
     }
   }
 }
@@ -190,13 +198,14 @@ export async function checkPasswordLimited (
 ): Promise<boolean> {
   let accounts = checksRunning.get(failures)
   if (!accounts) checksRunning.set(failures, accounts = new Map())
+  let attempt: CountedAttempt
   for (;;) {
-    const retryAfter = await failures.attempt(account)
-    if (retryAfter === 0) break
+    attempt = await failures.attempt(account)
+    if (attempt.retryAfter === 0) break
     const running = accounts.get(account)
     if (!running) {
       onBlocked()
-      throw rateLimited(retryAfter)
+      throw rateLimited(attempt.retryAfter)
     }
     await Promise.allSettled(running)
   }
@@ -207,7 +216,7 @@ export async function checkPasswordLimited (
     } catch (error) {
       // No verdict (the client left before its hash ran): the attempt tested nothing, so it must
       // not count against the account, as a correct one would otherwise have cleared it.
-      await failures.withdraw(account)
+      await attempt.withdraw()
       throw error
     }
     if (correct) await failures.reset(account)
@@ -255,7 +264,7 @@ type RedisOutage = ReturnType<typeof redisOutage>
 /** Correct sign-ins while Redis failed whose clearing Redis is still to be told: about 300 bytes each. */
 const MAX_OWED_RESETS = 10_000
 
-function failureCounterWithFallback (primary: SharedFailureCounter, fallback: FailureCounter, outage: RedisOutage): FailureCounter {
+export function failureCounterWithFallback (primary: SharedFailureCounter, fallback: FailureCounter, outage: RedisOutage): FailureCounter {
   // A correct sign-in while Redis failed cleared only this instance's count. Redis is told before
   // it is next asked anything, or the account would find its count from before the outage there;
   // failures other instances counted after that sign-in stay (resetIfBegunBefore).
@@ -282,14 +291,30 @@ function failureCounterWithFallback (primary: SharedFailureCounter, fallback: Fa
       onFallback?.(account)
       return run(fallback, account)
     }
+  /**
+   * An attempt Redis counted is taken back from Redis, or not at all while Redis fails: it stays
+   * counted until its window ends, as memory never held it (and an attempt memory counted is
+   * taken back from memory, never from a Redis that recovered meanwhile).
+   */
+  const sharedAttempt = ({ retryAfter, withdraw }: CountedAttempt): CountedAttempt => ({
+    retryAfter,
+    withdraw: async () => {
+      if (outage.waiting) return
+      try {
+        await withdraw()
+        outage.recovered()
+      } catch (error) {
+        outage.failed(error)
+      }
+    }
+  })
   return {
-    attempt: guarded((counter, account) => counter.attempt(account)),
+    attempt: guarded(async (counter, account) => counter === primary ? sharedAttempt(await counter.attempt(account)) : counter.attempt(account)),
     reset: guarded((counter, account) => counter.reset(account), (account) => {
       owedResets.delete(account)
       owedResets.set(account, performance.now())
       if (owedResets.size > MAX_OWED_RESETS) owedResets.delete(owedResets.keys().next().value!)
-    }),
-    withdraw: guarded((counter, account) => counter.withdraw(account))
+    })
   }
 }
 
