@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { createServer, type AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
-import { type FailureCounter, type SharedFailureCounter, failureCounterWithFallback, ipLimitSubject, memoryFailureCounter } from '../src/plugins/rate-limits.ts'
+import { type FailureCounter, type SharedFailureCounter, checkPasswordLimited, failureCounterWithFallback, ipLimitSubject, memoryFailureCounter } from '../src/plugins/rate-limits.ts'
 import { TEST_PASSWORD, bearer, build, dbAll, signup, uniqueEmail } from './helper.ts'
 import { REDIS_URL, redisReachable } from './services.ts'
 
@@ -248,10 +248,37 @@ t.test('per account: a withdrawn attempt (its check never ran) no longer counts,
     const cleared = uniqueEmail('cleared')
     const stale = await counter.attempt(cleared)
     await counter.reset(cleared)
+    t.same([await retryAfter(counter, cleared), await retryAfter(counter, cleared)], [0, 0], `${store}: a new count after a reset`)
     await stale.withdraw()
-    t.same([await retryAfter(counter, cleared), await retryAfter(counter, cleared)], [0, 0], `${store}: an attempt of a cleared count gives the new count no credit`)
-    t.ok(await retryAfter(counter, cleared) > 0, `${store}: the limit holds there too`)
+    t.ok(await retryAfter(counter, cleared) > 0, `${store}: an attempt of the cleared count gives the new one no credit`)
+    const twice = uniqueEmail('twice')
+    const [once] = [await counter.attempt(twice), await counter.attempt(twice)]
+    await once.withdraw()
+    await once.withdraw()
+    t.equal(await retryAfter(counter, twice), 0, `${store}: taken back once`)
+    t.ok(await retryAfter(counter, twice) > 0, `${store}: however often it is withdrawn`)
   }
+})
+
+t.test('per account: sign-ins refused while checks ran, none of which tested a password, are checked after all', async (t) => {
+  const counter = memoryFailureCounter(2)
+  const account = uniqueEmail('queued')
+  // Two checks that end without a verdict (their clients left while they queued)...
+  let dropQueued!: () => void
+  const queued = new Promise<void>((resolve) => { dropQueued = resolve })
+  const dropped = () => queued.then(() => { throw new Error('client left') })
+  const first = checkPasswordLimited(counter, account, dropped, () => {})
+  const second = checkPasswordLimited(counter, account, dropped, () => {})
+  // ...and two more, past the limit while those run: they wait for them.
+  const checked: string[] = []
+  const third = checkPasswordLimited(counter, account, async () => { checked.push('third'); return false }, () => {})
+  const fourth = checkPasswordLimited(counter, account, async () => { checked.push('fourth'); return false }, () => {})
+  dropQueued()
+  await t.rejects(first, { message: 'client left' })
+  await t.rejects(second, { message: 'client left' })
+  t.same(await Promise.all([third, fourth]), [false, false], 'each was checked (a wrong password), not refused with 429')
+  t.same(checked.sort(), ['fourth', 'third'])
+  t.ok(await retryAfter(counter, account) > 0, 'and they count: the account is now at its limit')
 })
 
 t.test('per account, across a Redis outage: an attempt is taken back from the count that holds it, never from the other', async (t) => {
@@ -271,7 +298,8 @@ t.test('per account, across a Redis outage: an attempt is taken back from the co
     resetIfBegunBefore: () => unlessFailing(async () => {})
   }
   const inMemory = memoryFailureCounter(2)
-  const counter = failureCounterWithFallback(redis, inMemory, { waiting: false, failed () {}, recovered () {} })
+  const outage = { waiting: false, failed () {}, recovered () {} }
+  const counter = failureCounterWithFallback(redis, inMemory, outage)
 
   // Counted in memory while Redis failed, taken back after it recovered: from memory, where it is.
   const account = uniqueEmail('outage')
@@ -292,6 +320,16 @@ t.test('per account, across a Redis outage: an attempt is taken back from the co
   failing = true
   await countedInRedis.withdraw()
   t.ok(await retryAfter(inMemory, other) > 0, 'memory\'s two attempts are still there')
+
+  // Redis answering: taken back from Redis. Within the wait after a failure: left counted, Redis not asked.
+  failing = false
+  const third = uniqueEmail('outage')
+  const [taken, kept] = [await counter.attempt(third), await counter.attempt(third)]
+  await taken.withdraw()
+  t.equal(await retryAfter(inRedis, third), 0, 'Redis took one back: a second is within the limit')
+  outage.waiting = true
+  await kept.withdraw()
+  t.ok(await retryAfter(inRedis, third) > 0, 'while Redis is left alone, the other stays counted')
 })
 t.test('with REDIS_URL the limits are shared between instances', { skip: redisSkip }, async (t) => {
   const dir = t.testdir()

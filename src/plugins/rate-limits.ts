@@ -3,7 +3,7 @@ import type { FastifyBaseLogger, FastifyInstance, FastifyRequest, onRequestHookH
 import fp from 'fastify-plugin'
 import type { Redis } from 'ioredis'
 import ipaddr from 'ipaddr.js'
-import { createHash } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { isIPv4 } from 'node:net'
 import { redactUrl } from '../config.ts'
@@ -88,6 +88,16 @@ const rateLimited = (retryAfterSeconds: number) => apiError(429, 'rate_limited',
  */
 const accountDigest = (account: string) => createHash('sha256').update(account).digest('base64url')
 
+/** A withdraw that takes back its attempt once, however often it is called. */
+function once (withdraw: () => Promise<void>): () => Promise<void> {
+  let done = false
+  return async () => {
+    if (done) return
+    done = true
+    await withdraw()
+  }
+}
+
 /** Accounts under the limit that one process tracks at once: about 160 bytes each. */
 const MAX_OPEN_WINDOWS = 100_000
 
@@ -128,7 +138,7 @@ export function memoryFailureCounter (max: number): FailureCounter {
       window.count++
       const counted = window
       // From the window that counted it: one ended or cleared since is no longer read.
-      const withdraw = async () => { if (counted.count > 0) counted.count-- }
+      const withdraw = once(async () => { if (counted.count > 0) counted.count-- })
       if (window.count <= max) return { retryAfter: 0, withdraw }
       if (open.delete(key)) locked.set(key, window)
       return { retryAfter: Math.ceil((window.endsAt - now) / 1000), withdraw }
@@ -153,28 +163,36 @@ export interface SharedFailureCounter extends FailureCounter {
 
 /** Shared by every instance through Redis. */
 function redisFailureCounter (redis: Redis, max: number): SharedFailureCounter {
-  const key = (account: string) => `${KEY_PREFIX}signin-failures:${accountDigest(account)}`
+  // The count, and beside it, living as long, the id of the window it counts: an attempt is taken
+  // back only from its own window, never from one a reset or the window's end began since.
+  const keys = (account: string) => {
+    const count = `${KEY_PREFIX}signin-failures:${accountDigest(account)}`
+    return [count, `${count}:window`] as const
+  }
   return {
     async resetIfBegunBefore (account, ageMs) {
       // The window's age is read off its remaining time, in Redis: no clock but the instance's own measures ageMs.
-      await redis.eval("local left = redis.call('PTTL', KEYS[1]) if left > 0 and tonumber(ARGV[1]) - left > tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) end return 0",
-        1, key(account), ACCOUNT_WINDOW_MS, ageMs)
+      await redis.eval("local left = redis.call('PTTL', KEYS[1]) if left > 0 and tonumber(ARGV[1]) - left > tonumber(ARGV[2]) then redis.call('DEL', KEYS[1], KEYS[2]) end return 0",
+        2, ...keys(account), ACCOUNT_WINDOW_MS, ageMs)
     },
     async attempt (account) {
-      // One round trip, atomic: count, start the window on the first attempt, read what is left.
-      const [count, ttl] = await redis.eval(
-        "local c = redis.call('INCR', KEYS[1]) if c == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return {c, redis.call('PTTL', KEYS[1])}",
-        1, key(account), ACCOUNT_WINDOW_MS) as [number, number]
+      // One round trip, atomic: count, start the window (and name it) on the first attempt, read what is left.
+      const [count, ttl, windowId] = await redis.eval(
+        "local c = redis.call('INCR', KEYS[1]) if c == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1]) end " +
+        "return {c, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}",
+        2, ...keys(account), ACCOUNT_WINDOW_MS, randomUUID()) as [number, number, string | null]
       return {
         retryAfter: count > max ? Math.max(1, Math.ceil(ttl / 1000)) : 0,
-        withdraw: async () => {
-          // DECR keeps the window's expiry; a window that has ended meanwhile is left alone.
-          await redis.eval("local c = tonumber(redis.call('GET', KEYS[1])) if c and c > 0 then redis.call('DECR', KEYS[1]) end return 0", 1, key(account))
-        }
+        // DECR keeps the window's expiry. A window without an id (begun by an older version) is left alone.
+        withdraw: once(async () => {
+          if (windowId === null) return
+          await redis.eval("if redis.call('GET', KEYS[2]) == ARGV[1] then local c = tonumber(redis.call('GET', KEYS[1])) if c and c > 0 then redis.call('DECR', KEYS[1]) end end return 0",
+            2, ...keys(account), windowId)
+        })
       }
     },
     async reset (account) {
-      await redis.del(key(account))
+      await redis.del(...keys(account))
     }
   }
 }
@@ -208,6 +226,8 @@ export async function checkPasswordLimited (
       throw rateLimited(attempt.retryAfter)
     }
     await Promise.allSettled(running)
+    // Refused only for the checks it waited for, it tested nothing: asked again, it counts afresh.
+    await attempt.withdraw()
   }
   const checked = (async () => {
     let correct: boolean
