@@ -8,7 +8,7 @@ import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
 import { ADVISORY_LOCKS } from '../src/db/postgres/open.ts'
-import { TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, type SessionBody, appWithLog, before, bearer, build, freshPostgresUrl, dbAll, dbCount, dbGet, dbRun, logLines, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
+import { TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, type SessionBody, appWithLog, before, bearer, build, freshPostgresUrl, dbAll, dbCount, dbGet, dbRun, logLines, signup, tokenPayload, uniqueEmail, signupWithRoles, refuseSessionUpdates } from './helper.ts'
 
 const FORBIDDEN_CHALLENGE = 'Bearer realm="gatehouse", error="insufficient_scope"'
 const ADMIN_USER_KEYS = ['created_at', 'disabled', 'email', 'id', 'name', 'roles', 'updated_at']
@@ -752,15 +752,12 @@ t.test('a role change or a disable whose session revocation fails changes nothin
   const target = await signup(app)
   const before = await dbGet(app, 'select roles, disabled, updated_at from users where id = ?', target.user.id)
   // The change's revocation of the target's sessions fails; the admin's own session is only read.
-  await app.database.query(app.database.dialect.name === 'postgres'
-    ? "create function refuse() returns trigger language plpgsql as $$ begin raise exception 'refused by test'; end $$; " +
-      'create trigger refuse before update on sessions for each row execute function refuse()'
-    : "create trigger refuse before update on sessions begin select raise(abort, 'refused by test'); end")
+  const allowSessionUpdates = await refuseSessionUpdates(app)
   for (const payload of [{ roles: ['member'] }, { disabled: true }]) {
     const failed = await app.inject({ method: 'PATCH', url: `/admin/users/${target.user.id}`, headers: bearer(admin.access_token), payload })
     t.equal(failed.statusCode, 500, JSON.stringify(payload))
   }
-  await app.database.query('drop trigger refuse' + (app.database.dialect.name === 'postgres' ? ' on sessions' : ''))
+  await allowSessionUpdates()
   t.same(await dbGet(app, 'select roles, disabled, updated_at from users where id = ?', target.user.id), before, 'the user is as before')
   t.equal((await refresh(app, target.refresh_token)).statusCode, 200, 'and their session is still open')
 })

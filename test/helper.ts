@@ -124,6 +124,16 @@ export async function dbRun (app: App, query: string, ...params: unknown[]): Pro
   await dbAll(app, query, ...params)
 }
 
+/** Makes every update of a session fail, on either database, until the returned function is called. */
+export async function refuseSessionUpdates (app: App): Promise<() => Promise<void>> {
+  const postgres = app.database.dialect.name === 'postgres'
+  await app.database.query(postgres
+    ? "create function refuse() returns trigger language plpgsql as $$ begin raise exception 'refused by test'; end $$; " +
+      'create trigger refuse before update on sessions for each row execute function refuse()'
+    : "create trigger refuse before update on sessions begin select raise(abort, 'refused by test'); end")
+  return async () => { await app.database.query(`drop trigger refuse${postgres ? ' on sessions' : ''}`) }
+}
+
 /**
  * A session stored directly, as if signed in long ago (the cap and cleanup tests): it has no
  * refresh token. Times default to a day ago (created and last used) and a day ahead (expiry).

@@ -4,7 +4,7 @@ import pg from 'pg'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
 import { MAX_OPEN_SESSIONS } from '../src/repositories/sessions.ts'
-import { TEST_DATABASE_URL, TEST_PASSWORD, type SessionBody, bearer, build, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, insertSession, signup, tokenPayload, uniqueEmail } from './helper.ts'
+import { TEST_DATABASE_URL, TEST_PASSWORD, type SessionBody, bearer, build, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, insertSession, signup, tokenPayload, uniqueEmail, refuseSessionUpdates } from './helper.ts'
 
 const login = async (app: App, email: string, password = TEST_PASSWORD, userAgent = 'test-agent'): Promise<SessionBody> => {
   const response = await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password }, headers: { 'user-agent': userAgent } })
@@ -435,13 +435,10 @@ t.test('a password change that fails halfway changes nothing', async (t) => {
   const current = await signup(app, email)
   const other = await login(app, email)
   // Revoking the other sessions, the change's second write, fails.
-  await app.database.query(app.database.dialect.name === 'postgres'
-    ? "create function refuse() returns trigger language plpgsql as $$ begin raise exception 'refused by test'; end $$; " +
-      'create trigger refuse before update on sessions for each row execute function refuse()'
-    : "create trigger refuse before update on sessions begin select raise(abort, 'refused by test'); end")
+  const allowSessionUpdates = await refuseSessionUpdates(app)
   const failed = await app.inject({ method: 'POST', url: '/auth/password', headers: bearer(current.access_token), payload: { current_password: TEST_PASSWORD, new_password: 'a brand new passphrase' } })
   t.equal(failed.statusCode, 500)
-  await app.database.query('drop trigger refuse' + (app.database.dialect.name === 'postgres' ? ' on sessions' : ''))
+  await allowSessionUpdates()
   t.equal((await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })).statusCode, 200, 'the old password still works')
   t.equal(await refreshStatus(app, other.refresh_token), 200, 'the other session is still open')
 })

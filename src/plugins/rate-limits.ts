@@ -313,8 +313,8 @@ export function failureCounterWithFallback (primary: SharedFailureCounter, fallb
     }
   /**
    * An attempt Redis counted is taken back from Redis, or not at all while Redis fails: it stays
-   * counted until its window ends, as memory never held it (and an attempt memory counted is
-   * taken back from memory, never from a Redis that recovered meanwhile).
+   * counted until its window ends or a correct sign-in clears it, as memory never held it (and an
+   * attempt memory counted is taken back from memory, never from a Redis that recovered meanwhile).
    */
   const sharedAttempt = ({ retryAfter, withdraw }: CountedAttempt): CountedAttempt => ({
     retryAfter,
