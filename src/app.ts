@@ -13,7 +13,7 @@ import rateLimits from './plugins/rate-limits.ts'
 import security from './plugins/security.ts'
 import signInFlows from './plugins/sign-in-flows.ts'
 import validation from './plugins/validation.ts'
-import { boundedIp, maskTokenLike } from './request-client.ts'
+import { boundedIp, maskPath, maskTokenLike } from './request-client.ts'
 import errors, { clientErrorHandler, expectationFailedHandler, frameworkErrorHandler } from './plugins/errors.ts'
 import { gracefulClose } from './plugins/graceful-close.ts'
 import { withoutQueryParameters } from './errors.ts'
@@ -66,16 +66,17 @@ function censorSecrets (value: unknown, depth = 0): unknown {
   return copy ?? value
 }
 /**
- * Every query value, not only those named like a secret: a client that puts its token under any
- * name (`?authorization=`, `?jwt=`) or under none (`?eyJ…`) must not get it logged, and the email
- * filter is personal data. Names are kept; a part without `=` is all value.
+ * The URL as logged: the path as 404s show it (maskPath), and every query value masked, not only
+ * those named like a secret: a client that puts its token under any name (`?authorization=`,
+ * `?jwt=`) or under none (`?eyJ…`) must not get it logged, and the email filter is personal data.
+ * Names are kept; a part without `=` is all value.
  */
 const QUERY_PART = /([?&])([^=&]*=)?[^&]*/g
-function maskQuery (url: string): string {
+function maskUrl (url: string): string {
   const start = url.indexOf('?')
   return start === -1
-    ? url
-    : url.slice(0, start) + url.slice(start).replace(QUERY_PART,
+    ? maskPath(url)
+    : maskPath(url.slice(0, start)) + maskTokenLike(url.slice(start)).replace(QUERY_PART,
       (part: string, separator: string, name = '') => part.length > 1 ? `${separator}${name}${CENSORED}` : part)
 }
 
@@ -117,7 +118,7 @@ function loggerOptions (config: Config, { logStream }: BuildOptions): FastifySer
       err: (error: Error) => serializeError(error),
       req: (request: { method: string, url: string, host?: string, ip?: string }) => ({
         method: request.method,
-        url: maskQuery(maskTokenLike(request.url)),
+        url: maskUrl(request.url),
         host: request.host,
         remoteAddress: request.ip === undefined ? undefined : boundedIp(request.ip)
       })

@@ -19,15 +19,25 @@ const MAX_IP_LENGTH = 45
 export const boundedIp = (ip: string): string => ip.length > MAX_IP_LENGTH ? ip.slice(0, MAX_IP_LENGTH) : ip
 
 /**
- * A path with what looks like a token masked, for the request log and the answers that name a path
- * (404, 405): a JWT (`eyJ…`, three dot-separated parts), or a run of 40 or more base64url
- * characters, as a refresh token is (43) and a JWT's signature (43 for HS256), each character
- * maybe percent-encoded (`%65yJ…` is `eyJ…` to the router). A client that puts its token in the
- * path must not get it logged; UUIDs (36 characters) are kept.
+ * Text (a path, a query's names) with what looks like a token masked: a JWT (`eyJ…`, three
+ * dot-separated parts), or a run of 40 or more base64url characters, as a refresh token is (43)
+ * and a JWT's signature (43 for HS256), each character maybe percent-encoded (`%65yJ…` is `eyJ…`
+ * to the router). A client that puts its token in the path must not get it logged; UUIDs (36
+ * characters) are kept.
  */
 const TOKEN_CHARACTER = String.raw`(?:[\w-]|%[\dA-Fa-f]{2})`
 const TOKEN_LIKE = new RegExp(String.raw`eyJ${TOKEN_CHARACTER}*\.${TOKEN_CHARACTER}*\.${TOKEN_CHARACTER}*|${TOKEN_CHARACTER}{40,}`, 'g')
-export const maskTokenLike = (path: string) => path.replace(TOKEN_LIKE, '[redacted]')
+export const maskTokenLike = (text: string) => text.replace(TOKEN_LIKE, '[redacted]')
+
+/**
+ * A value written into the path as `name=value`: a matrix parameter (`;password=…`), or a query
+ * percent-encoded into the path (`/auth/token%3Fpassword%3D…`), which no route reads. Masked to the
+ * next `/`, whatever its length: a password there is as secret as in a real query string.
+ */
+const PATH_PARAMETER_VALUE = /(=|%3D)[^/]*/gi
+
+/** A URL's path as the request log and the answers that name a path (404, 405) show it. */
+export const maskPath = (path: string) => maskTokenLike(path).replace(PATH_PARAMETER_VALUE, '$1[redacted]')
 
 /**
  * An address as some proxies write it into X-Forwarded-For, with its client's port (`a.b.c.d:port`,

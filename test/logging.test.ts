@@ -88,6 +88,21 @@ t.test('logs carry security events with user and request ids, and never a secret
       t.notOk(log.text.includes(secret), `the log masks ${path.slice(0, 12)}…`)
     }
   }
+  // A password as a path parameter, or in a query percent-encoded into the path: no route reads
+  // either, and neither the 404 nor the log shows it.
+  const pathPassword = 'hunter2-in-a-path'
+  for (const [path, shown] of [
+    [`/auth/login;password=${pathPassword}`, '/auth/login;password=[redacted]'],
+    [`/auth/token%3Fpassword%3D${pathPassword}`, '/auth/token%3Fpassword%3D[redacted]'],
+    // Longer, the same text is a run of 40 token characters and more: masked whole.
+    [`/auth/token%3Fgrant_type%3Dpassword%26password%3D${pathPassword}`, '/auth/[redacted]'],
+    [`/auth/login;password%3d${pathPassword}/more`, '/auth/login;password%3d[redacted]/more']
+  ] as const) {
+    const notFound = await app.inject({ url: `${path}?next=1` })
+    t.equal(notFound.json().message, `Route GET ${shown} not found`, `the 404 masks ${shown}`)
+    t.ok(log.text.includes(`"url":"${shown}?next=[redacted]"`), `the log masks ${shown}`)
+  }
+  t.notOk(log.text.includes(pathPassword), 'no password from a path in the log')
   await app.inject({ method: 'POST', url: '/auth/token', payload: `grant_type=password&username=${email}&password=${TEST_PASSWORD}`, headers: { 'content-type': 'application/x-www-form-urlencoded' } })
   await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })
   await app.inject({ method: 'POST', url: '/auth/refresh', payload: { refresh_token: session.refresh_token } })

@@ -7,7 +7,7 @@ import type { Socket } from 'node:net'
 import { bearerChallenge } from './auth.ts'
 import { API_RESPONSE_HEADERS, NO_STORE_HEADERS } from './security.ts'
 import { hasEmptyParameter } from './validation.ts'
-import { maskTokenLike } from '../request-client.ts'
+import { maskPath } from '../request-client.ts'
 
 /** The contract's code for errors Fastify raises itself; anything else falls back by status. */
 const FASTIFY_CODES: Record<string, string> = {
@@ -144,7 +144,7 @@ export function frameworkErrorHandler (_error: FastifyError, request: FastifyReq
  * characters say which, with anything token-like masked.
  */
 const shownPath = (path: string) => {
-  const masked = maskTokenLike(path)
+  const masked = maskPath(path)
   return masked.length > 200 ? `${masked.slice(0, 200)}…` : masked
 }
 
