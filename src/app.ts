@@ -169,7 +169,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}) {
 
   // No route reads plain text: such bodies get 415 instead of reaching a JSON schema.
   app.removeContentTypeParser('text/plain')
-  app.server.on('checkExpectation', expectationFailedHandler)
+  app.server.on('checkExpectation', expectationFailedHandler.bind(app))
 
   try {
     // First, so that it sees every route, whichever plugin adds it (deny by default).

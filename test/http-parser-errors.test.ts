@@ -1,10 +1,10 @@
 // Requests Node's HTTP parser refuses before Fastify sees them still get the contract's shape and
 // the API's security headers, over a real socket (app.inject() never goes through the parser).
 import t from 'tap'
-import { build, exchange, parseAnswer } from './helper.ts'
+import { appWithLog, build, exchange, logLines, parseAnswer } from './helper.ts'
 
-t.test('requests the HTTP parser refuses answer in the contract\'s shape, with the security headers', async (t) => {
-  const app = await build(t)
+t.test('requests the HTTP parser refuses answer in the contract\'s shape, with the security headers, and are logged', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as { port: number }
 
@@ -16,7 +16,11 @@ t.test('requests the HTTP parser refuses answer in the contract\'s shape, with t
       `GET /me/permissions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large']
   ]
   for (const [name, request, status, code] of cases) {
+    const from = log.text.length
     const answer = parseAnswer(await exchange(port, request))
+    const lines = logLines(log.text.slice(from)).filter((line) => line.msg === 'request refused before Fastify')
+    t.match(lines, [{ level: 30, res: { statusCode: status }, code, remoteAddress: '127.0.0.1', parserError: /^(HPE|ERR)_/ }], `${name}: one log line`)
+    t.notOk(log.text.slice(from).includes('Bearer'), `${name}: without the bytes the parser read`)
     t.match(answer.statusLine, new RegExp(`^HTTP/1\\.1 ${status} `), name)
     t.match(answer.body, { statusCode: status, code }, name)
     t.same(Object.keys(answer.body as object).sort(), ['code', 'error', 'message', 'statusCode'], `${name}: nothing else`)
@@ -31,13 +35,13 @@ t.test('requests the HTTP parser refuses answer in the contract\'s shape, with t
   t.match(await exchange(port, 'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /)
 })
 
-t.test('an Expect other than 100-continue gets 417 in the contract\'s shape, and the connection goes on; 100-continue is served', async (t) => {
-  const app = await build(t)
+t.test('an Expect other than 100-continue gets 417 in the contract\'s shape, is logged, and the connection goes on; 100-continue is served', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as { port: number }
   for (const [path, request] of [
     ['/auth/login', 'POST /auth/login HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}'],
-    ['/health', 'GET /health HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n']
+    ['/health', 'GET /health?password=hunter2 HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n']
   ] as const) {
     // A second request on the same connection after it: answered too, not cut off with the first.
     const [first, second] = (await exchange(port, `${request}GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)).split(/(?=HTTP\/1\.1 )/)
@@ -51,8 +55,37 @@ t.test('an Expect other than 100-continue gets 417 in the contract\'s shape, and
     t.not(answer.headers.connection, 'close', `${path}: the connection stays open`)
     t.equal(Number(answer.headers['content-length']), Buffer.byteLength(JSON.stringify(answer.body)), `${path}: exact length`)
   }
+  const refused = logLines(log.text).filter((line) => line.msg === 'request refused before Fastify')
+  t.match(refused, [
+    { level: 30, req: { method: 'POST', url: '/auth/login', host: 'x', remoteAddress: '127.0.0.1' }, res: { statusCode: 417 }, code: 'expectation_failed' },
+    { req: { method: 'GET', url: '/health?password=[redacted]' }, res: { statusCode: 417 } }
+  ], 'each 417 is logged, its URL masked as any request\'s')
+  t.equal(refused.length, 2)
   const continued = await exchange(port, 'POST /auth/login HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}')
   t.match(continued, /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 400 /, '100-continue: the body is asked for, then read and judged')
+})
+
+t.test('a transfer coding other than chunked gets 501; a chunked body is read', async (t) => {
+  const app = await build(t)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  const body = '{"email":"nobody@example.com","password":"whatever-it-is"}'
+  const chunked = `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`
+  for (const codings of ['gzip, chunked', 'deflate\r\nTransfer-Encoding: chunked', 'x-custom ,Chunked']) {
+    const answer = parseAnswer(await exchange(port, `POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: ${codings}\r\nConnection: close\r\n\r\n${chunked}`))
+    t.match(answer.statusLine, /^HTTP\/1\.1 501 /, codings)
+    t.same(answer.body, {
+      statusCode: 501,
+      error: 'Not Implemented',
+      message: 'No transfer coding other than chunked is decoded: send the body chunked or with a Content-Length.',
+      code: 'not_implemented'
+    }, codings)
+    t.equal(answer.headers['x-content-type-options'], 'nosniff', `${codings}: security headers`)
+    t.equal(answer.headers['cache-control'], 'no-store', codings)
+  }
+  const read = parseAnswer(await exchange(port, `POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n${chunked}`))
+  t.match(read.statusLine, /^HTTP\/1\.1 401 /, 'chunked alone: the body is read and judged')
+  t.match(read.body, { code: 'invalid_credentials' })
 })
 
 t.test('an HTTP/1.1 request without Host, or any with two, gets 400 in the contract\'s shape; an empty Host and HTTP/1.0 are served', async (t) => {
@@ -64,6 +97,7 @@ t.test('an HTTP/1.1 request without Host, or any with two, gets 400 in the contr
     t.match(answer.statusLine, /^HTTP\/1\.1 400 /, path)
     t.same(answer.body, { statusCode: 400, error: 'Bad Request', message: 'An HTTP/1.1 request needs a Host header.', code: 'invalid_request' }, path)
     t.equal(answer.headers['x-content-type-options'], 'nosniff', `${path}: security headers`)
+    t.equal(answer.headers['cache-control'], 'no-store', `${path}: refused before the route's own hooks, still no-store`)
   }
   // RFC 9112 §3.2: a target without an authority is sent with an empty Host.
   const empty = parseAnswer(await exchange(port, 'GET /auth/me HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n'))

@@ -94,7 +94,7 @@ function clientErrorAnswer (error: Error & { code?: string }): ErrorBody {
  * may have been one of /auth's. The connection then closes, as after any request the parser could
  * not read.
  */
-export function clientErrorHandler (error: Error & { code?: string }, socket: Socket): void {
+export function clientErrorHandler (this: FastifyInstance, error: Error & { code?: string }, socket: Socket): void {
   // A reset connection has nobody left to answer.
   if (error.code === 'ECONNRESET' || socket.destroyed) return
   if (socket.writable) {
@@ -102,8 +102,19 @@ export function clientErrorHandler (error: Error & { code?: string }, socket: So
     const { payload, headers } = answerOutsideFastify(body)
     const head = Object.entries({ ...headers, connection: 'close' }).map(([name, value]) => `${name}: ${value}`).join('\r\n')
     socket.write(`HTTP/1.1 ${body.statusCode} ${body.error}\r\n${head}\r\n\r\n${payload}`)
+    // The parser's code only: its error also holds the bytes it read, which may hold a token.
+    logRefused(this, body, { remoteAddress: socket.remoteAddress, parserError: error.code })
   }
   socket.destroy()
+}
+
+/**
+ * The one log line of an answer given outside Fastify, which logs no request it never saw: at
+ * info, as Fastify logs every completed request. The address is the connection's: TRUST_PROXY's
+ * reading of X-Forwarded-For is Fastify's, per request.
+ */
+function logRefused (app: FastifyInstance, body: ErrorBody, fields: Record<string, unknown>): void {
+  app.log.info({ ...fields, res: { statusCode: body.statusCode }, code: body.code }, 'request refused before Fastify')
 }
 
 /** An answer given outside Fastify, with what every answer carries. */
@@ -123,9 +134,11 @@ function answerOutsideFastify (body: ErrorBody) {
  * answer with a bare 417, gets it in the contract's shape (RFC 9110 §10.1.1). Fastify never sees
  * the request; Node discards its body, and the connection goes on to the next request.
  */
-export function expectationFailedHandler (_request: IncomingMessage, response: ServerResponse): void {
-  const { payload, headers } = answerOutsideFastify(errorBody(417, 'expectation_failed', 'The only expectation served is 100-continue.'))
+export function expectationFailedHandler (this: FastifyInstance, request: IncomingMessage, response: ServerResponse): void {
+  const body = errorBody(417, 'expectation_failed', 'The only expectation served is 100-continue.')
+  const { payload, headers } = answerOutsideFastify(body)
   response.writeHead(417, headers).end(payload)
+  logRefused(this, body, { req: { method: request.method, url: request.url, host: request.headers.host, ip: request.socket.remoteAddress } })
 }
 
 /**

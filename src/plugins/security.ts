@@ -76,6 +76,18 @@ function hostProblem (request: FastifyRequest): Error | undefined {
   return undefined
 }
 
+/**
+ * RFC 9112 §6.1: 501 for a transfer coding other than chunked. Node's parser takes a body sent
+ * `gzip, chunked` as chunked and leaves the gzip bytes in it, to be read as if uncoded.
+ */
+function transferCodingProblem (request: FastifyRequest): Error | undefined {
+  const codings = request.headers['transfer-encoding']
+  if (codings === undefined || codings.trim().toLowerCase() === 'chunked') return undefined
+  return codings.split(',').every((coding) => coding.trim().toLowerCase() === 'chunked')
+    ? undefined
+    : apiError(501, 'not_implemented', 'No transfer coding other than chunked is decoded: send the body chunked or with a Content-Length.')
+}
+
 const isDocsPage = (url: string) => url === '/docs' || url.startsWith('/docs/') || url.startsWith('/docs?')
 
 /**
@@ -87,7 +99,10 @@ async function securityPlugin (app: FastifyInstance) {
   const documentHeaders = helmetHeaders(DOCUMENT_HEADERS)
   app.addHook('onRequest', (request, reply, done) => {
     reply.headers(isDocsPage(request.url) ? documentHeaders : API_RESPONSE_HEADERS)
-    done(hostProblem(request))
+    const problem = hostProblem(request) ?? transferCodingProblem(request)
+    // Before /auth's own no-store hook, which an error here skips.
+    if (problem) reply.headers(NO_STORE_HEADERS)
+    done(problem)
   })
 
   if (app.config.corsOrigins.length === 0) return
