@@ -3,7 +3,7 @@ import { connect } from 'node:net'
 import { PassThrough } from 'node:stream'
 import pg from 'pg'
 import tap, { type Test } from 'tap'
-import { buildApp, type App } from '../src/app.ts'
+import { buildApp, type App, type BuildOptions } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { kidFor } from '../src/auth/tokens.ts'
 
@@ -57,24 +57,27 @@ export async function freshPostgresUrl (serverUrl: string): Promise<string> {
   return url
 }
 
-/** A ready app on a fresh database, closed when the test ends. */
-export async function build (t: Test, env: Record<string, string> = {}): Promise<App> {
-  const database = env.DATABASE_URL ?? (TEST_DATABASE_URL ? await freshPostgresUrl(TEST_DATABASE_URL) : TEST_ENV.DATABASE_URL)
-  const app = await buildApp(loadConfig({ ...TEST_ENV, ...env, DATABASE_URL: database }))
+/**
+ * The database of a test's app: a freshly emptied schema of this file's PostgreSQL database when
+ * TEST_DATABASE_URL is set, else `sqlite` (in memory, or a file for a test that restarts its app).
+ */
+export const testDatabase = async (sqlite = TEST_ENV.DATABASE_URL) =>
+  TEST_DATABASE_URL ? await freshPostgresUrl(TEST_DATABASE_URL) : sqlite
+
+/** A ready app on a fresh database (or env.DATABASE_URL), closed when the test ends. */
+export async function build (t: Test, env: Record<string, string> = {}, options: BuildOptions = {}): Promise<App> {
+  const app = await buildApp(loadConfig({ ...TEST_ENV, ...env, DATABASE_URL: env.DATABASE_URL ?? await testDatabase() }), options)
   t.teardown(() => app.close())
   await app.ready()
   return app
 }
 
-/** A ready app whose JSON log lines are kept: `log.text` is everything written so far. */
+/** build(), with the app's JSON log lines kept: `log.text` is everything written so far. */
 export async function appWithLog (t: Test, env: Record<string, string>) {
   const log = { text: '' }
   const stream = new PassThrough()
   stream.on('data', (chunk) => { log.text += chunk })
-  const app = await buildApp(loadConfig({ ...TEST_ENV, ...env }), { logStream: stream })
-  t.teardown(() => app.close())
-  await app.ready()
-  return { app, log }
+  return { app: await build(t, env, { logStream: stream }), log }
 }
 
 export type LogLine = Record<string, any>

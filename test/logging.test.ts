@@ -9,19 +9,13 @@ import { HASH_OPTIONS, HASH_SLOTS } from '../src/auth/passwords.ts'
 import { startupProblem } from '../src/errors.ts'
 import { MAX_OPEN_SESSIONS } from '../src/repositories/sessions.ts'
 import {
-  TEST_DATABASE_URL, TEST_ENV, TEST_PASSWORD, appWithLog, before, bearer, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, insertSession, logLines, signup, signupWithRoles, tokenPayload, uniqueEmail, type LogLine
+  TEST_ENV, TEST_PASSWORD, appWithLog, before, bearer, dbAll, dbCount, dbGet, dbRun, freshPostgresUrl, insertSession, logLines, signup, signupWithRoles, testDatabase, tokenPayload, uniqueEmail, type LogLine
 } from './helper.ts'
 import { POSTGRES_URL, postgresReachable } from './services.ts'
 
 /** A request id: a UUID, unique across instances and restarts. */
 const REQUEST_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 const WRONG_PASSWORD = 'wrong password!'
-
-/**
- * The suite's database for a test of stored state: PostgreSQL (emptied) when TEST_DATABASE_URL is
- * set, else `sqlite`: in memory, or a file for a test that restarts the app.
- */
-const suiteDatabase = async (sqlite = ':memory:') => TEST_DATABASE_URL ? await freshPostgresUrl(TEST_DATABASE_URL) : sqlite
 
 function assertNoSecrets (t: Test, text: string, secrets: string[]) {
   for (const secret of secrets) t.notOk(text.includes(secret), `log does not contain ${secret.slice(0, 12)}…`)
@@ -136,7 +130,7 @@ t.test('a disabled account\'s right password is logged as a failed sign-in', asy
 })
 
 t.test('a sign-in whose account changed after its password check is logged with the reason its answer gives', async (t) => {
-  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', DATABASE_URL: await suiteDatabase() })
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
   const cases: Array<[string, string, number, string]> = [
     ['delete from users where id = ?', 'deleted', 401, 'account_changed'],
     ['update users set disabled = true where id = ?', 'disabled', 403, 'account_disabled']
@@ -152,7 +146,7 @@ t.test('a sign-in whose account changed after its password check is logged with 
 })
 
 t.test('a sign-in past the per-account limit is logged as blocked, at warn, naming the account where it exists', async (t) => {
-  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', RATE_LIMIT_ACCOUNT_MAX: '2', DATABASE_URL: await suiteDatabase() })
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', RATE_LIMIT_ACCOUNT_MAX: '2' })
   const login = (email: string, password: string) => app.inject({ method: 'POST', url: '/auth/login', payload: { email, password } })
   const email = uniqueEmail()
   const session = await signup(app, email)
@@ -172,7 +166,7 @@ t.test('a sign-in past the per-account limit is logged as blocked, at warn, nami
 })
 
 t.test('a password change is logged, refused, blocked or done, with the number of other sessions it revoked', async (t) => {
-  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', RATE_LIMIT_ACCOUNT_MAX: '2', DATABASE_URL: await suiteDatabase() })
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', RATE_LIMIT_ACCOUNT_MAX: '2' })
   const newPassword = 'a brand new passphrase 7'
   const email = uniqueEmail()
   const session = await signup(app, email)
@@ -201,7 +195,7 @@ t.test('a password change is logged, refused, blocked or done, with the number o
 })
 
 t.test('an admin\'s role change, disable and delete are logged with the user, the admin and the sessions revoked', async (t) => {
-  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', DATABASE_URL: await suiteDatabase() })
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
   const login = (email: string) => app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })
   const admin = await signupWithRoles(app, ['user', 'admin'])
   const email = uniqueEmail()
@@ -246,7 +240,7 @@ t.test('a Redis unreachable at start is logged at start, naming it without its p
 
 t.test('the admin made from ADMIN_EMAIL at start-up is logged once, with no request', async (t) => {
   const adminPassword = 'an uncommon admin passphrase'
-  const database = await suiteDatabase(`file:${join(t.testdir(), 'gatehouse.db')}`)
+  const database = await testDatabase(`file:${join(t.testdir(), 'gatehouse.db')}`)
   const env = { LOG_LEVEL: 'info', DATABASE_URL: database, ADMIN_EMAIL: 'Boss@Example.com', ADMIN_PASSWORD: adminPassword }
   const first = await appWithLog(t, env)
   const admin = await dbGet(first.app, 'select id, password_hash from users where email = ?', 'boss@example.com') as { id: string, password_hash: string }
@@ -261,7 +255,7 @@ t.test('the admin made from ADMIN_EMAIL at start-up is logged once, with no requ
 
 t.test('ADMIN_EMAIL of an existing account is not promoted, and the operator is warned', async (t) => {
   const adminPassword = 'an uncommon admin passphrase'
-  const database = await suiteDatabase(`file:${join(t.testdir(), 'gatehouse.db')}`)
+  const database = await testDatabase(`file:${join(t.testdir(), 'gatehouse.db')}`)
   const before = await appWithLog(t, { DATABASE_URL: database })
   const email = uniqueEmail('taken')
   const squatter = await signup(before.app, email)
@@ -304,7 +298,7 @@ t.test('a URL the router refuses is answered in the contract\'s shape and logged
 
 t.test('a client that drops an upload is not logged as a server error, whatever the body\'s type or framing', async (t) => {
   // On PostgreSQL too: the socket's ECONNRESET is the client's, not the database's.
-  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', DATABASE_URL: await suiteDatabase() })
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as { port: number }
   const framings = ['Transfer-Encoding: chunked\r\n\r\n', 'Content-Length: 50\r\n\r\n{"refresh_'] as const
@@ -330,7 +324,7 @@ t.test('with TRUST_PROXY=true, a forwarded address of any length is logged at an
 })
 
 t.test('sign-ins whose clients left while they queued for a hash are not hashed, nor counted', async (t) => {
-  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', RATE_LIMIT_IP_MAX: '1000', RATE_LIMIT_ACCOUNT_MAX: '3', DATABASE_URL: await suiteDatabase() })
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', RATE_LIMIT_IP_MAX: '1000', RATE_LIMIT_ACCOUNT_MAX: '3' })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as { port: number }
   // Every hash slot busy with a slow but valid hash (a stronger one is kept, not upgraded).
@@ -452,8 +446,9 @@ t.test('a failed query is logged without its parameters', async (t) => {
   shortened.message = 'Failed query: insert into "users" values ($1)'
   t.notMatch(serializeError(shortened).stack, 'argon2', 'nor in a stack whose message was shortened')
 
-  // And a real failure on the way to the database is logged, and answered with nothing inside.
-  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'error' })
+  // And a real failure on the way to the database is logged, and answered with nothing inside
+  // (SQLite's: its trigger syntax and closed-connection error; PostgreSQL's is the next test's).
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'error', DATABASE_URL: TEST_ENV.DATABASE_URL })
   await app.database.query("create trigger refuse before insert on users begin select raise(abort, 'refused by test'); end")
   const response = await app.inject({ method: 'POST', url: '/auth/signup', payload: { email: uniqueEmail(), password: TEST_PASSWORD } })
   t.equal(response.statusCode, 500)
@@ -497,7 +492,7 @@ t.test('a sign-in past the open-session cap logs the one session it revoked', as
 })
 
 t.test('a logout with a refresh token logs the session it revoked; an unknown token logs none', async (t) => {
-  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info', DATABASE_URL: await suiteDatabase() })
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
   const session = await signup(app)
   log.text = ''
   const unknown = await app.inject({ method: 'POST', url: '/auth/logout', payload: { refresh_token: 'not-a-token-we-issued' } })
@@ -511,8 +506,10 @@ t.test('a logout with a refresh token logs the session it revoked; an unknown to
 })
 
 t.test('request ids are unique across instances and restarts, not a count each process starts again', async (t) => {
-  const first = await appWithLog(t, { LOG_LEVEL: 'info' })
-  const second = await appWithLog(t, { LOG_LEVEL: 'info' })
+  // Two instances of one database (SQLite in memory: each its own).
+  const database = await testDatabase()
+  const first = await appWithLog(t, { LOG_LEVEL: 'info', DATABASE_URL: database })
+  const second = await appWithLog(t, { LOG_LEVEL: 'info', DATABASE_URL: database })
   const ids: unknown[] = []
   for (const { app, log } of [first, second, first]) {
     const from = log.text.length
