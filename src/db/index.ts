@@ -83,8 +83,6 @@ export interface Dialect {
    */
   textOrder (text: Column): SQL[]
   isUniqueViolation (error: unknown): boolean
-  /** A row points at one that no longer exists (e.g. a deleted user). */
-  isForeignKeyViolation (error: unknown): boolean
   /** The database cannot serve now (unreachable, timed out, locked by another process): 503. */
   isUnavailable (error: unknown): boolean
 }

@@ -154,7 +154,6 @@ export async function openPostgres (databaseUrl: string, options: OpenOptions = 
       // lower() under the "C" collation folds ASCII letters only, as SQLite's does.
       textOrder: (text) => [sql`lower(${text} collate "C")`, sql`${text} collate "C"`],
       isUniqueViolation: (error) => errorCode(error) === '23505',
-      isForeignKeyViolation: (error) => errorCode(error) === '23503',
       isUnavailable: (error) => {
         const code = errorCode(error)
         // Classes 08 (connection exceptions) and 53 (insufficient resources: disk full, out of

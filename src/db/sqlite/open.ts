@@ -168,7 +168,6 @@ export function openSqlite (databaseUrl: string): Database {
         contains: (text, part) => sql`instr(${text}, ${part}) > 0`,
         textOrder: (text) => [sql`lower(${text})`, sql`${text}`],
         isUniqueViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_UNIQUE',
-        isForeignKeyViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_FOREIGNKEY',
         isUnavailable: (error) => UNAVAILABLE.test(String(errorCode(error)))
       },
       async ping () { requireUsersTable(probe.get()) },
