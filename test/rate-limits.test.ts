@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { createServer, type AddressInfo } from 'node:net'
+import { setImmediate } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import type { App } from '../src/app.ts'
 import { type FailureCounter, type SharedFailureCounter, checkPasswordLimited, failureCounterWithFallback, ipLimitSubject, memoryFailureCounter } from '../src/plugins/rate-limits.ts'
@@ -331,6 +332,56 @@ t.test('per account, across a Redis outage: an attempt is taken back from the co
   await kept.withdraw()
   t.ok(await retryAfter(inRedis, third) > 0, 'while Redis is left alone, the other stays counted')
 })
+t.test('per account, after a Redis outage: each reset owed is sent once, whatever signs in at once, and before its account is asked', async (t) => {
+  let failing = false
+  const events: string[] = []
+  let releaseResets = () => {}
+  let resetsHeld = Promise.resolve()
+  const inRedis = memoryFailureCounter(5)
+  const redis: SharedFailureCounter = {
+    attempt: async (account) => {
+      if (failing) throw new Error('Redis is down')
+      events.push(`asked ${account}`)
+      return inRedis.attempt(account)
+    },
+    reset: async (account) => {
+      if (failing) throw new Error('Redis is down')
+      return inRedis.reset(account)
+    },
+    resetIfBegunBefore: async (account) => {
+      if (failing) throw new Error('Redis is down')
+      events.push(`reset ${account}`)
+      await resetsHeld
+      events.push(`settled ${account}`)
+    }
+  }
+  const outage = { waiting: false, failed () {}, recovered () {} }
+  const counter = failureCounterWithFallback(redis, memoryFailureCounter(5), outage)
+  const sent = () => events.filter((event) => event.startsWith('reset ')).sort()
+
+  failing = true
+  await counter.reset('a@example.com')
+  await counter.reset('b@example.com')
+  failing = false
+  resetsHeld = new Promise((resolve) => { releaseResets = resolve })
+  const signIns = Array.from({ length: 20 }, (_, index) => counter.attempt(`other-${index}@example.com`))
+  await setImmediate()
+  t.same(sent(), ['reset a@example.com', 'reset b@example.com'], 'twenty sign-ins at once: one settling sends each owed reset once')
+  t.notOk(events.some((event) => event.startsWith('asked')), 'and no account is asked before it is done')
+
+  // Owed while that settling runs (a sign-in while Redis was left alone after a failure): not in
+  // its list, but settled before its account is asked.
+  outage.waiting = true
+  await counter.reset('c@example.com')
+  outage.waiting = false
+  const late = counter.attempt('c@example.com')
+  releaseResets()
+  await Promise.all([...signIns, late])
+  t.same(sent(), ['reset a@example.com', 'reset b@example.com', 'reset c@example.com'], 'the later one is sent, once')
+  t.ok(events.indexOf('settled c@example.com') < events.indexOf('asked c@example.com'), 'before c is asked')
+  t.equal(events.filter((event) => event.startsWith('asked')).length, 21, 'then every sign-in is asked')
+})
+
 t.test('with REDIS_URL the limits are shared between instances', { skip: redisSkip }, async (t) => {
   const dir = t.testdir()
   const env = { REDIS_URL, DATABASE_URL: `file:${dir}/shared.db`, RATE_LIMIT_ACCOUNT_MAX: '2', RATE_LIMIT_IP_MAX: '3' }

@@ -290,11 +290,20 @@ export function failureCounterWithFallback (primary: SharedFailureCounter, fallb
   // failures other instances counted after that sign-in stay (resetIfBegunBefore).
   // Account → when its sign-in succeeded (performance.now(): a clock that only moves forward).
   const owedResets = new Map<string, number>()
-  const settleOwedResets = async () => {
-    if (owedResets.size === 0) return
+  // One settling at a time, which every request then waits for: after an outage, each of the
+  // sign-ins arriving at once would otherwise send Redis every owed reset (up to MAX_OWED_RESETS).
+  let settling: Promise<void> | undefined
+  const settleOnce = async () => {
     const owed = [...owedResets]
     await Promise.all(owed.map(([account, at]) => primary.resetIfBegunBefore(account, performance.now() - at)))
     for (const [account, at] of owed) if (owedResets.get(account) === at) owedResets.delete(account)
+  }
+  const settleOwedResets = async () => {
+    // Again while any is owed: one owed after the running settling took its list is not in it.
+    while (owedResets.size > 0) {
+      settling ??= settleOnce().finally(() => { settling = undefined })
+      await settling
+    }
   }
   const guarded = <R>(run: (counter: FailureCounter, account: string) => Promise<R>, onFallback?: (account: string) => void) =>
     async (account: string): Promise<R> => {
