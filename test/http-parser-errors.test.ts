@@ -55,12 +55,17 @@ t.test('an Expect other than 100-continue gets 417 in the contract\'s shape, is 
     t.not(answer.headers.connection, 'close', `${path}: the connection stays open`)
     t.equal(Number(answer.headers['content-length']), Buffer.byteLength(JSON.stringify(answer.body)), `${path}: exact length`)
   }
+  const token = parseAnswer(await exchange(port, 'POST /auth/token?x=1 HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Type: application/x-www-form-urlencoded\r\nConnection: close\r\nContent-Length: 19\r\n\r\ngrant_type=password'))
+  t.match(token.statusLine, /^HTTP\/1\.1 417 /, '/auth/token')
+  t.same(token.body, { error: 'invalid_request', error_description: 'The only expectation served is 100-continue.' }, '/auth/token: in RFC 6749\'s shape')
+  t.equal(token.headers['cache-control'], 'no-store', '/auth/token')
   const refused = logLines(log.text).filter((line) => line.msg === 'request refused before Fastify')
   t.match(refused, [
     { level: 30, req: { method: 'POST', url: '/auth/login', host: 'x', remoteAddress: '127.0.0.1' }, res: { statusCode: 417 }, code: 'expectation_failed' },
-    { req: { method: 'GET', url: '/health?password=[redacted]' }, res: { statusCode: 417 } }
+    { req: { method: 'GET', url: '/health?password=[redacted]' }, res: { statusCode: 417 } },
+    { req: { method: 'POST', url: '/auth/token?x=[redacted]' }, res: { statusCode: 417 }, code: 'expectation_failed' }
   ], 'each 417 is logged, its URL masked as any request\'s')
-  t.equal(refused.length, 2)
+  t.equal(refused.length, 3)
   const continued = await exchange(port, 'POST /auth/login HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}')
   t.match(continued, /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 400 /, '100-continue: the body is asked for, then read and judged')
 })
@@ -83,6 +88,9 @@ t.test('a transfer coding other than chunked gets 501; a chunked body is read', 
     t.equal(answer.headers['x-content-type-options'], 'nosniff', `${codings}: security headers`)
     t.equal(answer.headers['cache-control'], 'no-store', codings)
   }
+  const token = parseAnswer(await exchange(port, 'POST /auth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n13\r\ngrant_type=password\r\n0\r\n\r\n'))
+  t.match(token.statusLine, /^HTTP\/1\.1 501 /, 'the token endpoint too')
+  t.same(token.body, { error: 'invalid_request', error_description: 'No transfer coding other than chunked is decoded: send the body chunked or with a Content-Length.' }, 'in RFC 6749\'s shape')
   const read = parseAnswer(await exchange(port, `POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n${chunked}`))
   t.match(read.statusLine, /^HTTP\/1\.1 401 /, 'chunked alone: the body is read and judged')
   t.match(read.body, { code: 'invalid_credentials' })

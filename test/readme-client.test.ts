@@ -50,7 +50,7 @@ t.test('the README client: calls with a refused access token share one refresh, 
     body: JSON.stringify({ current_password: 'not the password', new_password: 'another good passphrase' })
   })
   t.equal(wrongPassword.status, 401)
-  t.equal((await wrongPassword.json()).code, 'invalid_credentials')
+  t.equal(((await wrongPassword.json()) as { code: string }).code, 'invalid_credentials')
   t.equal(await refreshRows(app, session.user.id), 2, 'no refresh for a wrong password')
 })
 

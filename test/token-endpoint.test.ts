@@ -122,6 +122,10 @@ t.test('errors have the RFC 6749 §5.2 shape and no-store', async (t) => {
     t.equal(response.headers['cache-control'], 'no-store', label)
   }
 
+  // Worded as every other endpoint words a schema's refusal.
+  t.equal((await postForm(app, { grant_type: 'password', username: email, password: 'x'.repeat(4097) })).json().error_description,
+    'body/password must NOT have more than 4096 characters')
+
   const duplicated = await app.inject({ method: 'POST', url: '/auth/token', headers: FORM, payload: 'grant_type=password&grant_type=refresh_token' })
   t.equal(duplicated.statusCode, 400)
   t.equal(duplicated.json().error, 'invalid_request', 'a repeated parameter is invalid_request (RFC 6749 §3.1)')

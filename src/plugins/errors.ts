@@ -35,7 +35,7 @@ function errorBody (statusCode: number, code: string, message: string): ErrorBod
 }
 
 /** "body/email must match format "email"", with the offending property named for extra keys too. */
-function validationMessage (error: FastifyError): string {
+export function validationMessage (error: FastifyError): string {
   const first = error.validation?.[0]
   if (!first) return error.message
   const where = `${error.validationContext ?? 'request'}${first.instancePath}`
@@ -118,7 +118,7 @@ function logRefused (app: FastifyInstance, body: ErrorBody, fields: Record<strin
 }
 
 /** An answer given outside Fastify, with what every answer carries. */
-function answerOutsideFastify (body: ErrorBody) {
+function answerOutsideFastify (body: object) {
   const payload = JSON.stringify(body)
   const headers = {
     ...API_RESPONSE_HEADERS,
@@ -136,7 +136,10 @@ function answerOutsideFastify (body: ErrorBody) {
  */
 export function expectationFailedHandler (this: FastifyInstance, request: IncomingMessage, response: ServerResponse): void {
   const body = errorBody(417, 'expectation_failed', 'The only expectation served is 100-continue.')
-  const { payload, headers } = answerOutsideFastify(body)
+  // The token endpoint's errors have RFC 6749 §5.2's shape, as its route gives them.
+  const { payload, headers } = answerOutsideFastify(request.url?.split('?')[0] === '/auth/token'
+    ? { error: 'invalid_request', error_description: body.message }
+    : body)
   response.writeHead(417, headers).end(payload)
   logRefused(this, body, { req: { method: request.method, url: request.url, host: request.headers.host, ip: request.socket.remoteAddress } })
 }

@@ -6,7 +6,7 @@ import { Type } from 'typebox'
 import { looksLikeEmail, normaliseEmail } from '../auth/email.ts'
 import { hasPasswordLength } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
-import { DATABASE_UNAVAILABLE, isDatabaseUnavailable } from '../plugins/errors.ts'
+import { DATABASE_UNAVAILABLE, isDatabaseUnavailable, validationMessage } from '../plugins/errors.ts'
 import { SIGN_IN_IP_LIMIT } from '../plugins/rate-limits.ts'
 import { replaceJsonParser, utf8Body } from '../plugins/validation.ts'
 import { REFRESH_TOKEN_MAX_LENGTH, SessionResponse } from '../schemas/common.ts'
@@ -61,12 +61,14 @@ const OAUTH_CODES = new Set(['invalid_request', 'invalid_grant', 'unsupported_gr
 
 function toOAuthError (error: FastifyError): { status: number, body: { error: string, error_description: string } } {
   if (error.validation) {
-    return { status: 400, body: { error: 'invalid_request', error_description: error.message } }
+    return { status: 400, body: { error: 'invalid_request', error_description: validationMessage(error) } }
   }
   if (error instanceof HttpError) {
     const mapped = OAUTH_ERRORS[error.code]
     if (mapped) return { status: mapped[0], body: { error: mapped[1], error_description: error.message } }
     if (OAUTH_CODES.has(error.code)) return { status: error.statusCode, body: { error: error.code, error_description: error.message } }
+    // Any other refusal of ours keeps its status, a 501 for a transfer coding included.
+    return { status: error.statusCode, body: { error: 'invalid_request', error_description: error.message } }
   }
   const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500
   return status === 500
