@@ -240,11 +240,12 @@ t.test('no response body contains a password or its hash', async (t) => {
 
 t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
   const app = await build(t)
-  const cases: Array<[string, string | undefined, string | Buffer, number, string, string?]> = [
-    ['broken JSON', 'application/json', '{"email":', 400, 'invalid_body'],
+  const PROTOTYPE_KEY = 'The body holds a __proto__ or constructor.prototype key, which no request may send.'
+  const cases: Array<[string, string | undefined, string | Buffer, number, string, string?, string?]> = [
+    ['broken JSON', 'application/json', '{"email":', 400, 'invalid_body', undefined, 'Body is not valid JSON but content-type is set to \'application/json\''],
     ['empty JSON body', 'application/json', '', 400, 'invalid_body'],
-    ['__proto__ key', 'application/json', '{"email":"a@example.com","password":"long enough!","__proto__":{"roles":["admin"]}}', 400, 'invalid_body'],
-    ['constructor.prototype key', 'application/json', '{"email":"a@example.com","password":"long enough!","constructor":{"prototype":{}}}', 400, 'invalid_body'],
+    ['__proto__ key', 'application/json', '{"email":"a@example.com","password":"long enough!","__proto__":{"roles":["admin"]}}', 400, 'invalid_body', undefined, PROTOTYPE_KEY],
+    ['constructor.prototype key', 'application/json', '{"email":"a@example.com","password":"long enough!","constructor":{"prototype":{}}}', 400, 'invalid_body', undefined, PROTOTYPE_KEY],
     ['JSON array', 'application/json', '[]', 400, 'validation_error'],
     // JSON.parse keeps the last; a proxy or a log reading the first would see another sign-in.
     ['a member named twice', 'application/json', '{"email":"a@example.com","password":"long enough!","password":"other enough!"}', 400, 'invalid_body'],
@@ -267,7 +268,7 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
     ['US-ASCII, a subset of UTF-8', 'application/json; charset=US-ASCII', '{"email":"nobody@example.com","password":"long enough!"}', 401, 'invalid_credentials'],
     ['UTF-8, then another charset', 'application/json; charset=utf-8; charset=latin1', '{"email":"nobody@example.com","password":"long enough!"}', 415, 'unsupported_media_type']
   ]
-  for (const [label, contentType, body, status, code, coding] of cases) {
+  for (const [label, contentType, body, status, code, coding, message] of cases) {
     const response = await app.inject({
       method: 'POST',
       url: '/auth/login',
@@ -277,6 +278,7 @@ t.test('bad request bodies answer 4xx with a code, never 500', async (t) => {
     t.equal(response.statusCode, status, label)
     t.equal(response.json().code, code, label)
     t.notMatch(response.body, /at .*\.ts:\d+/, `${label}: no stack trace`)
+    if (message) t.equal(response.json().message, message, `${label}: says what was refused`)
     if (coding && status === 415) t.equal(response.headers['accept-encoding'], 'identity', `${label}: says which coding would do`)
     if (contentType?.includes('charset') && status === 415) t.equal(response.json().message, 'Send the body in UTF-8, with charset=utf-8 or no charset.', label)
     if (label.startsWith('a member named twice')) t.equal(response.json().message, 'The body names "password" more than once; each may appear once.', label)

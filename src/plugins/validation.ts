@@ -217,7 +217,27 @@ function declaredUtf8 (parse: FastifyBodyParser<Buffer>): FastifyBodyParser<Buff
 export function replaceJsonParser (app: FastifyInstance, onlyRepeatsOf?: ReadonlySet<string>) {
   app.removeContentTypeParser('application/json')
   app.addContentTypeParser('application/json', { parseAs: 'buffer' },
-    declaredUtf8(utf8Body(uniqueNames(app.getDefaultJsonParser('error', 'error'), onlyRepeatsOf))))
+    declaredUtf8(utf8Body(uniqueNames(prototypeKeysNamed(app.getDefaultJsonParser('error', 'error')), onlyRepeatsOf))))
+}
+
+/**
+ * Fastify's parser refuses a `__proto__` or `constructor.prototype` key (prototype pollution) with
+ * its message for JSON that does not parse: JSON that does gets told what was refused instead.
+ */
+function prototypeKeysNamed (parse: FastifyBodyParser<string>): FastifyBodyParser<string> {
+  return (request, body, done) => parse(request, body, (error, value) => {
+    if (!error || !isJson(body)) return done(error, value)
+    done(apiError(400, 'invalid_body', 'The body holds a __proto__ or constructor.prototype key, which no request may send.'), undefined)
+  })
+}
+
+function isJson (text: string): boolean {
+  try {
+    JSON.parse(text)
+    return true
+  } catch {
+    return false
+  }
 }
 
 /**
