@@ -178,7 +178,7 @@ async function docsPlugin (app: FastifyInstance) {
         { name: 'videos', description: 'Free and member-only videos' },
         { name: 'clothes', description: 'The clothes catalogue' },
         { name: 'admin', description: 'User management (admins)' },
-        { name: 'health', description: 'Liveness' }
+        { name: 'health', description: 'Readiness: the database answers' }
       ],
       components: {
         securitySchemes: {

@@ -10,7 +10,7 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
     config: { access: 'public' },
     schema: {
       tags: ['health'],
-      summary: 'Liveness and database check',
+      summary: 'Readiness: 200 while the database answers, 503 while it does not (a probe for traffic, not for restarts)',
       response: { 200: Type.Object({ status: Type.Literal('ok') }), 503: errorResponse('The database cannot be reached or has lost its tables: database_unavailable, with Retry-After') }
     }
   }, async (request) => {
