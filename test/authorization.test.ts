@@ -544,6 +544,13 @@ t.test('clothes: price in integer cents, optional color and size', async (t) => 
   const row = await dbGet(app, 'select name, color, size, price from clothes where id = ?', plain.json().id)
   t.same(row, { name: 'Tee', color: null, size: null, price: 1999 })
 
+  // What an answer shows, sent back as it came: null is no color, no size.
+  const { id: _id, created_at: _created, updated_at: _updated, ...shown } = plain.json()
+  const resent = await app.inject({ method: 'POST', url: '/clothes', headers: bearer(admin.access_token), payload: shown })
+  t.equal(resent.statusCode, 201, 'an item sent back with color and size null')
+  t.same(await dbGet(app, 'select name, color, size, price from clothes where id = ?', resent.json().id), { name: 'Tee', color: null, size: null, price: 1999 })
+  await dbRun(app, 'delete from clothes where id = ?', resent.json().id)
+
   const full = await app.inject({ method: 'POST', url: '/clothes', headers: bearer(admin.access_token), payload: { name: 'Hoodie', color: 'navy', size: 'XL', price: 0 } })
   t.equal(full.statusCode, 201)
   t.match(full.json(), { name: 'Hoodie', color: 'navy', size: 'XL', price: 0 })

@@ -19,8 +19,9 @@ const ClothingResponse = Type.Object({
 }, { title: 'Clothing' })
 const NewClothing = Type.Object({
   name: DisplayText(200),
-  color: Type.Optional(DisplayText(50)),
-  size: Type.Optional(DisplayText(20, { examples: ['M', '42', 'XL'] })),
+  // null as the answer shows an item without one: a client may send back what it got.
+  color: Type.Optional(Type.Union([DisplayText(50), Type.Null()])),
+  size: Type.Optional(Type.Union([DisplayText(20, { examples: ['M', '42', 'XL'] }), Type.Null()])),
   price: Price
 }, { additionalProperties: false })
 
