@@ -61,6 +61,8 @@ t.test('signup validation answers 400 naming the field', async (t) => {
     ['a number for the password', { email: uniqueEmail(), password: 1234567890123 }, 'validation_error', /password/],
     ['a boolean for the name', { email: uniqueEmail(), password: TEST_PASSWORD, name: true }, 'validation_error', /name/],
     ['unknown property', { email: uniqueEmail(), password: TEST_PASSWORD, admin: true }, 'validation_error', /admin/],
+    // A misspelt property is named, not the property it stands for, missing.
+    ['a misspelt property', { emailAddress: uniqueEmail(), password: TEST_PASSWORD }, 'validation_error', /^body\/emailAddress is not allowed$/],
     ['password equal to email', { email: 'same@example.com', password: 'Same@Example.com' }, 'weak_password', /email/]
   ]
   for (const [label, payload, code, message] of cases) {

@@ -34,22 +34,26 @@ function errorBody (statusCode: number, code: string, message: string): ErrorBod
   return { statusCode, error: STATUS_CODES[statusCode] ?? 'Error', message, code }
 }
 
-/** "body/email must match format "email"", with the offending property named for extra keys too. */
+/**
+ * "body/email must match format "email"", with the offending property named for extra keys too.
+ * An unknown property is named before anything else: `{"refreshToken": …}` is a misspelling of
+ * the property that is then missing, and naming the missing one would not say so.
+ */
 export function validationMessage (error: FastifyError): string {
-  const first = error.validation?.[0]
-  if (!first) return error.message
-  const where = `${error.validationContext ?? 'request'}${first.instancePath}`
-  if (first.keyword === 'additionalProperties') {
-    return `${where}/${String(first.params.additionalProperty)} is not allowed`
+  const shown = error.validation?.find((found) => found.keyword === 'additionalProperties') ?? error.validation?.[0]
+  if (!shown) return error.message
+  const where = `${error.validationContext ?? 'request'}${shown.instancePath}`
+  if (shown.keyword === 'additionalProperties') {
+    return `${where}/${String(shown.params.additionalProperty)} is not allowed`
   }
-  if (first.keyword === 'required') {
-    return `${where}/${String(first.params.missingProperty)} is required`
+  if (shown.keyword === 'required') {
+    return `${where}/${String(shown.params.missingProperty)} is required`
   }
   // The schema's own list (roles, a sort order): telling it costs nothing and saves a trip to the docs.
-  if (first.keyword === 'enum' && Array.isArray(first.params.allowedValues)) {
-    return `${where} must be one of ${first.params.allowedValues.map((value) => JSON.stringify(value)).join(', ')}`
+  if (shown.keyword === 'enum' && Array.isArray(shown.params.allowedValues)) {
+    return `${where} must be one of ${shown.params.allowedValues.map((value) => JSON.stringify(value)).join(', ')}`
   }
-  return `${where} ${first.message ?? 'is invalid'}`
+  return `${where} ${shown.message ?? 'is invalid'}`
 }
 
 /** Ours (errors.ts apiError): status, code and message were written for the client. */

@@ -13,7 +13,7 @@ declare module 'fastify' {
   }
 }
 
-const common = { useDefaults: true, removeAdditional: false, allErrors: false } as const
+const common = { useDefaults: true, removeAdditional: false } as const
 
 /**
  * Bodies are JSON and get no type coercion: `{"refresh_token": 42}` is a validation error, not the
@@ -22,8 +22,10 @@ const common = { useDefaults: true, removeAdditional: false, allErrors: false } 
  */
 async function validationPlugin (app: FastifyInstance) {
   const withFormats = (ajv: Ajv) => addFormats.default(ajv).addFormat('http-url', isHttpUrl).addFormat('display-text', isDisplayText)
-  const bodies = withFormats(new Ajv({ ...common, coerceTypes: false }))
-  const textParts = withFormats(new Ajv({ ...common, coerceTypes: 'array' }))
+  // Every error of a body (8 KiB at most), so a message can name a misspelt property
+  // (`refreshToken`) rather than the property it was meant to be, missing (errors.ts).
+  const bodies = withFormats(new Ajv({ ...common, coerceTypes: false, allErrors: true }))
+  const textParts = withFormats(new Ajv({ ...common, coerceTypes: 'array', allErrors: false }))
   app.setValidatorCompiler(({ schema, httpPart }) =>
     httpPart === 'body' ? bodies.compile(schema) : decimalIntegers(schema, textParts.compile(schema)))
   replaceJsonParser(app)
