@@ -88,6 +88,22 @@ function transferCodingProblem (request: FastifyRequest): Error | undefined {
     : apiError(501, 'not_implemented', 'No transfer coding other than chunked is decoded: send the body chunked or with a Content-Length.')
 }
 
+/**
+ * A query with a %-escape that is not UTF-8 (`?email=%FF`, `?email=a%zz`), which the query parser
+ * would keep as its three characters, searching for text the client never meant: refused as a
+ * path that cannot be decoded is (errors.ts frameworkErrorHandler).
+ */
+function queryProblem (url: string): Error | undefined {
+  const start = url.indexOf('?')
+  if (start === -1 || !url.includes('%', start)) return undefined
+  try {
+    decodeURIComponent(url.slice(start + 1))
+    return undefined
+  } catch {
+    return apiError(400, 'invalid_request', 'The URL cannot be decoded.')
+  }
+}
+
 const isDocsPage = (url: string) => url === '/docs' || url.startsWith('/docs/') || url.startsWith('/docs?')
 
 /**
@@ -99,7 +115,7 @@ async function securityPlugin (app: FastifyInstance) {
   const documentHeaders = helmetHeaders(DOCUMENT_HEADERS)
   app.addHook('onRequest', (request, reply, done) => {
     reply.headers(isDocsPage(request.url) ? documentHeaders : API_RESPONSE_HEADERS)
-    const problem = hostProblem(request) ?? transferCodingProblem(request)
+    const problem = hostProblem(request) ?? transferCodingProblem(request) ?? queryProblem(request.url)
     // Before /auth's own no-store hook, which an error here skips.
     if (problem) reply.headers(NO_STORE_HEADERS)
     done(problem)
