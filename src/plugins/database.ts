@@ -4,7 +4,7 @@ import { openDatabase, type Database } from '../db/index.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** SQLite or PostgreSQL, by DATABASE_URL; the repositories are its only users besides /health. */
+    /** SQLite or PostgreSQL, by DATABASE_URL; only the repositories and /health query it. */
     database: Database
   }
 }

@@ -34,7 +34,7 @@ export function createClothingRepository (database: Database) {
       return actingAs(database, actor, (tx) => insert(tx, fields), { permission: 'clothes:write' })
     },
 
-    /** An item db:seed adds, inside its own transaction. */
+    /** An item db:seed adds, in the transaction it opens (a repository on that transaction's builder). */
     async seed (fields: ClothingFields): Promise<Clothing> {
       return insert(db, fields)
     }

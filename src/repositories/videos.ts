@@ -49,7 +49,7 @@ export function createVideoRepository (database: Database) {
       return actingAs(database, actor, (tx) => insert(tx, actor.userId, fields), { permission: 'videos:publish' })
     },
 
-    /** A video with no owner, which admins manage: db:seed's, inside its own transaction. */
+    /** A video with no owner, which admins manage: db:seed's, in the transaction it opens. */
     async seed (fields: VideoFields): Promise<Video> {
       return insert(db, null, fields)
     },

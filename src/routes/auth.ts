@@ -34,6 +34,8 @@ async function normaliseBodyEmail (request: FastifyRequest) {
 const authRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.addHook('onRequest', noStore)
   app.addHook('onRequest', app.limitPerIp)
+  // Parts of /auth, in plugins of their own (their hooks and parsers stay theirs); what they use
+  // is named in this module's dependencies.
   await app.register(sessionRoutes)
   await app.register(tokenRoutes)
 

@@ -12,8 +12,9 @@ const PermissionsResponse = Type.Object({
 
 /**
  * What the caller may do, read from the access token alone: a client shows only the actions the
- * user has. Like every stateless check (contract: "Tokens"), a role change shows here once the
- * client refreshes, at the latest one access-token lifetime later.
+ * user has. Like every stateless check (contract: "Tokens"), it shows the token's roles: an admin's
+ * role change ends the user's sessions, so the new roles show from their next sign-in, and the
+ * old ones at most one access-token lifetime after the change.
  */
 const meRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/permissions', {
