@@ -141,6 +141,12 @@ export function createUserRepository (database: Database) {
     tx.update(users).set({ passwordHash: to, updatedAt: now })
       .where(and(eq(users.id, id), eq(users.passwordHash, from))).returning({ id: users.id })
 
+  /** Revokes the user's open sessions (but `exceptId`'s) in the caller's transaction, the user's row held first. */
+  const revokeSessionsOf = (tx: Db, userId: string, now: Date, exceptId?: string) =>
+    tx.update(sessions).set({ revokedAt: now })
+      .where(and(eq(sessions.userId, userId), exceptId === undefined ? undefined : ne(sessions.id, exceptId), isNull(sessions.revokedAt)))
+      .returning({ id: sessions.id })
+
   const enabledAdminExists = async (executor: Db, exceptId?: string) =>
     (await executor.select({ id: users.id }).from(users)
       .where(exceptId === undefined ? isEnabledAdmin : and(isEnabledAdmin, ne(users.id, exceptId))).limit(1)).length > 0
@@ -208,10 +214,7 @@ export function createUserRepository (database: Database) {
     async changePassword (actor: Actor, { from, to }: { from: string, to: string }, now: Date): Promise<number | 'hash_changed' | ActorEnded> {
       return actingAs(database, actor, async (tx) => {
         if ((await replaceHash(tx, actor.userId, from, to, now)).length === 0) return 'hash_changed' as const
-        const revoked = await tx.update(sessions).set({ revokedAt: now })
-          .where(and(eq(sessions.userId, actor.userId), ne(sessions.id, actor.sessionId), isNull(sessions.revokedAt)))
-          .returning({ id: sessions.id })
-        return revoked.length
+        return (await revokeSessionsOf(tx, actor.userId, now, actor.sessionId)).length
       })
     },
 
@@ -256,10 +259,7 @@ export function createUserRepository (database: Database) {
         const rolesChanged = roles.join() !== current.roles.join()
         const disabledNow = disabled && !current.disabled
         // In the same transaction: no moment in which the new roles meet a session still open.
-        const revoked = rolesChanged || disabledNow
-          ? await tx.update(sessions).set({ revokedAt: now })
-            .where(and(eq(sessions.userId, id), isNull(sessions.revokedAt))).returning({ id: sessions.id })
-          : []
+        const revoked = rolesChanged || disabledNow ? await revokeSessionsOf(tx, id, now) : []
         return { outcome: 'updated', user: user!, rolesChanged, disabledNow, revokedSessions: revoked.length } as const
       })
     },
