@@ -1,8 +1,9 @@
 import { createHmac } from 'node:crypto'
 import t from 'tap'
+import { buildApp } from '../src/app.ts'
 import { kidFor } from '../src/auth/tokens.ts'
 import { loadConfig } from '../src/config.ts'
-import { TEST_SECRET, bearer, build, exchange, forgeToken, parseAnswer, signup, tokenPayload, validClaims } from './helper.ts'
+import { TEST_ENV, TEST_SECRET, bearer, build, exchange, forgeToken, parseAnswer, signup, testDatabase, tokenPayload, validClaims } from './helper.ts'
 
 const OTHER_SECRET = 'another-secret-of-at-least-thirty-two-bytes!!'
 const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
@@ -123,6 +124,26 @@ t.test('bad tokens get 401 invalid_token with a Bearer challenge', async (t) => 
         response.json().message + '"', `${url}: ${label}`)
     }
   }
+})
+
+t.test('request.user holds only a user whose claims passed every check: a good signature alone sets nothing', async (t) => {
+  const app = await buildApp(loadConfig({ ...TEST_ENV, DATABASE_URL: await testDatabase() }))
+  t.teardown(() => app.close())
+  const seen: unknown[] = []
+  app.addHook('onResponse', async (request) => { seen.push(request.user) })
+  await app.ready()
+  const session = await signup(app)
+  for (const [label, claims] of [
+    ['roles not an array', validClaims(session, { roles: 'admin' })],
+    ['an unknown role', validClaims(session, { roles: ['root'] })],
+    ['fractional exp', validClaims(session, { exp: Math.floor(Date.now() / 1000) + 900.5 })]
+  ] as const) {
+    const response = await app.inject({ url: '/me/permissions', headers: bearer(forgeToken(claims)) })
+    t.equal(response.statusCode, 401, label)
+    t.equal(seen.at(-1), null, `${label}: no payload left in request.user for a later hook to trust`)
+  }
+  t.equal((await app.inject({ url: '/me/permissions', headers: bearer(session.access_token) })).statusCode, 200)
+  t.same(seen.at(-1), { id: session.user.id, sid: tokenPayload(session.access_token).sid, roles: ['user'] }, 'a token that passed: its user')
 })
 
 t.test('an access token of up to 4,096 characters is verified; a longer one is refused unread', async (t) => {

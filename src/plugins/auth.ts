@@ -140,6 +140,9 @@ async function authPlugin (app: FastifyInstance) {
       }
     },
     decode: { complete: true },
+    // @fastify/jwt stores the payload it verified, before Gatehouse's own checks of its claims:
+    // under a name of its own, so request.user only ever holds a user those checks passed.
+    decoratorName: 'verifiedAccessTokenPayload',
     sign: {
       algorithm: ACCESS_TOKEN_ALG,
       kid: signingKid,
@@ -177,6 +180,7 @@ async function authPlugin (app: FastifyInstance) {
   })
 
   const verified = verifiedTokenCache(VERIFIED_TOKENS_CACHED)
+  app.decorateRequest<AuthenticatedUser | null>('user', null)
 
   app.decorate('authenticate', accessCheck(async (request: FastifyRequest) => {
     const token = bearerToken(request)
