@@ -1,16 +1,14 @@
 // npm run test:postman: starts a throw-away Gatehouse (temporary SQLite database, random secret,
-// an admin from ADMIN_EMAIL/ADMIN_PASSWORD) on a free 127.0.0.1 port, runs the Postman collection
+// an admin from ADMIN_EMAIL/ADMIN_PASSWORD) on a free 127.0.0.1 port, as the bench starts its servers, runs the Postman collection
 // against it with newman, stops the server and exits non-zero when any assertion failed or the run
 // left more behind in the database than the README says.
 import Database from 'better-sqlite3'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { freePort } from '../bench/lib/processes.ts'
+import { join } from 'node:path'
+import { ROOT, startServer, type Server } from '../bench/lib/processes.ts'
 
 interface NewmanCounts { total: number, pending: number, failed: number }
 interface NewmanSummary {
@@ -37,55 +35,8 @@ interface Newman {
 // newman ships no type declarations: load it through require with the small interface above.
 const newman = createRequire(import.meta.url)('newman') as Newman
 
-const HOST = '127.0.0.1'
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const COLLECTION = join(ROOT, 'postman', 'gatehouse.postman_collection.json')
 const ENVIRONMENT = join(ROOT, 'postman', 'gatehouse.postman_environment.json')
-const START_TIMEOUT_MS = 30_000
-const STOP_TIMEOUT_MS = 5_000
-/** Configuration the server would otherwise inherit from this shell (a REDIS_URL would leave 127.0.0.1). */
-const INHERITED_CONFIG = [
-  'NODE_ENV', 'PORT', 'HOST', 'DATABASE_URL', 'JWT_SECRET', 'JWT_PREVIOUS_SECRETS', 'JWT_ISSUER', 'JWT_AUDIENCE',
-  'ACCESS_TOKEN_TTL', 'REFRESH_TOKEN_TTL', 'REFRESH_REUSE_GRACE', 'SESSION_MAX_AGE', 'ADMIN_EMAIL', 'ADMIN_PASSWORD', 'CORS_ORIGINS',
-  'RATE_LIMIT_IP_MAX', 'RATE_LIMIT_ACCOUNT_MAX', 'REDIS_URL', 'TRUST_PROXY', 'REQUEST_TIMEOUT', 'LOG_LEVEL'
-]
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-function exited (child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
-  return new Promise((resolve) => child.once('exit', () => resolve()))
-}
-
-async function waitForHealth (baseUrl: string, child: ChildProcess): Promise<void> {
-  const deadline = Date.now() + START_TIMEOUT_MS
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`the server exited before it was ready (code ${child.exitCode}, signal ${child.signalCode})`)
-    }
-    try {
-      const response = await fetch(`${baseUrl}/health`, { signal: AbortSignal.timeout(2_000) })
-      if (response.status === 200) return
-    } catch {}
-    await sleep(200)
-  }
-  throw new Error(`the server did not answer GET /health with 200 within ${START_TIMEOUT_MS / 1000} s`)
-}
-
-async function stop (child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  child.kill('SIGTERM')
-  let timer: NodeJS.Timeout | undefined
-  const stopped = await Promise.race([
-    exited(child).then(() => true),
-    new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), STOP_TIMEOUT_MS) })
-  ])
-  clearTimeout(timer)
-  if (!stopped) {
-    child.kill('SIGKILL')
-    await exited(child)
-  }
-}
 
 /**
  * What the README promises a run leaves behind: only the clothing item it added (the API has no way
@@ -112,49 +63,36 @@ function runCollection (options: NewmanRunOptions): Promise<NewmanSummary> {
 
 async function main (): Promise<number> {
   const dataDir = mkdtempSync(join(tmpdir(), 'gatehouse-postman-'))
+  // Also when an interrupt ends the run (startServer then stops the server).
+  process.once('exit', () => rmSync(dataDir, { recursive: true, force: true }))
   const adminEmail = 'admin@example.com'
   const adminPassword = `Admin-${randomBytes(18).toString('base64url')}`
-  const port = await freePort()
-  const baseUrl = `http://${HOST}:${port}`
-
   const databaseFile = join(dataDir, 'gatehouse.db')
-  const env: NodeJS.ProcessEnv = { ...process.env }
-  for (const name of INHERITED_CONFIG) delete env[name]
-  Object.assign(env, {
-    HOST,
-    PORT: String(port),
-    DATABASE_URL: `file:${databaseFile}`,
-    JWT_SECRET: randomBytes(48).toString('base64url'),
-    ADMIN_EMAIL: adminEmail,
-    ADMIN_PASSWORD: adminPassword,
-    RATE_LIMIT_IP_MAX: '10000',
-    LOG_LEVEL: 'warn'
-  })
 
-  const serverOutput: string[] = []
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
-  child.stdout?.on('data', (chunk: Buffer) => serverOutput.push(chunk.toString()))
-  child.stderr?.on('data', (chunk: Buffer) => serverOutput.push(chunk.toString()))
-
-  const interrupted = (signal: NodeJS.Signals) => {
-    stop(child).finally(() => {
-      rmSync(dataDir, { recursive: true, force: true })
-      process.exit(signal === 'SIGINT' ? 130 : 143)
-    })
-  }
-  process.once('SIGINT', interrupted)
-  process.once('SIGTERM', interrupted)
-
+  let server: Server | undefined
   let passed = 0
   let failed = 0
   let ok = false
   try {
-    await waitForHealth(baseUrl, child)
+    // Only the configuration given here: none inherited from this shell (a REDIS_URL would leave 127.0.0.1).
+    server = await startServer({
+      name: 'gatehouse',
+      script: 'src/server.ts',
+      readyPath: '/health',
+      env: {
+        DATABASE_URL: `file:${databaseFile}`,
+        JWT_SECRET: randomBytes(48).toString('base64url'),
+        ADMIN_EMAIL: adminEmail,
+        ADMIN_PASSWORD: adminPassword,
+        RATE_LIMIT_IP_MAX: '10000',
+        LOG_LEVEL: 'warn'
+      }
+    })
     const summary = await runCollection({
       collection: COLLECTION,
       environment: ENVIRONMENT,
       envVar: [
-        { key: 'baseUrl', value: baseUrl },
+        { key: 'baseUrl', value: server.url },
         { key: 'adminEmail', value: adminEmail },
         { key: 'adminPassword', value: adminPassword }
       ],
@@ -171,20 +109,18 @@ async function main (): Promise<number> {
   } catch (error) {
     console.error(`postman: ${(error as Error).message}`)
   } finally {
-    await stop(child)
+    await server?.stop()
     if (ok) {
       const problem = leftBehind(databaseFile)
       if (problem) console.error(`postman: ${problem}`)
       ok = problem === undefined
     }
-    rmSync(dataDir, { recursive: true, force: true })
-    process.off('SIGINT', interrupted)
-    process.off('SIGTERM', interrupted)
   }
 
-  if (!ok && serverOutput.length > 0) {
+  const output = server?.output().trim()
+  if (!ok && output) {
     console.error('--- server output ---')
-    console.error(serverOutput.join('').trimEnd())
+    console.error(output)
   }
   console.log(`postman: ${passed} passed, ${failed} failed`)
   return ok ? 0 : 1

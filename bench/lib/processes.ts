@@ -60,6 +60,8 @@ export interface Server {
   url: string
   /** The highest peak RSS (VmHWM) of all its processes so far, in bytes. */
   peakRssBytes (): number
+  /** The running process's last 8,000 characters of output (stdout and stderr). */
+  output (): string
   /** Stops the process and starts a new one with the same options. */
   restart (): Promise<void>
   stop (): Promise<void>
@@ -149,6 +151,7 @@ export async function startServer (options: StartOptions): Promise<Server> {
     port: running.port,
     url: `http://127.0.0.1:${running.port}`,
     peakRssBytes: () => Math.max(pastPeak, peakRssBytes(running.child.pid!)),
+    output: () => running.output(),
     async restart () {
       pastPeak = server.peakRssBytes()
       await terminate(options.name, running)
