@@ -1,5 +1,6 @@
 import closeWithGrace from 'close-with-grace'
-import { buildApp, serializeError, type LoggedError } from './app.ts'
+import { buildApp } from './app.ts'
+import { serializeError, type LoggedError } from './logging.ts'
 import { ConfigError, loadConfig } from './config.ts'
 import { startupProblem } from './errors.ts'
 
