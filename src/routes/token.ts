@@ -8,7 +8,7 @@ import { hasPasswordLength } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
 import { DATABASE_UNAVAILABLE, isDatabaseUnavailable, validationMessage } from '../plugins/errors.ts'
 import { SIGN_IN_IP_LIMIT } from '../plugins/rate-limits.ts'
-import { replaceJsonParser, utf8Body } from '../plugins/validation.ts'
+import { replaceJsonParser, utf8Body } from '../plugins/body-parsers.ts'
 import { REFRESH_TOKEN_MAX_LENGTH, SessionResponse } from '../schemas/common.ts'
 
 /**
