@@ -1,13 +1,33 @@
 import { httpErrors, type HttpError } from '@fastify/sensible'
 
 /**
+ * Every `code` an error answer carries, the contract's and the API's own (README "Error codes"):
+ * the OpenAPI document lists them, so a generated client gets them as a union, and apiError takes
+ * no other.
+ */
+export const ERROR_CODES = [
+  'validation_error', 'invalid_body', 'invalid_request', 'invalid_cursor', 'weak_password',
+  'missing_token', 'invalid_token', 'token_expired', 'invalid_credentials', 'invalid_refresh_token',
+  'forbidden', 'user_disabled', 'not_found', 'method_not_allowed', 'email_taken', 'last_admin',
+  'request_timeout', 'payload_too_large', 'unsupported_media_type', 'expectation_failed',
+  'rate_limited', 'headers_too_large', 'internal_error', 'not_implemented', 'database_unavailable'
+] as const
+export type ErrorCode = typeof ERROR_CODES[number]
+
+/**
+ * Codes that never reach a client in the common shape: the token endpoint's RFC 6749 errors
+ * (routes/token.ts), and the 499 of a client that left (only the request log sees it).
+ */
+type UnsentCode = 'invalid_grant' | 'unsupported_grant_type' | 'client_closed_request'
+
+/**
  * An error the client is meant to see: status, the contract's stable `code`, a human message and
  * optional response headers (a `WWW-Authenticate` challenge, `Retry-After`). plugins/errors.ts
  * turns it into the wire shape.
  */
 export function apiError (
   statusCode: number,
-  code: string,
+  code: ErrorCode | UnsentCode,
   message: string,
   headers?: Record<string, string>
 ): HttpError {

@@ -6,7 +6,7 @@ import t, { type Test } from 'tap'
 import { buildApp, type App } from '../src/app.ts'
 import { hashPassword } from '../src/auth/passwords.ts'
 import { loadConfig } from '../src/config.ts'
-import { apiError } from '../src/errors.ts'
+import { apiError, type ErrorCode } from '../src/errors.ts'
 import { accountOf } from '../src/plugins/auth.ts'
 import { accessAudit } from '../src/plugins/authorization.ts'
 import clothesRoutes from '../src/routes/clothes.ts'
@@ -701,7 +701,8 @@ t.test('errors a route module throws its own way keep the contract\'s shape, cod
   t.teardown(() => app.close())
   const guard = { preHandler: [app.authenticate] }
   app.get('/sensible-forbidden', guard, async () => { throw app.httpErrors.forbidden() })
-  app.get('/own-code', guard, async () => { throw apiError(409, 'note_v2_conflict', 'That note changed meanwhile.') })
+  // A fork's own code, which it adds to ERROR_CODES (errors.ts) for its OpenAPI document.
+  app.get('/own-code', guard, async () => { throw apiError(409, 'note_v2_conflict' as ErrorCode, 'That note changed meanwhile.') })
   app.get('/no-code', guard, async () => { throw app.httpErrors.unprocessableEntity('Not like this.') })
   app.get('/public-forbidden', { config: { access: 'public' } }, async () => { throw app.httpErrors.forbidden() })
   await app.ready()

@@ -1,8 +1,10 @@
 import { Validator } from '@seriousme/openapi-schema-validator'
+import { readFileSync } from 'node:fs'
 import t from 'tap'
 import { Type } from 'typebox'
 import { buildApp } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
+import { ERROR_CODES } from '../src/errors.ts'
 import { TEST_ENV, build } from './helper.ts'
 
 const BEARER = [{ bearerAuth: [] }, { oauth2: [] }]
@@ -170,4 +172,14 @@ t.test('Swagger UI is served at /docs', async (t) => {
   const initializer = await app.inject({ url: '/docs/static/swagger-initializer.js' })
   t.equal(initializer.statusCode, 200)
   t.match(initializer.body, /"persistAuthorization":false/)
+})
+
+t.test('error codes: one list serves apiError, the OpenAPI document and the README\'s table', async (t) => {
+  const app = await build(t)
+  const document = (await app.inject({ url: '/openapi.json' })).json()
+  t.same(document.components.schemas.Error.properties.code.enum, [...ERROR_CODES], 'the Error component lists every code')
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
+  const table = readme.slice(readme.indexOf('### Error codes'), readme.indexOf('### Beyond the HTTP contract'))
+  const documented = [...table.matchAll(/^\| `([a-z_]+)` \|/gm)].map((row) => row[1])
+  t.same([...documented].sort(), [...ERROR_CODES].sort(), 'and the README explains each, and no other')
 })

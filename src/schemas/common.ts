@@ -3,6 +3,7 @@ import { EMAIL_MAX_LENGTH } from '../auth/email.ts'
 import { PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH } from '../auth/passwords.ts'
 import { ROLES } from '../auth/permissions.ts'
 import type { User } from '../repositories/users.ts'
+import { ERROR_CODES } from '../errors.ts'
 
 /**
  * The route normalises it (trims, lower-cases) before validation, so the schema is of the
@@ -78,7 +79,7 @@ export const ErrorResponse = Type.Object({
   statusCode: Type.Integer(),
   error: Type.String(),
   message: Type.String(),
-  code: Type.String({ description: 'Stable machine-readable error code' })
+  code: Type.String({ enum: [...ERROR_CODES], description: 'Stable machine-readable error code (README "Error codes")' })
 }, { title: 'Error' })
 /**
  * An error answer of one route, described by its codes. The OpenAPI document adds what every
