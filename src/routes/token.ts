@@ -45,8 +45,11 @@ const TokenRequest = Type.Object({
   scope: Ignored('Scopes; Gatehouse grants by roles, not scopes')
 })
 
+/** RFC 6749 §5.2's codes this endpoint answers, and rate_limited and temporarily_unavailable (§4.1.2.1's, for a 503). */
+const OAUTH_ERROR_CODES = ['invalid_request', 'invalid_grant', 'unsupported_grant_type', 'rate_limited', 'temporarily_unavailable', 'server_error'] as const
+
 const OAuthError = Type.Object({
-  error: Type.String({ description: 'RFC 6749 §5.2 error code' }),
+  error: Type.String({ enum: [...OAUTH_ERROR_CODES], description: 'RFC 6749 §5.2 error code' }),
   error_description: Type.String()
 }, { title: 'OAuthError' })
 
@@ -57,7 +60,8 @@ const OAUTH_ERRORS: Record<string, [number, string]> = {
   invalid_refresh_token: [400, 'invalid_grant'],
   rate_limited: [429, 'rate_limited']
 }
-const OAUTH_CODES = new Set(['invalid_request', 'invalid_grant', 'unsupported_grant_type'])
+/** Codes the flows raise that are RFC 6749 §5.2's already: passed on as they are. */
+const OAUTH_NATIVE_CODES = new Set(['invalid_request', 'invalid_grant', 'unsupported_grant_type'])
 
 function toOAuthError (error: FastifyError): { status: number, body: { error: string, error_description: string } } {
   if (error.validation) {
@@ -66,7 +70,7 @@ function toOAuthError (error: FastifyError): { status: number, body: { error: st
   if (error instanceof HttpError) {
     const mapped = OAUTH_ERRORS[error.code]
     if (mapped) return { status: mapped[0], body: { error: mapped[1], error_description: error.message } }
-    if (OAUTH_CODES.has(error.code)) return { status: error.statusCode, body: { error: error.code, error_description: error.message } }
+    if (OAUTH_NATIVE_CODES.has(error.code)) return { status: error.statusCode, body: { error: error.code, error_description: error.message } }
     // Any other refusal of ours keeps its status, a 501 for a transfer coding included.
     return { status: error.statusCode, body: { error: 'invalid_request', error_description: error.message } }
   }
