@@ -319,6 +319,7 @@ t.test('a path served under other methods answers 405 with Allow; an unknown pat
       code: 'method_not_allowed'
     }, `${method} ${url}: body`)
     t.equal(response.headers['x-content-type-options'], 'nosniff', `${method} ${url}: the API's headers`)
+    t.equal(response.headers['cache-control'], 'no-store', `${method} ${url}: no route's hooks ran, so no-store here`)
   }
   for (const [method, url] of [['PUT', '/nope'], ['PUT', '/auth/me/more'], ['PUT', '/videos/a/b'], ['PUT', '/auth/me/'],
     // A route of this method that finds nothing: Swagger UI's static files.
@@ -330,6 +331,7 @@ t.test('a path served under other methods answers 405 with Allow; an unknown pat
     t.equal(response.statusCode, 404, `${method} ${url}`)
     t.equal(response.headers.allow, undefined, `${method} ${url}: no Allow`)
     if (method !== 'HEAD') t.equal(response.json().code, 'not_found', `${method} ${url}`)
+    t.equal(response.headers['cache-control'], 'no-store', `${method} ${url}: no-store`)
   }
   // With a body of a type no route reads (`curl -d` sends a form): where it went is the answer, not its type.
   const textBody = await app.inject({ method: 'PATCH', url: '/videos/', headers: { 'content-type': 'text/plain' }, payload: 'a=b' })

@@ -205,6 +205,8 @@ async function errorsPlugin (app: FastifyInstance) {
   })
 
   app.setNotFoundHandler((request, reply) => {
+    // No route's hooks ran, /auth's and the guarded routes' no-store among them: the path may be theirs.
+    reply.headers(NO_STORE_HEADERS)
     const path = shownPath(request.url.split('?')[0]!)
     const allowed = [...methods].filter((method) => {
       const found = routes.find(method, request.url)
