@@ -10,7 +10,9 @@ export const ERROR_CODES = [
   'missing_token', 'invalid_token', 'token_expired', 'invalid_credentials', 'invalid_refresh_token',
   'forbidden', 'user_disabled', 'not_found', 'method_not_allowed', 'email_taken', 'last_admin',
   'request_timeout', 'payload_too_large', 'unsupported_media_type', 'expectation_failed',
-  'rate_limited', 'headers_too_large', 'internal_error', 'not_implemented', 'database_unavailable'
+  'rate_limited', 'headers_too_large', 'internal_error', 'not_implemented', 'database_unavailable',
+  // Swagger UI's files (@fastify/static) answer a failed If-Match or an unsatisfiable Range.
+  'precondition_failed', 'range_not_satisfiable'
 ] as const
 export type ErrorCode = typeof ERROR_CODES[number]
 

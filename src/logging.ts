@@ -2,7 +2,7 @@
 import type { FastifyServerOptions } from 'fastify'
 import type { Config } from './config.ts'
 import { withoutQueryParameters } from './errors.ts'
-import { boundedIp, maskPath, maskTokenLike } from './request-client.ts'
+import { boundedIp, maskPath, maskTokenLike, queryStart } from './request-client.ts'
 
 /**
  * Secrets never reach the logs (ASVS 7.1.1): requests are logged without headers, secret-looking
@@ -47,9 +47,9 @@ function censorSecrets (value: unknown, depth = 0): unknown {
  * `?jwt=`) or under none (`?eyJ…`) must not get it logged, and the email filter is personal data.
  * Names are kept; a part without `=` is all value.
  */
-const QUERY_PART = /([?&])([^=&]*=)?[^&]*/g
+const QUERY_PART = /([?#&])([^=&]*=)?[^&]*/g
 function maskUrl (url: string): string {
-  const start = url.indexOf('?')
+  const start = queryStart(url)
   return start === -1
     ? maskPath(url)
     : maskPath(url.slice(0, start)) + maskTokenLike(url.slice(start)).replace(QUERY_PART,

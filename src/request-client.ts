@@ -30,11 +30,28 @@ const TOKEN_LIKE = new RegExp(String.raw`eyJ${TOKEN_CHARACTER}*\.${TOKEN_CHARACT
 export const maskTokenLike = (text: string) => text.replace(TOKEN_LIKE, '[redacted]')
 
 /**
- * A value written into the path as `name=value`: a matrix parameter (`;password=…`), or a query
- * percent-encoded into the path (`/auth/token%3Fpassword%3D…`), which no route reads. Masked to the
- * next `/`, whatever its length: a password there is as secret as in a real query string.
+ * Where a URL's query starts, as the router reads it: at the first `?` or `#` (a client that
+ * sends a fragment gets it read as the query), or -1.
  */
-const PATH_PARAMETER_VALUE = /(=|%3D)[^/]*/gi
+export function queryStart (url: string): number {
+  const question = url.indexOf('?')
+  const hash = url.indexOf('#')
+  return question === -1 ? hash : hash === -1 ? question : Math.min(question, hash)
+}
+
+/** A URL's path, without its query. */
+export const pathOf = (url: string) => {
+  const start = queryStart(url)
+  return start === -1 ? url : url.slice(0, start)
+}
+
+/**
+ * A value written into the path as `name=value`: a matrix parameter (`;password=…`), or a query
+ * percent-encoded into the path (`/auth/token%3Fpassword%3D…`, or twice, `%253D`), which no route
+ * reads. Masked from the first such `=` to the end of the path: a password there is as secret as
+ * in a real query string, and may hold a `/`.
+ */
+const PATH_PARAMETER_VALUE = /(=|%(?:25)*3D)[\s\S]*$/i
 
 /** A URL's path as the request log and the answers that name a path (404, 405) show it. */
 export const maskPath = (path: string) => maskTokenLike(path).replace(PATH_PARAMETER_VALUE, '$1[redacted]')

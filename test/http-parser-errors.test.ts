@@ -55,6 +55,9 @@ t.test('an Expect other than 100-continue gets 417 in the contract\'s shape, is 
     t.not(answer.headers.connection, 'close', `${path}: the connection stays open`)
     t.equal(Number(answer.headers['content-length']), Buffer.byteLength(JSON.stringify(answer.body)), `${path}: exact length`)
   }
+  // The path as the router reads it: %74 is a t.
+  const encoded = parseAnswer(await exchange(port, 'POST /auth/%74oken HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'))
+  t.same(encoded.body, { error: 'invalid_request', error_description: 'The only expectation served is 100-continue.' }, '/auth/%74oken: the token endpoint\'s shape')
   const token = parseAnswer(await exchange(port, 'POST /auth/token?x=1 HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Type: application/x-www-form-urlencoded\r\nConnection: close\r\nContent-Length: 19\r\n\r\ngrant_type=password'))
   t.match(token.statusLine, /^HTTP\/1\.1 417 /, '/auth/token')
   t.same(token.body, { error: 'invalid_request', error_description: 'The only expectation served is 100-continue.' }, '/auth/token: in RFC 6749\'s shape')
@@ -63,9 +66,10 @@ t.test('an Expect other than 100-continue gets 417 in the contract\'s shape, is 
   t.match(refused, [
     { level: 30, req: { method: 'POST', url: '/auth/login', host: 'x', remoteAddress: '127.0.0.1' }, res: { statusCode: 417 }, code: 'expectation_failed' },
     { req: { method: 'GET', url: '/health?password=[redacted]' }, res: { statusCode: 417 } },
+    { req: { method: 'POST', url: '/auth/%74oken' }, res: { statusCode: 417 } },
     { req: { method: 'POST', url: '/auth/token?x=[redacted]' }, res: { statusCode: 417 }, code: 'expectation_failed' }
   ], 'each 417 is logged, its URL masked as any request\'s')
-  t.equal(refused.length, 3)
+  t.equal(refused.length, 4)
   const continued = await exchange(port, 'POST /auth/login HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}')
   t.match(continued, /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 400 /, '100-continue: the body is asked for, then read and judged')
 })
@@ -88,12 +92,39 @@ t.test('a transfer coding other than chunked gets 501; a chunked body is read', 
     t.equal(answer.headers['x-content-type-options'], 'nosniff', `${codings}: security headers`)
     t.equal(answer.headers['cache-control'], 'no-store', codings)
   }
+  // Codings that do not end in chunked: the parser cannot find the body's end, and refuses it. One
+  // answer, not a 501 then the parser's 400, which a client would read as its next request's.
+  const unframed = await exchange(port, `POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip\r\n\r\n${body}`)
+  t.equal(unframed.match(/HTTP\/1\.1 \d{3} /g)?.length, 1, 'gzip alone: one answer')
+  t.match(unframed, /^HTTP\/1\.1 400 /, 'the parser\'s 400')
+
   const token = parseAnswer(await exchange(port, 'POST /auth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n13\r\ngrant_type=password\r\n0\r\n\r\n'))
   t.match(token.statusLine, /^HTTP\/1\.1 501 /, 'the token endpoint too')
   t.same(token.body, { error: 'invalid_request', error_description: 'No transfer coding other than chunked is decoded: send the body chunked or with a Content-Length.' }, 'in RFC 6749\'s shape')
   const read = parseAnswer(await exchange(port, `POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n${chunked}`))
   t.match(read.statusLine, /^HTTP\/1\.1 401 /, 'chunked alone: the body is read and judged')
   t.match(read.body, { code: 'invalid_credentials' })
+})
+
+t.test('a query after a # (which the router reads as the query) with an escape that is not UTF-8 gets 400', async (t) => {
+  const app = await build(t)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  const answer = parseAnswer(await exchange(port, 'GET /health#x=%FF HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'))
+  t.match(answer.statusLine, /^HTTP\/1\.1 400 /)
+  t.same(answer.body, { statusCode: 400, error: 'Bad Request', message: 'The URL cannot be decoded.', code: 'invalid_request' })
+})
+
+t.test('a request refused before its body arrived gets one answer, not a second when the body times out', async (t) => {
+  const app = await build(t, { REQUEST_TIMEOUT: '1s' })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  // Refused at once (two Host headers); its 10 bytes of body never come, and Node's request
+  // timeout ends the connection.
+  const answer = await exchange(port, 'POST /auth/login HTTP/1.1\r\nHost: x\r\nHost: y\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n')
+  t.equal(answer.match(/HTTP\/1\.1 \d{3} /g)?.length, 1, 'one answer on the connection')
+  t.match(answer, /^HTTP\/1\.1 400 /)
+  t.notMatch(answer, /request_timeout/, 'no 408 after it')
 })
 
 t.test('an HTTP/1.1 request without Host, or any with two, gets 400 in the contract\'s shape; an empty Host and HTTP/1.0 are served', async (t) => {

@@ -183,3 +183,18 @@ t.test('error codes: one list serves apiError, the OpenAPI document and the READ
   const documented = [...table.matchAll(/^\| `([a-z_]+)` \|/gm)].map((row) => row[1])
   t.same([...documented].sort(), [...ERROR_CODES].sort(), 'and the README explains each, and no other')
 })
+
+t.test('what Swagger UI\'s files answer besides 200 carries a listed code', async (t) => {
+  const app = await build(t)
+  const file = '/docs/static/swagger-ui.css'
+  t.equal((await app.inject({ url: file })).statusCode, 200)
+  for (const [headers, status, code] of [
+    [{ range: 'bytes=99999999-' }, 416, 'range_not_satisfiable'],
+    [{ 'if-match': '"not-this-one"' }, 412, 'precondition_failed']
+  ] as const) {
+    const response = await app.inject({ url: file, headers })
+    t.equal(response.statusCode, status, code)
+    t.equal(response.json().code, code)
+    t.ok((ERROR_CODES as readonly string[]).includes(response.json().code), `${code} is in ERROR_CODES`)
+  }
+})

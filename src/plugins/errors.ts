@@ -7,7 +7,8 @@ import type { Socket } from 'node:net'
 import { bearerChallenge } from './auth.ts'
 import { API_RESPONSE_HEADERS, NO_STORE_HEADERS } from './security.ts'
 import { hasEmptyParameter } from './validation.ts'
-import { maskPath } from '../request-client.ts'
+import { maskPath, pathOf } from '../request-client.ts'
+import type { ErrorCode } from '../errors.ts'
 
 /** The contract's code for errors Fastify raises itself; anything else falls back by status. */
 const FASTIFY_CODES: Record<string, string> = {
@@ -16,10 +17,15 @@ const FASTIFY_CODES: Record<string, string> = {
   FST_ERR_CTP_INVALID_JSON_BODY: 'invalid_body',
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'invalid_body'
 }
-/** An error without a contract code gets its status's name: 409 `conflict`, 422 `unprocessable_entity`. */
-const fallbackCode = (statusCode: number) => statusCode === 429
-  ? 'rate_limited'
-  : (STATUS_CODES[statusCode] ?? 'error').toLowerCase().replace(/[^a-z]+/g, '_')
+/** Codes of ours for statuses raised without one (a body that stopped arriving: 400). */
+const STATUS_FALLBACK_CODES: Record<number, ErrorCode> = { 400: 'invalid_request', 429: 'rate_limited' }
+/**
+ * An error without a contract code gets its status's name: @fastify/static's 412
+ * `precondition_failed` and 416 `range_not_satisfiable` (listed in ERROR_CODES), a fork's 409
+ * `conflict` or 422 `unprocessable_entity` (its to list).
+ */
+const fallbackCode = (statusCode: number) => STATUS_FALLBACK_CODES[statusCode] ??
+  (STATUS_CODES[statusCode] ?? 'error').toLowerCase().replace(/[^a-z]+/g, '_')
 /** Contract codes are snake_case; library codes (FST_..., SQLITE_...) are not. */
 const CONTRACT_CODE = /^[a-z][a-z0-9_]*$/
 
@@ -101,7 +107,11 @@ function clientErrorAnswer (error: Error & { code?: string }): ErrorBody {
 export function clientErrorHandler (this: FastifyInstance, error: Error & { code?: string }, socket: Socket): void {
   // A reset connection has nobody left to answer.
   if (error.code === 'ECONNRESET' || socket.destroyed) return
-  if (socket.writable) {
+  // Not when this request was answered already (refused before its body arrived, which then
+  // failed or timed out): a second answer would be read as the next request's. Node's own
+  // handler asks the same of the response on the socket.
+  const answered = (socket as Socket & { _httpMessage?: ServerResponse })._httpMessage?.headersSent === true
+  if (socket.writable && !answered) {
     const body = clientErrorAnswer(error)
     const { payload, headers } = answerOutsideFastify(body)
     const head = Object.entries({ ...headers, connection: 'close' }).map(([name, value]) => `${name}: ${value}`).join('\r\n')
@@ -133,6 +143,15 @@ function answerOutsideFastify (body: object) {
   return { payload, headers }
 }
 
+/** Whether the router would give this URL to the token endpoint (it decodes the path first). */
+function isTokenEndpoint (url: string): boolean {
+  try {
+    return decodeURIComponent(pathOf(url)) === '/auth/token'
+  } catch {
+    return false
+  }
+}
+
 /**
  * The server's `checkExpectation` listener: an Expect other than 100-continue, which Node would
  * answer with a bare 417, gets it in the contract's shape (RFC 9110 §10.1.1). Fastify never sees
@@ -141,7 +160,7 @@ function answerOutsideFastify (body: object) {
 export function expectationFailedHandler (this: FastifyInstance, request: IncomingMessage, response: ServerResponse): void {
   const body = errorBody(417, 'expectation_failed', 'The only expectation served is 100-continue.')
   // The token endpoint's errors have RFC 6749 §5.2's shape, as its route gives them.
-  const { payload, headers } = answerOutsideFastify(request.url?.split('?')[0] === '/auth/token'
+  const { payload, headers } = answerOutsideFastify(isTokenEndpoint(request.url ?? '')
     ? { error: 'invalid_request', error_description: body.message }
     : body)
   response.writeHead(417, headers).end(payload)
@@ -168,8 +187,18 @@ const shownPath = (path: string) => {
   return masked.length > 200 ? `${masked.slice(0, 200)}…` : masked
 }
 
+/**
+ * A refusal sent before the request's body was read (an onRequest check, the per-IP limit, a path
+ * no route has) closes the connection after it: Node would wait for the rest of the body, and one
+ * that never came would end in its 408, written after this answer and read as the next request's.
+ */
+export function closeIfBodyUnread (request: FastifyRequest, reply: FastifyReply): void {
+  if (request.raw.complete === false) reply.header('connection', 'close')
+}
+
 async function errorsPlugin (app: FastifyInstance) {
   app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {
+    closeIfBodyUnread(request, reply)
     const unavailable = isDatabaseUnavailable(app, error)
     const body = unavailable
       ? errorBody(503, 'database_unavailable', DATABASE_UNAVAILABLE.message)
@@ -207,7 +236,8 @@ async function errorsPlugin (app: FastifyInstance) {
   app.setNotFoundHandler((request, reply) => {
     // No route's hooks ran, /auth's and the guarded routes' no-store among them: the path may be theirs.
     reply.headers(NO_STORE_HEADERS)
-    const path = shownPath(request.url.split('?')[0]!)
+    closeIfBodyUnread(request, reply)
+    const path = shownPath(pathOf(request.url))
     const allowed = [...methods].filter((method) => {
       const found = routes.find(method, request.url)
       return found !== null && !hasEmptyParameter(found.params)

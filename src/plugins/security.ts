@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import helmet, { type HelmetOptions } from 'helmet'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { apiError } from '../errors.ts'
+import { queryStart } from '../request-client.ts'
 import { timesSent } from './validation.ts'
 
 /**
@@ -77,15 +78,17 @@ function hostProblem (request: FastifyRequest): Error | undefined {
 }
 
 /**
- * RFC 9112 §6.1: 501 for a transfer coding other than chunked. Node's parser takes a body sent
- * `gzip, chunked` as chunked and leaves the gzip bytes in it, to be read as if uncoded.
+ * RFC 9112 §6.1: 501 for a transfer coding other than chunked before it. Node's parser takes a
+ * body sent `gzip, chunked` as chunked and leaves the gzip bytes in it, to be read as if uncoded.
+ * Codings that do not end in chunked are the parser's to refuse (400): it cannot find the body's end.
  */
 function transferCodingProblem (request: FastifyRequest): Error | undefined {
-  const codings = request.headers['transfer-encoding']
-  if (codings === undefined || codings.trim().toLowerCase() === 'chunked') return undefined
-  return codings.split(',').every((coding) => coding.trim().toLowerCase() === 'chunked')
-    ? undefined
-    : apiError(501, 'not_implemented', 'No transfer coding other than chunked is decoded: send the body chunked or with a Content-Length.')
+  const header = request.headers['transfer-encoding']
+  if (header === undefined) return undefined
+  const codings = header.split(',').map((coding) => coding.trim().toLowerCase())
+  return codings.at(-1) === 'chunked' && codings.some((coding) => coding !== 'chunked')
+    ? apiError(501, 'not_implemented', 'No transfer coding other than chunked is decoded: send the body chunked or with a Content-Length.')
+    : undefined
 }
 
 /**
@@ -94,7 +97,7 @@ function transferCodingProblem (request: FastifyRequest): Error | undefined {
  * path that cannot be decoded is (errors.ts frameworkErrorHandler).
  */
 function queryProblem (url: string): Error | undefined {
-  const start = url.indexOf('?')
+  const start = queryStart(url)
   if (start === -1 || !url.includes('%', start)) return undefined
   try {
     decodeURIComponent(url.slice(start + 1))

@@ -6,7 +6,7 @@ import { Type } from 'typebox'
 import { looksLikeEmail, normaliseEmail } from '../auth/email.ts'
 import { hasPasswordLength } from '../auth/passwords.ts'
 import { apiError } from '../errors.ts'
-import { DATABASE_UNAVAILABLE, isDatabaseUnavailable, validationMessage } from '../plugins/errors.ts'
+import { DATABASE_UNAVAILABLE, closeIfBodyUnread, isDatabaseUnavailable, validationMessage } from '../plugins/errors.ts'
 import { SIGN_IN_IP_LIMIT } from '../plugins/rate-limits.ts'
 import { replaceJsonParser, utf8Body } from '../plugins/body-parsers.ts'
 import { REFRESH_TOKEN_MAX_LENGTH, SessionResponse } from '../schemas/common.ts'
@@ -122,6 +122,7 @@ const tokenRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   app.setErrorHandler((error: FastifyError & { headers?: Record<string, string> }, request, reply) => {
+    closeIfBodyUnread(request, reply)
     if (isDatabaseUnavailable(app, error)) {
       request.log.error({ err: error }, 'token request failed')
       return reply.code(503).header('retry-after', DATABASE_UNAVAILABLE.retryAfter)
