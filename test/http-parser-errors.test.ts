@@ -125,6 +125,13 @@ t.test('a request refused before its body arrived gets one answer, not a second 
   t.equal(answer.match(/HTTP\/1\.1 \d{3} /g)?.length, 1, 'one answer on the connection')
   t.match(answer, /^HTTP\/1\.1 400 /)
   t.notMatch(answer, /request_timeout/, 'no 408 after it')
+  t.match(answer, /\r\nconnection: close\r\n/i, 'it said it would close')
+
+  // Without a body there is nothing to wait for: the connection goes on to the next request.
+  for (const refused of ['GET /nope HTTP/1.1\r\nHost: x\r\n\r\n', 'GET /health?x=%FF HTTP/1.1\r\nHost: x\r\n\r\n', 'GET /auth/me HTTP/1.1\r\nHost: x\r\n\r\n']) {
+    const both = await exchange(port, `${refused}GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
+    t.same(both.match(/HTTP\/1\.1 \d{3}/g), [both.slice(0, 12), 'HTTP/1.1 200'], `${refused.split(' HTTP')[0]}: refused, and the next request served`)
+  }
 })
 
 t.test('an HTTP/1.1 request without Host, or any with two, gets 400 in the contract\'s shape; an empty Host and HTTP/1.0 are served', async (t) => {

@@ -193,7 +193,10 @@ const shownPath = (path: string) => {
  * that never came would end in its 408, written after this answer and read as the next request's.
  */
 export function closeIfBodyUnread (request: FastifyRequest, reply: FastifyReply): void {
-  if (request.raw.complete === false) reply.header('connection', 'close')
+  // `complete` is false for a request without a body too, until its parse returns: that has nothing to wait for.
+  const { complete, headers } = request.raw
+  const hasBody = headers['transfer-encoding'] !== undefined || !/^0*$/.test(headers['content-length'] ?? '')
+  if (complete === false && hasBody) reply.header('connection', 'close')
 }
 
 async function errorsPlugin (app: FastifyInstance) {
