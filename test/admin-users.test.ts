@@ -674,7 +674,9 @@ t.test('GET /admin/users refuses cursors it never issued, an empty email filter 
   const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
   const id = admin.user.id
   for (const [label, cursor] of [['a time before 1970', b64([-1, id])], ['a time before any calendar (PostgreSQL cannot store it)', b64([-8.64e15, id])],
-    ['a fractional millisecond', b64([1.5, id])]] as const) {
+    ['a fractional millisecond', b64([1.5, id])],
+    // Past 9999-12-31: a Date holds it, PostgreSQL's timestamp does not.
+    ['a time after the year 9999', b64([253_402_300_800_000, id])]] as const) {
     const response = await list(`cursor=${cursor}`)
     t.equal(response.statusCode, 400, label)
     t.equal(response.json().code, 'invalid_cursor', label)

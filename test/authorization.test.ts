@@ -11,7 +11,7 @@ import { accountOf } from '../src/plugins/auth.ts'
 import { accessAudit } from '../src/plugins/authorization.ts'
 import clothesRoutes from '../src/routes/clothes.ts'
 import videoRoutes from '../src/routes/videos.ts'
-import { TEST_ENV, type SessionBody, bearer, build, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
+import { TEST_ENV, type SessionBody, before, bearer, build, dbCount, dbGet, dbRun, signup, tokenPayload, uniqueEmail, signupWithRoles } from './helper.ts'
 
 type Caller = 'anonymous' | 'user' | 'member' | 'developer' | 'admin'
 type SignedInCaller = Exclude<Caller, 'anonymous'>
@@ -356,6 +356,10 @@ t.test('developers edit and delete only their own videos; admins anyone\'s', asy
   const memberList = (await app.inject({ url: '/videos/member', headers: bearer(alice.access_token) })).json()
   t.ok(memberList.some((item: { id: string }) => item.id === video.id), 'moved to the member-only list')
   t.notOk((await app.inject({ url: '/videos' })).json().some((item: { id: string }) => item.id === video.id))
+  // A change that leaves is_member_only out leaves it as it is.
+  const retitled = await app.inject({ method: 'PATCH', url: `/videos/${video.id}`, headers: bearer(alice.access_token), payload: { title: 'Alice intro, v3' } })
+  t.match(retitled.json(), { title: 'Alice intro, v3', is_member_only: true })
+  t.match(await videoRow(app, video.id), { title: 'Alice intro, v3', is_member_only: 1 }, 'still member-only')
 
   const empty = await app.inject({ method: 'PATCH', url: `/videos/${video.id}`, headers: bearer(alice.access_token), payload: {} })
   t.equal(empty.statusCode, 400, 'a change must change something')
@@ -411,6 +415,33 @@ t.test('developers edit and delete only their own videos; admins anyone\'s', asy
   t.same(free, [], 'deleted videos are gone from the free list')
   t.same(member, [], 'and from the member-only list')
   t.equal(await videoCount(app), 0)
+})
+
+t.test('a video\'s owner-or-admin check reads the roles and state as stored, at the guard and again in the write', async (t) => {
+  // Changed by hand (an operator's SQL), which revokes no session, unlike the API's role changes.
+  const app = await build(t)
+  const owner = await signupWithRoles(app, ['user', 'developer'])
+  const video = (await app.inject({ method: 'POST', url: '/videos', headers: bearer(owner.access_token), payload: { title: 'Mine', author: 'Owner', url: 'https://videos.example.com/mine.mp4' } })).json()
+  const patch = (caller: SessionBody) => app.inject({ method: 'PATCH', url: `/videos/${video.id}`, headers: bearer(caller.access_token), payload: { title: 'Not yours' } })
+
+  // Demoted before the request: its token still says admin, the guard reads the stored roles.
+  const demoted = await signupWithRoles(app, ['user', 'admin'])
+  await dbRun(app, 'update users set roles = ? where id = ?', ['user'], demoted.user.id)
+  assertForbidden(t, await patch(demoted))
+
+  // Demoted to developer (who may publish, not change others' videos), or disabled, after the
+  // guard let the admin through and before the write: the transaction refuses.
+  for (const [label, change] of [
+    ['demoted to developer', (id: string) => dbRun(app, 'update users set roles = ? where id = ?', ['user', 'developer'], id)],
+    ['disabled', (id: string) => dbRun(app, 'update users set disabled = ? where id = ?', true, id)]
+  ] as const) {
+    const admin = await signupWithRoles(app, ['user', 'admin'])
+    before(app.videosRepository, 'update', () => change(admin.user.id))
+    const refused = await patch(admin)
+    t.equal(refused.statusCode, 401, `${label}: ${refused.body}`)
+    t.equal(refused.json().code, 'invalid_token', label)
+    t.match(await videoRow(app, video.id), { title: 'Mine' }, `${label}: nothing changed`)
+  }
 })
 
 t.test('POST /videos: the caller owns it, is_member_only defaults to false, bodies are validated', async (t) => {

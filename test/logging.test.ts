@@ -453,6 +453,9 @@ t.test('a failed query is logged without its parameters', async (t) => {
   t.notMatch(multiline.stack, /argon2|ada@|Lovelace/, 'nothing of the parameters in the stack')
   t.match(multiline.stack, /^Error: Failed query: insert into "users" values \(\$1, \$2, \$3\)\nparams: \[redacted\]\n\s+at /, 'whose frames are kept')
   t.equal(startupProblem(new Error('Failed query: x\nparams: a\nb,$argon2id$')), 'Failed query: x')
+  // With its cause, a failed query at start (a migration's) says why the database refused it.
+  t.equal(startupProblem(new Error('Failed query: create table "notes" (…)\nparams: ', { cause: new Error('permission denied for schema public') })),
+    'permission denied for schema public')
 
   // A message shortened after the stack was formed: the stack still holds the parameters.
   const shortened = new Error('Failed query: insert into "users" values ($1)\nparams: $argon2id$v=19$c2FsdA$aGFzaA')
