@@ -431,16 +431,19 @@ t.test('a video\'s owner-or-admin check reads the roles and state as stored, at 
 
   // Demoted to developer (who may publish, not change others' videos), or disabled, after the
   // guard let the admin through and before the write: the transaction refuses.
-  for (const [label, change] of [
-    ['demoted to developer', (id: string) => dbRun(app, 'update users set roles = ? where id = ?', ['user', 'developer'], id)],
-    ['disabled', (id: string) => dbRun(app, 'update users set disabled = ? where id = ?', true, id)]
+  // A seeded video has no owner: only admins may change it, not a developer whose id matches nothing.
+  const seeded = await app.videosRepository.seed({ title: 'Seeded', author: 'Gatehouse', url: 'https://videos.example.com/seeded.mp4', isMemberOnly: false })
+  for (const [label, change, target] of [
+    ['demoted to developer', (id: string) => dbRun(app, 'update users set roles = ? where id = ?', ['user', 'developer'], id), video],
+    ['demoted to developer, an ownerless video', (id: string) => dbRun(app, 'update users set roles = ? where id = ?', ['user', 'developer'], id), seeded],
+    ['disabled', (id: string) => dbRun(app, 'update users set disabled = ? where id = ?', true, id), video]
   ] as const) {
     const admin = await signupWithRoles(app, ['user', 'admin'])
     before(app.videosRepository, 'update', () => change(admin.user.id))
-    const refused = await patch(admin)
+    const refused = await app.inject({ method: 'PATCH', url: `/videos/${target.id}`, headers: bearer(admin.access_token), payload: { title: 'Not yours' } })
     t.equal(refused.statusCode, 401, `${label}: ${refused.body}`)
     t.equal(refused.json().code, 'invalid_token', label)
-    t.match(await videoRow(app, video.id), { title: 'Mine' }, `${label}: nothing changed`)
+    t.match(await videoRow(app, target.id), { title: target.title }, `${label}: nothing changed`)
   }
 })
 

@@ -522,6 +522,19 @@ t.test('a logout with a refresh token logs the session it revoked; an unknown to
   t.match(revoked[0], { level: 30, userId: session.user.id, sessionId: tokenPayload(session.access_token).sid, reason: 'logout', reqId: REQUEST_ID })
 })
 
+t.test('a session revoked from the sessions list is logged with its id', async (t) => {
+  const { app, log } = await appWithLog(t, { LOG_LEVEL: 'info' })
+  const email = uniqueEmail()
+  const current = await signup(app, email)
+  const other = (await app.inject({ method: 'POST', url: '/auth/login', payload: { email, password: TEST_PASSWORD } })).json()
+  const otherId = tokenPayload(other.access_token).sid
+  log.text = ''
+  t.equal((await app.inject({ method: 'DELETE', url: `/auth/sessions/${otherId}`, headers: bearer(current.access_token) })).statusCode, 204)
+  const revoked = logLines(log.text).filter((line) => line.event === 'session_revoked')
+  t.equal(revoked.length, 1, 'one line')
+  t.match(revoked[0], { level: 30, userId: current.user.id, sessionId: otherId, reason: 'user', reqId: REQUEST_ID })
+})
+
 t.test('request ids are unique across instances and restarts, not a count each process starts again', async (t) => {
   // Two instances of one database (SQLite in memory: each its own).
   const database = await testDatabase()
